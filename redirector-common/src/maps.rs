@@ -1,0 +1,300 @@
+//! Map keys and values, and the names of the maps that hold them.
+use bytemuck::{Pod, Zeroable};
+
+/// Map names (as the eBPF object declares them and userspace looks them up).
+pub mod names {
+    /// (VIP, port, protocol) → [`super::ServiceInfo`].
+    pub const SERVICES: &str = "SERVICES";
+    /// Service id → [`super::SwitchState`].
+    pub const SWITCH: &str = "SWITCH";
+    /// `service id * 2 + slot` → [`super::Backend`].
+    pub const BACKENDS: &str = "BACKENDS";
+    /// (backend addr, backend port, protocol) → [`super::ReverseInfo`], NAT only.
+    pub const REVERSE: &str = "REVERSE";
+    /// (client addr, client port, service) → [`super::FlowValue`], LRU.
+    pub const FLOWS: &str = "FLOWS";
+    /// Client address → [`super::NextHop`] for NAT replies, filled by userspace.
+    pub const CLIENT_HOPS: &str = "CLIENT_HOPS";
+    /// Addresses of the gateway itself; replies to them are never translated.
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    /// Egress ifindex → ifindex, for `bpf_redirect_map`.
+    pub const EGRESS: &str = "EGRESS";
+    /// Per-CPU global counters indexed by [`super::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU per-backend counters indexed like `BACKENDS`.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Ring buffer of client addresses whose reply next hop is unknown.
+    pub const HOP_REQUESTS: &str = "HOP_REQUESTS";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod programs {
+    /// The redirector itself.
+    pub const REDIRECTOR: &str = "redirector";
+}
+
+/// IANA protocol numbers we handle.
+pub const PROTO_TCP: u8 = 6;
+/// UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Backend slot of the primary.
+pub const SLOT_PRIMARY: u8 = 0;
+/// Backend slot of the secondary.
+pub const SLOT_SECONDARY: u8 = 1;
+
+/// Default sizes; userspace may set others at load time.
+pub const DEFAULT_MAX_SERVICES: u32 = 1024;
+/// Default flow table size: sized so a SYN flood evicts old entries instead of failing.
+pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
+/// Reply next-hop cache size.
+pub const DEFAULT_CLIENT_HOPS: u32 = 65_536;
+
+/// A transport endpoint: address (IPv4-mapped for v4), port (network order), protocol.
+///
+/// Key of `SERVICES` (VIP side) and of `REVERSE` (backend side).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Endpoint {
+    /// IPv6 address, or IPv4-mapped IPv4 address, as on the wire.
+    pub addr: [u8; 16],
+    /// Port in network byte order, as read from the packet.
+    pub port_be: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// Always zero (explicit padding).
+    pub _pad: u8,
+}
+
+/// Forwarding mode of a service.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Destination rewritten to the backend; replies rewritten back.
+    Nat = 0,
+    /// Only the L2 header changes; backends own the VIP.
+    Dsr = 1,
+}
+
+/// Value of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServiceInfo {
+    /// Index into `SWITCH`, and `id * 2 + slot` into `BACKENDS`.
+    pub id: u32,
+    /// [`Mode`] as a byte.
+    pub mode: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+
+/// A service's whole switching state: one 8-byte value, so every transition
+/// (failover, failback, drain, manual flip) is one atomic map write.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct SwitchState {
+    /// Slot new flows go to ([`SLOT_PRIMARY`] or [`SLOT_SECONDARY`]).
+    pub active: u8,
+    /// Bit per slot: backend is up.
+    pub up: u8,
+    /// Bit per slot: backend is drained (takes no new flows; userspace policy).
+    pub drained: u8,
+    /// Always zero.
+    pub _pad: u8,
+    /// Incremented by userspace on every write; for tracing and audits.
+    pub generation: u32,
+}
+
+impl SwitchState {
+    /// Is the backend in `slot` up?
+    #[inline(always)]
+    pub fn is_up(&self, slot: u8) -> bool {
+        self.up & (1 << (slot & 1)) != 0
+    }
+}
+
+/// L2 next hop: egress interface and the MACs to write.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct NextHop {
+    /// Egress ifindex; 0 = unresolved (the packet goes to the kernel stack).
+    pub ifindex: u32,
+    /// Destination MAC (the neighbour).
+    pub dst_mac: [u8; 6],
+    /// Source MAC (the egress interface).
+    pub src_mac: [u8; 6],
+}
+
+/// Value of `BACKENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Backend {
+    /// Backend address (IPv4-mapped for v4).
+    pub addr: [u8; 16],
+    /// Remapped port in network order; 0 keeps the service port.
+    pub port_be: u16,
+    /// Always zero.
+    pub _pad: u16,
+    /// Where to send packets for this backend.
+    pub hop: NextHop,
+}
+
+/// Value of `REVERSE`: which service a backend endpoint answers for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ReverseInfo {
+    /// Service id.
+    pub service: u32,
+    /// VIP the reply must come from (IPv4-mapped for v4).
+    pub vip: [u8; 16],
+    /// Service port, network order.
+    pub port_be: u16,
+    /// Backend slot the endpoint belongs to.
+    pub slot: u8,
+    /// Always zero.
+    pub _pad: u8,
+}
+
+/// Key of `FLOWS`: a client's flow to a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    /// Client address (IPv4-mapped for v4).
+    pub addr: [u8; 16],
+    /// Client port, network order.
+    pub port_be: u16,
+    /// Always zero.
+    pub _pad: u16,
+    /// Service id.
+    pub service: u32,
+}
+
+/// Value of `FLOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowValue {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when last refreshed, at ~1 s granularity.
+    pub last_seen_ns: u64,
+    /// Backend slot the flow is pinned to.
+    pub slot: u8,
+    /// Always zero.
+    pub _pad: [u8; 7],
+}
+
+/// Key of `CLIENT_HOPS` and `LOCAL_ADDRS`; also a `HOP_REQUESTS` record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Addr {
+    /// IPv6 or IPv4-mapped address.
+    pub addr: [u8; 16],
+}
+
+/// Per-backend traffic counters (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct BackendStats {
+    /// Client → backend packets.
+    pub fwd_packets: u64,
+    /// Client → backend bytes (L2 frame length).
+    pub fwd_bytes: u64,
+    /// Backend → client packets (NAT replies).
+    pub rev_packets: u64,
+    /// Backend → client bytes.
+    pub rev_bytes: u64,
+}
+
+/// Global per-CPU counters: every packet the program does not forward, and why.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Not ours (not a VIP, not a NAT reply): passed untouched.
+    Passed = 0,
+    /// Truncated or invalid headers on VIP-bound traffic: passed untouched.
+    Malformed = 1,
+    /// Next hop not resolved yet: passed to the stack (after the NAT rewrite).
+    Unresolved = 2,
+    /// TTL / hop limit would expire: passed untouched so the stack sends ICMP.
+    TtlExpired = 3,
+    /// `bpf_redirect_map` refused the egress interface: passed to the stack.
+    RedirectFailed = 4,
+    /// IPv4 fragment or options, IPv6 extension header to a VIP: passed untouched.
+    Unsupported = 5,
+    /// A new flow entry was written.
+    FlowInserted = 6,
+    /// Writing a flow entry failed (table full and not evictable): followed the active backend.
+    FlowInsertFailed = 7,
+}
+
+impl Counter {
+    /// Number of counters (size of the `COUNTERS` array).
+    pub const COUNT: u32 = 8;
+    /// All counters, in index order.
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::Passed,
+        Counter::Malformed,
+        Counter::Unresolved,
+        Counter::TtlExpired,
+        Counter::RedirectFailed,
+        Counter::Unsupported,
+        Counter::FlowInserted,
+        Counter::FlowInsertFailed,
+    ];
+    /// Stable name for output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Passed => "passed",
+            Counter::Malformed => "malformed",
+            Counter::Unresolved => "unresolved_next_hop",
+            Counter::TtlExpired => "ttl_expired",
+            Counter::RedirectFailed => "redirect_failed",
+            Counter::Unsupported => "unsupported",
+            Counter::FlowInserted => "flow_inserted",
+            Counter::FlowInsertFailed => "flow_insert_failed",
+        }
+    }
+}
+
+/// Builds the 16-byte form of an IPv4 address (IPv4-mapped).
+pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Endpoint>() == 20);
+    assert!(core::mem::size_of::<ServiceInfo>() == 8);
+    assert!(core::mem::size_of::<SwitchState>() == 8);
+    assert!(core::mem::size_of::<NextHop>() == 16);
+    assert!(core::mem::size_of::<Backend>() == 36);
+    assert!(core::mem::size_of::<ReverseInfo>() == 24);
+    assert!(core::mem::size_of::<FlowKey>() == 24);
+    assert!(core::mem::size_of::<FlowValue>() == 16);
+    assert!(core::mem::size_of::<Addr>() == 16);
+    assert!(core::mem::size_of::<BackendStats>() == 32);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: each type is #[repr(C)] and bytemuck::Pod (no padding, any bit pattern valid).
+    unsafe impl aya::Pod for Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SwitchState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ReverseInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Addr {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BackendStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NextHop {}
+}

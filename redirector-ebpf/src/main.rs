@@ -1,0 +1,155 @@
+//! The redirector XDP program: the packet's path, top to bottom.
+//!
+//! 1. parse (`parse.rs`) → not ours / malformed / unsupported: pass untouched;
+//! 2. VIP traffic: look up the service, choose a backend (`select.rs`), rewrite
+//!    (`rewrite.rs`: NAT destination, or nothing at L3 for DSR), then redirect;
+//! 3. a reply from a NAT backend to a client: rewrite the source back to the VIP,
+//!    then redirect toward the client;
+//! 4. redirect: TTL −1, MACs from the cached next hop, `XDP_TX` or
+//!    `bpf_redirect_map`; no next hop yet → the kernel stack delivers it.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod rewrite;
+#[cfg(target_arch = "bpf")]
+mod select;
+
+#[cfg(target_arch = "bpf")]
+mod program {
+    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use aya_log_ebpf::debug;
+    use redirector_common::{
+        Addr, Counter, Endpoint, FlowKey, Mode, NextHop, PROTO_TCP,
+    };
+
+    use crate::{
+        maps::{
+            BACKENDS, CLIENT_HOPS, EGRESS, HOP_REQUESTS, LOCAL_ADDRS, REVERSE, SERVICES, SWITCH,
+            count, count_backend,
+        },
+        parse::{Packet, Parsed, parse},
+        rewrite::{self, Side},
+        select,
+    };
+
+    #[xdp]
+    pub fn redirector(ctx: XdpContext) -> u32 {
+        let pkt = match parse(&ctx) {
+            Parsed::Packet(p) => p,
+            Parsed::Other => return pass(Counter::Passed),
+            Parsed::Unsupported => return pass(Counter::Unsupported),
+            Parsed::Malformed => return pass(Counter::Malformed),
+        };
+        let vip = Endpoint { addr: pkt.dst, port_be: pkt.dport_be, proto: pkt.proto, _pad: 0 };
+        // SAFETY: read-only use of a value userspace replaces atomically.
+        if let Some(svc) = unsafe { SERVICES.get(&vip) } {
+            return forward(&ctx, &pkt, svc.id, svc.mode);
+        }
+        let backend = Endpoint { addr: pkt.src, port_be: pkt.sport_be, proto: pkt.proto, _pad: 0 };
+        // SAFETY: as above.
+        if let Some(rev) = unsafe { REVERSE.get(&backend) } {
+            // The gateway's own conversations with backends (health probes) are not replies.
+            // SAFETY: as above.
+            if unsafe { LOCAL_ADDRS.get(&Addr { addr: pkt.dst }) }.is_none() {
+                return reply(&ctx, &pkt, rev.service * 2 + u32::from(rev.slot & 1), &rev.vip, rev.port_be);
+            }
+        }
+        pass(Counter::Passed)
+    }
+
+    #[inline(always)]
+    fn pass(c: Counter) -> u32 {
+        count(c);
+        xdp_action::XDP_PASS
+    }
+
+    #[inline(always)]
+    fn forward(ctx: &XdpContext, pkt: &Packet, id: u32, mode: u8) -> u32 {
+        let Some(st) = SWITCH.get(id) else {
+            return pass(Counter::Passed);
+        };
+        if pkt.ttl <= 1 {
+            return pass(Counter::TtlExpired);
+        }
+        let key = FlowKey { addr: pkt.src, port_be: pkt.sport_be, _pad: 0, service: id };
+        let slot = select::choose(&key, st, pkt.proto == PROTO_TCP, pkt.syn);
+        let index = id * 2 + u32::from(slot & 1);
+        let Some(be) = BACKENDS.get(index) else {
+            return pass(Counter::Passed);
+        };
+        if mode == Mode::Nat as u8
+            && !rewrite::endpoint(ctx, pkt.v6, pkt.proto, Side::Dst, &be.addr, be.port_be)
+        {
+            return pass(Counter::Malformed);
+        }
+        count_backend(index, frame_len(ctx), false);
+        send(ctx, pkt.v6, &be.hop)
+    }
+
+    #[inline(always)]
+    fn reply(ctx: &XdpContext, pkt: &Packet, index: u32, vip: &[u8; 16], port_be: u16) -> u32 {
+        if pkt.ttl <= 1 {
+            return pass(Counter::TtlExpired);
+        }
+        if !rewrite::endpoint(ctx, pkt.v6, pkt.proto, Side::Src, vip, port_be) {
+            return pass(Counter::Malformed);
+        }
+        count_backend(index, frame_len(ctx), true);
+        let client = Addr { addr: pkt.dst };
+        // SAFETY: read-only use of a value userspace replaces atomically.
+        match unsafe { CLIENT_HOPS.get(&client) } {
+            Some(hop) => send(ctx, pkt.v6, hop),
+            None => {
+                // Ask userspace to resolve it; the stack delivers this one.
+                let _ = HOP_REQUESTS.output::<Addr>(&client, 0);
+                pass(Counter::Unresolved)
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn frame_len(ctx: &XdpContext) -> u64 {
+        (ctx.data_end() - ctx.data()) as u64
+    }
+
+    /// Sends toward `hop`. Until something is written the packet is still
+    /// deliverable by the stack (addressed to our MAC, TTL intact).
+    #[inline(always)]
+    fn send(ctx: &XdpContext, v6: bool, hop: &NextHop) -> u32 {
+        if hop.ifindex == 0 {
+            return pass(Counter::Unresolved);
+        }
+        let action = if hop.ifindex as usize == ctx.ingress_ifindex() {
+            xdp_action::XDP_TX
+        } else {
+            match EGRESS.redirect(hop.ifindex, u64::from(xdp_action::XDP_PASS)) {
+                Ok(a) => a,
+                Err(_) => {
+                    debug!(ctx, "redirect to ifindex {} refused", hop.ifindex);
+                    return pass(Counter::RedirectFailed);
+                }
+            }
+        };
+        rewrite::dec_ttl(ctx, v6);
+        rewrite::set_macs(ctx, hop);
+        action
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        // SAFETY: the verifier rejects any program that could reach a panic.
+        unsafe { core::hint::unreachable_unchecked() }
+    }
+
+    #[unsafe(link_section = "license")]
+    #[unsafe(no_mangle)]
+    static LICENSE: [u8; 4] = *b"GPL\0";
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

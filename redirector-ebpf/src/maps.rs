@@ -1,0 +1,72 @@
+//! Map definitions. Sizes here are defaults; the loader sets the real ones.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use redirector_common::{
+    Addr, Backend, BackendStats, Counter, DEFAULT_CLIENT_HOPS, DEFAULT_FLOW_ENTRIES,
+    DEFAULT_MAX_SERVICES, Endpoint, FlowKey, FlowValue, NextHop, ReverseInfo, ServiceInfo,
+    SwitchState,
+};
+
+#[map]
+pub static SERVICES: HashMap<Endpoint, ServiceInfo> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
+pub static SWITCH: Array<SwitchState> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
+
+#[map]
+pub static REVERSE: HashMap<Endpoint, ReverseInfo> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
+
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+
+#[map]
+pub static CLIENT_HOPS: LruHashMap<Addr, NextHop> =
+    LruHashMap::with_max_entries(DEFAULT_CLIENT_HOPS, 0);
+
+#[map]
+pub static LOCAL_ADDRS: HashMap<Addr, u8> = HashMap::with_max_entries(256, 0);
+
+#[map]
+pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
+
+#[map]
+pub static HOP_REQUESTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+#[inline(always)]
+pub fn count(c: Counter) {
+    if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_backend(index: u32, bytes: u64, reply: bool) {
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe {
+            if reply {
+                (*s).rev_packets += 1;
+                (*s).rev_bytes += bytes;
+            } else {
+                (*s).fwd_packets += 1;
+                (*s).fwd_bytes += bytes;
+            }
+        }
+    }
+}

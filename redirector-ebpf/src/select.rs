@@ -1,0 +1,57 @@
+//! Stage 2: choose the backend slot for a packet of a service.
+//!
+//! Flow state is written only where it changes a decision. Flows without an
+//! entry belong to the primary while it is up, so steady state (active =
+//! primary) writes nothing. While the secondary is active, a flow that would
+//! otherwise be sent there is pinned with an entry, so it finishes there after a
+//! failback. A TCP non-SYN without an entry while the primary is up is an
+//! established primary flow (drain or manual flip): it stays on the primary.
+//! An entry whose backend is down is re-pointed to the active backend, so flows
+//! on a dead backend move and do not return to it later.
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use redirector_common::{Counter, FlowKey, FlowValue, SLOT_PRIMARY, SwitchState};
+
+use crate::maps::{FLOWS, count};
+
+const REFRESH_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
+    let active = st.active & 1;
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: the value lives in the map; concurrent updates of these plain
+        // fields by other CPUs are benign (last writer wins, same meaning).
+        unsafe {
+            let slot = (*v).slot & 1;
+            if st.is_up(slot) {
+                let now = bpf_ktime_get_coarse_ns();
+                if now.wrapping_sub((*v).last_seen_ns) > REFRESH_NS {
+                    (*v).last_seen_ns = now;
+                }
+                return slot;
+            }
+            (*v).slot = active;
+            (*v).last_seen_ns = bpf_ktime_get_coarse_ns();
+        }
+        return active;
+    }
+    if active == SLOT_PRIMARY {
+        return SLOT_PRIMARY;
+    }
+    if tcp && !syn && st.is_up(SLOT_PRIMARY) {
+        return SLOT_PRIMARY;
+    }
+    let value = FlowValue {
+        // SAFETY: helper without preconditions.
+        last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
+        slot: active,
+        _pad: [0; 7],
+    };
+    // An LRU insert evicts when full; if it still fails, following the active
+    // backend is the documented degradation, never a drop.
+    match FLOWS.insert(key, &value, 0) {
+        Ok(()) => count(Counter::FlowInserted),
+        Err(_) => count(Counter::FlowInsertFailed),
+    }
+    active
+}
