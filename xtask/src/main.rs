@@ -1,1 +1,107 @@
-fn main(){}
+//! `cargo xtask`: bootstrap, build, run, test and bench redirector.
+mod bootstrap;
+mod cmd;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, load, test and benchmark redirector")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the eBPF toolchain and lab tools; install what is missing.
+    Bootstrap,
+    /// Build the eBPF object and the `redirector` binary (release).
+    Build,
+    /// Build, then run `redirector` as root with the given arguments.
+    Run {
+        /// Arguments passed to `redirector`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every check and test: fmt, clippy, unit, in-kernel and end-to-end tests.
+    Test {
+        /// Only run tests whose name contains this filter.
+        filter: Option<String>,
+    },
+    /// Benchmarks (not tests); print tables.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// ns/packet of the XDP program in the kernel (BPF_PROG_TEST_RUN).
+    Datapath {
+        /// Rounds of interleaved measurements.
+        #[arg(long, default_value_t = 15)]
+        rounds: u32,
+        /// Runs per measurement (test-run repeat count).
+        #[arg(long, default_value_t = 200_000)]
+        repeat: u32,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Command::Bootstrap => bootstrap::ensure(),
+        Command::Build => {
+            bootstrap::ensure()?;
+            cmd::cargo(&root, &["build", "--release", "-p", "redirector"])
+        }
+        Command::Run { args } => {
+            bootstrap::ensure()?;
+            cmd::cargo(&root, &["build", "--release", "-p", "redirector"])?;
+            if !bootstrap::is_root() {
+                bail!("redirector loads XDP programs and needs root: run this as root");
+            }
+            cmd::run(&root.join("target/release/redirector"), &args)
+        }
+        Command::Test { filter } => {
+            bootstrap::ensure()?;
+            bootstrap::ensure_lab_tools()?;
+            if !bootstrap::is_root() && std::env::var("CI").is_ok_and(|v| v == "true") {
+                bail!("CI=true but not root: the in-kernel and namespace tests need root");
+            }
+            cmd::cargo(&root, &["fmt", "--all", "--", "--check"])?;
+            cmd::cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            let mut args = vec!["test", "--workspace", "--exclude", "redirector-ebpf"];
+            if let Some(f) = filter.as_deref() {
+                args.push(f);
+            }
+            cmd::cargo(&root, &args)
+        }
+        Command::Bench { which } => {
+            bootstrap::ensure()?;
+            match which {
+                Bench::Datapath { rounds, repeat } => {
+                    let r = rounds.to_string();
+                    let n = repeat.to_string();
+                    cmd::cargo(
+                        &root,
+                        &[
+                            "run", "--release", "-p", "redirector-tests", "--bin", "bench-datapath", "--",
+                            "--rounds", &r, "--repeat", &n,
+                        ],
+                    )
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The data plane seen from userspace: loads the XDP object with the
+//! configured map sizes and writes services, switch states, next hops and
+//! counters. One method per kind of write; nothing here decides anything.
+use std::net::IpAddr;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
+    programs::{ProgramError, Xdp},
+};
+use redirector_common::{
+    Addr, Backend as KBackend, BackendStats, Counter, Endpoint, FlowKey, FlowValue, NextHop,
+    ReverseInfo, SLOT_PRIMARY, SLOT_SECONDARY, ServiceInfo, SwitchState, names, programs,
+};
+use thiserror::Error;
+
+use crate::config::{Mode, Service};
+
+/// Errors from loading or writing the data plane.
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    /// The object failed to load (verifier log included by aya).
+    #[error("loading the XDP object")]
+    Load(#[from] aya::EbpfError),
+    /// The object lacks a map or program this version expects.
+    #[error("the XDP object has no {kind} named {name}")]
+    Missing {
+        /// "map" or "program".
+        kind: &'static str,
+        /// Its name.
+        name: &'static str,
+    },
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: MapError,
+    },
+    /// Program load or attach failed.
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    /// The kernel refused an egress interface for redirects.
+    #[error("egress interface {ifindex}: {source}")]
+    Egress {
+        /// The interface.
+        ifindex: u32,
+        /// The kernel's answer.
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
+    /// A service id beyond the configured maximum.
+    #[error("service id {id} exceeds max_services {max}")]
+    ServiceId {
+        /// The id.
+        id: u32,
+        /// The configured maximum.
+        max: u32,
+    },
+}
+
+type Result<T> = std::result::Result<T, DatapathError>;
+
+/// Map sizes chosen at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    /// Services (≥ 1024).
+    pub max_services: u32,
+    /// Flow-table entries (LRU).
+    pub flow_entries: u32,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            max_services: redirector_common::DEFAULT_MAX_SERVICES,
+            flow_entries: redirector_common::DEFAULT_FLOW_ENTRIES,
+        }
+    }
+}
+
+/// The 16-byte on-wire form used by every key: IPv4 is IPv4-mapped.
+pub fn addr16(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// Loaded data plane.
+pub struct Datapath {
+    ebpf: Ebpf,
+    sizes: Sizes,
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
+}
+
+impl Datapath {
+    /// Loads the embedded object with `sizes` (program not yet attached).
+    pub fn load(sizes: Sizes) -> Result<Self> {
+        Self::load_bytes(crate::EBPF_OBJECT, sizes)
+    }
+
+    /// Loads `object` (tests and benchmarks pass the same embedded bytes).
+    pub fn load_bytes(object: &[u8], sizes: Sizes) -> Result<Self> {
+        let services = sizes.max_services;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::SERVICES, services)
+            .map_max_entries(names::SWITCH, services)
+            .map_max_entries(names::BACKENDS, services * 2)
+            .map_max_entries(names::REVERSE, services * 2)
+            .map_max_entries(names::BACKEND_STATS, services * 2)
+            .map_max_entries(names::FLOWS, sizes.flow_entries)
+            .load(object)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(programs::REDIRECTOR)
+            .ok_or(DatapathError::Missing { kind: "program", name: programs::REDIRECTOR })?
+            .try_into()?;
+        prog.load()?;
+        Ok(Datapath { ebpf, sizes })
+    }
+
+    /// The loaded XDP program (attach it, or test-run it).
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(programs::REDIRECTOR)
+            .ok_or(DatapathError::Missing { kind: "program", name: programs::REDIRECTOR })?
+            .try_into()?)
+    }
+
+    /// Sizes the maps were created with.
+    pub fn sizes(&self) -> Sizes {
+        self.sizes
+    }
+
+    fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or(DatapathError::Missing { kind: "map", name })
+    }
+
+    fn map_ref(&self, name: &'static str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or(DatapathError::Missing { kind: "map", name })
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>> {
+        HashMap::try_from(self.map(name)?).map_err(map_err(name))
+    }
+
+    fn array<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>> {
+        Array::try_from(self.map(name)?).map_err(map_err(name))
+    }
+
+    /// Writes service `id` completely. Backends, switch state and reverse
+    /// entries go first and the service key last, so the program never sees a
+    /// half-written service. `hops` are the backends' next hops (primary,
+    /// secondary); `state` the initial switch state.
+    pub fn set_service(&mut self, id: u32, svc: &Service, hops: [NextHop; 2], state: SwitchState) -> Result<()> {
+        if id >= self.sizes.max_services {
+            return Err(DatapathError::ServiceId { id, max: self.sizes.max_services });
+        }
+        let vip = addr16(svc.vip);
+        let proto = svc.protocol.number();
+        let backends = [(SLOT_PRIMARY, &svc.primary, hops[0]), (SLOT_SECONDARY, &svc.secondary, hops[1])];
+        for (slot, be, hop) in backends {
+            let kb = KBackend {
+                addr: addr16(be.addr),
+                port_be: be.port.map_or(0, u16::to_be),
+                _pad: 0,
+                hop,
+            };
+            self.array::<KBackend>(names::BACKENDS)?
+                .set(id * 2 + u32::from(slot), kb, 0)
+                .map_err(map_err(names::BACKENDS))?;
+            if svc.mode == Mode::Nat {
+                let key = Endpoint {
+                    addr: addr16(be.addr),
+                    port_be: be.port.unwrap_or(svc.port).to_be(),
+                    proto,
+                    _pad: 0,
+                };
+                let info = ReverseInfo { service: id, vip, port_be: svc.port.to_be(), slot, _pad: 0 };
+                self.hash::<Endpoint, ReverseInfo>(names::REVERSE)?
+                    .insert(key, info, 0)
+                    .map_err(map_err(names::REVERSE))?;
+            }
+        }
+        self.set_switch(id, state)?;
+        let key = Endpoint { addr: vip, port_be: svc.port.to_be(), proto, _pad: 0 };
+        let mode = match svc.mode {
+            Mode::Nat => redirector_common::Mode::Nat,
+            Mode::Dsr => redirector_common::Mode::Dsr,
+        };
+        let info = ServiceInfo { id, mode: mode as u8, _pad: [0; 3] };
+        self.hash::<Endpoint, ServiceInfo>(names::SERVICES)?
+            .insert(key, info, 0)
+            .map_err(map_err(names::SERVICES))
+    }
+
+    /// One atomic write: the service's active backend and up/drained bits.
+    pub fn set_switch(&mut self, id: u32, state: SwitchState) -> Result<()> {
+        self.array::<SwitchState>(names::SWITCH)?
+            .set(id, state, 0)
+            .map_err(map_err(names::SWITCH))
+    }
+
+    /// Reads the switch state of service `id`.
+    pub fn switch(&self, id: u32) -> Result<SwitchState> {
+        Array::<_, SwitchState>::try_from(self.map_ref(names::SWITCH)?)
+            .map_err(map_err(names::SWITCH))?
+            .get(&id, 0)
+            .map_err(map_err(names::SWITCH))
+    }
+
+    /// Replaces the next hop of one backend (keeps its address and port).
+    pub fn set_backend_hop(&mut self, id: u32, slot: u8, hop: NextHop) -> Result<()> {
+        let index = id * 2 + u32::from(slot & 1);
+        let mut arr = self.array::<KBackend>(names::BACKENDS)?;
+        let mut be = arr.get(&index, 0).map_err(map_err(names::BACKENDS))?;
+        be.hop = hop;
+        arr.set(index, be, 0).map_err(map_err(names::BACKENDS))
+    }
+
+    /// Caches the next hop toward a client (NAT replies).
+    pub fn set_client_hop(&mut self, client: IpAddr, hop: NextHop) -> Result<()> {
+        self.hash::<Addr, NextHop>(names::CLIENT_HOPS)?
+            .insert(Addr { addr: addr16(client) }, hop, 0)
+            .map_err(map_err(names::CLIENT_HOPS))
+    }
+
+    /// Forgets the cached next hop toward a client (route or neighbour changed).
+    pub fn remove_client_hop(&mut self, client: IpAddr) -> Result<()> {
+        match self.hash::<Addr, NextHop>(names::CLIENT_HOPS)?.remove(&Addr { addr: addr16(client) }) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(map_err(names::CLIENT_HOPS)(e)),
+        }
+    }
+
+    /// Marks an address as the gateway's own (replies to it are not translated).
+    pub fn add_local_addr(&mut self, addr: IpAddr) -> Result<()> {
+        self.hash::<Addr, u8>(names::LOCAL_ADDRS)?
+            .insert(Addr { addr: addr16(addr) }, 1, 0)
+            .map_err(map_err(names::LOCAL_ADDRS))
+    }
+
+    /// Allows redirects to `ifindex` (must exist in the caller's network namespace).
+    pub fn add_egress(&mut self, ifindex: u32) -> Result<()> {
+        DevMapHash::try_from(self.map(names::EGRESS)?)
+            .map_err(map_err(names::EGRESS))?
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DatapathError::Egress { ifindex, source: e })
+    }
+
+    /// Global counters summed over CPUs, in [`Counter::ALL`] order.
+    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize]> {
+        let arr = PerCpuArray::<_, u64>::try_from(self.map_ref(names::COUNTERS)?)
+            .map_err(map_err(names::COUNTERS))?;
+        let mut out = [0u64; Counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let idx = u32::try_from(i).unwrap_or(u32::MAX);
+            *slot = arr.get(&idx, 0).map_err(map_err(names::COUNTERS))?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Traffic counters of one backend summed over CPUs.
+    pub fn backend_stats(&self, id: u32, slot: u8) -> Result<BackendStats> {
+        let arr = PerCpuArray::<_, BackendStats>::try_from(self.map_ref(names::BACKEND_STATS)?)
+            .map_err(map_err(names::BACKEND_STATS))?;
+        let per_cpu = arr
+            .get(&(id * 2 + u32::from(slot & 1)), 0)
+            .map_err(map_err(names::BACKEND_STATS))?;
+        Ok(per_cpu.iter().fold(BackendStats::default(), |a, s| BackendStats {
+            fwd_packets: a.fwd_packets + s.fwd_packets,
+            fwd_bytes: a.fwd_bytes + s.fwd_bytes,
+            rev_packets: a.rev_packets + s.rev_packets,
+            rev_bytes: a.rev_bytes + s.rev_bytes,
+        }))
+    }
+
+    /// The flow entry of a client's flow, if one was written.
+    pub fn flow(&self, client: IpAddr, port: u16, service: u32) -> Result<Option<FlowValue>> {
+        let map = HashMap::<_, FlowKey, FlowValue>::try_from(self.map_ref(names::FLOWS)?)
+            .map_err(map_err(names::FLOWS))?;
+        let key = FlowKey { addr: addr16(client), port_be: port.to_be(), _pad: 0, service };
+        match map.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::FLOWS)(e)),
+        }
+    }
+
+    /// Number of flow entries (walks the table; for tests and status).
+    pub fn flow_count(&self) -> Result<usize> {
+        let map = HashMap::<_, FlowKey, FlowValue>::try_from(self.map_ref(names::FLOWS)?)
+            .map_err(map_err(names::FLOWS))?;
+        Ok(map.keys().filter(std::result::Result::is_ok).count())
+    }
+}
+
+/// The switch state of a service with both backends up and `active` selected.
+pub fn both_up(active: u8) -> SwitchState {
+    SwitchState { active, up: 0b11, drained: 0, _pad: 0, generation: 0 }
+}
+

@@ -1,0 +1,412 @@
+//! In-kernel tests of the compiled XDP object via BPF_PROG_TEST_RUN.
+//! Inputs and expected outputs are built by etherparse, never by our code.
+#![expect(clippy::unwrap_used, reason = "tests")]
+
+use std::net::IpAddr;
+
+use redirector::config::{Backend, Mode, Protocol, Service};
+use redirector::datapath::both_up;
+use redirector_common::{Counter, NextHop, SLOT_PRIMARY, SLOT_SECONDARY, SwitchState};
+use redirector_tests::{
+    Harness,
+    action::{PASS, REDIRECT, TX},
+    netns::{Entered, NetNs, ifindex, in_ns},
+    packets::{L4, Rng, Spec, assert_checksums, checksums_ok},
+    require_root,
+};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 2];
+const GW_IN_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 1];
+const P_MAC: [u8; 6] = [0x02, 0, 0, 0, 2, 2];
+const GW_P_MAC: [u8; 6] = [0x02, 0, 0, 0, 2, 1];
+const S_MAC: [u8; 6] = [0x02, 0, 0, 0, 3, 2];
+const GW_S_MAC: [u8; 6] = [0x02, 0, 0, 0, 3, 1];
+
+/// One service of the test matrix.
+#[derive(Clone)]
+struct Svc {
+    id: u32,
+    svc: Service,
+    client: IpAddr,
+}
+
+impl Svc {
+    fn l4(&self, syn: bool) -> L4 {
+        match self.svc.protocol {
+            Protocol::Tcp => L4::Tcp { syn, ack: !syn },
+            Protocol::Udp => L4::Udp,
+        }
+    }
+    /// A client packet to the VIP.
+    fn request(&self, sport: u16, syn: bool) -> Spec {
+        Spec::new(self.client, sport, self.svc.vip, self.svc.port, self.l4(syn))
+    }
+    fn backend(&self, slot: u8) -> &Backend {
+        if slot == SLOT_PRIMARY { &self.svc.primary } else { &self.svc.secondary }
+    }
+    /// What the program must emit for `req` sent to backend `slot`.
+    fn forwarded(&self, req: &Spec, slot: u8) -> Spec {
+        let mut out = req.clone();
+        let be = self.backend(slot);
+        if self.svc.mode == Mode::Nat {
+            out.dst = be.addr;
+            out.dport = be.port.unwrap_or(self.svc.port);
+        }
+        out.ttl -= 1;
+        (out.dmac, out.smac) = if slot == SLOT_PRIMARY { (P_MAC, GW_P_MAC) } else { (S_MAC, GW_S_MAC) };
+        out
+    }
+}
+
+/// Field order matters: the data plane goes first, the namespace last.
+struct Lab {
+    h: Harness,
+    svcs: Vec<Svc>,
+    if_in: u32,
+    _entered: Entered,
+    _ns: NetNs,
+}
+
+fn service(name: &str, vip: &str, port: u16, proto: Protocol, mode: Mode, p: (&str, Option<u16>), s: (&str, Option<u16>)) -> Service {
+    Service {
+        name: name.into(),
+        vip: ip(vip),
+        port,
+        protocol: proto,
+        mode,
+        primary: Backend { addr: ip(p.0), port: p.1 },
+        secondary: Backend { addr: ip(s.0), port: s.1 },
+    }
+}
+
+fn lab(tag: &str) -> Option<Lab> {
+    if !require_root(tag) {
+        return None;
+    }
+    let ns = NetNs::new(tag);
+    for (a, b) in [("in0", "in1"), ("p0", "p1"), ("s0", "s1")] {
+        in_ns(&ns.name, &["ip", "link", "add", a, "type", "veth", "peer", "name", b]);
+        in_ns(&ns.name, &["ip", "link", "set", a, "up"]);
+        in_ns(&ns.name, &["ip", "link", "set", b, "up"]);
+    }
+    let entered = ns.enter();
+    let (if_in, if_p, if_s) = (ifindex("in0"), ifindex("p0"), ifindex("s0"));
+    let mut h = Harness::new(if_in);
+    for i in [if_in, if_p, if_s] {
+        h.dp.add_egress(i).unwrap();
+    }
+    h.dp.add_local_addr(ip("198.18.2.1")).unwrap();
+    h.dp.add_local_addr(ip("2001:2:0:2::1")).unwrap();
+    let c4 = ip("198.18.1.2");
+    let c6 = ip("2001:2:0:1::2");
+    let specs = [
+        service("nat-tcp4", "198.18.100.1", 80, Protocol::Tcp, Mode::Nat, ("198.18.2.2", Some(8080)), ("198.18.3.2", None)),
+        service("nat-udp4", "198.18.100.1", 53, Protocol::Udp, Mode::Nat, ("198.18.2.2", None), ("198.18.3.2", Some(5353))),
+        service("nat-tcp6", "2001:2::100", 80, Protocol::Tcp, Mode::Nat, ("2001:2:0:2::2", Some(8080)), ("2001:2:0:3::2", None)),
+        service("nat-udp6", "2001:2::100", 53, Protocol::Udp, Mode::Nat, ("2001:2:0:2::2", None), ("2001:2:0:3::2", Some(5353))),
+        service("dsr-tcp4", "198.18.100.2", 80, Protocol::Tcp, Mode::Dsr, ("198.18.2.2", None), ("198.18.3.2", None)),
+        service("dsr-udp4", "198.18.100.2", 53, Protocol::Udp, Mode::Dsr, ("198.18.2.2", None), ("198.18.3.2", None)),
+        service("dsr-tcp6", "2001:2::200", 80, Protocol::Tcp, Mode::Dsr, ("2001:2:0:2::2", None), ("2001:2:0:3::2", None)),
+        service("dsr-udp6", "2001:2::200", 53, Protocol::Udp, Mode::Dsr, ("2001:2:0:2::2", None), ("2001:2:0:3::2", None)),
+    ];
+    let hop_p = NextHop { ifindex: if_p, dst_mac: P_MAC, src_mac: GW_P_MAC };
+    let hop_s = NextHop { ifindex: if_s, dst_mac: S_MAC, src_mac: GW_S_MAC };
+    let mut svcs = Vec::new();
+    for (id, svc) in specs.into_iter().enumerate() {
+        let id = u32::try_from(id).unwrap();
+        h.dp.set_service(id, &svc, [hop_p, hop_s], both_up(SLOT_PRIMARY)).unwrap();
+        let client = if svc.vip.is_ipv4() { c4 } else { c6 };
+        svcs.push(Svc { id, svc, client });
+    }
+    Some(Lab { h, svcs, if_in, _entered: entered, _ns: ns })
+}
+
+#[test]
+fn forward_every_mode_family_and_protocol() {
+    let Some(mut lab) = lab("fwd") else { return };
+    for s in lab.svcs.clone() {
+        for slot in [SLOT_PRIMARY, SLOT_SECONDARY] {
+            lab.h.dp.set_switch(s.id, both_up(slot)).unwrap();
+            // SYN: a new flow, sent to the active backend.
+            let req = s.request(40000 + u16::from(slot), true);
+            let (act, out) = lab.h.run(&req.build());
+            assert_eq!(act, REDIRECT, "{}: slot {slot}", s.svc.name);
+            assert_eq!(out, s.forwarded(&req, slot).build(), "{}: slot {slot}", s.svc.name);
+            assert_checksums(&out);
+        }
+        lab.h.dp.set_switch(s.id, both_up(SLOT_PRIMARY)).unwrap();
+    }
+}
+
+#[test]
+fn ipv4_udp_zero_checksum_stays_zero() {
+    let Some(mut lab) = lab("udp0") else { return };
+    let s = lab.svcs.iter().find(|s| s.svc.name == "nat-udp4").unwrap().clone();
+    lab.h.dp.set_switch(s.id, both_up(SLOT_SECONDARY)).unwrap(); // secondary remaps the port
+    let mut req = s.request(40001, false);
+    req.udp_zero_csum = true;
+    let (act, out) = lab.h.run(&req.build());
+    assert_eq!(act, REDIRECT);
+    let mut want = s.forwarded(&req, SLOT_SECONDARY);
+    want.udp_zero_csum = true;
+    assert_eq!(out, want.build());
+    assert_eq!(&out[40..42], &[0, 0]);
+}
+
+#[test]
+fn replies_from_nat_backends_are_translated_back() {
+    let Some(mut lab) = lab("rev") else { return };
+    let client_hop = NextHop { ifindex: lab.if_in, dst_mac: CLIENT_MAC, src_mac: GW_IN_MAC };
+    for s in lab.svcs.clone().into_iter().filter(|s| s.svc.mode == Mode::Nat) {
+        for slot in [SLOT_PRIMARY, SLOT_SECONDARY] {
+            let be = s.backend(slot).clone();
+            let bport = be.port.unwrap_or(s.svc.port);
+            let mut reply = Spec::new(be.addr, bport, s.client, 40000, s.l4(false));
+            reply.smac = if slot == SLOT_PRIMARY { P_MAC } else { S_MAC };
+            reply.dmac = if slot == SLOT_PRIMARY { GW_P_MAC } else { GW_S_MAC };
+            let mut want = reply.clone();
+            want.src = s.svc.vip;
+            want.sport = s.svc.port;
+
+            // Next hop to the client not known yet: the stack gets the translated packet.
+            lab.h.dp.remove_client_hop(s.client).unwrap();
+            let unresolved = lab.h.counter(Counter::Unresolved);
+            let (act, out) = lab.h.run(&reply.build());
+            assert_eq!(act, PASS, "{}", s.svc.name);
+            assert_eq!(out, want.build(), "{}", s.svc.name);
+            assert_eq!(lab.h.counter(Counter::Unresolved), unresolved + 1);
+
+            // Known: redirected (XDP_TX: the client is behind the ingress interface here).
+            lab.h.dp.set_client_hop(s.client, client_hop).unwrap();
+            let (act, out) = lab.h.run(&reply.build());
+            want.ttl -= 1;
+            (want.dmac, want.smac) = (CLIENT_MAC, GW_IN_MAC);
+            assert_eq!(act, TX, "{}", s.svc.name);
+            assert_eq!(out, want.build(), "{}", s.svc.name);
+            assert_checksums(&out);
+            let stats = lab.h.dp.backend_stats(s.id, slot).unwrap();
+            assert_eq!(stats.rev_packets, 2, "{}", s.svc.name);
+        }
+    }
+}
+
+#[test]
+fn not_ours_passes_byte_for_byte() {
+    let Some(mut lab) = lab("other") else { return };
+    let s4 = lab.svcs[0].clone();
+    let s6 = lab.svcs[2].clone();
+    let mut frames = vec![
+        // Right VIP, wrong port; right port, wrong address; wrong protocol.
+        Spec::new(s4.client, 1000, s4.svc.vip, 81, L4::Tcp { syn: true, ack: false }).build(),
+        Spec::new(s4.client, 1000, ip("198.18.100.9"), 80, L4::Tcp { syn: true, ack: false }).build(),
+        Spec::new(s4.client, 1000, s4.svc.vip, 80, L4::Udp).build(),
+        Spec::new(s6.client, 1000, ip("2001:2::999"), 80, L4::Tcp { syn: true, ack: false }).build(),
+        // The gateway's own health probe answered by a backend: not a client reply.
+        Spec::new(ip("198.18.2.2"), 8080, ip("198.18.2.1"), 50000, L4::Tcp { syn: false, ack: true }).build(),
+        Spec::new(ip("2001:2:0:2::2"), 8080, ip("2001:2:0:2::1"), 50000, L4::Tcp { syn: false, ack: true }).build(),
+        // A backend talking from another port.
+        Spec::new(ip("198.18.2.2"), 22, s4.client, 50000, L4::Tcp { syn: false, ack: true }).build(),
+    ];
+    // ARP and ICMP to the VIP.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0u8; 28]);
+    frames.push(arp);
+    let mut icmp = Spec::new(s4.client, 0, s4.svc.vip, 0, L4::Udp).build();
+    icmp[14 + 9] = 1;
+    frames.push(icmp);
+    for f in frames {
+        let (act, out) = lab.h.run(&f);
+        assert_eq!(act, PASS);
+        assert_eq!(out, f);
+    }
+    for s in &lab.svcs {
+        let st = lab.h.dp.backend_stats(s.id, SLOT_PRIMARY).unwrap();
+        assert_eq!(st.fwd_packets + st.rev_packets, 0, "{}", s.svc.name);
+    }
+}
+
+#[test]
+fn every_truncation_of_a_vip_packet_passes_untouched() {
+    let Some(mut lab) = lab("trunc") else { return };
+    for s in lab.svcs.clone() {
+        let full = s.request(40000, true).build();
+        for len in 14..full.len() {
+            let before = lab.h.counter(Counter::Malformed);
+            let (act, out) = lab.h.run(&full[..len]);
+            assert_eq!(act, PASS, "{} truncated to {len}", s.svc.name);
+            assert_eq!(out, &full[..len], "{} truncated to {len}", s.svc.name);
+            assert_eq!(lab.h.counter(Counter::Malformed), before + 1, "{} len {len}", s.svc.name);
+        }
+    }
+}
+
+#[test]
+fn random_bytes_pass_untouched() {
+    let Some(mut lab) = lab("rand") else { return };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let vip_frame = lab.svcs[0].request(40000, true).build();
+    let mut forwarded = 0;
+    for i in 0..3000 {
+        let len = 14 + (rng.next_u64() % 180) as usize;
+        let mut f: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        if i % 2 == 0 {
+            // Half keep a valid Ethernet/IP prefix so the parser goes deeper.
+            let n = len.min(14 + (rng.next_u64() % 40) as usize);
+            f[..n].copy_from_slice(&vip_frame[..n]);
+        }
+        let (act, out) = lab.h.run(&f);
+        if act != PASS {
+            // Only a complete, consistent VIP packet may be forwarded, and the
+            // rewrite must keep its checksums exactly as (in)valid as they were.
+            assert_eq!(act, REDIRECT, "frame {i}");
+            assert_eq!(checksums_ok(&f), checksums_ok(&out), "frame {i}");
+            forwarded += 1;
+        } else {
+            assert_eq!(out, f, "frame {i}");
+        }
+    }
+    eprintln!("{forwarded} of 3000 random frames were complete VIP packets and forwarded");
+}
+
+#[test]
+fn expiring_ttl_goes_to_the_stack_untouched() {
+    let Some(mut lab) = lab("ttl") else { return };
+    for s in lab.svcs.clone() {
+        let mut req = s.request(40000, true);
+        req.ttl = 1;
+        let f = req.build();
+        let before = lab.h.counter(Counter::TtlExpired);
+        let (act, out) = lab.h.run(&f);
+        assert_eq!((act, &out), (PASS, &f), "{}", s.svc.name);
+        assert_eq!(lab.h.counter(Counter::TtlExpired), before + 1);
+    }
+}
+
+#[test]
+fn unresolved_next_hop_goes_to_the_stack_deliverable() {
+    let Some(mut lab) = lab("unres") else { return };
+    for s in lab.svcs.clone() {
+        lab.h.dp.set_backend_hop(s.id, SLOT_PRIMARY, NextHop { ifindex: 0, dst_mac: [0; 6], src_mac: [0; 6] }).unwrap();
+        let req = s.request(40000, true);
+        let (act, out) = lab.h.run(&req.build());
+        // NAT: rewritten to the backend, but MACs and TTL left for the stack's own forwarding.
+        let mut want = req.clone();
+        if s.svc.mode == Mode::Nat {
+            want.dst = s.svc.primary.addr;
+            want.dport = s.svc.primary.port.unwrap_or(s.svc.port);
+        }
+        assert_eq!(act, PASS, "{}", s.svc.name);
+        assert_eq!(out, want.build(), "{}", s.svc.name);
+        // Egress not in the redirect map: also handed to the stack, counted apart.
+        lab.h.dp.set_backend_hop(s.id, SLOT_PRIMARY, NextHop { ifindex: 1, dst_mac: P_MAC, src_mac: GW_P_MAC }).unwrap();
+        let before = lab.h.counter(Counter::RedirectFailed);
+        let (act, out) = lab.h.run(&req.build());
+        assert_eq!((act, out), (PASS, want.build()), "{}", s.svc.name);
+        assert_eq!(lab.h.counter(Counter::RedirectFailed), before + 1);
+    }
+    assert!(lab.h.counter(Counter::Unresolved) >= 8);
+}
+
+#[test]
+fn egress_equal_to_ingress_uses_xdp_tx() {
+    let Some(mut lab) = lab("tx") else { return };
+    let s = lab.svcs[0].clone();
+    let hop = NextHop { ifindex: lab.if_in, dst_mac: P_MAC, src_mac: GW_P_MAC };
+    lab.h.dp.set_backend_hop(s.id, SLOT_PRIMARY, hop).unwrap();
+    let req = s.request(40000, true);
+    let (act, out) = lab.h.run(&req.build());
+    assert_eq!(act, TX);
+    assert_eq!(out, s.forwarded(&req, SLOT_PRIMARY).build());
+}
+
+/// Sends `sport`'s packet and returns the backend slot it went to.
+fn slot_of(lab: &mut Lab, s: &Svc, sport: u16, syn: bool) -> u8 {
+    let req = s.request(sport, syn);
+    let (act, out) = lab.h.run(&req.build());
+    assert_eq!(act, REDIRECT, "{} sport {sport}", s.svc.name);
+    for slot in [SLOT_PRIMARY, SLOT_SECONDARY] {
+        if out == s.forwarded(&req, slot).build() {
+            return slot;
+        }
+    }
+    panic!("{} sport {sport}: output matches neither backend", s.svc.name);
+}
+
+fn state(active: u8, up: u8) -> SwitchState {
+    SwitchState { active, up, drained: 0, _pad: 0, generation: 0 }
+}
+
+#[test]
+fn tcp_flow_affinity_across_flip_and_failback() {
+    let Some(mut lab) = lab("affin") else { return };
+    let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
+    for s in lab.svcs.clone().into_iter().filter(|s| s.svc.protocol == Protocol::Tcp) {
+        let id = s.id;
+        // Steady state: new flows to the primary, no flow entry written.
+        assert_eq!(slot_of(&mut lab, &s, 1000, true), p);
+        assert_eq!(lab.h.dp.flow(s.client, 1000, id).unwrap(), None, "{}", s.svc.name);
+        // Manual flip to the secondary with the primary up (drain): the
+        // established flow stays, a new one goes to the secondary.
+        lab.h.dp.set_switch(id, state(s2, 0b11)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 1000, false), p, "{}", s.svc.name);
+        assert_eq!(slot_of(&mut lab, &s, 2000, true), s2);
+        assert_eq!(slot_of(&mut lab, &s, 2000, false), s2);
+        // Failback: flows that started on the secondary finish there; new ones go to the primary.
+        lab.h.dp.set_switch(id, state(p, 0b11)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 2000, false), s2, "{}", s.svc.name);
+        assert_eq!(slot_of(&mut lab, &s, 1000, false), p);
+        assert_eq!(slot_of(&mut lab, &s, 3000, true), p);
+        // The primary goes down: everything moves to the secondary.
+        lab.h.dp.set_switch(id, state(s2, 0b10)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 1000, false), s2);
+        assert_eq!(slot_of(&mut lab, &s, 3000, false), s2);
+        // It comes back: flows moved to the secondary stay there.
+        lab.h.dp.set_switch(id, state(p, 0b11)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 1000, false), s2, "{}", s.svc.name);
+        assert_eq!(slot_of(&mut lab, &s, 4000, true), p);
+    }
+}
+
+#[test]
+fn udp_flow_affinity_and_backend_down_resteer() {
+    let Some(mut lab) = lab("udpaff") else { return };
+    let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
+    for s in lab.svcs.clone().into_iter().filter(|s| s.svc.protocol == Protocol::Udp) {
+        let id = s.id;
+        // Primary down: flows go to the secondary and are pinned there.
+        lab.h.dp.set_switch(id, state(s2, 0b10)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 4000, false), s2);
+        let pinned = lab.h.dp.flow(s.client, 4000, id).unwrap().unwrap();
+        assert_eq!(pinned.slot, s2);
+        // Failback: the pinned flow finishes on the secondary, a new one goes to the primary.
+        lab.h.dp.set_switch(id, state(p, 0b11)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 4000, false), s2, "{}", s.svc.name);
+        assert_eq!(slot_of(&mut lab, &s, 5000, false), p);
+        assert_eq!(lab.h.dp.flow(s.client, 5000, id).unwrap(), None);
+        // The secondary dies: its flow moves to the primary and stays there
+        // when the secondary returns.
+        lab.h.dp.set_switch(id, state(p, 0b01)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 4000, false), p, "{}", s.svc.name);
+        lab.h.dp.set_switch(id, state(p, 0b11)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 4000, false), p, "{}", s.svc.name);
+    }
+}
+
+#[test]
+fn per_backend_counters_count_packets_and_bytes() {
+    let Some(mut lab) = lab("stats") else { return };
+    let s = lab.svcs[1].clone();
+    let f = s.request(40000, false).build();
+    for _ in 0..5 {
+        assert_eq!(lab.h.run(&f).0, REDIRECT);
+    }
+    let st = lab.h.dp.backend_stats(s.id, SLOT_PRIMARY).unwrap();
+    assert_eq!((st.fwd_packets, st.fwd_bytes), (5, 5 * f.len() as u64));
+    assert_eq!(lab.h.dp.backend_stats(s.id, SLOT_SECONDARY).unwrap().fwd_packets, 0);
+}

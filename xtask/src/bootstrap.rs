@@ -1,0 +1,155 @@
+//! Makes sure the eBPF toolchain and the lab tools exist, installing what is
+//! missing and saying so. Two routes, detected rather than hard-coded:
+//!
+//! - **rustup nightly with rust-src** (internet-connected machines): used as is;
+//!   if rustup can install it, `rustup toolchain install nightly --component rust-src`.
+//! - **Debian** (rustup cannot download): `rustc-web cargo-web rust-web-src`
+//!   give a matching compiler + library sources (rustc 1.96, LLVM 22), linked
+//!   into rustup as the `debian` toolchain; `redirector/build.rs` builds with it
+//!   under `RUSTC_BOOTSTRAP=1`. bpf-linker is built against Debian's LLVM 22.
+//!
+//! When everything is present this runs a handful of `--version` probes (well
+//! under a second) and installs nothing.
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+use crate::cmd;
+
+const DEBIAN_RUST: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
+const DEBIAN_LLVM: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const LAB_TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("ethtool", "ethtool")];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn is_root() -> bool {
+    cmd::output(&["id", "-u"]).is_some_and(|s| s.trim() == "0")
+}
+
+fn has_rustup() -> bool {
+    cmd::ok(&["rustup", "--version"])
+}
+
+fn sysroot_has_src(toolchain: &str) -> bool {
+    cmd::output(&["rustup", "run", toolchain, "rustc", "--print", "sysroot"])
+        .is_some_and(|s| Path::new(s.trim()).join("lib/rustlib/src/rust/library/core").is_dir())
+}
+
+fn is_debian() -> bool {
+    Path::new("/etc/debian_version").exists() && cmd::ok(&["apt-get", "--version"])
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    if !is_root() {
+        bail!("missing Debian packages {}: run `apt-get install {}` as root", pkgs.join(" "), pkgs.join(" "));
+    }
+    eprintln!("bootstrap: installing Debian packages: {}", pkgs.join(" "));
+    // A fresh machine may have empty or stale package lists.
+    cmd::sh(&["apt-get", "update", "-qq"])?;
+    let mut words = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    words.extend_from_slice(pkgs);
+    let mut c = std::process::Command::new(words[0]);
+    c.args(&words[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+    eprintln!("+ {}", words.join(" "));
+    let st = c.status()?;
+    if !st.success() {
+        bail!("`{}` failed ({st})", words.join(" "));
+    }
+    Ok(())
+}
+
+fn dpkg_missing<'a>(pkgs: &[&'a str]) -> Vec<&'a str> {
+    pkgs.iter()
+        .copied()
+        .filter(|p| {
+            !cmd::output(&["dpkg-query", "-W", "-f", "${Status}", p])
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect()
+}
+
+/// Which compiler route builds the eBPF side.
+enum Route {
+    Nightly,
+    Debian,
+}
+
+fn ensure_compiler() -> Result<Route> {
+    if has_rustup() && sysroot_has_src("nightly") {
+        return Ok(Route::Nightly);
+    }
+    if is_debian() {
+        let missing = dpkg_missing(DEBIAN_RUST);
+        if !missing.is_empty() {
+            apt_install(&missing)?;
+        }
+        if has_rustup() && !sysroot_has_src("debian") {
+            eprintln!("bootstrap: linking Debian's rustc as the rustup toolchain `debian`");
+            cmd::sh(&["rustup", "toolchain", "link", "debian", "/usr"])?;
+        }
+        return Ok(Route::Debian);
+    }
+    if has_rustup() {
+        eprintln!("bootstrap: installing rustup nightly with rust-src");
+        cmd::sh(&["rustup", "toolchain", "install", "nightly", "--component", "rust-src"])?;
+        return Ok(Route::Nightly);
+    }
+    bail!(
+        "no eBPF-capable Rust toolchain: install rustup and run \
+         `rustup toolchain install nightly --component rust-src`"
+    )
+}
+
+fn ensure_linker(route: &Route) -> Result<()> {
+    if cmd::ok(&["bpf-linker", "--version"]) {
+        return Ok(());
+    }
+    match route {
+        Route::Debian => {
+            let missing = dpkg_missing(DEBIAN_LLVM);
+            if !missing.is_empty() {
+                apt_install(&missing)?;
+            }
+            eprintln!("bootstrap: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
+            let mut c = std::process::Command::new("cargo");
+            c.args([
+                "install", "bpf-linker", "--version", BPF_LINKER_VERSION,
+                "--no-default-features", "--features", "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22");
+            eprintln!("+ LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --features llvm-22 …");
+            if !c.status()?.success() {
+                bail!("building bpf-linker failed; see above (needs llvm-22-dev and libpolly-22-dev)");
+            }
+        }
+        Route::Nightly => {
+            eprintln!("bootstrap: installing bpf-linker");
+            cmd::sh(&["cargo", "install", "bpf-linker", "--locked"])?;
+        }
+    }
+    if !cmd::ok(&["bpf-linker", "--version"]) {
+        bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+/// The eBPF toolchain: compiler with library sources, and bpf-linker.
+pub fn ensure() -> Result<()> {
+    let route = ensure_compiler()?;
+    ensure_linker(&route)
+}
+
+/// Tools the namespace tests and the lab use.
+pub fn ensure_lab_tools() -> Result<()> {
+    let missing: Vec<&str> = LAB_TOOLS
+        .iter()
+        .filter(|(bin, _)| !cmd::ok(&["sh", "-c", &format!("command -v {bin}")]))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_debian() {
+        bail!("missing tools from packages {}: install them", missing.join(" "));
+    }
+    apt_install(&missing)
+}
