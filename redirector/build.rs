@@ -50,7 +50,10 @@ fn choose_route() -> anyhow::Result<(Option<String>, bool)> {
         let root = rustup_sysroot(&tc)
             .ok_or_else(|| anyhow!("REDIRECTOR_EBPF_TOOLCHAIN={tc}: rustup cannot run it"))?;
         if !sysroot_has_src(&root) {
-            bail!("REDIRECTOR_EBPF_TOOLCHAIN={tc} has no rust-src under {}", root.display());
+            bail!(
+                "REDIRECTOR_EBPF_TOOLCHAIN={tc} has no rust-src under {}",
+                root.display()
+            );
         }
         let nightly = is_nightly(Command::new("rustup").args(["run", &tc, "rustc"]));
         return Ok((Some(tc), !nightly));
@@ -67,10 +70,12 @@ fn choose_route() -> anyhow::Result<(Option<String>, bool)> {
              toolchain is linked; {FIX}"
         );
     }
-    let root = sysroot(&mut Command::new("rustc"))
-        .ok_or_else(|| anyhow!("no rustc on PATH; {FIX}"))?;
+    let root = sysroot(&mut Command::new("rustc")).ok_or_else(|| anyhow!("no rustc on PATH; {FIX}"))?;
     if !sysroot_has_src(&root) {
-        bail!("rustc at {} has no library sources (rust-src); {FIX}", root.display());
+        bail!(
+            "rustc at {} has no library sources (rust-src); {FIX}",
+            root.display()
+        );
     }
     Ok((None, !is_nightly(&mut Command::new("rustc"))))
 }

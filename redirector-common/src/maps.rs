@@ -23,6 +23,9 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     /// Per-CPU per-backend counters indexed like `BACKENDS`.
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Port → [`super::PORT_SERVICE`] | [`super::PORT_BACKEND`]: a one-load
+    /// filter so most traffic that is not ours skips the hash lookups.
+    pub const PORTS: &str = "PORTS";
     /// Ring buffer of client addresses whose reply next hop is unknown.
     pub const HOP_REQUESTS: &str = "HOP_REQUESTS";
 }
@@ -99,13 +102,30 @@ pub struct SwitchState {
     pub up: u8,
     /// Bit per slot: backend is drained (takes no new flows; userspace policy).
     pub drained: u8,
-    /// Always zero.
-    pub _pad: u8,
+    /// [`SWITCH_PINNED`]: flow entries may exist for this service.
+    pub flags: u8,
     /// Incremented by userspace on every write; for tracing and audits.
     pub generation: u32,
 }
 
+/// `SwitchState::flags`: flow entries may exist, so the program must look them
+/// up. Userspace sets it in the same write that makes the secondary active and
+/// clears it only once the primary is active and a sweep found no entries left;
+/// while it is clear and the primary is active, packets skip the flow table.
+pub const SWITCH_PINNED: u8 = 1;
+
+/// `PORTS` bit: some service listens on this destination port.
+pub const PORT_SERVICE: u8 = 1;
+/// `PORTS` bit: some NAT backend answers from this source port.
+pub const PORT_BACKEND: u8 = 2;
+
 impl SwitchState {
+    /// Must the program consult the flow table?
+    #[inline(always)]
+    pub fn pinned(&self) -> bool {
+        self.flags & SWITCH_PINNED != 0
+    }
+
     /// Is the backend in `slot` up?
     #[inline(always)]
     pub fn is_up(&self, slot: u8) -> bool {
@@ -254,6 +274,27 @@ impl Counter {
     }
 }
 
+/// Frame bytes the benchmark's `restore` program copies over the packet.
+pub const BENCH_TEMPLATE_LEN: usize = 128;
+
+/// `BenchTemplate::vary_off` for the IPv4 source address.
+pub const VARY_V4_SRC: usize = 14 + 12;
+/// `BenchTemplate::vary_off` for the last 32 bits of the IPv6 source address.
+pub const VARY_V6_SRC: usize = 14 + 8 + 12;
+
+/// Value of the benchmark object's `TEMPLATE` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct BenchTemplate {
+    /// The original frame (only the first `frame length` bytes are copied).
+    pub bytes: [u8; BENCH_TEMPLATE_LEN],
+    /// [`VARY_V4_SRC`] or [`VARY_V6_SRC`]: overwrite that 32-bit field with a
+    /// run counter, a fresh 5-tuple every run; anything else: no change.
+    pub vary_off: u32,
+    /// The run counter.
+    pub counter: u32,
+}
+
 /// Builds the 16-byte form of an IPv4 address (IPv4-mapped).
 pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
     [
@@ -272,6 +313,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowValue>() == 16);
     assert!(core::mem::size_of::<Addr>() == 16);
     assert!(core::mem::size_of::<BackendStats>() == 32);
+    assert!(core::mem::size_of::<BenchTemplate>() == 136);
 };
 
 #[cfg(feature = "user")]
@@ -297,4 +339,6 @@ mod user {
     unsafe impl aya::Pod for BackendStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for NextHop {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BenchTemplate {}
 }

@@ -3,8 +3,8 @@
 //! - `restore`: copies a template frame from `TEMPLATE` over the packet, then
 //!   tail-calls `TARGET[0]`. With `BPF_PROG_TEST_RUN`'s repeat count the kernel
 //!   reruns on the same (already rewritten) buffer; restoring first makes every
-//!   run see the original packet. `TEMPLATE.vary != 0` adds the run number to
-//!   the source port so every run is a new flow.
+//!   run see the original packet. `TEMPLATE.vary_off != 0` writes the run
+//!   counter over a 32-bit field (the source address) so every run is a new flow.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -17,18 +17,10 @@ mod program {
         programs::XdpContext,
     };
 
-    pub const TEMPLATE_LEN: usize = 128;
-
-    #[repr(C)]
-    pub struct Template {
-        pub bytes: [u8; TEMPLATE_LEN],
-        /// Offset of the source port to vary (0 = do not vary).
-        pub vary_off: u32,
-        pub counter: u32,
-    }
+    use redirector_common::{BENCH_TEMPLATE_LEN as TEMPLATE_LEN, BenchTemplate, VARY_V4_SRC, VARY_V6_SRC};
 
     #[map]
-    static TEMPLATE: Array<Template> = Array::with_max_entries(1, 0);
+    static TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
 
     #[map]
     static TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
@@ -45,7 +37,8 @@ mod program {
         };
         let start = ctx.data();
         let end = ctx.data_end();
-        // Fixed 8-byte steps keep the loop bounded and the copy cheap.
+        // Fixed 8-byte steps keep the loop bounded and the copy cheap; benchmark
+        // frames are a multiple of 8 bytes long.
         let mut off = 0;
         while off + 8 <= TEMPLATE_LEN {
             if start + off + 8 > end {
@@ -58,23 +51,20 @@ mod program {
             }
             off += 8;
         }
-        let mut i = 0;
-        while i < 7 {
-            let o = off + i;
-            if o >= TEMPLATE_LEN || start + o + 1 > end {
-                break;
-            }
-            // SAFETY: bounds checked just above.
-            unsafe { *((start + o) as *mut u8) = (*t).bytes[o] };
-            i += 1;
-        }
-        // SAFETY: t is a valid map value; the port write is bounds-checked.
+        // SAFETY: t is a valid map value; each write is bounds-checked at a
+        // constant offset (IPv4 source address, or the last word of the IPv6 one).
         unsafe {
-            let voff = (*t).vary_off as usize;
-            if voff != 0 && voff < TEMPLATE_LEN - 2 && start + voff + 2 <= end {
+            let voff = (*t).vary_off;
+            if voff == VARY_V4_SRC as u32 || voff == VARY_V6_SRC as u32 {
                 (*t).counter = (*t).counter.wrapping_add(1);
-                let c = (*t).counter as u16;
-                core::ptr::write_unaligned((start + voff) as *mut u16, c.to_be());
+                let c = (*t).counter;
+                if voff == VARY_V4_SRC as u32 {
+                    if start + VARY_V4_SRC + 4 <= end {
+                        core::ptr::write_unaligned((start + VARY_V4_SRC) as *mut u32, c);
+                    }
+                } else if start + VARY_V6_SRC + 4 <= end {
+                    core::ptr::write_unaligned((start + VARY_V6_SRC) as *mut u32, c);
+                }
             }
         }
         // SAFETY: index 0 holds an XDP program fd set by the benchmark.

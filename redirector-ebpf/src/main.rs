@@ -24,12 +24,12 @@ mod program {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use aya_log_ebpf::debug;
     use redirector_common::{
-        Addr, Counter, Endpoint, FlowKey, Mode, NextHop, PROTO_TCP,
+        Addr, Counter, Endpoint, FlowKey, Mode, NextHop, PORT_BACKEND, PORT_SERVICE, PROTO_TCP,
     };
 
     use crate::{
         maps::{
-            BACKENDS, CLIENT_HOPS, EGRESS, HOP_REQUESTS, LOCAL_ADDRS, REVERSE, SERVICES, SWITCH,
+            BACKENDS, CLIENT_HOPS, EGRESS, HOP_REQUESTS, LOCAL_ADDRS, PORTS, REVERSE, SERVICES, SWITCH,
             count, count_backend,
         },
         parse::{Packet, Parsed, parse},
@@ -45,21 +45,42 @@ mod program {
             Parsed::Unsupported => return pass(Counter::Unsupported),
             Parsed::Malformed => return pass(Counter::Malformed),
         };
-        let vip = Endpoint { addr: pkt.dst, port_be: pkt.dport_be, proto: pkt.proto, _pad: 0 };
+        let vip = Endpoint {
+            addr: pkt.dst,
+            port_be: pkt.dport_be,
+            proto: pkt.proto,
+            _pad: 0,
+        };
         // SAFETY: read-only use of a value userspace replaces atomically.
         if let Some(svc) = unsafe { SERVICES.get(&vip) } {
             return forward(&ctx, &pkt, svc.id, svc.mode);
         }
-        let backend = Endpoint { addr: pkt.src, port_be: pkt.sport_be, proto: pkt.proto, _pad: 0 };
+        let backend = Endpoint {
+            addr: pkt.src,
+            port_be: pkt.sport_be,
+            proto: pkt.proto,
+            _pad: 0,
+        };
         // SAFETY: as above.
         if let Some(rev) = unsafe { REVERSE.get(&backend) } {
             // The gateway's own conversations with backends (health probes) are not replies.
             // SAFETY: as above.
             if unsafe { LOCAL_ADDRS.get(&Addr { addr: pkt.dst }) }.is_none() {
-                return reply(&ctx, &pkt, rev.service * 2 + u32::from(rev.slot & 1), &rev.vip, rev.port_be);
+                return reply(
+                    &ctx,
+                    &pkt,
+                    rev.service * 2 + u32::from(rev.slot & 1),
+                    &rev.vip,
+                    rev.port_be,
+                );
             }
         }
         pass(Counter::Passed)
+    }
+
+    #[inline(always)]
+    fn port_flags(port_be: u16) -> u8 {
+        PORTS.get(u32::from(u16::from_be(port_be))).copied().unwrap_or(0)
     }
 
     #[inline(always)]
@@ -76,7 +97,12 @@ mod program {
         if pkt.ttl <= 1 {
             return pass(Counter::TtlExpired);
         }
-        let key = FlowKey { addr: pkt.src, port_be: pkt.sport_be, _pad: 0, service: id };
+        let key = FlowKey {
+            addr: pkt.src,
+            port_be: pkt.sport_be,
+            _pad: 0,
+            service: id,
+        };
         let slot = select::choose(&key, st, pkt.proto == PROTO_TCP, pkt.syn);
         let index = id * 2 + u32::from(slot & 1);
         let Some(be) = BACKENDS.get(index) else {
@@ -93,6 +119,16 @@ mod program {
 
     #[inline(always)]
     fn reply(ctx: &XdpContext, pkt: &Packet, index: u32, vip: &[u8; 16], port_be: u16) -> u32 {
+        let client = Addr { addr: pkt.dst };
+        // Userspace never caches a hop for the gateway's own addresses, so a hit
+        // is a real client; only a miss needs the local-address check.
+        // SAFETY: read-only use of a value userspace replaces atomically.
+        let hop = unsafe { CLIENT_HOPS.get(&client) };
+        // SAFETY: as above.
+        if hop.is_none() && unsafe { LOCAL_ADDRS.get(&client) }.is_some() {
+            // The gateway's own conversation with a backend (a health probe): not a reply.
+            return pass(Counter::Passed);
+        }
         if pkt.ttl <= 1 {
             return pass(Counter::TtlExpired);
         }
@@ -100,9 +136,7 @@ mod program {
             return pass(Counter::Malformed);
         }
         count_backend(index, frame_len(ctx), true);
-        let client = Addr { addr: pkt.dst };
-        // SAFETY: read-only use of a value userspace replaces atomically.
-        match unsafe { CLIENT_HOPS.get(&client) } {
+        match hop {
             Some(hop) => send(ctx, pkt.v6, hop),
             None => {
                 // Ask userspace to resolve it; the stack delivers this one.

@@ -4,14 +4,12 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use redirector_common::{
-    Addr, Backend, BackendStats, Counter, DEFAULT_CLIENT_HOPS, DEFAULT_FLOW_ENTRIES,
-    DEFAULT_MAX_SERVICES, Endpoint, FlowKey, FlowValue, NextHop, ReverseInfo, ServiceInfo,
-    SwitchState,
+    Addr, Backend, BackendStats, Counter, DEFAULT_CLIENT_HOPS, DEFAULT_FLOW_ENTRIES, DEFAULT_MAX_SERVICES,
+    Endpoint, FlowKey, FlowValue, NextHop, ReverseInfo, ServiceInfo, SwitchState,
 };
 
 #[map]
-pub static SERVICES: HashMap<Endpoint, ServiceInfo> =
-    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+pub static SERVICES: HashMap<Endpoint, ServiceInfo> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 #[map]
 pub static SWITCH: Array<SwitchState> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -20,16 +18,13 @@ pub static SWITCH: Array<SwitchState> = Array::with_max_entries(DEFAULT_MAX_SERV
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
 
 #[map]
-pub static REVERSE: HashMap<Endpoint, ReverseInfo> =
-    HashMap::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
+pub static REVERSE: HashMap<Endpoint, ReverseInfo> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
 
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
 #[map]
-pub static CLIENT_HOPS: LruHashMap<Addr, NextHop> =
-    LruHashMap::with_max_entries(DEFAULT_CLIENT_HOPS, 0);
+pub static CLIENT_HOPS: LruHashMap<Addr, NextHop> = LruHashMap::with_max_entries(DEFAULT_CLIENT_HOPS, 0);
 
 #[map]
 pub static LOCAL_ADDRS: HashMap<Addr, u8> = HashMap::with_max_entries(256, 0);
@@ -43,6 +38,9 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
+
+#[map]
+pub static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 
 #[map]
 pub static HOP_REQUESTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);

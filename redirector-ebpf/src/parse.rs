@@ -86,8 +86,15 @@ fn parse_v4(ctx: &XdpContext, frame_len: usize) -> Parsed {
     };
     let ip = ip as *const u8;
     // SAFETY: ip covers the 20-byte fixed header.
-    let (vihl, tot_len, frag, ttl, proto) =
-        unsafe { (*ip, be16(ip.add(2)) as usize, be16(ip.add(6)), *ip.add(8), *ip.add(9)) };
+    let (vihl, tot_len, frag, ttl, proto) = unsafe {
+        (
+            *ip,
+            be16(ip.add(2)) as usize,
+            be16(ip.add(6)),
+            *ip.add(8),
+            *ip.add(9),
+        )
+    };
     if vihl >> 4 != 4 || vihl & 0xf < 5 {
         return Parsed::Malformed;
     }
@@ -156,7 +163,11 @@ fn parse_l4(
     ttl: u8,
     l4_len: usize,
 ) -> Parsed {
-    let off = if v6 { ETH_LEN + IPV6_LEN } else { ETH_LEN + IPV4_LEN };
+    let off = if v6 {
+        ETH_LEN + IPV6_LEN
+    } else {
+        ETH_LEN + IPV4_LEN
+    };
     let (sport_be, dport_be, syn) = if proto == PROTO_TCP {
         let Some(tcp) = ptr_at::<[u8; TCP_LEN]>(ctx, off) else {
             return Parsed::Malformed;
@@ -193,5 +204,14 @@ fn parse_l4(
         }
         (sp, dp, false)
     };
-    Parsed::Packet(Packet { v6, proto, src, dst, sport_be, dport_be, syn, ttl })
+    Parsed::Packet(Packet {
+        v6,
+        proto,
+        src,
+        dst,
+        sport_be,
+        dport_be,
+        syn,
+        ttl,
+    })
 }

@@ -65,7 +65,16 @@ fn endpoint_v4(ctx: &XdpContext, proto: u8, side: Side, addr: &[u8; 16], port_be
         write_unaligned(ip.add(a_off) as *mut u32, new_addr);
         wr16(ip.add(10), csum::replace_words(ip_csum, &[old_addr], &[new_addr]));
     }
-    l4(ctx, l4_off, proto, p_off, &[old_addr], &[new_addr], port_be, false)
+    l4(
+        ctx,
+        l4_off,
+        proto,
+        p_off,
+        &[old_addr],
+        &[new_addr],
+        port_be,
+        false,
+    )
 }
 
 #[inline(always)]
@@ -98,7 +107,10 @@ fn endpoint_v6(ctx: &XdpContext, proto: u8, side: Side, addr: &[u8; 16], port_be
 }
 
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "kept flat so the verifier sees constants")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "kept flat so the verifier sees constants"
+)]
 fn l4<const N: usize>(
     ctx: &XdpContext,
     l4_off: usize,

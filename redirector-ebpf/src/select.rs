@@ -18,6 +18,10 @@ const REFRESH_NS: u64 = 1_000_000_000;
 #[inline(always)]
 pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
     let active = st.active & 1;
+    if active == SLOT_PRIMARY && !st.pinned() {
+        // No flow entry can exist: skip the table entirely (steady state).
+        return SLOT_PRIMARY;
+    }
     if let Some(v) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the value lives in the map; concurrent updates of these plain
         // fields by other CPUs are benign (last writer wins, same meaning).

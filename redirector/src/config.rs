@@ -66,11 +66,8 @@ pub enum XdpModeSetting {
 }
 
 impl XdpModeSetting {
-    const CHOICES: &'static [(&'static str, Self)] = &[
-        ("auto", Self::Auto),
-        ("driver", Self::Driver),
-        ("skb", Self::Skb),
-    ];
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("auto", Self::Auto), ("driver", Self::Driver), ("skb", Self::Skb)];
 
     /// The spelling used in the configuration file.
     pub fn as_str(self) -> &'static str {
@@ -313,9 +310,7 @@ pub enum ConfigError {
         vip: IpAddr,
     },
     /// A backend address equals the service's vip.
-    #[error(
-        "{at}: service \"{service}\": key \"{key}\": backend address {vip} is the service's own vip"
-    )]
+    #[error("{at}: service \"{service}\": key \"{key}\": backend address {vip} is the service's own vip")]
     BackendIsVip {
         /// Where the backend is.
         at: Location,
@@ -507,8 +502,7 @@ impl<'de> Deserialize<'de> for RawValue {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawValue, A::Error> {
                 // Tables and datetimes.
-                toml::Value::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawValue::Scalar)
+                toml::Value::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawValue::Scalar)
             }
         }
         deserializer.deserialize_any(RawVisitor)
@@ -790,9 +784,9 @@ fn parse_backend(s: &str) -> Result<(IpAddr, Option<u16>), String> {
         let (inner, after) = rest
             .split_once(']')
             .ok_or_else(|| format!("invalid backend {s:?}: missing \"]\", {FORMS}"))?;
-        let addr: std::net::Ipv6Addr = inner.parse().map_err(|_| {
-            format!("invalid backend {s:?}: {inner:?} is not an IPv6 address, {FORMS}")
-        })?;
+        let addr: std::net::Ipv6Addr = inner
+            .parse()
+            .map_err(|_| format!("invalid backend {s:?}: {inner:?} is not an IPv6 address, {FORMS}"))?;
         let port = match after {
             "" => None,
             _ => match after.strip_prefix(':') {
@@ -851,11 +845,7 @@ fn convert_gateway(src: &Source<'_>, raw: &Spanned<RawGateway>) -> Result<Gatewa
         }
     };
     if items.is_empty() {
-        return Err(sec.invalid(
-            "interfaces",
-            &list.span(),
-            "must list at least one interface",
-        ));
+        return Err(sec.invalid("interfaces", &list.span(), "must list at least one interface"));
     }
     let mut interfaces = Vec::with_capacity(items.len());
     let mut seen = HashSet::new();
@@ -970,8 +960,8 @@ fn convert_service(
     sec.name = format!("service \"{name}\"");
 
     let vip_value = sec.required("vip", &r.vip)?;
-    let vip = parse_ip(sec.string("vip", vip_value)?)
-        .map_err(|m| sec.invalid("vip", &vip_value.span(), m))?;
+    let vip =
+        parse_ip(sec.string("vip", vip_value)?).map_err(|m| sec.invalid("vip", &vip_value.span(), m))?;
     let port: u16 = sec.ranged("port", sec.required("port", &r.port)?, 1..=u16::MAX)?;
     let protocol = sec.choice(
         "protocol",
@@ -1220,8 +1210,7 @@ secondary = "2001:2::1:80"
 
     #[test]
     fn from_file_reads_and_names_path() {
-        let dir =
-            std::env::temp_dir().join(format!("redirector-config-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("redirector-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let path = dir.join("config.toml");
         std::fs::write(&path, format!("{GATEWAY}bogus = 1\n")).expect("write");
@@ -1284,12 +1273,7 @@ secondary = "2001:2::1:80"
         ));
         assert_contains(
             &msg,
-            &[
-                "test.toml:5:",
-                "service \"web\"",
-                "key \"vip\"",
-                "198.18.300.1",
-            ],
+            &["test.toml:5:", "service \"web\"", "key \"vip\"", "198.18.300.1"],
         );
     }
 
@@ -1346,9 +1330,7 @@ secondary = "2001:2::1:80"
 
     #[test]
     fn port_zero() {
-        let msg = err(&one_service(
-            "name = \"web\"\nvip = \"198.18.100.1\"\nport = 0\n",
-        ));
+        let msg = err(&one_service("name = \"web\"\nvip = \"198.18.100.1\"\nport = 0\n"));
         assert_contains(
             &msg,
             &[
@@ -1379,9 +1361,7 @@ secondary = "2001:2::1:80"
 
     #[test]
     fn backend_port_out_of_range() {
-        let msg = err(&one_service(&format!(
-            "{SVC}primary = \"198.18.2.2:70000\"\n"
-        )));
+        let msg = err(&one_service(&format!("{SVC}primary = \"198.18.2.2:70000\"\n")));
         assert_contains(
             &msg,
             &["test.toml:8:", "key \"primary\"", "70000", "out of range"],
@@ -1396,10 +1376,7 @@ secondary = "2001:2::1:80"
             &["test.toml:3:", "key \"flow_table_size\"", "1024..=16777216"],
         );
         let msg = err("[gateway]\ninterfaces = [\"eth0\"]\nmax_services = 70000\n");
-        assert_contains(
-            &msg,
-            &["test.toml:3:", "key \"max_services\"", "1024..=65536"],
-        );
+        assert_contains(&msg, &["test.toml:3:", "key \"max_services\"", "1024..=65536"]);
     }
 
     #[test]
@@ -1407,11 +1384,7 @@ secondary = "2001:2::1:80"
         let msg = err(&one_service("name = \"web\"\nvip = \"198.18.100.1\"\n"));
         assert_contains(
             &msg,
-            &[
-                "test.toml:3:",
-                "service \"web\"",
-                "missing required key \"port\"",
-            ],
+            &["test.toml:3:", "service \"web\"", "missing required key \"port\""],
         );
     }
 
@@ -1446,17 +1419,10 @@ secondary = "2001:2::1:80"
 
     #[test]
     fn backend_is_vip() {
-        let msg = err(&one_service(&format!(
-            "{SVC}primary = \"198.18.100.1:8080\"\n"
-        )));
+        let msg = err(&one_service(&format!("{SVC}primary = \"198.18.100.1:8080\"\n")));
         assert_contains(
             &msg,
-            &[
-                "test.toml:8:",
-                "service \"web\"",
-                "key \"primary\"",
-                "own vip",
-            ],
+            &["test.toml:8:", "service \"web\"", "key \"primary\"", "own vip"],
         );
     }
 
@@ -1538,12 +1504,7 @@ secondary = "2001:2::1:80"
         let msg = err("\n[gateway]\ninterfaces = []\n");
         assert_contains(
             &msg,
-            &[
-                "test.toml:3:",
-                "[gateway]",
-                "key \"interfaces\"",
-                "at least one",
-            ],
+            &["test.toml:3:", "[gateway]", "key \"interfaces\"", "at least one"],
         );
     }
 
@@ -1552,10 +1513,7 @@ secondary = "2001:2::1:80"
         let msg = err("[gateway]\ninterfaces = [\n  \"eth0\",\n  \"eth/1\",\n]\n");
         assert_contains(&msg, &["test.toml:4:", "key \"interfaces\"", "\"eth/1\""]);
         let msg = err("[gateway]\ninterfaces = [\"averyveryverylongname\"]\n");
-        assert_contains(
-            &msg,
-            &["test.toml:2:", "key \"interfaces\"", "maximum is 15"],
-        );
+        assert_contains(&msg, &["test.toml:2:", "key \"interfaces\"", "maximum is 15"]);
         for bad in ["", ".", "..", "eth 0", "eth0:1"] {
             let msg = err(&format!("[gateway]\ninterfaces = [\"{bad}\"]\n"));
             assert_contains(&msg, &["test.toml:2:", "key \"interfaces\""]);
@@ -1597,13 +1555,8 @@ secondary = "2001:2::1:80"
             let cfg = Config::from_str_named(&text, "test.toml").expect(form);
             assert_eq!(cfg.services[0].primary, want, "{form}");
         }
-        let msg = err(&one_service(&format!(
-            "{SVC}primary = \"[198.18.2.2]:80\"\n"
-        )));
-        assert_contains(
-            &msg,
-            &["test.toml:8:", "key \"primary\"", "not an IPv6 address"],
-        );
+        let msg = err(&one_service(&format!("{SVC}primary = \"[198.18.2.2]:80\"\n")));
+        assert_contains(&msg, &["test.toml:8:", "key \"primary\"", "not an IPv6 address"]);
     }
 
     #[test]

@@ -47,7 +47,11 @@ pub struct Harness {
 impl Harness {
     /// Loads the embedded object with small maps.
     pub fn new(ingress_ifindex: u32) -> Harness {
-        let dp = Datapath::load(Sizes { max_services: 1024, flow_entries: 4096 }).unwrap();
+        let dp = Datapath::load(Sizes {
+            max_services: 1024,
+            flow_entries: 4096,
+        })
+        .unwrap();
         Harness { dp, ingress_ifindex }
     }
 
@@ -64,7 +68,11 @@ impl Harness {
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
-                ctx_in: if self.ingress_ifindex == 0 { None } else { Some(&ctx_bytes) },
+                ctx_in: if self.ingress_ifindex == 0 {
+                    None
+                } else {
+                    Some(&ctx_bytes)
+                },
                 repeat: 1,
                 ..Default::default()
             })

@@ -52,7 +52,13 @@ impl NetNs {
         let target = File::open(format!("/var/run/netns/{}", self.name)).unwrap();
         // SAFETY: valid namespace fds; only this thread's namespace changes.
         let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns into {}: {}", self.name, std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "setns into {}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
         Entered { orig }
     }
 }

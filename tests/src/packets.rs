@@ -83,7 +83,9 @@ impl Spec {
                 b.write(&mut out, &self.payload).unwrap();
             }
             L4::Udp => {
-                ip.udp(self.sport, self.dport).write(&mut out, &self.payload).unwrap();
+                ip.udp(self.sport, self.dport)
+                    .write(&mut out, &self.payload)
+                    .unwrap();
                 if self.udp_zero_csum {
                     assert!(self.src.is_ipv4(), "IPv6 UDP must have a checksum");
                     out[14 + 20 + 6] = 0;
@@ -119,13 +121,21 @@ fn check(frame: &[u8]) {
     match (&net, &transport) {
         (NetSlice::Ipv4(ip), TransportSlice::Tcp(tcp)) => {
             let h = ip.header().to_header();
-            assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 header checksum");
+            assert_eq!(
+                h.header_checksum,
+                h.calc_header_checksum(),
+                "IPv4 header checksum"
+            );
             let want = tcp.to_header().calc_checksum_ipv4(&h, tcp.payload()).unwrap();
             assert_eq!(tcp.checksum(), want, "TCP/IPv4 checksum");
         }
         (NetSlice::Ipv4(ip), TransportSlice::Udp(udp)) => {
             let h = ip.header().to_header();
-            assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 header checksum");
+            assert_eq!(
+                h.header_checksum,
+                h.calc_header_checksum(),
+                "IPv4 header checksum"
+            );
             if udp.checksum() != 0 {
                 let want = udp.to_header().calc_checksum_ipv4(&h, udp.payload()).unwrap();
                 assert_eq!(udp.checksum(), want, "UDP/IPv4 checksum");

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use redirector::config::{Backend, Mode, Protocol, Service};
 use redirector::datapath::both_up;
-use redirector_common::{Counter, NextHop, SLOT_PRIMARY, SLOT_SECONDARY, SwitchState};
+use redirector_common::{Counter, NextHop, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED, SwitchState};
 use redirector_tests::{
     Harness,
     action::{PASS, REDIRECT, TX},
@@ -46,7 +46,11 @@ impl Svc {
         Spec::new(self.client, sport, self.svc.vip, self.svc.port, self.l4(syn))
     }
     fn backend(&self, slot: u8) -> &Backend {
-        if slot == SLOT_PRIMARY { &self.svc.primary } else { &self.svc.secondary }
+        if slot == SLOT_PRIMARY {
+            &self.svc.primary
+        } else {
+            &self.svc.secondary
+        }
     }
     /// What the program must emit for `req` sent to backend `slot`.
     fn forwarded(&self, req: &Spec, slot: u8) -> Spec {
@@ -57,7 +61,11 @@ impl Svc {
             out.dport = be.port.unwrap_or(self.svc.port);
         }
         out.ttl -= 1;
-        (out.dmac, out.smac) = if slot == SLOT_PRIMARY { (P_MAC, GW_P_MAC) } else { (S_MAC, GW_S_MAC) };
+        (out.dmac, out.smac) = if slot == SLOT_PRIMARY {
+            (P_MAC, GW_P_MAC)
+        } else {
+            (S_MAC, GW_S_MAC)
+        };
         out
     }
 }
@@ -71,15 +79,29 @@ struct Lab {
     _ns: NetNs,
 }
 
-fn service(name: &str, vip: &str, port: u16, proto: Protocol, mode: Mode, p: (&str, Option<u16>), s: (&str, Option<u16>)) -> Service {
+fn service(
+    name: &str,
+    vip: &str,
+    port: u16,
+    proto: Protocol,
+    mode: Mode,
+    p: (&str, Option<u16>),
+    s: (&str, Option<u16>),
+) -> Service {
     Service {
         name: name.into(),
         vip: ip(vip),
         port,
         protocol: proto,
         mode,
-        primary: Backend { addr: ip(p.0), port: p.1 },
-        secondary: Backend { addr: ip(s.0), port: s.1 },
+        primary: Backend {
+            addr: ip(p.0),
+            port: p.1,
+        },
+        secondary: Backend {
+            addr: ip(s.0),
+            port: s.1,
+        },
     }
 }
 
@@ -89,7 +111,10 @@ fn lab(tag: &str) -> Option<Lab> {
     }
     let ns = NetNs::new(tag);
     for (a, b) in [("in0", "in1"), ("p0", "p1"), ("s0", "s1")] {
-        in_ns(&ns.name, &["ip", "link", "add", a, "type", "veth", "peer", "name", b]);
+        in_ns(
+            &ns.name,
+            &["ip", "link", "add", a, "type", "veth", "peer", "name", b],
+        );
         in_ns(&ns.name, &["ip", "link", "set", a, "up"]);
         in_ns(&ns.name, &["ip", "link", "set", b, "up"]);
     }
@@ -104,25 +129,104 @@ fn lab(tag: &str) -> Option<Lab> {
     let c4 = ip("198.18.1.2");
     let c6 = ip("2001:2:0:1::2");
     let specs = [
-        service("nat-tcp4", "198.18.100.1", 80, Protocol::Tcp, Mode::Nat, ("198.18.2.2", Some(8080)), ("198.18.3.2", None)),
-        service("nat-udp4", "198.18.100.1", 53, Protocol::Udp, Mode::Nat, ("198.18.2.2", None), ("198.18.3.2", Some(5353))),
-        service("nat-tcp6", "2001:2::100", 80, Protocol::Tcp, Mode::Nat, ("2001:2:0:2::2", Some(8080)), ("2001:2:0:3::2", None)),
-        service("nat-udp6", "2001:2::100", 53, Protocol::Udp, Mode::Nat, ("2001:2:0:2::2", None), ("2001:2:0:3::2", Some(5353))),
-        service("dsr-tcp4", "198.18.100.2", 80, Protocol::Tcp, Mode::Dsr, ("198.18.2.2", None), ("198.18.3.2", None)),
-        service("dsr-udp4", "198.18.100.2", 53, Protocol::Udp, Mode::Dsr, ("198.18.2.2", None), ("198.18.3.2", None)),
-        service("dsr-tcp6", "2001:2::200", 80, Protocol::Tcp, Mode::Dsr, ("2001:2:0:2::2", None), ("2001:2:0:3::2", None)),
-        service("dsr-udp6", "2001:2::200", 53, Protocol::Udp, Mode::Dsr, ("2001:2:0:2::2", None), ("2001:2:0:3::2", None)),
+        service(
+            "nat-tcp4",
+            "198.18.100.1",
+            80,
+            Protocol::Tcp,
+            Mode::Nat,
+            ("198.18.2.2", Some(8080)),
+            ("198.18.3.2", None),
+        ),
+        service(
+            "nat-udp4",
+            "198.18.100.1",
+            53,
+            Protocol::Udp,
+            Mode::Nat,
+            ("198.18.2.2", None),
+            ("198.18.3.2", Some(5353)),
+        ),
+        service(
+            "nat-tcp6",
+            "2001:2::100",
+            80,
+            Protocol::Tcp,
+            Mode::Nat,
+            ("2001:2:0:2::2", Some(8080)),
+            ("2001:2:0:3::2", None),
+        ),
+        service(
+            "nat-udp6",
+            "2001:2::100",
+            53,
+            Protocol::Udp,
+            Mode::Nat,
+            ("2001:2:0:2::2", None),
+            ("2001:2:0:3::2", Some(5353)),
+        ),
+        service(
+            "dsr-tcp4",
+            "198.18.100.2",
+            80,
+            Protocol::Tcp,
+            Mode::Dsr,
+            ("198.18.2.2", None),
+            ("198.18.3.2", None),
+        ),
+        service(
+            "dsr-udp4",
+            "198.18.100.2",
+            53,
+            Protocol::Udp,
+            Mode::Dsr,
+            ("198.18.2.2", None),
+            ("198.18.3.2", None),
+        ),
+        service(
+            "dsr-tcp6",
+            "2001:2::200",
+            80,
+            Protocol::Tcp,
+            Mode::Dsr,
+            ("2001:2:0:2::2", None),
+            ("2001:2:0:3::2", None),
+        ),
+        service(
+            "dsr-udp6",
+            "2001:2::200",
+            53,
+            Protocol::Udp,
+            Mode::Dsr,
+            ("2001:2:0:2::2", None),
+            ("2001:2:0:3::2", None),
+        ),
     ];
-    let hop_p = NextHop { ifindex: if_p, dst_mac: P_MAC, src_mac: GW_P_MAC };
-    let hop_s = NextHop { ifindex: if_s, dst_mac: S_MAC, src_mac: GW_S_MAC };
+    let hop_p = NextHop {
+        ifindex: if_p,
+        dst_mac: P_MAC,
+        src_mac: GW_P_MAC,
+    };
+    let hop_s = NextHop {
+        ifindex: if_s,
+        dst_mac: S_MAC,
+        src_mac: GW_S_MAC,
+    };
     let mut svcs = Vec::new();
     for (id, svc) in specs.into_iter().enumerate() {
         let id = u32::try_from(id).unwrap();
-        h.dp.set_service(id, &svc, [hop_p, hop_s], both_up(SLOT_PRIMARY)).unwrap();
+        h.dp.set_service(id, &svc, [hop_p, hop_s], both_up(SLOT_PRIMARY))
+            .unwrap();
         let client = if svc.vip.is_ipv4() { c4 } else { c6 };
         svcs.push(Svc { id, svc, client });
     }
-    Some(Lab { h, svcs, if_in, _entered: entered, _ns: ns })
+    Some(Lab {
+        h,
+        svcs,
+        if_in,
+        _entered: entered,
+        _ns: ns,
+    })
 }
 
 #[test]
@@ -135,7 +239,12 @@ fn forward_every_mode_family_and_protocol() {
             let req = s.request(40000 + u16::from(slot), true);
             let (act, out) = lab.h.run(&req.build());
             assert_eq!(act, REDIRECT, "{}: slot {slot}", s.svc.name);
-            assert_eq!(out, s.forwarded(&req, slot).build(), "{}: slot {slot}", s.svc.name);
+            assert_eq!(
+                out,
+                s.forwarded(&req, slot).build(),
+                "{}: slot {slot}",
+                s.svc.name
+            );
             assert_checksums(&out);
         }
         lab.h.dp.set_switch(s.id, both_up(SLOT_PRIMARY)).unwrap();
@@ -145,7 +254,12 @@ fn forward_every_mode_family_and_protocol() {
 #[test]
 fn ipv4_udp_zero_checksum_stays_zero() {
     let Some(mut lab) = lab("udp0") else { return };
-    let s = lab.svcs.iter().find(|s| s.svc.name == "nat-udp4").unwrap().clone();
+    let s = lab
+        .svcs
+        .iter()
+        .find(|s| s.svc.name == "nat-udp4")
+        .unwrap()
+        .clone();
     lab.h.dp.set_switch(s.id, both_up(SLOT_SECONDARY)).unwrap(); // secondary remaps the port
     let mut req = s.request(40001, false);
     req.udp_zero_csum = true;
@@ -160,10 +274,14 @@ fn ipv4_udp_zero_checksum_stays_zero() {
 #[test]
 fn replies_from_nat_backends_are_translated_back() {
     let Some(mut lab) = lab("rev") else { return };
-    let client_hop = NextHop { ifindex: lab.if_in, dst_mac: CLIENT_MAC, src_mac: GW_IN_MAC };
+    let client_hop = NextHop {
+        ifindex: lab.if_in,
+        dst_mac: CLIENT_MAC,
+        src_mac: GW_IN_MAC,
+    };
     for s in lab.svcs.clone().into_iter().filter(|s| s.svc.mode == Mode::Nat) {
         for slot in [SLOT_PRIMARY, SLOT_SECONDARY] {
-            let be = s.backend(slot).clone();
+            let be = *s.backend(slot);
             let bport = be.port.unwrap_or(s.svc.port);
             let mut reply = Spec::new(be.addr, bport, s.client, 40000, s.l4(false));
             reply.smac = if slot == SLOT_PRIMARY { P_MAC } else { S_MAC };
@@ -201,15 +319,75 @@ fn not_ours_passes_byte_for_byte() {
     let s6 = lab.svcs[2].clone();
     let mut frames = vec![
         // Right VIP, wrong port; right port, wrong address; wrong protocol.
-        Spec::new(s4.client, 1000, s4.svc.vip, 81, L4::Tcp { syn: true, ack: false }).build(),
-        Spec::new(s4.client, 1000, ip("198.18.100.9"), 80, L4::Tcp { syn: true, ack: false }).build(),
+        Spec::new(
+            s4.client,
+            1000,
+            s4.svc.vip,
+            81,
+            L4::Tcp {
+                syn: true,
+                ack: false,
+            },
+        )
+        .build(),
+        Spec::new(
+            s4.client,
+            1000,
+            ip("198.18.100.9"),
+            80,
+            L4::Tcp {
+                syn: true,
+                ack: false,
+            },
+        )
+        .build(),
         Spec::new(s4.client, 1000, s4.svc.vip, 80, L4::Udp).build(),
-        Spec::new(s6.client, 1000, ip("2001:2::999"), 80, L4::Tcp { syn: true, ack: false }).build(),
+        Spec::new(
+            s6.client,
+            1000,
+            ip("2001:2::999"),
+            80,
+            L4::Tcp {
+                syn: true,
+                ack: false,
+            },
+        )
+        .build(),
         // The gateway's own health probe answered by a backend: not a client reply.
-        Spec::new(ip("198.18.2.2"), 8080, ip("198.18.2.1"), 50000, L4::Tcp { syn: false, ack: true }).build(),
-        Spec::new(ip("2001:2:0:2::2"), 8080, ip("2001:2:0:2::1"), 50000, L4::Tcp { syn: false, ack: true }).build(),
+        Spec::new(
+            ip("198.18.2.2"),
+            8080,
+            ip("198.18.2.1"),
+            50000,
+            L4::Tcp {
+                syn: false,
+                ack: true,
+            },
+        )
+        .build(),
+        Spec::new(
+            ip("2001:2:0:2::2"),
+            8080,
+            ip("2001:2:0:2::1"),
+            50000,
+            L4::Tcp {
+                syn: false,
+                ack: true,
+            },
+        )
+        .build(),
         // A backend talking from another port.
-        Spec::new(ip("198.18.2.2"), 22, s4.client, 50000, L4::Tcp { syn: false, ack: true }).build(),
+        Spec::new(
+            ip("198.18.2.2"),
+            22,
+            s4.client,
+            50000,
+            L4::Tcp {
+                syn: false,
+                ack: true,
+            },
+        )
+        .build(),
     ];
     // ARP and ICMP to the VIP.
     let mut arp = vec![0xff; 6];
@@ -241,7 +419,12 @@ fn every_truncation_of_a_vip_packet_passes_untouched() {
             let (act, out) = lab.h.run(&full[..len]);
             assert_eq!(act, PASS, "{} truncated to {len}", s.svc.name);
             assert_eq!(out, &full[..len], "{} truncated to {len}", s.svc.name);
-            assert_eq!(lab.h.counter(Counter::Malformed), before + 1, "{} len {len}", s.svc.name);
+            assert_eq!(
+                lab.h.counter(Counter::Malformed),
+                before + 1,
+                "{} len {len}",
+                s.svc.name
+            );
         }
     }
 }
@@ -292,7 +475,18 @@ fn expiring_ttl_goes_to_the_stack_untouched() {
 fn unresolved_next_hop_goes_to_the_stack_deliverable() {
     let Some(mut lab) = lab("unres") else { return };
     for s in lab.svcs.clone() {
-        lab.h.dp.set_backend_hop(s.id, SLOT_PRIMARY, NextHop { ifindex: 0, dst_mac: [0; 6], src_mac: [0; 6] }).unwrap();
+        lab.h
+            .dp
+            .set_backend_hop(
+                s.id,
+                SLOT_PRIMARY,
+                NextHop {
+                    ifindex: 0,
+                    dst_mac: [0; 6],
+                    src_mac: [0; 6],
+                },
+            )
+            .unwrap();
         let req = s.request(40000, true);
         let (act, out) = lab.h.run(&req.build());
         // NAT: rewritten to the backend, but MACs and TTL left for the stack's own forwarding.
@@ -304,7 +498,18 @@ fn unresolved_next_hop_goes_to_the_stack_deliverable() {
         assert_eq!(act, PASS, "{}", s.svc.name);
         assert_eq!(out, want.build(), "{}", s.svc.name);
         // Egress not in the redirect map: also handed to the stack, counted apart.
-        lab.h.dp.set_backend_hop(s.id, SLOT_PRIMARY, NextHop { ifindex: 1, dst_mac: P_MAC, src_mac: GW_P_MAC }).unwrap();
+        lab.h
+            .dp
+            .set_backend_hop(
+                s.id,
+                SLOT_PRIMARY,
+                NextHop {
+                    ifindex: 1,
+                    dst_mac: P_MAC,
+                    src_mac: GW_P_MAC,
+                },
+            )
+            .unwrap();
         let before = lab.h.counter(Counter::RedirectFailed);
         let (act, out) = lab.h.run(&req.build());
         assert_eq!((act, out), (PASS, want.build()), "{}", s.svc.name);
@@ -317,7 +522,11 @@ fn unresolved_next_hop_goes_to_the_stack_deliverable() {
 fn egress_equal_to_ingress_uses_xdp_tx() {
     let Some(mut lab) = lab("tx") else { return };
     let s = lab.svcs[0].clone();
-    let hop = NextHop { ifindex: lab.if_in, dst_mac: P_MAC, src_mac: GW_P_MAC };
+    let hop = NextHop {
+        ifindex: lab.if_in,
+        dst_mac: P_MAC,
+        src_mac: GW_P_MAC,
+    };
     lab.h.dp.set_backend_hop(s.id, SLOT_PRIMARY, hop).unwrap();
     let req = s.request(40000, true);
     let (act, out) = lab.h.run(&req.build());
@@ -338,15 +547,28 @@ fn slot_of(lab: &mut Lab, s: &Svc, sport: u16, syn: bool) -> u8 {
     panic!("{} sport {sport}: output matches neither backend", s.svc.name);
 }
 
+/// Once a service has run on the secondary, entries may exist: the state
+/// keeps SWITCH_PINNED until a sweep finds none (see the sweep test).
 fn state(active: u8, up: u8) -> SwitchState {
-    SwitchState { active, up, drained: 0, _pad: 0, generation: 0 }
+    SwitchState {
+        active,
+        up,
+        drained: 0,
+        flags: SWITCH_PINNED,
+        generation: 0,
+    }
 }
 
 #[test]
 fn tcp_flow_affinity_across_flip_and_failback() {
     let Some(mut lab) = lab("affin") else { return };
     let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
-    for s in lab.svcs.clone().into_iter().filter(|s| s.svc.protocol == Protocol::Tcp) {
+    for s in lab
+        .svcs
+        .clone()
+        .into_iter()
+        .filter(|s| s.svc.protocol == Protocol::Tcp)
+    {
         let id = s.id;
         // Steady state: new flows to the primary, no flow entry written.
         assert_eq!(slot_of(&mut lab, &s, 1000, true), p);
@@ -377,7 +599,12 @@ fn tcp_flow_affinity_across_flip_and_failback() {
 fn udp_flow_affinity_and_backend_down_resteer() {
     let Some(mut lab) = lab("udpaff") else { return };
     let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
-    for s in lab.svcs.clone().into_iter().filter(|s| s.svc.protocol == Protocol::Udp) {
+    for s in lab
+        .svcs
+        .clone()
+        .into_iter()
+        .filter(|s| s.svc.protocol == Protocol::Udp)
+    {
         let id = s.id;
         // Primary down: flows go to the secondary and are pinned there.
         lab.h.dp.set_switch(id, state(s2, 0b10)).unwrap();
@@ -408,5 +635,31 @@ fn per_backend_counters_count_packets_and_bytes() {
     }
     let st = lab.h.dp.backend_stats(s.id, SLOT_PRIMARY).unwrap();
     assert_eq!((st.fwd_packets, st.fwd_bytes), (5, 5 * f.len() as u64));
-    assert_eq!(lab.h.dp.backend_stats(s.id, SLOT_SECONDARY).unwrap().fwd_packets, 0);
+    assert_eq!(
+        lab.h.dp.backend_stats(s.id, SLOT_SECONDARY).unwrap().fwd_packets,
+        0
+    );
+}
+
+#[test]
+fn sweep_clears_pinned_and_steady_state_skips_the_flow_table() {
+    let Some(mut lab) = lab("sweep") else { return };
+    let s = lab.svcs[0].clone();
+    // A flow pinned to the secondary while it was active.
+    lab.h.dp.set_switch(s.id, state(SLOT_SECONDARY, 0b10)).unwrap();
+    assert_eq!(slot_of(&mut lab, &s, 7000, true), SLOT_SECONDARY);
+    lab.h.dp.set_switch(s.id, state(SLOT_PRIMARY, 0b11)).unwrap();
+    assert_eq!(slot_of(&mut lab, &s, 7000, false), SLOT_SECONDARY);
+    // A sweep that keeps the live entry keeps the service pinned.
+    lab.h
+        .dp
+        .sweep_flows(std::time::Duration::from_secs(60), 8)
+        .unwrap();
+    assert!(lab.h.dp.switch(s.id).unwrap().pinned());
+    assert_eq!(slot_of(&mut lab, &s, 7000, false), SLOT_SECONDARY);
+    // Once idle entries are gone, the flag clears and packets skip the table.
+    lab.h.dp.sweep_flows(std::time::Duration::ZERO, 8).unwrap();
+    assert_eq!(lab.h.dp.flow_count().unwrap(), 0);
+    assert!(!lab.h.dp.switch(s.id).unwrap().pinned());
+    assert_eq!(slot_of(&mut lab, &s, 7000, false), SLOT_PRIMARY);
 }

@@ -30,8 +30,11 @@ fn has_rustup() -> bool {
 }
 
 fn sysroot_has_src(toolchain: &str) -> bool {
-    cmd::output(&["rustup", "run", toolchain, "rustc", "--print", "sysroot"])
-        .is_some_and(|s| Path::new(s.trim()).join("lib/rustlib/src/rust/library/core").is_dir())
+    cmd::output(&["rustup", "run", toolchain, "rustc", "--print", "sysroot"]).is_some_and(|s| {
+        Path::new(s.trim())
+            .join("lib/rustlib/src/rust/library/core")
+            .is_dir()
+    })
 }
 
 fn is_debian() -> bool {
@@ -40,7 +43,11 @@ fn is_debian() -> bool {
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {
     if !is_root() {
-        bail!("missing Debian packages {}: run `apt-get install {}` as root", pkgs.join(" "), pkgs.join(" "));
+        bail!(
+            "missing Debian packages {}: run `apt-get install {}` as root",
+            pkgs.join(" "),
+            pkgs.join(" ")
+        );
     }
     eprintln!("bootstrap: installing Debian packages: {}", pkgs.join(" "));
     // A fresh machine may have empty or stale package lists.
@@ -90,7 +97,14 @@ fn ensure_compiler() -> Result<Route> {
     }
     if has_rustup() {
         eprintln!("bootstrap: installing rustup nightly with rust-src");
-        cmd::sh(&["rustup", "toolchain", "install", "nightly", "--component", "rust-src"])?;
+        cmd::sh(&[
+            "rustup",
+            "toolchain",
+            "install",
+            "nightly",
+            "--component",
+            "rust-src",
+        ])?;
         return Ok(Route::Nightly);
     }
     bail!(
@@ -112,8 +126,13 @@ fn ensure_linker(route: &Route) -> Result<()> {
             eprintln!("bootstrap: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
             let mut c = std::process::Command::new("cargo");
             c.args([
-                "install", "bpf-linker", "--version", BPF_LINKER_VERSION,
-                "--no-default-features", "--features", "llvm-22",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
             ])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22");
             eprintln!("+ LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --features llvm-22 …");

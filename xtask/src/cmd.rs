@@ -45,8 +45,14 @@ pub fn ok(words: &[&str]) -> bool {
 /// Captures stdout of `words` if it exits 0.
 pub fn output(words: &[&str]) -> Option<String> {
     let (prog, args) = words.split_first()?;
-    let out = Command::new(prog).args(args).stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(prog)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn status(mut c: Command, shown: &str) -> Result<()> {

@@ -96,8 +96,17 @@ fn main() -> Result<()> {
                     cmd::cargo(
                         &root,
                         &[
-                            "run", "--release", "-p", "redirector-tests", "--bin", "bench-datapath", "--",
-                            "--rounds", &r, "--repeat", &n,
+                            "run",
+                            "--release",
+                            "-p",
+                            "redirector-tests",
+                            "--bin",
+                            "bench-datapath",
+                            "--",
+                            "--rounds",
+                            &r,
+                            "--repeat",
+                            &n,
                         ],
                     )
                 }

@@ -5,12 +5,13 @@ use std::net::IpAddr;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, Xdp},
 };
 use redirector_common::{
-    Addr, Backend as KBackend, BackendStats, Counter, Endpoint, FlowKey, FlowValue, NextHop,
-    ReverseInfo, SLOT_PRIMARY, SLOT_SECONDARY, ServiceInfo, SwitchState, names, programs,
+    Addr, Backend as KBackend, BackendStats, Counter, Endpoint, FlowKey, FlowValue, NextHop, PORT_BACKEND,
+    PORT_SERVICE, ReverseInfo, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED, ServiceInfo, SwitchState, names,
+    programs,
 };
 use thiserror::Error;
 
@@ -118,7 +119,10 @@ impl Datapath {
             .load(object)?;
         let prog: &mut Xdp = ebpf
             .program_mut(programs::REDIRECTOR)
-            .ok_or(DatapathError::Missing { kind: "program", name: programs::REDIRECTOR })?
+            .ok_or(DatapathError::Missing {
+                kind: "program",
+                name: programs::REDIRECTOR,
+            })?
             .try_into()?;
         prog.load()?;
         Ok(Datapath { ebpf, sizes })
@@ -129,7 +133,10 @@ impl Datapath {
         Ok(self
             .ebpf
             .program_mut(programs::REDIRECTOR)
-            .ok_or(DatapathError::Missing { kind: "program", name: programs::REDIRECTOR })?
+            .ok_or(DatapathError::Missing {
+                kind: "program",
+                name: programs::REDIRECTOR,
+            })?
             .try_into()?)
     }
 
@@ -139,11 +146,15 @@ impl Datapath {
     }
 
     fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).ok_or(DatapathError::Missing { kind: "map", name })
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::Missing { kind: "map", name })
     }
 
     fn map_ref(&self, name: &'static str) -> Result<&aya::maps::Map> {
-        self.ebpf.map(name).ok_or(DatapathError::Missing { kind: "map", name })
+        self.ebpf
+            .map(name)
+            .ok_or(DatapathError::Missing { kind: "map", name })
     }
 
     fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>> {
@@ -158,13 +169,25 @@ impl Datapath {
     /// entries go first and the service key last, so the program never sees a
     /// half-written service. `hops` are the backends' next hops (primary,
     /// secondary); `state` the initial switch state.
-    pub fn set_service(&mut self, id: u32, svc: &Service, hops: [NextHop; 2], state: SwitchState) -> Result<()> {
+    pub fn set_service(
+        &mut self,
+        id: u32,
+        svc: &Service,
+        hops: [NextHop; 2],
+        state: SwitchState,
+    ) -> Result<()> {
         if id >= self.sizes.max_services {
-            return Err(DatapathError::ServiceId { id, max: self.sizes.max_services });
+            return Err(DatapathError::ServiceId {
+                id,
+                max: self.sizes.max_services,
+            });
         }
         let vip = addr16(svc.vip);
         let proto = svc.protocol.number();
-        let backends = [(SLOT_PRIMARY, &svc.primary, hops[0]), (SLOT_SECONDARY, &svc.secondary, hops[1])];
+        let backends = [
+            (SLOT_PRIMARY, &svc.primary, hops[0]),
+            (SLOT_SECONDARY, &svc.secondary, hops[1]),
+        ];
         for (slot, be, hop) in backends {
             let kb = KBackend {
                 addr: addr16(be.addr),
@@ -176,28 +199,53 @@ impl Datapath {
                 .set(id * 2 + u32::from(slot), kb, 0)
                 .map_err(map_err(names::BACKENDS))?;
             if svc.mode == Mode::Nat {
+                self.add_port_flag(be.port.unwrap_or(svc.port), PORT_BACKEND)?;
                 let key = Endpoint {
                     addr: addr16(be.addr),
                     port_be: be.port.unwrap_or(svc.port).to_be(),
                     proto,
                     _pad: 0,
                 };
-                let info = ReverseInfo { service: id, vip, port_be: svc.port.to_be(), slot, _pad: 0 };
+                let info = ReverseInfo {
+                    service: id,
+                    vip,
+                    port_be: svc.port.to_be(),
+                    slot,
+                    _pad: 0,
+                };
                 self.hash::<Endpoint, ReverseInfo>(names::REVERSE)?
                     .insert(key, info, 0)
                     .map_err(map_err(names::REVERSE))?;
             }
         }
         self.set_switch(id, state)?;
-        let key = Endpoint { addr: vip, port_be: svc.port.to_be(), proto, _pad: 0 };
+        self.add_port_flag(svc.port, PORT_SERVICE)?;
+        let key = Endpoint {
+            addr: vip,
+            port_be: svc.port.to_be(),
+            proto,
+            _pad: 0,
+        };
         let mode = match svc.mode {
             Mode::Nat => redirector_common::Mode::Nat,
             Mode::Dsr => redirector_common::Mode::Dsr,
         };
-        let info = ServiceInfo { id, mode: mode as u8, _pad: [0; 3] };
+        let info = ServiceInfo {
+            id,
+            mode: mode as u8,
+            _pad: [0; 3],
+        };
         self.hash::<Endpoint, ServiceInfo>(names::SERVICES)?
             .insert(key, info, 0)
             .map_err(map_err(names::SERVICES))
+    }
+
+    /// Marks `port` as used (a superset filter: bits are never cleared while running).
+    fn add_port_flag(&mut self, port: u16, flag: u8) -> Result<()> {
+        let mut arr = self.array::<u8>(names::PORTS)?;
+        let old = arr.get(&u32::from(port), 0).map_err(map_err(names::PORTS))?;
+        arr.set(u32::from(port), old | flag, 0)
+            .map_err(map_err(names::PORTS))
     }
 
     /// One atomic write: the service's active backend and up/drained bits.
@@ -233,7 +281,10 @@ impl Datapath {
 
     /// Forgets the cached next hop toward a client (route or neighbour changed).
     pub fn remove_client_hop(&mut self, client: IpAddr) -> Result<()> {
-        match self.hash::<Addr, NextHop>(names::CLIENT_HOPS)?.remove(&Addr { addr: addr16(client) }) {
+        match self
+            .hash::<Addr, NextHop>(names::CLIENT_HOPS)?
+            .remove(&Addr { addr: addr16(client) })
+        {
             Ok(()) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(e) => Err(map_err(names::CLIENT_HOPS)(e)),
@@ -286,12 +337,73 @@ impl Datapath {
     pub fn flow(&self, client: IpAddr, port: u16, service: u32) -> Result<Option<FlowValue>> {
         let map = HashMap::<_, FlowKey, FlowValue>::try_from(self.map_ref(names::FLOWS)?)
             .map_err(map_err(names::FLOWS))?;
-        let key = FlowKey { addr: addr16(client), port_be: port.to_be(), _pad: 0, service };
+        let key = FlowKey {
+            addr: addr16(client),
+            port_be: port.to_be(),
+            _pad: 0,
+            service,
+        };
         match map.get(&key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err(names::FLOWS)(e)),
         }
+    }
+
+    /// Takes the ring buffer of client addresses whose next hop the program
+    /// could not find (the daemon resolves them).
+    pub fn take_hop_requests(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(names::HOP_REQUESTS)
+            .ok_or(DatapathError::Missing {
+                kind: "map",
+                name: names::HOP_REQUESTS,
+            })?;
+        RingBuf::try_from(map).map_err(map_err(names::HOP_REQUESTS))
+    }
+
+    /// Clients with a cached next hop.
+    pub fn client_hop_keys(&self) -> Result<Vec<IpAddr>> {
+        let map = HashMap::<_, Addr, NextHop>::try_from(self.map_ref(names::CLIENT_HOPS)?)
+            .map_err(map_err(names::CLIENT_HOPS))?;
+        Ok(map
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .map(|a| from16(a.addr))
+            .collect())
+    }
+
+    /// Removes flow entries idle longer than `idle`, then lets services
+    /// `services` whose primary is active and that have no entries left skip
+    /// the flow table again (clears [`SWITCH_PINNED`]). Returns entries removed.
+    pub fn sweep_flows(&mut self, idle: std::time::Duration, services: u32) -> Result<usize> {
+        let now = monotonic_ns();
+        let idle = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        let mut map = self.hash::<FlowKey, FlowValue>(names::FLOWS)?;
+        let mut live = std::collections::HashSet::new();
+        let mut stale = Vec::new();
+        for (k, v) in map.iter().filter_map(std::result::Result::ok) {
+            if now.saturating_sub(v.last_seen_ns) > idle {
+                stale.push(k);
+            } else {
+                live.insert(k.service);
+            }
+        }
+        let mut removed = 0;
+        for k in stale {
+            if map.remove(&k).is_ok() {
+                removed += 1;
+            }
+        }
+        for id in 0..services {
+            let mut st = self.switch(id)?;
+            if st.pinned() && st.active == SLOT_PRIMARY && !live.contains(&id) {
+                st.flags &= !SWITCH_PINNED;
+                self.set_switch(id, st)?;
+            }
+        }
+        Ok(removed)
     }
 
     /// Number of flow entries (walks the table; for tests and status).
@@ -302,8 +414,32 @@ impl Datapath {
     }
 }
 
-/// The switch state of a service with both backends up and `active` selected.
-pub fn both_up(active: u8) -> SwitchState {
-    SwitchState { active, up: 0b11, drained: 0, _pad: 0, generation: 0 }
+/// The 16-byte key form back to an address.
+pub fn from16(b: [u8; 16]) -> IpAddr {
+    std::net::Ipv6Addr::from(b).to_canonical()
 }
 
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_coarse_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// The switch state of a service with both backends up and `active` selected.
+/// Flow entries may only be written while the secondary is active, so that is
+/// when the state must carry [`SWITCH_PINNED`].
+pub fn both_up(active: u8) -> SwitchState {
+    let flags = if active == SLOT_PRIMARY { 0 } else { SWITCH_PINNED };
+    SwitchState {
+        active,
+        up: 0b11,
+        drained: 0,
+        flags,
+        generation: 0,
+    }
+}

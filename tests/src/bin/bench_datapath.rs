@@ -1,0 +1,343 @@
+//! `cargo xtask bench datapath`: ns per packet of the redirector XDP program,
+//! in the kernel via BPF_PROG_TEST_RUN, against a trivial `return XDP_TX`
+//! program from the same build. Not a test: it prints a table.
+//!
+//! test-run's repeat count reruns the program on the *same* buffer, which a
+//! NAT program has already rewritten after the first run. So every case runs
+//! through the `restore` wrapper, which copies the original frame back and
+//! tail-calls the program under test; the wrapper's own cost is measured in
+//! the same run (restore → trivial) and subtracted.
+use std::{net::IpAddr, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, ProgramArray},
+    programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
+};
+use redirector::{
+    BENCH_OBJECT,
+    config::{Backend, Mode, Protocol, Service},
+    datapath::{Datapath, Sizes, both_up},
+};
+use redirector_common::{
+    BENCH_TEMPLATE_LEN, BenchTemplate, NextHop, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED, SwitchState,
+    VARY_V4_SRC, VARY_V6_SRC,
+};
+use redirector_tests::{
+    netns::{NetNs, ifindex, in_ns},
+    packets::{L4, Spec},
+};
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    /// Offset of a 32-bit field to vary per run (fresh 5-tuple), 0 = fixed.
+    vary_off: u32,
+}
+
+fn ip(s: &str) -> Result<IpAddr> {
+    s.parse().with_context(|| format!("address {s}"))
+}
+
+fn svc(name: &str, vip: &str, port: u16, proto: Protocol, mode: Mode, p: &str, s: &str) -> Result<Service> {
+    Ok(Service {
+        name: name.into(),
+        vip: ip(vip)?,
+        port,
+        protocol: proto,
+        mode,
+        primary: Backend {
+            addr: ip(p)?,
+            port: None,
+        },
+        secondary: Backend {
+            addr: ip(s)?,
+            port: None,
+        },
+    })
+}
+
+fn args() -> Result<(u32, u32)> {
+    let mut rounds = 15;
+    let mut repeat = 200_000;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let v = it.next().with_context(|| format!("{a} needs a value"))?;
+        match a.as_str() {
+            "--rounds" => rounds = v.parse()?,
+            "--repeat" => repeat = v.parse()?,
+            _ => bail!("unknown argument {a}"),
+        }
+    }
+    Ok((rounds, repeat))
+}
+
+fn run(prog: &Xdp, frame: &[u8], repeat: u32, ingress: u32) -> Result<Duration> {
+    let mut ctx = [0u32; 6];
+    ctx[1] = u32::try_from(frame.len())?;
+    ctx[3] = ingress;
+    let ctx: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        ctx_in: Some(&ctx),
+        repeat,
+        ..Default::default()
+    })?;
+    Ok(r.duration)
+}
+
+fn stats(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn main() -> Result<()> {
+    let (rounds, repeat) = args()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads XDP programs: run it as root");
+    }
+    let ns = NetNs::new("bench");
+    for (a, b) in [("in0", "in1"), ("p0", "p1"), ("s0", "s1")] {
+        in_ns(
+            &ns.name,
+            &["ip", "link", "add", a, "type", "veth", "peer", "name", b],
+        );
+        in_ns(&ns.name, &["ip", "link", "set", a, "up"]);
+        in_ns(&ns.name, &["ip", "link", "set", b, "up"]);
+    }
+    let _entered = ns.enter();
+    let (if_in, if_p, if_s) = (ifindex("in0"), ifindex("p0"), ifindex("s0"));
+
+    let mut dp = Datapath::load(Sizes::default())?;
+    for i in [if_in, if_p, if_s] {
+        dp.add_egress(i)?;
+    }
+    let hp = NextHop {
+        ifindex: if_p,
+        dst_mac: [2, 0, 0, 0, 2, 2],
+        src_mac: [2, 0, 0, 0, 2, 1],
+    };
+    let hs = NextHop {
+        ifindex: if_s,
+        dst_mac: [2, 0, 0, 0, 3, 2],
+        src_mac: [2, 0, 0, 0, 3, 1],
+    };
+    let services = [
+        svc(
+            "nat4",
+            "198.18.100.1",
+            80,
+            Protocol::Tcp,
+            Mode::Nat,
+            "198.18.2.2",
+            "198.18.3.2",
+        )?,
+        svc(
+            "nat6",
+            "2001:2::100",
+            53,
+            Protocol::Udp,
+            Mode::Nat,
+            "2001:2:0:2::2",
+            "2001:2:0:3::2",
+        )?,
+        svc(
+            "dsr4",
+            "198.18.100.2",
+            80,
+            Protocol::Tcp,
+            Mode::Dsr,
+            "198.18.2.2",
+            "198.18.3.2",
+        )?,
+        svc(
+            "dsr6",
+            "2001:2::200",
+            53,
+            Protocol::Udp,
+            Mode::Dsr,
+            "2001:2:0:2::2",
+            "2001:2:0:3::2",
+        )?,
+        // Running on the secondary (primary down): every new flow is pinned with an entry.
+        svc(
+            "standby4",
+            "198.18.100.3",
+            80,
+            Protocol::Tcp,
+            Mode::Nat,
+            "198.18.2.3",
+            "198.18.3.3",
+        )?,
+    ];
+    for (id, s) in services.iter().enumerate() {
+        dp.set_service(u32::try_from(id)?, s, [hp, hs], both_up(SLOT_PRIMARY))?;
+    }
+    let down = SwitchState {
+        active: SLOT_SECONDARY,
+        up: 0b10,
+        drained: 0,
+        flags: SWITCH_PINNED,
+        generation: 1,
+    };
+    dp.set_switch(4, down)?;
+    let client4 = ip("198.18.1.2")?;
+    let client6 = ip("2001:2:0:1::2")?;
+    dp.set_client_hop(
+        client4,
+        NextHop {
+            ifindex: if_in,
+            dst_mac: [2, 0, 0, 0, 1, 2],
+            src_mac: [2, 0, 0, 0, 1, 1],
+        },
+    )?;
+
+    let tcp = |syn| L4::Tcp { syn, ack: !syn };
+    let v4_src = VARY_V4_SRC as u32;
+    let v6_src = VARY_V6_SRC as u32;
+    // Every frame padded to 80 bytes: the restore wrapper copies 8-byte words.
+    let frame = |spec: Spec| -> Vec<u8> {
+        let mut spec = spec;
+        let len = spec.build().len() - spec.payload.len();
+        spec.payload = vec![0x5a; 80 - len];
+        spec.build()
+    };
+    let cases = vec![
+        Case {
+            name: "nat ipv4 tcp, new flow (SYN)",
+            frame: frame(Spec::new(client4, 40000, services[0].vip, 80, tcp(true))),
+            vary_off: v4_src,
+        },
+        Case {
+            name: "nat ipv4 tcp, established",
+            frame: frame(Spec::new(client4, 40000, services[0].vip, 80, tcp(false))),
+            vary_off: 0,
+        },
+        Case {
+            name: "nat ipv6 udp, new flow",
+            frame: frame(Spec::new(client6, 40000, services[1].vip, 53, L4::Udp)),
+            vary_off: v6_src,
+        },
+        Case {
+            name: "nat ipv6 udp, established",
+            frame: frame(Spec::new(client6, 40000, services[1].vip, 53, L4::Udp)),
+            vary_off: 0,
+        },
+        Case {
+            name: "dsr ipv4 tcp, new flow (SYN)",
+            frame: frame(Spec::new(client4, 40000, services[2].vip, 80, tcp(true))),
+            vary_off: v4_src,
+        },
+        Case {
+            name: "dsr ipv4 tcp, established",
+            frame: frame(Spec::new(client4, 40000, services[2].vip, 80, tcp(false))),
+            vary_off: 0,
+        },
+        Case {
+            name: "dsr ipv6 udp, new flow",
+            frame: frame(Spec::new(client6, 40000, services[3].vip, 53, L4::Udp)),
+            vary_off: v6_src,
+        },
+        Case {
+            name: "nat reply ipv4 tcp",
+            frame: frame(Spec::new(ip("198.18.2.2")?, 80, client4, 40000, tcp(false))),
+            vary_off: 0,
+        },
+        Case {
+            name: "non-VIP ipv4 tcp, port no service uses",
+            frame: frame(Spec::new(client4, 40000, ip("198.18.7.7")?, 9999, tcp(false))),
+            vary_off: 0,
+        },
+        Case {
+            name: "non-VIP ipv4 tcp, service port",
+            frame: frame(Spec::new(client4, 40000, ip("198.18.7.7")?, 80, tcp(false))),
+            vary_off: 0,
+        },
+        Case {
+            name: "on standby: new flow, entry written",
+            frame: frame(Spec::new(client4, 40000, services[4].vip, 80, tcp(true))),
+            vary_off: v4_src,
+        },
+        Case {
+            name: "on standby: established, entry hit",
+            frame: frame(Spec::new(client4, 40000, services[4].vip, 80, tcp(false))),
+            vary_off: 0,
+        },
+    ];
+
+    let mut bench = Ebpf::load(BENCH_OBJECT).context("loading the benchmark object")?;
+    for name in ["trivial", "restore"] {
+        let p: &mut Xdp = bench
+            .program_mut(name)
+            .with_context(|| format!("program {name}"))?
+            .try_into()?;
+        p.load()?;
+    }
+    let trivial_fd: ProgramFd = {
+        let p: &Xdp = bench.program("trivial").context("trivial")?.try_into()?;
+        p.fd()?.try_clone()?
+    };
+    let redirector_fd: ProgramFd = dp.program()?.fd()?.try_clone()?;
+
+    let set_target = |bench: &mut Ebpf, fd: &ProgramFd, frame: &[u8], vary_off: u32| -> Result<()> {
+        let mut t = ProgramArray::try_from(bench.map_mut("TARGET").context("TARGET")?)?;
+        t.set(0, fd, 0)?;
+        let mut bytes = [0u8; BENCH_TEMPLATE_LEN];
+        bytes[..frame.len()].copy_from_slice(frame);
+        let mut tm = Array::<_, BenchTemplate>::try_from(bench.map_mut("TEMPLATE").context("TEMPLATE")?)?;
+        tm.set(
+            0,
+            BenchTemplate {
+                bytes,
+                vary_off,
+                counter: 0,
+            },
+            0,
+        )?;
+        Ok(())
+    };
+
+    let n = cases.len();
+    let mut direct_trivial = Vec::new();
+    let mut wrapped_trivial = Vec::new();
+    let mut wrapped: Vec<Vec<f64>> = vec![Vec::new(); n];
+    eprintln!("{rounds} rounds × {} measurements × {repeat} runs each …", n + 2);
+    for _ in 0..rounds {
+        {
+            let p: &Xdp = bench.program("trivial").context("trivial")?.try_into()?;
+            direct_trivial.push(run(p, &cases[0].frame, repeat, if_in)?.as_nanos() as f64 / 1.0);
+        }
+        set_target(&mut bench, &trivial_fd, &cases[0].frame, 0)?;
+        {
+            let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
+            wrapped_trivial.push(run(p, &cases[0].frame, repeat, if_in)?.as_nanos() as f64);
+        }
+        for (i, c) in cases.iter().enumerate() {
+            set_target(&mut bench, &redirector_fd, &c.frame, c.vary_off)?;
+            let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
+            wrapped[i].push(run(p, &c.frame, repeat, if_in)?.as_nanos() as f64);
+        }
+    }
+    let (t_min, t_med, t_max) = stats(&mut direct_trivial.clone());
+    let (_, w_med, _) = stats(&mut wrapped_trivial.clone());
+    let overhead = w_med - t_med;
+    println!();
+    println!(
+        "`cargo xtask bench datapath --rounds {rounds} --repeat {repeat}` — ns per run, BPF_PROG_TEST_RUN"
+    );
+    println!("(cases run through the restore wrapper; its median overhead, {overhead:.1} ns, is subtracted)");
+    println!();
+    println!("| case | min | median | max | ratio to trivial |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("| trivial `return XDP_TX` | {t_min:.1} | {t_med:.1} | {t_max:.1} | 1.00 |");
+    for (i, c) in cases.iter().enumerate() {
+        let mut v: Vec<f64> = wrapped[i].iter().map(|w| w - overhead).collect();
+        let (mn, md, mx) = stats(&mut v);
+        println!("| {} | {mn:.1} | {md:.1} | {mx:.1} | {:.2} |", c.name, md / t_med);
+    }
+    println!();
+    println!("flow entries after the run: {}", dp.flow_count()?);
+    Ok(())
+}
