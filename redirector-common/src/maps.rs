@@ -53,14 +53,22 @@ pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
 /// Reply next-hop cache size.
 pub const DEFAULT_CLIENT_HOPS: u32 = 65_536;
 
+/// An address as the program handles it: the 16 bytes of an IPv6 (or
+/// IPv4-mapped IPv4) address in wire order, viewed as four native-endian
+/// words, so the program moves and compares it with four 32-bit operations.
+pub type Ip = [u32; 4];
+
+/// Third word of an IPv4-mapped address (`::ffff:0:0/96`), as [`Ip`] holds it.
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
 /// A transport endpoint: address (IPv4-mapped for v4), port (network order), protocol.
 ///
 /// Key of `SERVICES` (VIP side) and of `REVERSE` (backend side).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Endpoint {
-    /// IPv6 address, or IPv4-mapped IPv4 address, as on the wire.
-    pub addr: [u8; 16],
+    /// IPv6 address, or IPv4-mapped IPv4 address ([`Ip`]).
+    pub addr: Ip,
     /// Port in network byte order, as read from the packet.
     pub port_be: u16,
     /// [`PROTO_TCP`] or [`PROTO_UDP`].
@@ -150,7 +158,7 @@ pub struct NextHop {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Backend {
     /// Backend address (IPv4-mapped for v4).
-    pub addr: [u8; 16],
+    pub addr: Ip,
     /// Remapped port in network order; 0 keeps the service port.
     pub port_be: u16,
     /// Always zero.
@@ -166,7 +174,7 @@ pub struct ReverseInfo {
     /// Service id.
     pub service: u32,
     /// VIP the reply must come from (IPv4-mapped for v4).
-    pub vip: [u8; 16],
+    pub vip: Ip,
     /// Service port, network order.
     pub port_be: u16,
     /// Backend slot the endpoint belongs to.
@@ -180,7 +188,7 @@ pub struct ReverseInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FlowKey {
     /// Client address (IPv4-mapped for v4).
-    pub addr: [u8; 16],
+    pub addr: Ip,
     /// Client port, network order.
     pub port_be: u16,
     /// Always zero.
@@ -195,10 +203,10 @@ pub struct FlowKey {
 pub struct FlowValue {
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when last refreshed, at ~1 s granularity.
     pub last_seen_ns: u64,
-    /// Backend slot the flow is pinned to.
-    pub slot: u8,
+    /// Backend slot the flow is pinned to (a full word: no padding to zero).
+    pub slot: u32,
     /// Always zero.
-    pub _pad: [u8; 7],
+    pub _pad: u32,
 }
 
 /// Key of `CLIENT_HOPS` and `LOCAL_ADDRS`; also a `HOP_REQUESTS` record.
@@ -206,7 +214,7 @@ pub struct FlowValue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Addr {
     /// IPv6 or IPv4-mapped address.
-    pub addr: [u8; 16],
+    pub addr: Ip,
 }
 
 /// Per-backend traffic counters (per CPU).
@@ -295,10 +303,31 @@ pub struct BenchTemplate {
     pub counter: u32,
 }
 
-/// Builds the 16-byte form of an IPv4 address (IPv4-mapped).
-pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+/// [`Ip`] of an IPv4 address (IPv4-mapped).
+pub const fn ip_from_v4(octets: [u8; 4]) -> Ip {
+    [0, 0, V4_MAPPED_WORD, u32::from_ne_bytes(octets)]
+}
+
+/// [`Ip`] of 16 address bytes.
+pub const fn ip_from_bytes(b: [u8; 16]) -> Ip {
     [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+/// The 16 address bytes of an [`Ip`].
+pub const fn ip_to_bytes(ip: Ip) -> [u8; 16] {
+    let [a, b, c, d] = [
+        ip[0].to_ne_bytes(),
+        ip[1].to_ne_bytes(),
+        ip[2].to_ne_bytes(),
+        ip[3].to_ne_bytes(),
+    ];
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3],
     ]
 }
 

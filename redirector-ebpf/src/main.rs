@@ -2,10 +2,10 @@
 //!
 //! 1. parse (`parse.rs`) → not ours / malformed / unsupported: pass untouched;
 //! 2. VIP traffic: look up the service, choose a backend (`select.rs`), rewrite
-//!    (`rewrite.rs`: NAT destination, or nothing at L3 for DSR), then redirect;
-//! 3. a reply from a NAT backend to a client: rewrite the source back to the VIP,
-//!    then redirect toward the client;
-//! 4. redirect: TTL −1, MACs from the cached next hop, `XDP_TX` or
+//!    (`rewrite.rs`: NAT destination, or nothing at L3 for DSR), then send;
+//! 3. a reply from a NAT backend to a client: rewrite the source back to the
+//!    VIP, then send toward the client;
+//! 4. send: TTL −1, MACs from the cached next hop, `XDP_TX` or
 //!    `bpf_redirect_map`; no next hop yet → the kernel stack delivers it.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -24,7 +24,7 @@ mod program {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use aya_log_ebpf::debug;
     use redirector_common::{
-        Addr, Counter, Endpoint, FlowKey, Mode, NextHop, PORT_BACKEND, PORT_SERVICE, PROTO_TCP,
+        Addr, Counter, Endpoint, FlowKey, Ip, Mode, NextHop, PORT_BACKEND, PORT_SERVICE, PROTO_TCP,
     };
 
     use crate::{
@@ -45,34 +45,30 @@ mod program {
             Parsed::Unsupported => return pass(Counter::Unsupported),
             Parsed::Malformed => return pass(Counter::Malformed),
         };
-        let vip = Endpoint {
-            addr: pkt.dst,
-            port_be: pkt.dport_be,
-            proto: pkt.proto,
-            _pad: 0,
-        };
-        // SAFETY: read-only use of a value userspace replaces atomically.
-        if let Some(svc) = unsafe { SERVICES.get(&vip) } {
-            return forward(&ctx, &pkt, svc.id, svc.mode);
+        // One array load per direction keeps most foreign traffic off the hash maps.
+        if port_flags(pkt.dport_be) & PORT_SERVICE != 0 {
+            let vip = Endpoint {
+                addr: pkt.dst,
+                port_be: pkt.dport_be,
+                proto: pkt.proto,
+                _pad: 0,
+            };
+            // SAFETY: read-only use of a value userspace replaces atomically.
+            if let Some(svc) = unsafe { SERVICES.get(&vip) } {
+                return forward(&ctx, &pkt, svc.id, svc.mode);
+            }
         }
-        let backend = Endpoint {
-            addr: pkt.src,
-            port_be: pkt.sport_be,
-            proto: pkt.proto,
-            _pad: 0,
-        };
-        // SAFETY: as above.
-        if let Some(rev) = unsafe { REVERSE.get(&backend) } {
-            // The gateway's own conversations with backends (health probes) are not replies.
+        if port_flags(pkt.sport_be) & PORT_BACKEND != 0 {
+            let backend = Endpoint {
+                addr: pkt.src,
+                port_be: pkt.sport_be,
+                proto: pkt.proto,
+                _pad: 0,
+            };
             // SAFETY: as above.
-            if unsafe { LOCAL_ADDRS.get(&Addr { addr: pkt.dst }) }.is_none() {
-                return reply(
-                    &ctx,
-                    &pkt,
-                    rev.service * 2 + u32::from(rev.slot & 1),
-                    &rev.vip,
-                    rev.port_be,
-                );
+            if let Some(rev) = unsafe { REVERSE.get(&backend) } {
+                let index = rev.service * 2 + u32::from(rev.slot & 1);
+                return reply(&ctx, &pkt, index, &rev.vip, rev.port_be);
             }
         }
         pass(Counter::Passed)
@@ -118,10 +114,10 @@ mod program {
     }
 
     #[inline(always)]
-    fn reply(ctx: &XdpContext, pkt: &Packet, index: u32, vip: &[u8; 16], port_be: u16) -> u32 {
+    fn reply(ctx: &XdpContext, pkt: &Packet, index: u32, vip: &Ip, port_be: u16) -> u32 {
         let client = Addr { addr: pkt.dst };
-        // Userspace never caches a hop for the gateway's own addresses, so a hit
-        // is a real client; only a miss needs the local-address check.
+        // Userspace never caches a hop toward the gateway's own addresses, so a
+        // hit is a real client and only a miss needs the local-address check.
         // SAFETY: read-only use of a value userspace replaces atomically.
         let hop = unsafe { CLIENT_HOPS.get(&client) };
         // SAFETY: as above.
@@ -151,8 +147,9 @@ mod program {
         (ctx.data_end() - ctx.data()) as u64
     }
 
-    /// Sends toward `hop`. Until something is written the packet is still
-    /// deliverable by the stack (addressed to our MAC, TTL intact).
+    /// Sends toward `hop`. Until the redirect is accepted nothing but the NAT
+    /// rewrite has been written, so a packet handed to the stack instead is
+    /// still deliverable (addressed to our MAC, TTL intact).
     #[inline(always)]
     fn send(ctx: &XdpContext, v6: bool, hop: &NextHop) -> u32 {
         if hop.ifindex == 0 {

@@ -26,7 +26,7 @@ pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
         // SAFETY: the value lives in the map; concurrent updates of these plain
         // fields by other CPUs are benign (last writer wins, same meaning).
         unsafe {
-            let slot = (*v).slot & 1;
+            let slot = ((*v).slot & 1) as u8;
             if st.is_up(slot) {
                 let now = bpf_ktime_get_coarse_ns();
                 if now.wrapping_sub((*v).last_seen_ns) > REFRESH_NS {
@@ -34,7 +34,7 @@ pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
                 }
                 return slot;
             }
-            (*v).slot = active;
+            (*v).slot = u32::from(active);
             (*v).last_seen_ns = bpf_ktime_get_coarse_ns();
         }
         return active;
@@ -48,8 +48,8 @@ pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
     let value = FlowValue {
         // SAFETY: helper without preconditions.
         last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
-        slot: active,
-        _pad: [0; 7],
+        slot: u32::from(active),
+        _pad: 0,
     };
     // An LRU insert evicts when full; if it still fails, following the active
     // backend is the documented degradation, never a drop.

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use redirector::config::Config; //TMP
+use redirector::{config::Config, daemon};
 
 #[derive(Parser)]
 #[command(version, about = "XDP active/standby failover redirector")]
@@ -32,10 +32,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => {
-            let _ = config;
-            todo!()
-        } //TMP
+        Command::Run { config } => daemon::run(&config),
         Command::Check { config } => check(&config),
     };
     match result {

@@ -20,7 +20,11 @@ use crate::{
 /// Upper bound on clients waiting for a neighbour (the rest retry on their next miss).
 const MAX_PENDING: usize = 4096;
 
-const UNRESOLVED: NextHop = NextHop { ifindex: 0, dst_mac: [0; 6], src_mac: [0; 6] };
+const UNRESOLVED: NextHop = NextHop {
+    ifindex: 0,
+    dst_mac: [0; 6],
+    src_mac: [0; 6],
+};
 
 #[derive(Default)]
 pub struct Hops {
@@ -30,6 +34,8 @@ pub struct Hops {
     pending: HashSet<IpAddr>,
     /// Egress interfaces already allowed in the redirect map.
     egress: HashSet<u32>,
+    /// The gateway's own addresses, mirrored into `LOCAL_ADDRS`.
+    locals: HashSet<IpAddr>,
 }
 
 impl Hops {
@@ -45,7 +51,11 @@ impl Hops {
                     self.egress.remove(&h.ifindex);
                     return UNRESOLVED;
                 }
-                NextHop { ifindex: h.ifindex, dst_mac: h.dst_mac, src_mac: h.src_mac }
+                NextHop {
+                    ifindex: h.ifindex,
+                    dst_mac: h.dst_mac,
+                    src_mac: h.src_mac,
+                }
             }
             Ok(Resolution::NoNeighbour { ifindex, neighbour }) => {
                 if let Err(e) = netlink::neighbour_keep_resolved(ifindex, neighbour) {
@@ -64,15 +74,20 @@ impl Hops {
     pub fn backend(&mut self, dp: &mut Datapath, id: u32, slot: u8, addr: IpAddr) -> NextHop {
         let hop = self.resolve(dp, addr);
         if hop.ifindex == 0 {
-            warn!("backend {addr}: next hop not resolved yet; its packets go through the kernel stack until it is");
+            warn!(
+                "backend {addr}: next hop not resolved yet; its packets go through the kernel stack until it is"
+            );
         }
         self.backends.insert((id, slot), (addr, hop));
         hop
     }
 
     /// A NAT reply met an unknown client: resolve it.
-    pub fn client(&mut self, dp: &mut Datapath, addr: [u8; 16]) -> Result<()> {
+    pub fn client(&mut self, dp: &mut Datapath, addr: redirector_common::Ip) -> Result<()> {
         let addr = crate::datapath::from16(addr);
+        if self.locals.contains(&addr) {
+            return Ok(());
+        }
         let hop = self.resolve(dp, addr);
         if hop.ifindex != 0 {
             self.pending.remove(&addr);
@@ -86,7 +101,9 @@ impl Hops {
     fn refresh_backends(&mut self, dp: &mut Datapath, only_unresolved: bool) -> Result<()> {
         let keys: Vec<_> = self.backends.keys().copied().collect();
         for key in keys {
-            let Some(&(addr, old)) = self.backends.get(&key) else { continue };
+            let Some(&(addr, old)) = self.backends.get(&key) else {
+                continue;
+            };
             if only_unresolved && old.ifindex != 0 {
                 continue;
             }
@@ -94,19 +111,31 @@ impl Hops {
             if new != old {
                 dp.set_backend_hop(key.0, key.1, new)?;
                 self.backends.insert(key, (addr, new));
-                info!(
-                    "backend {addr}: next hop {} → {}",
-                    describe(&old),
-                    describe(&new)
-                );
+                info!("backend {addr}: next hop {} → {}", describe(&old), describe(&new));
             }
         }
+        Ok(())
+    }
+
+    /// Mirrors the gateway's own addresses into `LOCAL_ADDRS`: replies to
+    /// them (health probes) must never be translated.
+    pub fn sync_locals(&mut self, dp: &mut Datapath) -> Result<()> {
+        let now: HashSet<IpAddr> = netlink::local_addrs()?.into_iter().collect();
+        for &a in now.difference(&self.locals) {
+            dp.add_local_addr(a)?;
+            dp.remove_client_hop(a)?;
+        }
+        for &a in self.locals.difference(&now) {
+            dp.remove_local_addr(a)?;
+        }
+        self.locals = now;
         Ok(())
     }
 
     /// Something changed in routes, links, addresses or neighbours:
     /// re-resolve every backend and every cached client.
     pub fn refresh_all(&mut self, dp: &mut Datapath) -> Result<()> {
+        self.sync_locals(dp)?;
         self.refresh_backends(dp, false)?;
         for addr in dp.client_hop_keys()? {
             let hop = self.resolve(dp, addr);

@@ -9,9 +9,9 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use redirector_common::{
-    Addr, Backend as KBackend, BackendStats, Counter, Endpoint, FlowKey, FlowValue, NextHop, PORT_BACKEND,
-    PORT_SERVICE, ReverseInfo, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED, ServiceInfo, SwitchState, names,
-    programs,
+    Addr, Backend as KBackend, BackendStats, Counter, Endpoint, FlowKey, FlowValue, Ip, NextHop,
+    PORT_BACKEND, PORT_SERVICE, ReverseInfo, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED, ServiceInfo,
+    SwitchState, ip_from_bytes, ip_to_bytes, names, programs,
 };
 use thiserror::Error;
 
@@ -82,11 +82,11 @@ impl Default for Sizes {
     }
 }
 
-/// The 16-byte on-wire form used by every key: IPv4 is IPv4-mapped.
-pub fn addr16(addr: IpAddr) -> [u8; 16] {
+/// The form every key uses ([`Ip`]): IPv4 is IPv4-mapped.
+pub fn addr16(addr: IpAddr) -> Ip {
     match addr {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(a) => ip_from_bytes(a.to_ipv6_mapped().octets()),
+        IpAddr::V6(a) => ip_from_bytes(a.octets()),
     }
 }
 
@@ -298,6 +298,18 @@ impl Datapath {
             .map_err(map_err(names::LOCAL_ADDRS))
     }
 
+    /// Forgets a local address (it was removed from the host).
+    pub fn remove_local_addr(&mut self, addr: IpAddr) -> Result<()> {
+        match self
+            .hash::<Addr, u8>(names::LOCAL_ADDRS)?
+            .remove(&Addr { addr: addr16(addr) })
+        {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(map_err(names::LOCAL_ADDRS)(e)),
+        }
+    }
+
     /// Allows redirects to `ifindex` (must exist in the caller's network namespace).
     pub fn add_egress(&mut self, ifindex: u32) -> Result<()> {
         DevMapHash::try_from(self.map(names::EGRESS)?)
@@ -414,9 +426,9 @@ impl Datapath {
     }
 }
 
-/// The 16-byte key form back to an address.
-pub fn from16(b: [u8; 16]) -> IpAddr {
-    std::net::Ipv6Addr::from(b).to_canonical()
+/// An [`Ip`] back to an address.
+pub fn from16(ip: Ip) -> IpAddr {
+    std::net::Ipv6Addr::from(ip_to_bytes(ip)).to_canonical()
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_coarse_ns` reads.

@@ -16,7 +16,7 @@ use aya::{
     programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
 };
 use redirector::{
-    BENCH_OBJECT,
+    LAB_OBJECT,
     config::{Backend, Mode, Protocol, Service},
     datapath::{Datapath, Sizes, both_up},
 };
@@ -267,7 +267,7 @@ fn main() -> Result<()> {
         },
     ];
 
-    let mut bench = Ebpf::load(BENCH_OBJECT).context("loading the benchmark object")?;
+    let mut bench = Ebpf::load(LAB_OBJECT).context("loading the benchmark object")?;
     for name in ["trivial", "restore"] {
         let p: &mut Xdp = bench
             .program_mut(name)
@@ -319,6 +319,11 @@ fn main() -> Result<()> {
             let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
             wrapped[i].push(run(p, &c.frame, repeat, if_in)?.as_nanos() as f64);
         }
+    }
+    if std::env::var("BENCH_DIRECT").is_ok() {
+        let f = &cases[cases.len() - 3].frame;
+        let d = run(dp.program()?, f, repeat, if_in)?;
+        eprintln!("DIRECT non-VIP: {d:?}");
     }
     let (t_min, t_med, t_max) = stats(&mut direct_trivial.clone());
     let (_, w_med, _) = stats(&mut wrapped_trivial.clone());

@@ -1,4 +1,6 @@
-//! Benchmark helpers, built with the redirector so both share one toolchain:
+//! Lab and benchmark helpers, built with the redirector so all share one toolchain:
+//! - `pass`: returns `XDP_PASS`; attached to the far ends of lab veths, because
+//!   native XDP redirect into a veth only delivers when its peer runs XDP;
 //! - `trivial`: returns `XDP_TX` and nothing else — the floor every ratio uses;
 //! - `restore`: copies a template frame from `TEMPLATE` over the packet, then
 //!   tail-calls `TARGET[0]`. With `BPF_PROG_TEST_RUN`'s repeat count the kernel
@@ -24,6 +26,11 @@ mod program {
 
     #[map]
     static TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+    #[xdp]
+    pub fn pass(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
 
     #[xdp]
     pub fn trivial(_ctx: XdpContext) -> u32 {
