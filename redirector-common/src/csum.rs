@@ -112,7 +112,7 @@ mod tests {
             let start = 4 + 2 * (rng(&mut s) as usize % ((len - 4 - 4 * words) / 2 + 1));
             let old: Vec<u32> = (0..words).map(|i| ne32(&buf[start + 4 * i..])).collect();
             let new: Vec<u32> = (0..words).map(|_| rng(&mut s) as u32).collect();
-            let mut acc = start(u16::from_ne_bytes([buf[0], buf[1]]));
+            let mut acc = super::start(u16::from_ne_bytes([buf[0], buf[1]]));
             for i in 0..words {
                 acc = add_replace32(acc, old[i], new[i]);
                 buf[start + 4 * i..start + 4 * i + 4].copy_from_slice(&new[i].to_ne_bytes());

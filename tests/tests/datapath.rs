@@ -610,7 +610,7 @@ fn udp_flow_affinity_and_backend_down_resteer() {
         lab.h.dp.set_switch(id, state(s2, 0b10)).unwrap();
         assert_eq!(slot_of(&mut lab, &s, 4000, false), s2);
         let pinned = lab.h.dp.flow(s.client, 4000, id).unwrap().unwrap();
-        assert_eq!(pinned.slot, s2);
+        assert_eq!(pinned.slot, u32::from(s2));
         // Failback: the pinned flow finishes on the secondary, a new one goes to the primary.
         lab.h.dp.set_switch(id, state(p, 0b11)).unwrap();
         assert_eq!(slot_of(&mut lab, &s, 4000, false), s2, "{}", s.svc.name);
