@@ -54,8 +54,13 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     );
     for s in &cfg.services {
         println!(
-            "  {}: {} {}:{} {} primary {} secondary {}",
-            s.name, s.protocol, s.vip, s.port, s.mode, s.primary, s.secondary
+            "  {}: {} {} {} primary {} secondary {}",
+            s.name,
+            s.protocol,
+            std::net::SocketAddr::new(s.vip, s.port),
+            s.mode,
+            s.primary,
+            s.secondary
         );
     }
     Ok(())

@@ -52,7 +52,7 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
     eprintln!("bootstrap: installing Debian packages: {}", pkgs.join(" "));
     // A fresh machine may have empty or stale package lists.
     cmd::sh(&["apt-get", "update", "-qq"])?;
-    let mut words = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    let mut words = vec!["apt-get", "install", "-y", "-qq"];
     words.extend_from_slice(pkgs);
     let mut c = std::process::Command::new(words[0]);
     c.args(&words[1..]).env("DEBIAN_FRONTEND", "noninteractive");

@@ -31,6 +31,8 @@ enum Command {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
+    /// Run the built-in lab: namespaces, redirector, real traffic, counters.
+    Demo,
     /// Benchmarks (not tests); print tables.
     Bench {
         #[command(subcommand)]
@@ -81,11 +83,25 @@ fn main() -> Result<()> {
             }
             cmd::cargo(&root, &["fmt", "--all", "--", "--check"])?;
             cmd::cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            // The CLI tests run target/debug/redirector itself; `cargo test` alone
+            // does not build another package's binary.
+            cmd::cargo(&root, &["build", "-p", "redirector", "--bin", "redirector"])?;
             let mut args = vec!["test", "--workspace", "--exclude", "redirector-ebpf"];
             if let Some(f) = filter.as_deref() {
                 args.push(f);
             }
             cmd::cargo(&root, &args)
+        }
+        Command::Demo => {
+            bootstrap::ensure()?;
+            bootstrap::ensure_lab_tools()?;
+            if !bootstrap::is_root() {
+                bail!("the demo creates network namespaces and loads XDP programs: run it as root");
+            }
+            cmd::cargo(
+                &root,
+                &["run", "--release", "-p", "redirector-tests", "--bin", "demo"],
+            )
         }
         Command::Bench { which } => {
             bootstrap::ensure()?;

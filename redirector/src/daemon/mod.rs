@@ -60,6 +60,7 @@ pub struct Daemon {
     services: u32,
     monitor: netlink::Monitor,
     requests: AsyncFd<RingBuf<MapData>>,
+    logger: AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Daemon {
@@ -109,8 +110,13 @@ impl Daemon {
             dp.set_service(id, svc, resolved, both_up(redirector_common::SLOT_PRIMARY))
                 .with_context(|| format!("writing service {:?}", svc.name))?;
             info!(
-                "service {}: {} {}:{} {} → primary {} secondary {} (active: primary)",
-                svc.name, svc.protocol, svc.vip, svc.port, svc.mode, svc.primary, svc.secondary
+                "service {}: {} {} {} → primary {} secondary {} (active: primary)",
+                svc.name,
+                svc.protocol,
+                std::net::SocketAddr::new(svc.vip, svc.port),
+                svc.mode,
+                svc.primary,
+                svc.secondary
             );
         }
         let monitor = netlink::Monitor::new().context("subscribing to route/link/neighbour changes")?;
@@ -118,6 +124,8 @@ impl Daemon {
         // for as long as it is registered.
         let requests =
             unsafe { AsyncFd::register(dp.take_hop_requests()?) }.context("watching next-hop requests")?;
+        // SAFETY: as above, for the program's log ring.
+        let logger = unsafe { AsyncFd::register(dp.take_logger()?) }.context("watching the program log")?;
         // Attach last: traffic only ever meets complete maps.
         attach::attach_all(&mut dp, &cfg.gateway.interfaces, &ifindexes, cfg.gateway.xdp_mode)?;
         info!("attached to {}; forwarding", cfg.gateway.interfaces.join(", "));
@@ -127,6 +135,7 @@ impl Daemon {
             services,
             monitor,
             requests,
+            logger,
         })
     }
 
@@ -157,6 +166,11 @@ impl Daemon {
                     for a in clients {
                         self.hops.client(&mut self.dp, a.addr)?;
                     }
+                }
+                guard = self.logger.readable_mut() => {
+                    let mut guard = guard.context("program log ring")?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
                 }
                 _ = retry.tick() => self.hops.retry(&mut self.dp)?,
                 _ = sweep.tick() => {

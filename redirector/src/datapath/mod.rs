@@ -52,6 +52,13 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::xdp::XdpMapError,
     },
+    /// The program's log ring could not be opened.
+    #[error("program log: {source}")]
+    Logger {
+        /// aya-log's error.
+        #[source]
+        source: aya_log::Error,
+    },
     /// A service id beyond the configured maximum.
     #[error("service id {id} exceeds max_services {max}")]
     ServiceId {
@@ -109,7 +116,18 @@ impl Datapath {
     /// Loads `object` (tests and benchmarks pass the same embedded bytes).
     pub fn load_bytes(object: &[u8], sizes: Sizes) -> Result<Self> {
         let services = sizes.max_services;
+        // aya-log statements below the process's log level are skipped in the
+        // kernel before any formatting: off the hot path unless asked for.
+        let log_level: u8 = match log::max_level() {
+            log::LevelFilter::Off => 0,
+            log::LevelFilter::Error => 1,
+            log::LevelFilter::Warn => 2,
+            log::LevelFilter::Info => 3,
+            log::LevelFilter::Debug => 4,
+            log::LevelFilter::Trace => 5,
+        };
         let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &log_level, true)
             .map_max_entries(names::SERVICES, services)
             .map_max_entries(names::SWITCH, services)
             .map_max_entries(names::BACKENDS, services * 2)
@@ -360,6 +378,11 @@ impl Datapath {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err(names::FLOWS)(e)),
         }
+    }
+
+    /// Starts forwarding the program's aya-log records to the `log` crate.
+    pub fn take_logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).map_err(|source| DatapathError::Logger { source })
     }
 
     /// Takes the ring buffer of client addresses whose next hop the program
