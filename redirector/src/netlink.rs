@@ -99,7 +99,12 @@ pub struct NextHop {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Resolution {
     /// Route and neighbour are known.
-    Resolved(NextHop),
+    Resolved {
+        /// Where to send.
+        hop: NextHop,
+        /// The neighbour the MAC belongs to (gateway, or the address itself when on-link).
+        neighbour: IpAddr,
+    },
     /// Route found but the neighbour (gateway or the address itself when on-link) has no usable MAC yet.
     NoNeighbour {
         /// Egress interface index of the route.
@@ -391,11 +396,14 @@ pub fn resolve(addr: IpAddr) -> Result<Resolution, NetlinkError> {
         });
     };
     let src_mac = conn.link_mac(route.oif)?;
-    Ok(Resolution::Resolved(NextHop {
-        ifindex: route.oif,
-        dst_mac,
-        src_mac,
-    }))
+    Ok(Resolution::Resolved {
+        hop: NextHop {
+            ifindex: route.oif,
+            dst_mac,
+            src_mac,
+        },
+        neighbour,
+    })
 }
 
 /// All addresses configured on any interface, IPv4 and IPv6 (`RTM_GETADDR`
@@ -1232,20 +1240,30 @@ mod tests {
     #[test]
     fn resolves_next_hops() {
         let (ns, v0) = topology("resolve");
-        let hop = |dst_mac| {
-            Resolution::Resolved(NextHop {
+        let hop = |dst_mac, neighbour: &str| Resolution::Resolved {
+            hop: NextHop {
                 ifindex: v0,
                 dst_mac,
                 src_mac: V0_MAC,
-            })
+            },
+            neighbour: addr(neighbour),
         };
 
-        assert_eq!(resolve(addr("198.18.0.2")).expect("on-link v4"), hop(PERM_MAC));
-        assert_eq!(resolve(addr("2001:2::2")).expect("on-link v6"), hop(PERM6_MAC));
-        assert_eq!(resolve(addr("198.19.0.7")).expect("gateway v4"), hop(GW_MAC));
+        assert_eq!(
+            resolve(addr("198.18.0.2")).expect("on-link v4"),
+            hop(PERM_MAC, "198.18.0.2")
+        );
+        assert_eq!(
+            resolve(addr("2001:2::2")).expect("on-link v6"),
+            hop(PERM6_MAC, "2001:2::2")
+        );
+        assert_eq!(
+            resolve(addr("198.19.0.7")).expect("gateway v4"),
+            hop(GW_MAC, "198.18.0.254")
+        );
         assert_eq!(
             resolve(addr("2001:2:0:100::7")).expect("gateway v6"),
-            hop(GW6_MAC)
+            hop(GW6_MAC, "2001:2::fe")
         );
 
         let route = route_get(addr("198.19.0.7")).expect("route v4");

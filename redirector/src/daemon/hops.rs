@@ -36,14 +36,25 @@ pub struct Hops {
     egress: HashSet<u32>,
     /// The gateway's own addresses, mirrored into `LOCAL_ADDRS`.
     locals: HashSet<IpAddr>,
+    /// Backend neighbours already handed to the kernel to keep resolved.
+    kept: HashSet<(u32, IpAddr)>,
 }
 
 impl Hops {
     /// Resolves `addr` now. Never fails: an address without a route or
-    /// neighbour yields an unresolved hop, logged, retried later.
-    fn resolve(&mut self, dp: &mut Datapath, addr: IpAddr) -> NextHop {
+    /// neighbour yields an unresolved hop, logged, retried later. For backends
+    /// (`keep`), the neighbour is also handed to the kernel to keep resolved
+    /// ahead of time, so it never goes stale between packets.
+    fn resolve(&mut self, dp: &mut Datapath, addr: IpAddr, keep: bool) -> NextHop {
         match netlink::resolve(addr) {
-            Ok(Resolution::Resolved(h)) => {
+            Ok(Resolution::Resolved { hop: h, neighbour }) => {
+                if keep
+                    && self.kept.insert((h.ifindex, neighbour))
+                    && let Err(e) = netlink::neighbour_keep_resolved(h.ifindex, neighbour)
+                {
+                    warn!("asking the kernel to keep {neighbour} resolved: {e}");
+                    self.kept.remove(&(h.ifindex, neighbour));
+                }
                 if self.egress.insert(h.ifindex)
                     && let Err(e) = dp.add_egress(h.ifindex)
                 {
@@ -72,7 +83,7 @@ impl Hops {
 
     /// Resolves a backend's hop at start-up and remembers it.
     pub fn backend(&mut self, dp: &mut Datapath, id: u32, slot: u8, addr: IpAddr) -> NextHop {
-        let hop = self.resolve(dp, addr);
+        let hop = self.resolve(dp, addr, true);
         if hop.ifindex == 0 {
             warn!(
                 "backend {addr}: next hop not resolved yet; its packets go through the kernel stack until it is"
@@ -88,7 +99,7 @@ impl Hops {
         if self.locals.contains(&addr) {
             return Ok(());
         }
-        let hop = self.resolve(dp, addr);
+        let hop = self.resolve(dp, addr, false);
         if hop.ifindex != 0 {
             self.pending.remove(&addr);
             dp.set_client_hop(addr, hop)?;
@@ -107,7 +118,7 @@ impl Hops {
             if only_unresolved && old.ifindex != 0 {
                 continue;
             }
-            let new = self.resolve(dp, addr);
+            let new = self.resolve(dp, addr, true);
             if new != old {
                 dp.set_backend_hop(key.0, key.1, new)?;
                 self.backends.insert(key, (addr, new));
@@ -138,7 +149,7 @@ impl Hops {
         self.sync_locals(dp)?;
         self.refresh_backends(dp, false)?;
         for addr in dp.client_hop_keys()? {
-            let hop = self.resolve(dp, addr);
+            let hop = self.resolve(dp, addr, false);
             if hop.ifindex == 0 {
                 dp.remove_client_hop(addr)?;
             } else {
