@@ -526,10 +526,11 @@ impl Monitor {
         })
     }
 
-    /// Waits for the next batch of change messages; returns how many were read (drains everything currently queued, non-blocking after the first). On ENOBUFS (overrun) return Ok with a count ≥ 1 — the caller re-resolves everything anyway.
-    ///
-    /// Cancel-safe: nothing is consumed while it waits.
-    pub async fn changed(&mut self) -> Result<usize, NetlinkError> {
+    /// Waits for the next batch of change messages and drains everything
+    /// queued. Neighbour changes are reported one by one; anything else (link,
+    /// address, route, a message that does not parse, or a receive-queue
+    /// overrun that lost messages) sets [`Changes::full`].
+    pub async fn changed(&mut self) -> Result<Changes, NetlinkError> {
         let request = Request::Monitor;
         let Monitor { fd, buf, overruns } = self;
         loop {
@@ -537,8 +538,8 @@ impl Monitor {
                 .readable()
                 .await
                 .map_err(|source| NetlinkError::Io { request, source })?;
-            let mut count = 0usize;
-            let mut overrun = false;
+            let mut changes = Changes::default();
+            let mut any = false;
             loop {
                 let received = guard.try_io(|socket| {
                     buf.clear();
@@ -546,13 +547,16 @@ impl Monitor {
                 });
                 match received {
                     Ok(Ok(len)) => {
+                        any = true;
                         if len > buf.len() {
                             log::debug!("{request}: {len}-byte datagram truncated");
+                            changes.full = true;
                         }
-                        count += count_messages(buf).max(1);
+                        classify(buf, &mut changes);
                     }
                     Ok(Err(err)) if err.raw_os_error() == Some(libc::ENOBUFS) => {
-                        overrun = true;
+                        any = true;
+                        changes.full = true;
                         *overruns += 1;
                         log::warn!("{request}: receive queue overrun, change messages lost");
                     }
@@ -562,25 +566,52 @@ impl Monitor {
                     Err(_would_block) => break,
                 }
             }
-            if count > 0 || overrun {
-                return Ok(count.max(1));
+            if any {
+                return Ok(changes);
             }
         }
     }
 }
 
-/// Number of netlink messages in one datagram (stops at a malformed header).
-fn count_messages(mut data: &[u8]) -> usize {
-    let mut count = 0;
+/// What a batch of change messages touched (see [`Monitor::changed`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Links, addresses or routes changed, or messages were lost: re-resolve everything.
+    pub full: bool,
+    /// Neighbour entries that changed, as (ifindex, address).
+    pub neighbours: Vec<(u32, IpAddr)>,
+}
+
+/// Sorts the messages of one datagram into `changes`.
+fn classify(mut data: &[u8], changes: &mut Changes) {
     while let Ok(buffer) = NetlinkBuffer::new_checked(data) {
-        count += 1;
-        let next = align4(buffer.length() as usize);
+        let len = buffer.length() as usize;
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len]) {
+            Ok(NetlinkMessage {
+                payload:
+                    NetlinkPayload::InnerMessage(
+                        RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n),
+                    ),
+                ..
+            }) => {
+                let addr = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+                    _ => None,
+                });
+                match addr {
+                    Some(addr) => changes.neighbours.push((n.header.ifindex, addr)),
+                    None => changes.full = true,
+                }
+            }
+            _ => changes.full = true,
+        }
+        let next = align4(len);
         if next >= data.len() {
             break;
         }
         data = &data[next..];
     }
-    count
 }
 
 fn align4(len: usize) -> usize {
@@ -1435,24 +1466,31 @@ mod tests {
 
     #[test]
     fn monitor_reports_changes() {
-        let (ns, _v0) = topology("monitor");
+        let (ns, v0) = topology("monitor");
         runtime().block_on(async {
             let mut monitor = Monitor::new().expect("monitor");
             quiesce(&mut monitor).await;
             ns.ip("link set v1 down");
-            let count = tokio::time::timeout(WAIT, monitor.changed())
+            let changes = tokio::time::timeout(WAIT, monitor.changed())
                 .await
                 .expect("no change reported after link down")
                 .expect("monitor");
-            assert!(count >= 1);
+            assert!(changes.full, "{changes:?}");
 
             quiesce(&mut monitor).await;
             ns.ip("neigh add 198.18.0.50 lladdr 02:00:00:00:02:50 dev v0 nud permanent");
-            let count = tokio::time::timeout(WAIT, monitor.changed())
+            let changes = tokio::time::timeout(WAIT, monitor.changed())
                 .await
                 .expect("no change reported after neigh add")
                 .expect("monitor");
-            assert!(count >= 1);
+            assert!(
+                !changes.full,
+                "a neighbour change alone is not a full refresh: {changes:?}"
+            );
+            assert!(
+                changes.neighbours.contains(&(v0, addr("198.18.0.50"))),
+                "{changes:?}"
+            );
 
             quiesce(&mut monitor).await;
             ns.ip("addr add 198.18.5.1/24 dev v0");
@@ -1490,11 +1528,11 @@ mod tests {
                 .expect("write batch");
             assert!(child.wait().expect("ip -batch").success());
 
-            let count = tokio::time::timeout(WAIT, monitor.changed())
+            let changes = tokio::time::timeout(WAIT, monitor.changed())
                 .await
                 .expect("no change reported")
                 .expect("overrun is not an error");
-            assert!(count >= 1);
+            assert!(changes.full || !changes.neighbours.is_empty(), "{changes:?}");
             quiesce(&mut monitor).await;
             assert!(monitor.overruns > 0, "the tiny receive buffer never overran");
 
@@ -1543,15 +1581,19 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("ifindex 7") && text.contains("nope"), "{text}");
 
-        // Two 16-byte headers (NLMSG_NOOP) in one datagram.
+        // Two 16-byte headers (NLMSG_NOOP) in one datagram: not neighbour
+        // messages, so they ask for a full refresh.
         let mut datagram = Vec::new();
         for _ in 0..2 {
             datagram.extend_from_slice(&16u32.to_ne_bytes());
             datagram.extend_from_slice(&1u16.to_ne_bytes());
             datagram.extend_from_slice(&[0; 10]);
         }
-        assert_eq!(count_messages(&datagram), 2);
-        assert_eq!(count_messages(&datagram[..20]), 1);
-        assert_eq!(count_messages(&[]), 0);
+        let mut changes = Changes::default();
+        classify(&datagram, &mut changes);
+        assert!(changes.full && changes.neighbours.is_empty());
+        let mut changes = Changes::default();
+        classify(&[], &mut changes);
+        assert_eq!(changes, Changes::default());
     }
 }

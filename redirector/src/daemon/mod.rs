@@ -149,10 +149,11 @@ impl Daemon {
             tokio::select! {
                 () = &mut shutdown => break,
                 changed = self.monitor.changed() => {
-                    if let Err(e) = changed {
+                    let changes = changed.unwrap_or_else(|e| {
                         warn!("netlink monitor: {e}");
-                    }
-                    self.hops.refresh_all(&mut self.dp)?;
+                        netlink::Changes { full: true, neighbours: Vec::new() }
+                    });
+                    self.hops.apply(&mut self.dp, &changes)?;
                 }
                 guard = self.requests.readable_mut() => {
                     let mut guard = guard.context("next-hop request ring")?;
@@ -163,9 +164,7 @@ impl Daemon {
                         }
                     }
                     guard.clear_ready();
-                    for a in clients {
-                        self.hops.client(&mut self.dp, a.addr)?;
-                    }
+                    self.hops.clients(&mut self.dp, clients.into_iter().map(|a| a.addr))?;
                 }
                 guard = self.logger.readable_mut() => {
                     let mut guard = guard.context("program log ring")?;
