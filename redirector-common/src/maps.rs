@@ -371,3 +371,55 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for BenchTemplate {}
 }
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{align_of, offset_of, size_of};
+
+    use super::*;
+
+    /// The kernel side reads these offsets; a change here is an ABI change
+    /// (bump [`crate::ABI_VERSION`]).
+    #[test]
+    fn layouts_are_the_abi() {
+        assert_eq!(
+            (offset_of!(Endpoint, port_be), offset_of!(Endpoint, proto)),
+            (16, 18)
+        );
+        assert_eq!((offset_of!(Backend, port_be), offset_of!(Backend, hop)), (16, 20));
+        assert_eq!(
+            (offset_of!(NextHop, dst_mac), offset_of!(NextHop, src_mac)),
+            (4, 10)
+        );
+        assert_eq!(
+            (offset_of!(ReverseInfo, vip), offset_of!(ReverseInfo, port_be)),
+            (4, 20)
+        );
+        assert_eq!(
+            (offset_of!(FlowKey, port_be), offset_of!(FlowKey, service)),
+            (16, 20)
+        );
+        assert_eq!(offset_of!(FlowValue, slot), 8);
+        assert_eq!(
+            (
+                offset_of!(SwitchState, active),
+                offset_of!(SwitchState, up),
+                offset_of!(SwitchState, generation)
+            ),
+            (0, 1, 4)
+        );
+        // One aligned 8-byte value: a single store on every 64-bit architecture.
+        assert_eq!((size_of::<SwitchState>(), align_of::<SwitchState>()), (8, 8));
+    }
+
+    #[test]
+    fn ip_forms_round_trip() {
+        let v4 = ip_from_v4([198, 18, 0, 1]);
+        let b = ip_to_bytes(v4);
+        assert_eq!(&b[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        assert_eq!(&b[12..], &[198, 18, 0, 1]);
+        assert_eq!(ip_from_bytes(b), v4);
+        let v6 = [0x20, 0x01, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2];
+        assert_eq!(ip_to_bytes(ip_from_bytes(v6)), v6);
+    }
+}

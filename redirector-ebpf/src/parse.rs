@@ -213,7 +213,9 @@ fn parse_l4(ctx: &XdpContext, v6: bool, proto: u8, src: Ip, dst: Ip, ttl: u8, l4
         // SAFETY: udp is bounds-checked and 2-byte aligned.
         let u = unsafe { &*udp };
         let len = u16::from_be(u.len) as usize;
-        if len < UDP_LEN || len > l4_len {
+        // IPv6 UDP must carry a checksum (RFC 8200 §8.1); a zero one cannot be
+        // patched incrementally into a valid one.
+        if len < UDP_LEN || len > l4_len || (v6 && u.csum == 0) {
             return Parsed::Malformed;
         }
         (u.sport, u.dport, false)

@@ -663,3 +663,17 @@ fn sweep_clears_pinned_and_steady_state_skips_the_flow_table() {
     assert!(!lab.h.dp.switch(s.id).unwrap().pinned());
     assert_eq!(slot_of(&mut lab, &s, 7000, false), SLOT_PRIMARY);
 }
+
+#[test]
+fn ipv6_udp_without_checksum_is_malformed_and_untouched() {
+    let Some(mut lab) = lab("udp6z") else { return };
+    let s = lab.svcs.iter().find(|s| s.svc.name == "nat-udp6").unwrap().clone();
+    let mut f = s.request(40001, false).build();
+    // Zero the UDP checksum (invalid in IPv6).
+    f[14 + 40 + 6] = 0;
+    f[14 + 40 + 7] = 0;
+    let before = lab.h.counter(Counter::Malformed);
+    let (act, out) = lab.h.run(&f);
+    assert_eq!((act, out), (PASS, f));
+    assert_eq!(lab.h.counter(Counter::Malformed), before + 1);
+}

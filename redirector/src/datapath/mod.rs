@@ -413,6 +413,15 @@ impl Datapath {
     /// `services` whose primary is active and that have no entries left skip
     /// the flow table again (clears [`SWITCH_PINNED`]). Returns entries removed.
     pub fn sweep_flows(&mut self, idle: std::time::Duration, services: u32) -> Result<usize> {
+        // Entries are only written while a service is pinned: nothing to do
+        // (and no walk of a possibly large table) when none is.
+        let mut any_pinned = false;
+        for id in 0..services {
+            any_pinned |= self.switch(id)?.pinned();
+        }
+        if !any_pinned {
+            return Ok(0);
+        }
         let now = monotonic_ns();
         let idle = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
         let mut map = self.hash::<FlowKey, FlowValue>(names::FLOWS)?;
