@@ -233,9 +233,7 @@ pub fn serve(
     ];
     let (ready_tx, ready_rx) = mpsc::channel();
     let h = thread::spawn(move || {
-        let ns = NetNs { name: nsname };
-        let _in = ns.enter();
-        std::mem::forget(ns); // owned by the Lab; only entered here
+        let _in = crate::netns::enter(&nsname);
         let listeners: Vec<TcpListener> = tcp
             .iter()
             .map(|a| {
@@ -327,9 +325,7 @@ impl Gateway {
         let (done_tx, done_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = thread::spawn(move || {
-            let ns = NetNs { name: nsname };
-            let _in = ns.enter();
-            std::mem::forget(ns);
+            let _in = crate::netns::enter(&nsname);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -47,20 +47,19 @@ impl NetNs {
 
     /// Switches the calling thread into this namespace until the guard drops.
     pub fn enter(&self) -> Entered {
-        let tid = unsafe { libc::gettid() };
-        let orig = File::open(format!("/proc/self/task/{tid}/ns/net")).unwrap();
-        let target = File::open(format!("/var/run/netns/{}", self.name)).unwrap();
-        // SAFETY: valid namespace fds; only this thread's namespace changes.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "setns into {}: {}",
-            self.name,
-            std::io::Error::last_os_error()
-        );
-        Entered { orig }
+        enter(&self.name)
     }
+}
+
+/// Switches the calling thread into the namespace `name` (owned elsewhere)
+/// until the guard drops.
+pub fn enter(name: &str) -> Entered {
+    let orig = File::open("/proc/thread-self/ns/net").unwrap();
+    let target = File::open(format!("/var/run/netns/{name}")).unwrap();
+    // SAFETY: valid namespace fds; only this thread's namespace changes.
+    let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns into {name}: {}", std::io::Error::last_os_error());
+    Entered { orig }
 }
 
 impl Drop for NetNs {

@@ -667,7 +667,12 @@ fn sweep_clears_pinned_and_steady_state_skips_the_flow_table() {
 #[test]
 fn ipv6_udp_without_checksum_is_malformed_and_untouched() {
     let Some(mut lab) = lab("udp6z") else { return };
-    let s = lab.svcs.iter().find(|s| s.svc.name == "nat-udp6").unwrap().clone();
+    let s = lab
+        .svcs
+        .iter()
+        .find(|s| s.svc.name == "nat-udp6")
+        .unwrap()
+        .clone();
     let mut f = s.request(40001, false).build();
     // Zero the UDP checksum (invalid in IPv6).
     f[14 + 40 + 6] = 0;

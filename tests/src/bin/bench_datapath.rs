@@ -185,14 +185,13 @@ fn main() -> Result<()> {
     dp.set_switch(4, down)?;
     let client4 = ip("198.18.1.2")?;
     let client6 = ip("2001:2:0:1::2")?;
-    dp.set_client_hop(
-        client4,
-        NextHop {
-            ifindex: if_in,
-            dst_mac: [2, 0, 0, 0, 1, 2],
-            src_mac: [2, 0, 0, 0, 1, 1],
-        },
-    )?;
+    let client_hop = NextHop {
+        ifindex: if_in,
+        dst_mac: [2, 0, 0, 0, 1, 2],
+        src_mac: [2, 0, 0, 0, 1, 1],
+    };
+    dp.set_client_hop(client4, client_hop)?;
+    dp.set_client_hop(client6, client_hop)?;
 
     let tcp = |syn| L4::Tcp { syn, ack: !syn };
     let v4_src = VARY_V4_SRC as u32;
@@ -241,8 +240,18 @@ fn main() -> Result<()> {
             vary_off: v6_src,
         },
         Case {
+            name: "dsr ipv6 udp, established",
+            frame: frame(Spec::new(client6, 40000, services[3].vip, 53, L4::Udp)),
+            vary_off: 0,
+        },
+        Case {
             name: "nat reply ipv4 tcp",
             frame: frame(Spec::new(ip("198.18.2.2")?, 80, client4, 40000, tcp(false))),
+            vary_off: 0,
+        },
+        Case {
+            name: "nat reply ipv6 udp",
+            frame: frame(Spec::new(ip("2001:2:0:2::2")?, 53, client6, 40000, L4::Udp)),
             vary_off: 0,
         },
         Case {
