@@ -119,6 +119,12 @@ impl Lab {
         let gw = NetNs::new(&format!("{tag}g"));
         let primary = NetNs::new(&format!("{tag}p"));
         let secondary = NetNs::new(&format!("{tag}s"));
+        // Link-local addresses would otherwise sit in duplicate address
+        // detection for ~2 s after link up, stalling neighbour discovery.
+        for ns in [&client, &gw, &primary, &secondary] {
+            in_ns(&ns.name, &["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"]);
+            in_ns(&ns.name, &["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
+        }
         in_ns(&gw.name, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         in_ns(&gw.name, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
         for (subnet, far, far_if, gw_if) in [
