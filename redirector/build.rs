@@ -100,10 +100,15 @@ fn main() -> anyhow::Result<()> {
         // this variable and passes it to the cargo it spawns.
         unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .context("workspace root")?
-        .join("redirector-ebpf");
+        .context("workspace root")?;
+    // aya-build watches the eBPF crate; the shared types are compiled into it too.
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("redirector-common").display()
+    );
+    let root = workspace.join("redirector-ebpf");
     let root = root.to_str().context("non-UTF-8 path")?;
     let tc = match toolchain.as_deref() {
         Some(t) => Toolchain::Custom(t),

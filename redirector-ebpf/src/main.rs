@@ -87,7 +87,8 @@ mod program {
 
     #[inline(always)]
     fn forward(ctx: &XdpContext, pkt: &Packet, id: u32, mode: u8) -> u32 {
-        let Some(st) = SWITCH.get(id) else {
+        // One 8-byte load: every decision below sees the same transition.
+        let Some(&st) = SWITCH.get(id) else {
             return pass(Counter::Passed);
         };
         if pkt.ttl <= 1 {
@@ -99,7 +100,7 @@ mod program {
             _pad: 0,
             service: id,
         };
-        let slot = select::choose(&key, st, pkt.proto == PROTO_TCP, pkt.syn);
+        let slot = select::choose(&key, &st, pkt.proto == PROTO_TCP, pkt.syn);
         let index = id * 2 + u32::from(slot & 1);
         let Some(be) = BACKENDS.get(index) else {
             return pass(Counter::Passed);

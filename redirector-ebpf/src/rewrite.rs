@@ -19,6 +19,20 @@ pub enum Side {
 /// Returns `false` (nothing written) if the headers are not in bounds.
 #[inline(always)]
 pub fn endpoint(ctx: &XdpContext, v6: bool, proto: u8, side: Side, addr: &Ip, port_be: u16) -> bool {
+    // Check every header before writing any, so `false` really means untouched.
+    let l4_off = if v6 {
+        ETH_LEN + IPV6_LEN
+    } else {
+        ETH_LEN + IPV4_LEN
+    };
+    let l4_ok = if proto == PROTO_TCP {
+        ptr_at::<TcpHdr>(ctx, l4_off).is_some()
+    } else {
+        ptr_at::<UdpHdr>(ctx, l4_off).is_some()
+    };
+    if !l4_ok {
+        return false;
+    }
     if v6 {
         let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_LEN) else {
             return false;

@@ -34,8 +34,20 @@ pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
                 }
                 return slot;
             }
-            (*v).slot = u32::from(active);
-            (*v).last_seen_ns = bpf_ktime_get_coarse_ns();
+        }
+        // Its backend is down: the flow moves to the active one for good.
+        if active == SLOT_PRIMARY {
+            // Without an entry a flow follows the primary anyway; dropping the
+            // entry lets the service leave the pinned state sooner.
+            let _ = FLOWS.remove(key);
+        } else {
+            // SAFETY: as above.
+            unsafe {
+                if (*v).slot != u32::from(active) {
+                    (*v).slot = u32::from(active);
+                }
+                (*v).last_seen_ns = bpf_ktime_get_coarse_ns();
+            }
         }
         return active;
     }

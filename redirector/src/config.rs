@@ -8,6 +8,8 @@
 //! interfaces = ["eth0", "eth1"]   # required, non-empty, valid Linux interface names
 //! xdp_mode = "auto"               # auto | driver | skb; default auto
 //! flow_table_size = 262144        # default 262144, 1024..=16777216
+//! tcp_flow_idle = 3600             # seconds, default 3600, 10..=604800
+//! udp_flow_idle = 120              # seconds, default 120, 10..=604800
 //! max_services = 1024             # default 1024, 1024..=65536, >= number of services
 //!
 //! [[service]]
@@ -39,6 +41,13 @@ use toml::Spanned;
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
 /// Allowed values of `flow_table_size`.
 pub const FLOW_TABLE_SIZE_RANGE: RangeInclusive<u32> = 1024..=16_777_216;
+/// Default idle time after which a TCP flow entry is removed, in seconds.
+/// Long: removing a pinned TCP flow's entry can move an idle connection.
+pub const DEFAULT_TCP_FLOW_IDLE: u32 = 3600;
+/// Default idle time after which a UDP flow entry is removed, in seconds.
+pub const DEFAULT_UDP_FLOW_IDLE: u32 = 120;
+/// Allowed values of `tcp_flow_idle` and `udp_flow_idle` (seconds, up to 7 days).
+pub const FLOW_IDLE_RANGE: RangeInclusive<u32> = 10..=604_800;
 /// Default maximum number of services.
 pub const DEFAULT_MAX_SERVICES: u32 = 1024;
 /// Allowed values of `max_services`.
@@ -199,6 +208,10 @@ pub struct Gateway {
     pub flow_table_size: u32,
     /// Capacity of the service table; at least the number of services.
     pub max_services: u32,
+    /// Seconds without a packet after which a TCP flow entry is removed.
+    pub tcp_flow_idle: u32,
+    /// Seconds without a packet after which a UDP flow entry is removed.
+    pub udp_flow_idle: u32,
 }
 
 /// A complete, validated configuration.
@@ -380,6 +393,27 @@ pub enum ConfigError {
         /// The shared protocol.
         protocol: Protocol,
     },
+    /// Two NAT services share a backend endpoint: replies from it could not be
+    /// told apart, so they would leave with the wrong VIP.
+    #[error(
+        "{at}: service \"{service}\": NAT backend {backend} ({protocol}) is already a backend of NAT service \
+         \"{other}\" at line {other_line}; replies could not be told apart — give each service its own \
+         backend address or port"
+    )]
+    SharedNatBackend {
+        /// Where the second service is.
+        at: Location,
+        /// The second service.
+        service: String,
+        /// The first service using the endpoint.
+        other: String,
+        /// Line of the first service.
+        other_line: usize,
+        /// The shared endpoint (address and effective port).
+        backend: Backend,
+        /// The shared protocol.
+        protocol: Protocol,
+    },
     /// There are more services than `max_services` allows.
     #[error(
         "{at}: [gateway]: key \"max_services\": {count} services are configured but max_services is {max}"
@@ -420,6 +454,8 @@ struct RawGateway {
     xdp_mode: Option<Spanned<RawValue>>,
     flow_table_size: Option<Spanned<RawValue>>,
     max_services: Option<Spanned<RawValue>>,
+    tcp_flow_idle: Option<Spanned<RawValue>>,
+    udp_flow_idle: Option<Spanned<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -883,11 +919,21 @@ fn convert_gateway(src: &Source<'_>, raw: &Spanned<RawGateway>) -> Result<Gatewa
         Some(v) => sec.ranged("max_services", v, MAX_SERVICES_RANGE)?,
         None => DEFAULT_MAX_SERVICES,
     };
+    let tcp_flow_idle = match &g.tcp_flow_idle {
+        Some(v) => sec.ranged("tcp_flow_idle", v, FLOW_IDLE_RANGE)?,
+        None => DEFAULT_TCP_FLOW_IDLE,
+    };
+    let udp_flow_idle = match &g.udp_flow_idle {
+        Some(v) => sec.ranged("udp_flow_idle", v, FLOW_IDLE_RANGE)?,
+        None => DEFAULT_UDP_FLOW_IDLE,
+    };
     Ok(Gateway {
         interfaces,
         xdp_mode,
         flow_table_size,
         max_services,
+        tcp_flow_idle,
+        udp_flow_idle,
     })
 }
 
@@ -1021,6 +1067,7 @@ impl Config {
         let mut services = Vec::with_capacity(raw.service.0.len());
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut tuples: HashMap<(IpAddr, u16, Protocol), (String, usize)> = HashMap::new();
+        let mut nat_backends: HashMap<(IpAddr, u16, Protocol), (String, usize)> = HashMap::new();
         for (index, raw_service) in raw.service.0.iter().enumerate() {
             let service = convert_service(&src, index, raw_service)?;
             let span = raw_service.span();
@@ -1043,6 +1090,28 @@ impl Config {
                     port: service.port,
                     protocol: service.protocol,
                 });
+            }
+            if service.mode == Mode::Nat {
+                for be in [&service.primary, &service.secondary] {
+                    let key = (be.addr, be.port.unwrap_or(service.port), service.protocol);
+                    if let Some((other, other_line)) = nat_backends.get(&key) {
+                        return Err(ConfigError::SharedNatBackend {
+                            at: src.at(&span),
+                            service: service.name,
+                            other: other.clone(),
+                            other_line: *other_line,
+                            backend: Backend {
+                                addr: key.0,
+                                port: Some(key.1),
+                            },
+                            protocol: service.protocol,
+                        });
+                    }
+                }
+                for be in [&service.primary, &service.secondary] {
+                    let key = (be.addr, be.port.unwrap_or(service.port), service.protocol);
+                    nat_backends.insert(key, (service.name.clone(), line));
+                }
             }
             names.insert(service.name.clone(), line);
             tuples.insert(tuple, (service.name.clone(), line));
@@ -1136,6 +1205,8 @@ secondary = "2001:2::1:80"
                 xdp_mode: XdpModeSetting::Driver,
                 flow_table_size: 1024,
                 max_services: DEFAULT_MAX_SERVICES,
+                tcp_flow_idle: DEFAULT_TCP_FLOW_IDLE,
+                udp_flow_idle: DEFAULT_UDP_FLOW_IDLE,
             }
         );
         let v6 = |s: &str| IpAddr::V6(s.parse::<Ipv6Addr>().expect("v6"));
@@ -1594,5 +1665,27 @@ secondary = "2001:2::1:80"
         }
         let msg = err(&text);
         assert_contains(&msg, &["test.toml:3:", "max_services", "1025 services"]);
+    }
+
+    #[test]
+    fn nat_services_cannot_share_a_backend_endpoint() {
+        let text = format!(
+            "{GATEWAY}\n[[service]]\nname = \"web1\"\nvip = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
+             primary = \"198.18.2.2\"\nsecondary = \"198.18.3.2\"\n\n[[service]]\nname = \"web2\"\n\
+             vip = \"198.18.100.2\"\nport = 80\nprotocol = \"tcp\"\nprimary = \"198.18.3.2:80\"\n\
+             secondary = \"198.18.2.2:8080\"\n"
+        );
+        let err = Config::from_str_named(&text, "gw.toml").expect_err("shared backend");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("gw.toml:12:") && msg.contains("web2") && msg.contains("web1"),
+            "{msg}"
+        );
+        assert!(msg.contains("198.18.3.2:80"), "{msg}");
+        // Another port, another protocol or DSR are fine.
+        let ok = text.replace("198.18.3.2:80\"", "198.18.3.2:81\"");
+        Config::from_str_named(&ok, "gw.toml").expect("different port");
+        let ok = text.replacen("protocol = \"tcp\"", "protocol = \"udp\"", 1);
+        Config::from_str_named(&ok, "gw.toml").expect("different protocol");
     }
 }

@@ -682,3 +682,28 @@ fn ipv6_udp_without_checksum_is_malformed_and_untouched() {
     assert_eq!((act, out), (PASS, f));
     assert_eq!(lab.h.counter(Counter::Malformed), before + 1);
 }
+
+#[test]
+fn udp_checksum_that_computes_to_zero_is_sent_as_all_ones() {
+    let Some(mut lab) = lab("udpffff") else { return };
+    for name in ["nat-udp4", "nat-udp6"] {
+        let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
+        // Find a payload whose forwarded packet's UDP checksum computes to 0
+        // (etherparse then writes 0xffff, as RFC 768 requires).
+        let mut req = s.request(40002, false);
+        let mut found = None;
+        for w in 0..=u16::MAX {
+            req.payload = w.to_be_bytes().to_vec();
+            let want = s.forwarded(&req, SLOT_PRIMARY).build();
+            let off = want.len() - 2 - 2; // checksum sits 4 bytes before the 2-byte payload
+            if want[off..off + 2] == [0xff, 0xff] {
+                found = Some(want);
+                break;
+            }
+        }
+        let want = found.expect("some payload gives a zero checksum");
+        let (act, out) = lab.h.run(&req.build());
+        assert_eq!(act, REDIRECT, "{name}");
+        assert_eq!(out, want, "{name}");
+    }
+}
