@@ -27,7 +27,7 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(
 pub static CLIENT_HOPS: LruHashMap<Addr, NextHop> = LruHashMap::with_max_entries(DEFAULT_CLIENT_HOPS, 0);
 
 #[map]
-pub static LOCAL_ADDRS: HashMap<Addr, u8> = HashMap::with_max_entries(256, 0);
+pub static LOCAL_ADDRS: HashMap<Addr, u8> = HashMap::with_max_entries(4096, 0);
 
 #[map]
 pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(64, 0);

@@ -653,12 +653,12 @@ fn sweep_clears_pinned_and_steady_state_skips_the_flow_table() {
     // A sweep that keeps the live entry keeps the service pinned.
     lab.h
         .dp
-        .sweep_flows(std::time::Duration::from_secs(60), 8)
+        .sweep_flows(&[std::time::Duration::from_secs(60); 8])
         .unwrap();
     assert!(lab.h.dp.switch(s.id).unwrap().pinned());
     assert_eq!(slot_of(&mut lab, &s, 7000, false), SLOT_SECONDARY);
     // Once idle entries are gone, the flag clears and packets skip the table.
-    lab.h.dp.sweep_flows(std::time::Duration::ZERO, 8).unwrap();
+    lab.h.dp.sweep_flows(&[std::time::Duration::ZERO; 8]).unwrap();
     assert_eq!(lab.h.dp.flow_count().unwrap(), 0);
     assert!(!lab.h.dp.switch(s.id).unwrap().pinned());
     assert_eq!(slot_of(&mut lab, &s, 7000, false), SLOT_PRIMARY);

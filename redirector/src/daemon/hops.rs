@@ -1,13 +1,18 @@
 //! Keeps every next hop the program uses current: backends (written into
 //! their `BACKENDS` entries) and clients of NAT replies (`CLIENT_HOPS`). Both
 //! come from the kernel's own route and neighbour tables via netlink — no
-//! per-packet FIB lookup. Backends' neighbours are handed to the kernel to keep
-//! resolved ahead of time; until a next hop resolves, the program hands its
-//! packets to the stack.
+//! per-packet FIB lookup. Until a next hop resolves, the program hands its
+//! packets to the kernel stack, which resolves and delivers them.
 //!
-//! A neighbour change re-resolves only what goes through that neighbour; a
-//! link, address or route change re-resolves every backend and drops the
-//! client cache (clients are re-resolved on their next reply).
+//! - Backends' neighbours are handed to the kernel to keep resolved ahead of
+//!   time (managed entries); clients' are not (there can be any number).
+//! - Only the configured interfaces are redirect targets: a next hop out of
+//!   any other interface stays unresolved (the stack forwards those packets)
+//!   rather than being redirected to a device that may not transmit XDP frames.
+//! - A neighbour change costs one query: backends behind it are re-resolved,
+//!   clients behind it get the new MAC (or are dropped from the cache if the
+//!   neighbour is gone). Links, addresses and routes changing re-resolve every
+//!   backend and drop the client cache (clients resolve again on their next reply).
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
@@ -15,11 +20,11 @@ use std::{
 
 use anyhow::Result;
 use log::{info, warn};
-use redirector_common::{Ip, NextHop};
+use redirector_common::{DEFAULT_CLIENT_HOPS, Ip, NextHop};
 
 use crate::{
     datapath::{Datapath, from16},
-    netlink::{self, Changes, Resolution},
+    netlink::{self, Resolution},
 };
 
 /// Upper bound on clients waiting for a neighbour (the rest retry on their next miss).
@@ -41,31 +46,67 @@ struct Resolved {
     via: Option<Neighbour>,
 }
 
-#[derive(Default)]
 pub struct Hops {
+    /// Configured interfaces: the only redirect targets.
+    allowed: HashSet<u32>,
     /// (service id, slot) → (address, current resolution).
     backends: HashMap<(u32, u8), (IpAddr, Resolved)>,
-    /// Clients with a hop in `CLIENT_HOPS` → the neighbour it depends on.
+    /// Clients with a hop in `CLIENT_HOPS` → the neighbour it goes through.
     clients: HashMap<IpAddr, Neighbour>,
+    /// Neighbours of cached clients → the hop they were written with.
+    client_neighbours: HashMap<Neighbour, NextHop>,
     /// Clients whose neighbour is not resolved yet.
     pending: HashSet<IpAddr>,
-    /// Egress interfaces already allowed in the redirect map.
-    egress: HashSet<u32>,
     /// The gateway's own addresses, mirrored into `LOCAL_ADDRS`.
     locals: HashSet<IpAddr>,
     /// Backend neighbours already handed to the kernel to keep resolved.
     kept: HashSet<Neighbour>,
+    /// Addresses already warned about (one line per cause, not per packet).
+    warned: HashSet<IpAddr>,
 }
 
 impl Hops {
+    /// Next hops may only leave through `allowed` (the configured interfaces).
+    pub fn new(allowed: impl IntoIterator<Item = u32>) -> Hops {
+        Hops {
+            allowed: allowed.into_iter().collect(),
+            backends: HashMap::new(),
+            clients: HashMap::new(),
+            client_neighbours: HashMap::new(),
+            pending: HashSet::new(),
+            locals: HashSet::new(),
+            kept: HashSet::new(),
+            warned: HashSet::new(),
+        }
+    }
+
+    fn warn_once(&mut self, addr: IpAddr, msg: impl FnOnce() -> String) {
+        if self.warned.insert(addr) {
+            warn!("{}", msg());
+        }
+    }
+
     /// Resolves `addr` now. Never fails: an address without a route or
-    /// neighbour yields an unresolved hop, logged, retried later. For backends
-    /// (`keep`), the neighbour is also handed to the kernel to keep resolved
-    /// ahead of time, so it never goes stale between packets.
-    fn resolve(&mut self, dp: &mut Datapath, addr: IpAddr, keep: bool) -> Resolved {
+    /// neighbour, or reached through an interface that is not configured,
+    /// yields an unresolved hop (logged once), retried later. For backends
+    /// (`keep`) the neighbour is handed to the kernel to keep resolved.
+    fn resolve(&mut self, addr: IpAddr, keep: bool) -> Resolved {
         match netlink::resolve(addr) {
             Ok(Resolution::Resolved { hop: h, neighbour }) => {
                 let via = Some((h.ifindex, neighbour));
+                if !self.allowed.contains(&h.ifindex) {
+                    self.warn_once(addr, || {
+                        format!(
+                            "next hop of {addr} leaves through ifindex {}, which is not in [gateway] \
+                             interfaces: the kernel stack forwards that traffic",
+                            h.ifindex
+                        )
+                    });
+                    return Resolved {
+                        hop: UNRESOLVED,
+                        via: None,
+                    };
+                }
                 if keep
                     && self.kept.insert((h.ifindex, neighbour))
                     && let Err(e) = netlink::neighbour_keep_resolved(h.ifindex, neighbour)
@@ -73,13 +114,7 @@ impl Hops {
                     warn!("asking the kernel to keep {neighbour} resolved: {e}");
                     self.kept.remove(&(h.ifindex, neighbour));
                 }
-                if self.egress.insert(h.ifindex)
-                    && let Err(e) = dp.add_egress(h.ifindex)
-                {
-                    warn!("next hop of {addr}: {e:#}");
-                    self.egress.remove(&h.ifindex);
-                    return Resolved { hop: UNRESOLVED, via };
-                }
+                self.warned.remove(&addr);
                 let hop = NextHop {
                     ifindex: h.ifindex,
                     dst_mac: h.dst_mac,
@@ -88,7 +123,9 @@ impl Hops {
                 Resolved { hop, via }
             }
             Ok(Resolution::NoNeighbour { ifindex, neighbour }) => {
-                if let Err(e) = netlink::neighbour_keep_resolved(ifindex, neighbour) {
+                // Clients: the stack resolves the neighbour while delivering
+                // the packet it was handed; backends are kept resolved.
+                if keep && let Err(e) = netlink::neighbour_keep_resolved(ifindex, neighbour) {
                     warn!("asking the kernel to resolve {neighbour}: {e}");
                 }
                 Resolved {
@@ -97,7 +134,7 @@ impl Hops {
                 }
             }
             Err(e) => {
-                warn!("next hop of {addr}: {e}");
+                self.warn_once(addr, || format!("next hop of {addr}: {e}"));
                 Resolved {
                     hop: UNRESOLVED,
                     via: None,
@@ -107,8 +144,8 @@ impl Hops {
     }
 
     /// Resolves a backend's hop at start-up and remembers it.
-    pub fn backend(&mut self, dp: &mut Datapath, id: u32, slot: u8, addr: IpAddr) -> NextHop {
-        let r = self.resolve(dp, addr, true);
+    pub fn backend(&mut self, id: u32, slot: u8, addr: IpAddr) -> NextHop {
+        let r = self.resolve(addr, true);
         if r.hop.ifindex == 0 {
             warn!(
                 "backend {addr}: next hop not resolved yet; its packets go through the kernel stack until it is"
@@ -131,28 +168,41 @@ impl Hops {
         if self.locals.contains(&addr) {
             return Ok(());
         }
-        let r = self.resolve(dp, addr, false);
-        match (r.hop.ifindex, r.via) {
-            (0, _) | (_, None) => {
-                self.clients.remove(&addr);
-                dp.remove_client_hop(addr)?;
-                if self.pending.len() < MAX_PENDING {
-                    self.pending.insert(addr);
-                }
-            }
-            (_, Some(via)) => {
+        if self.clients.len() >= DEFAULT_CLIENT_HOPS as usize {
+            // The kernel's LRU evicted some of ours: forget what it no longer has.
+            let live: HashSet<IpAddr> = dp.client_hop_keys()?.into_iter().collect();
+            self.clients.retain(|a, _| live.contains(a));
+            let used: HashSet<Neighbour> = self.clients.values().copied().collect();
+            self.client_neighbours.retain(|n, _| used.contains(n));
+        }
+        let r = self.resolve(addr, false);
+        match r.via {
+            Some(via) if r.hop.ifindex != 0 => {
                 self.pending.remove(&addr);
                 dp.set_client_hop(addr, r.hop)?;
                 self.clients.insert(addr, via);
+                self.client_neighbours.insert(via, r.hop);
+            }
+            _ => {
+                if self.clients.remove(&addr).is_some() {
+                    dp.remove_client_hop(addr)?;
+                }
+                if self.pending.len() < MAX_PENDING {
+                    self.pending.insert(addr);
+                }
             }
         }
         Ok(())
     }
 
     /// Mirrors the gateway's own addresses into `LOCAL_ADDRS`: replies to
-    /// them (health probes) must never be translated.
+    /// them (health probes) must never be translated. Link-local addresses
+    /// are left out: no NAT client is ever reached through one.
     pub fn sync_locals(&mut self, dp: &mut Datapath) -> Result<()> {
-        let now: HashSet<IpAddr> = netlink::local_addrs()?.into_iter().collect();
+        let now: HashSet<IpAddr> = netlink::local_addrs()?
+            .into_iter()
+            .filter(|a| !is_link_local(a))
+            .collect();
         for &a in now.difference(&self.locals) {
             dp.add_local_addr(a)?;
             dp.remove_client_hop(a)?;
@@ -177,7 +227,7 @@ impl Hops {
             let Some(&(addr, old)) = self.backends.get(&key) else {
                 continue;
             };
-            let new = self.resolve(dp, addr, true);
+            let new = self.resolve(addr, true);
             if new.hop != old.hop {
                 dp.set_backend_hop(key.0, key.1, new.hop)?;
                 info!(
@@ -191,31 +241,57 @@ impl Hops {
         Ok(())
     }
 
-    /// Applies a batch of netlink changes.
-    pub fn apply(&mut self, dp: &mut Datapath, changes: &Changes) -> Result<()> {
-        if changes.full {
-            self.sync_locals(dp)?;
-            self.refresh_backends(dp, |_| true)?;
-            // Dropping is cheaper than re-resolving a large cache; each client
-            // is resolved again on its next reply.
-            for addr in dp.client_hop_keys()? {
-                dp.remove_client_hop(addr)?;
-            }
-            self.clients.clear();
-            return self.retry_pending(dp);
+    /// Links, addresses or routes changed (or change messages were lost).
+    pub fn refresh_all(&mut self, dp: &mut Datapath) -> Result<()> {
+        self.sync_locals(dp)?;
+        self.refresh_backends(dp, |_| true)?;
+        // Routes to clients may have changed: drop the cache; each client is
+        // resolved again on its next reply.
+        for addr in dp.client_hop_keys()? {
+            dp.remove_client_hop(addr)?;
         }
-        let touched: HashSet<Neighbour> = changes.neighbours.iter().copied().collect();
+        self.clients.clear();
+        self.client_neighbours.clear();
+        self.retry_pending(dp)
+    }
+
+    /// Neighbour entries changed.
+    pub fn neighbours_changed(&mut self, dp: &mut Datapath, changed: &[Neighbour]) -> Result<()> {
+        let touched: HashSet<Neighbour> = changed.iter().copied().collect();
         self.refresh_backends(dp, |r| {
             r.hop.ifindex == 0 || r.via.is_some_and(|v| touched.contains(&v))
         })?;
-        let clients: Vec<IpAddr> = self
-            .clients
-            .iter()
-            .filter(|(_, v)| touched.contains(v))
-            .map(|(a, _)| *a)
-            .collect();
-        for addr in clients {
-            self.client(dp, addr)?;
+        for n in touched {
+            let Some(&old) = self.client_neighbours.get(&n) else {
+                continue;
+            };
+            let mac = netlink::neighbour(n.0, n.1).unwrap_or_else(|e| {
+                warn!("neighbour {} on ifindex {}: {e}", n.1, n.0);
+                None
+            });
+            let behind: Vec<IpAddr> = self
+                .clients
+                .iter()
+                .filter(|(_, v)| **v == n)
+                .map(|(a, _)| *a)
+                .collect();
+            match mac {
+                Some(mac) if mac == old.dst_mac => {}
+                Some(mac) => {
+                    let hop = NextHop { dst_mac: mac, ..old };
+                    for a in behind {
+                        dp.set_client_hop(a, hop)?;
+                    }
+                    self.client_neighbours.insert(n, hop);
+                }
+                None => {
+                    for a in behind {
+                        dp.remove_client_hop(a)?;
+                        self.clients.remove(&a);
+                    }
+                    self.client_neighbours.remove(&n);
+                }
+            }
         }
         self.retry_pending(dp)
     }
@@ -232,6 +308,13 @@ impl Hops {
     pub fn retry(&mut self, dp: &mut Datapath) -> Result<()> {
         self.refresh_backends(dp, |r| r.hop.ifindex == 0)?;
         self.retry_pending(dp)
+    }
+}
+
+fn is_link_local(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use crate::{
-    config::{Config, Mode},
+    config::{Config, Mode, Protocol},
     datapath::{Datapath, Sizes, both_up},
     netlink,
 };
@@ -26,8 +26,8 @@ use hops::Hops;
 const RETRY: Duration = Duration::from_secs(1);
 /// How often idle flow entries are swept.
 const SWEEP: Duration = Duration::from_secs(10);
-/// Flow entries idle this long are removed (a UDP flow is not pinned forever).
-const FLOW_IDLE: Duration = Duration::from_secs(120);
+/// Link/address/route changes within this window cause one refresh.
+const RESYNC_WINDOW: Duration = Duration::from_millis(100);
 
 /// Runs the daemon with the configuration at `path` until SIGINT/SIGTERM.
 pub fn run(path: &Path) -> Result<()> {
@@ -57,7 +57,8 @@ pub fn run(path: &Path) -> Result<()> {
 pub struct Daemon {
     dp: Datapath,
     hops: Hops,
-    services: u32,
+    /// Idle time after which a flow entry is removed, per service id.
+    flow_idle: Vec<Duration>,
     monitor: netlink::Monitor,
     requests: AsyncFd<RingBuf<MapData>>,
     logger: AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -71,6 +72,9 @@ impl Daemon {
             max_services: cfg.gateway.max_services,
             flow_entries: cfg.gateway.flow_table_size,
         };
+        // Subscribe before reading any state, so no change between the reads
+        // below and the event loop goes unseen.
+        let monitor = netlink::Monitor::new().context("subscribing to route/link/neighbour changes")?;
         let mut dp = Datapath::load(sizes).context("loading the XDP program")?;
         let mut ifindexes = Vec::new();
         for name in &cfg.gateway.interfaces {
@@ -83,8 +87,15 @@ impl Daemon {
             }
             ifindexes.push(i);
         }
-        let services = u32::try_from(cfg.services.len()).context("too many services")?;
-        let mut hops = Hops::default();
+        let mut hops = Hops::new(ifindexes.iter().copied());
+        let flow_idle: Vec<Duration> = cfg
+            .services
+            .iter()
+            .map(|s| match s.protocol {
+                Protocol::Tcp => Duration::from_secs(cfg.gateway.tcp_flow_idle.into()),
+                Protocol::Udp => Duration::from_secs(cfg.gateway.udp_flow_idle.into()),
+            })
+            .collect();
         for svc in cfg.services.iter().filter(|s| s.mode == Mode::Dsr) {
             for be in [&svc.primary, &svc.secondary] {
                 let route = netlink::route_get(be.addr).with_context(|| format!("service {:?}", svc.name))?;
@@ -104,8 +115,8 @@ impl Daemon {
         }
         for (id, svc) in (0u32..).zip(&cfg.services) {
             let resolved = [
-                hops.backend(&mut dp, id, 0, svc.primary.addr),
-                hops.backend(&mut dp, id, 1, svc.secondary.addr),
+                hops.backend(id, 0, svc.primary.addr),
+                hops.backend(id, 1, svc.secondary.addr),
             ];
             dp.set_service(id, svc, resolved, both_up(redirector_common::SLOT_PRIMARY))
                 .with_context(|| format!("writing service {:?}", svc.name))?;
@@ -119,7 +130,6 @@ impl Daemon {
                 svc.secondary
             );
         }
-        let monitor = netlink::Monitor::new().context("subscribing to route/link/neighbour changes")?;
         // SAFETY: the ring buffer owns its fd and AsyncFd owns the ring buffer
         // for as long as it is registered.
         let requests =
@@ -132,7 +142,7 @@ impl Daemon {
         Ok(Daemon {
             dp,
             hops,
-            services,
+            flow_idle,
             monitor,
             requests,
             logger,
@@ -141,45 +151,82 @@ impl Daemon {
 
     /// Keeps next hops current until `shutdown` completes; returns the data
     /// plane (still attached until it is dropped) so callers can read counters.
+    ///
+    /// Nothing in here stops the daemon (which would detach the data plane):
+    /// a failed step is logged and a full resynchronisation is scheduled.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Datapath> {
         let mut retry = tokio::time::interval(RETRY);
         let mut sweep = tokio::time::interval(SWEEP);
-        tokio::pin!(shutdown);
+        // Link/address/route changes arrive in bursts (and constantly on a
+        // routing-daemon host): coalesce them into one refresh per window.
+        let resync = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(resync, shutdown);
+        let mut resync_armed = false;
         loop {
+            let mut full = false;
             tokio::select! {
                 () = &mut shutdown => break,
-                changed = self.monitor.changed() => {
-                    let changes = changed.unwrap_or_else(|e| {
+                changed = self.monitor.changed() => match changed {
+                    Ok(c) => {
+                        full = c.full;
+                        if !c.neighbours.is_empty() {
+                            let r = self.hops.neighbours_changed(&mut self.dp, &c.neighbours);
+                            full |= failed("applying neighbour changes", r);
+                        }
+                    }
+                    Err(e) => {
                         warn!("netlink monitor: {e}");
-                        netlink::Changes { full: true, neighbours: Vec::new() }
-                    });
-                    self.hops.apply(&mut self.dp, &changes)?;
-                }
+                        full = true;
+                    }
+                },
                 guard = self.requests.readable_mut() => {
                     let mut guard = guard.context("next-hop request ring")?;
                     let mut clients = Vec::new();
                     while let Some(item) = RingBuf::next(guard.get_inner_mut()) {
                         if let Ok(a) = bytemuck::try_pod_read_unaligned::<redirector_common::Addr>(&item) {
-                            clients.push(a);
+                            clients.push(a.addr);
                         }
                     }
                     guard.clear_ready();
-                    self.hops.clients(&mut self.dp, clients.into_iter().map(|a| a.addr))?;
+                    let r = self.hops.clients(&mut self.dp, clients);
+                    full = failed("resolving clients", r);
                 }
                 guard = self.logger.readable_mut() => {
                     let mut guard = guard.context("program log ring")?;
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
-                _ = retry.tick() => self.hops.retry(&mut self.dp)?,
-                _ = sweep.tick() => {
-                    let n = self.dp.sweep_flows(FLOW_IDLE, self.services)?;
-                    if n > 0 {
-                        debug!("swept {n} idle flow entries");
-                    }
+                () = &mut resync, if resync_armed => {
+                    resync_armed = false;
+                    let r = self.hops.refresh_all(&mut self.dp);
+                    full = failed("refreshing next hops", r);
                 }
+                _ = retry.tick() => {
+                    let r = self.hops.retry(&mut self.dp);
+                    full = failed("retrying unresolved next hops", r);
+                }
+                _ = sweep.tick() => match self.dp.sweep_flows(&self.flow_idle) {
+                    Ok(0) => {}
+                    Ok(n) => debug!("swept {n} idle flow entries"),
+                    Err(e) => warn!("sweeping idle flow entries: {e:#}"),
+                },
+            }
+            if full && !resync_armed {
+                resync.as_mut().reset(tokio::time::Instant::now() + RESYNC_WINDOW);
+                resync_armed = true;
             }
         }
         Ok(self.dp)
+    }
+}
+
+/// Logs a failed step; true if it failed (the caller schedules a resync).
+fn failed(what: &str, r: Result<()>) -> bool {
+    match r {
+        Ok(()) => false,
+        Err(e) => {
+            warn!("{what}: {e:#}; resynchronising");
+            true
+        }
     }
 }

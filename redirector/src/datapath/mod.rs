@@ -409,10 +409,11 @@ impl Datapath {
             .collect())
     }
 
-    /// Removes flow entries idle longer than `idle`, then lets services
-    /// `services` whose primary is active and that have no entries left skip
-    /// the flow table again (clears [`SWITCH_PINNED`]). Returns entries removed.
-    pub fn sweep_flows(&mut self, idle: std::time::Duration, services: u32) -> Result<usize> {
+    /// Removes flow entries idle longer than their service's `idle[id]`, then
+    /// lets services whose primary is active and that have no entries left
+    /// skip the flow table again (clears [`SWITCH_PINNED`]). Returns entries removed.
+    pub fn sweep_flows(&mut self, idle: &[std::time::Duration]) -> Result<usize> {
+        let services = u32::try_from(idle.len()).unwrap_or(u32::MAX);
         // Entries are only written while a service is pinned: nothing to do
         // (and no walk of a possibly large table) when none is.
         let mut any_pinned = false;
@@ -423,12 +424,16 @@ impl Datapath {
             return Ok(0);
         }
         let now = monotonic_ns();
-        let idle = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        let limit = |service: u32| {
+            idle.get(service as usize)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        };
+        let stale_at = |k: &FlowKey, v: &FlowValue| now.saturating_sub(v.last_seen_ns) > limit(k.service);
         let mut map = self.hash::<FlowKey, FlowValue>(names::FLOWS)?;
         let mut live = std::collections::HashSet::new();
         let mut stale = Vec::new();
         for (k, v) in map.iter().filter_map(std::result::Result::ok) {
-            if now.saturating_sub(v.last_seen_ns) > idle {
+            if stale_at(&k, &v) {
                 stale.push(k);
             } else {
                 live.insert(k.service);
@@ -436,8 +441,17 @@ impl Datapath {
         }
         let mut removed = 0;
         for k in stale {
-            if map.remove(&k).is_ok() {
-                removed += 1;
+            // The program may have refreshed it since the walk.
+            match map.get(&k, 0) {
+                Ok(v) if !stale_at(&k, &v) => {
+                    live.insert(k.service);
+                }
+                Ok(_) => {
+                    if map.remove(&k).is_ok() {
+                        removed += 1;
+                    }
+                }
+                Err(_) => {}
             }
         }
         for id in 0..services {
