@@ -30,7 +30,11 @@ pub fn attach_all(
                     l
                 }
                 Err(e) => {
-                    warn!("{name}: driver mode unavailable ({e}); falling back to skb (generic) mode");
+                    warn!(
+                        "{name}: driver mode unavailable ({e}); falling back to skb (generic) mode. \
+                         Slower, and traffic sent by local sockets on this host through {name} may carry \
+                         partial (offloaded) checksums that a rewrite cannot fix"
+                    );
                     prog.attach_to_if_index(ifindex, XdpMode::Skb)
                         .with_context(|| format!("attaching to {name} in skb mode"))?
                 }
