@@ -881,24 +881,7 @@ impl Conn {
     }
 
     fn link_mac(&mut self, ifindex: u32) -> Result<[u8; 6], NetlinkError> {
-        let request = Request::LinkGet(ifindex);
-        let mut message = LinkMessage::default();
-        message.header.index = ifindex;
-        message
-            .attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        let reply = self.transact(request, RouteNetlinkMessage::GetLink(message), 0)?;
-        let message = reply
-            .messages
-            .into_iter()
-            .find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(link) => Some(link),
-                _ => None,
-            })
-            .ok_or_else(|| NetlinkError::Protocol {
-                request,
-                reason: "no link message in the answer".to_owned(),
-            })?;
+        let message = self.link(ifindex)?;
         let address = message.attributes.into_iter().find_map(|a| match a {
             LinkAttribute::Address(bytes) => Some(bytes),
             _ => None,

@@ -370,3 +370,63 @@ impl Gateway {
         dp
     }
 }
+
+/// The lab as the demo and the end-to-end test use it: servers on both
+/// backends, redirector running [`LAB_CONFIG`] on the gateway.
+pub struct Running {
+    /// The namespaces.
+    pub lab: Lab,
+    stop: Arc<AtomicBool>,
+    servers: Vec<thread::JoinHandle<()>>,
+    gw: Gateway,
+}
+
+impl Running {
+    /// Builds the lab and starts everything in it.
+    pub fn start(tag: &str) -> Running {
+        // The DSR VIPs of LAB_CONFIG.
+        let lab = Lab::new(
+            tag,
+            &DsrVips {
+                v4: &["198.18.100.2"],
+                v6: &["2001:2::200"],
+            },
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let servers = vec![
+            serve(
+                &lab.primary,
+                "primary",
+                "198.18.2.2",
+                "2001:2:0:2::2",
+                stop.clone(),
+            ),
+            serve(
+                &lab.secondary,
+                "secondary",
+                "198.18.3.2",
+                "2001:2:0:3::2",
+                stop.clone(),
+            ),
+        ];
+        let cfg = Config::from_str_named(LAB_CONFIG, "lab.toml").unwrap();
+        let gw = Gateway::start(&lab.gw, cfg);
+        Running {
+            lab,
+            stop,
+            servers,
+            gw,
+        }
+    }
+
+    /// Stops redirector and the servers; returns the data plane (still
+    /// loaded, for its counters) and the lab (removed when dropped).
+    pub fn stop(self) -> (Datapath, Lab) {
+        let dp = self.gw.stop();
+        self.stop.store(true, Ordering::Relaxed);
+        for s in self.servers {
+            s.join().unwrap();
+        }
+        (dp, self.lab)
+    }
+}

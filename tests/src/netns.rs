@@ -45,6 +45,18 @@ impl NetNs {
         ns
     }
 
+    /// Adds veth pairs `(a, b)` inside this namespace, both ends up.
+    pub fn add_veths(&self, pairs: &[(&str, &str)]) {
+        for (a, b) in pairs {
+            in_ns(
+                &self.name,
+                &["ip", "link", "add", a, "type", "veth", "peer", "name", b],
+            );
+            in_ns(&self.name, &["ip", "link", "set", a, "up"]);
+            in_ns(&self.name, &["ip", "link", "set", b, "up"]);
+        }
+    }
+
     /// Switches the calling thread into this namespace until the guard drops.
     pub fn enter(&self) -> Entered {
         enter(&self.name)

@@ -10,7 +10,7 @@ use redirector_common::{Counter, NextHop, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_P
 use redirector_tests::{
     Harness,
     action::{PASS, REDIRECT, TX},
-    netns::{Entered, NetNs, ifindex, in_ns},
+    netns::{Entered, NetNs, ifindex},
     packets::{L4, Rng, Spec, assert_checksums, checksums_ok},
     require_root,
 };
@@ -110,14 +110,7 @@ fn lab(tag: &str) -> Option<Lab> {
         return None;
     }
     let ns = NetNs::new(tag);
-    for (a, b) in [("in0", "in1"), ("p0", "p1"), ("s0", "s1")] {
-        in_ns(
-            &ns.name,
-            &["ip", "link", "add", a, "type", "veth", "peer", "name", b],
-        );
-        in_ns(&ns.name, &["ip", "link", "set", a, "up"]);
-        in_ns(&ns.name, &["ip", "link", "set", b, "up"]);
-    }
+    ns.add_veths(&[("in0", "in1"), ("p0", "p1"), ("s0", "s1")]);
     let entered = ns.enter();
     let (if_in, if_p, if_s) = (ifindex("in0"), ifindex("p0"), ifindex("s0"));
     let mut h = Harness::new(if_in);

@@ -5,52 +5,34 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::Duration,
 };
 
-use redirector::config::Config;
 use redirector_common::Counter;
 use redirector_tests::{
-    lab::{DsrVips, Gateway, LAB_CONFIG, Lab, serve, tcp_request, udp_request},
-    netns::in_ns,
+    lab::{Running, tcp_request, udp_request},
+    netns::{NetNs, in_ns},
     require_root,
 };
+
+/// A host's NIC is replaced (new MAC) and the gateway learns it; the daemon
+/// hears of it asynchronously (microseconds), so don't race the event.
+fn replace_mac(host: &NetNs, dev: &str, gw: &NetNs, gw_dev: &str, addr: &str, mac: &str) {
+    in_ns(&host.name, &["ip", "link", "set", dev, "address", mac]);
+    in_ns(
+        &gw.name,
+        &["ip", "neigh", "replace", addr, "lladdr", mac, "dev", gw_dev],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+}
 
 #[test]
 fn real_traffic_nat_and_dsr_ipv4_and_ipv6() {
     if !require_root("real_traffic_nat_and_dsr_ipv4_and_ipv6") {
         return;
     }
-    let lab = Lab::new(
-        "e2e",
-        &DsrVips {
-            v4: &["198.18.100.2"],
-            v6: &["2001:2::200"],
-        },
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let servers = [
-        serve(
-            &lab.primary,
-            "primary",
-            "198.18.2.2",
-            "2001:2:0:2::2",
-            stop.clone(),
-        ),
-        serve(
-            &lab.secondary,
-            "secondary",
-            "198.18.3.2",
-            "2001:2:0:3::2",
-            stop.clone(),
-        ),
-    ];
-    let cfg = Config::from_str_named(LAB_CONFIG, "lab.toml").unwrap();
-    let gw = Gateway::start(&lab.gw, cfg);
+    let run = Running::start("e2e");
+    let lab = &run.lab;
 
     let client = lab.client.enter();
     // TCP: the handshake only completes if replies come from the VIP.
@@ -83,64 +65,23 @@ fn real_traffic_nat_and_dsr_ipv4_and_ipv6() {
     }
     drop(client);
 
-    // A neighbour change (the primary's NIC is replaced: new MAC) must reach the
-    // data plane through the netlink monitor, or the next packets are lost.
-    in_ns(
-        &lab.primary.name,
-        &["ip", "link", "set", "p0", "address", "02:00:00:00:02:99"],
-    );
-    in_ns(
-        &lab.gw.name,
-        &[
-            "ip",
-            "neigh",
-            "replace",
-            "198.18.2.2",
-            "lladdr",
-            "02:00:00:00:02:99",
-            "dev",
-            "g-p",
-        ],
-    );
-    let client = lab.client.enter();
-    for i in 0..50 {
-        let (who, from) = udp_request(&u4, vip);
-        assert_eq!(
-            (who.as_str(), from),
-            ("primary", vip),
-            "request {i} after the MAC change"
-        );
+    // Neighbour changes (a backend's, then the client's NIC replaced) must
+    // reach the data plane through the netlink monitor, or packets are lost.
+    for (host, dev, gw_dev, addr, mac) in [
+        (&lab.primary, "p0", "g-p", "198.18.2.2", "02:00:00:00:02:99"),
+        (&lab.client, "c0", "g-c", "198.18.1.2", "02:00:00:00:01:99"),
+    ] {
+        replace_mac(host, dev, &lab.gw, gw_dev, addr, mac);
+        let _in = lab.client.enter();
+        for i in 0..50 {
+            let (who, from) = udp_request(&u4, vip);
+            assert_eq!(
+                (who.as_str(), from),
+                ("primary", vip),
+                "request {i} after {addr} moved to {mac}"
+            );
+        }
     }
-    drop(client);
-    // Same on the client side: replies must follow the client's new MAC.
-    in_ns(
-        &lab.client.name,
-        &["ip", "link", "set", "c0", "address", "02:00:00:00:01:99"],
-    );
-    in_ns(
-        &lab.gw.name,
-        &[
-            "ip",
-            "neigh",
-            "replace",
-            "198.18.1.2",
-            "lladdr",
-            "02:00:00:00:01:99",
-            "dev",
-            "g-c",
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    let client = lab.client.enter();
-    for i in 0..50 {
-        let (who, from) = udp_request(&u4, vip);
-        assert_eq!(
-            (who.as_str(), from),
-            ("primary", vip),
-            "request {i} after the client's MAC change"
-        );
-    }
-    drop(client);
 
     // The gateway's own probe of a NAT backend port is not a client reply.
     {
@@ -148,11 +89,7 @@ fn real_traffic_nat_and_dsr_ipv4_and_ipv6() {
         assert_eq!(tcp_request("198.18.2.2:8080".parse().unwrap()), "primary");
     }
 
-    let dp = gw.stop();
-    stop.store(true, Ordering::Relaxed);
-    for s in servers {
-        s.join().unwrap();
-    }
+    let (dp, _lab) = run.stop();
     let dns4 = dp.backend_stats(1, 0).unwrap();
     assert!(dns4.fwd_packets >= 301 && dns4.rev_packets >= 301, "{dns4:?}");
     assert_eq!(

@@ -25,7 +25,7 @@ use redirector_common::{
     VARY_V4_SRC, VARY_V6_SRC,
 };
 use redirector_tests::{
-    netns::{NetNs, ifindex, in_ns},
+    netns::{NetNs, ifindex},
     packets::{L4, Spec},
 };
 
@@ -99,14 +99,7 @@ fn main() -> Result<()> {
         bail!("the benchmark loads XDP programs: run it as root");
     }
     let ns = NetNs::new("bench");
-    for (a, b) in [("in0", "in1"), ("p0", "p1"), ("s0", "s1")] {
-        in_ns(
-            &ns.name,
-            &["ip", "link", "add", a, "type", "veth", "peer", "name", b],
-        );
-        in_ns(&ns.name, &["ip", "link", "set", a, "up"]);
-        in_ns(&ns.name, &["ip", "link", "set", b, "up"]);
-    }
+    ns.add_veths(&[("in0", "in1"), ("p0", "p1"), ("s0", "s1")]);
     let _entered = ns.enter();
     let (if_in, if_p, if_s) = (ifindex("in0"), ifindex("p0"), ifindex("s0"));
 

@@ -4,17 +4,12 @@
 //! who answered, from which address, and what the data plane counted.
 use std::{
     net::{SocketAddr, UdpSocket},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use redirector::config::Config;
 use redirector_common::Counter;
-use redirector_tests::lab::{DsrVips, Gateway, LAB_CONFIG, Lab, serve, tcp_request, udp_request};
+use redirector_tests::lab::{LAB_CONFIG, Running, tcp_request, udp_request};
 
 fn main() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -22,33 +17,9 @@ fn main() -> Result<()> {
         bail!("the demo creates network namespaces and loads XDP programs: run it as root");
     }
     println!("building the lab: client ─ gateway (redirector, native XDP) ─ primary / secondary");
-    let lab = Lab::new(
-        "demo",
-        &DsrVips {
-            v4: &["198.18.100.2"],
-            v6: &["2001:2::200"],
-        },
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let servers = [
-        serve(
-            &lab.primary,
-            "primary",
-            "198.18.2.2",
-            "2001:2:0:2::2",
-            stop.clone(),
-        ),
-        serve(
-            &lab.secondary,
-            "secondary",
-            "198.18.3.2",
-            "2001:2:0:3::2",
-            stop.clone(),
-        ),
-    ];
-    let cfg = Config::from_str_named(LAB_CONFIG, "lab.toml")?;
+    let run = Running::start("demo");
+    let lab = &run.lab;
     println!("\nconfiguration (lab.toml):{LAB_CONFIG}");
-    let gw = Gateway::start(&lab.gw, cfg);
 
     println!(
         "{:<28} {:<10} {:<22}",
@@ -92,11 +63,7 @@ fn main() -> Result<()> {
             t.elapsed().as_secs_f64() * 1e3
         );
     }
-    let dp = gw.stop();
-    stop.store(true, Ordering::Relaxed);
-    for s in servers {
-        s.join().map_err(|_| anyhow::anyhow!("server thread panicked"))?;
-    }
+    let (dp, lab) = run.stop();
     println!("\ndata plane counters:");
     let names = ["web4", "dns4", "web6", "dns6", "dsr-web4", "dsr-dns6"];
     println!(
