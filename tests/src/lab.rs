@@ -444,3 +444,34 @@ impl Running {
         (dp, self.lab)
     }
 }
+
+/// The global counters of the redirector program attached to `ifname` in
+/// `ns`, read live (by program and map id) while the daemon owns the maps.
+pub fn live_counters(ns: &NetNs, ifname: &str) -> [u64; redirector_common::Counter::COUNT as usize] {
+    use aya::maps::{Map, MapData, MapInfo, PerCpuArray};
+    let _in = ns.enter();
+    let ifindex = crate::netns::ifindex(ifname);
+    let prog_id = redirector::netlink::xdp_prog_id(ifindex)
+        .unwrap()
+        .expect("an XDP program is attached");
+    let prog = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == prog_id)
+        .expect("the attached program is loaded");
+    let map_id = prog
+        .map_ids()
+        .unwrap()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|&id| {
+            MapInfo::from_id(id).is_ok_and(|m| m.name_as_str() == Some(redirector_common::names::COUNTERS))
+        })
+        .expect("the program uses COUNTERS");
+    let map = Map::from_map_data(MapData::from_id(map_id).unwrap()).unwrap();
+    let arr = PerCpuArray::<_, u64>::try_from(map).unwrap();
+    let mut out = [0u64; redirector_common::Counter::COUNT as usize];
+    for (i, slot) in (0u32..).zip(out.iter_mut()) {
+        *slot = arr.get(&i, 0).unwrap().iter().sum();
+    }
+    out
+}
