@@ -162,6 +162,7 @@ impl Daemon {
         let resync = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(resync, shutdown);
         let mut resync_armed = false;
+        let mut sweeping: Option<tokio::task::JoinHandle<crate::datapath::Swept>> = None;
         loop {
             let mut full = false;
             tokio::select! {
@@ -205,11 +206,39 @@ impl Daemon {
                     let r = self.hops.retry(&mut self.dp);
                     full = failed("retrying unresolved next hops", r);
                 }
-                _ = sweep.tick() => match self.dp.sweep_flows(&self.flow_idle) {
-                    Ok(0) => {}
-                    Ok(n) => debug!("swept {n} idle flow entries"),
-                    Err(e) => warn!("sweeping idle flow entries: {e:#}"),
-                },
+                _ = sweep.tick(), if sweeping.is_none() => {
+                    // Walking a large table takes a while: do it on a blocking
+                    // thread; only the unpinning comes back to this loop.
+                    match self.dp.any_pinned(self.services()).and_then(|p| {
+                        if p { self.dp.flow_table().map(Some) } else { Ok(None) }
+                    }) {
+                        Ok(Some(mut table)) => {
+                            let idle = self.flow_idle.clone();
+                            sweeping = Some(tokio::task::spawn_blocking(move || table.sweep(&idle)));
+                        }
+                        Ok(None) => {}
+                        Err(e) => warn!("sweeping idle flow entries: {e:#}"),
+                    }
+                }
+                done = async {
+                    match sweeping.as_mut() {
+                        Some(task) => task.await,
+                        None => std::future::pending().await,
+                    }
+                }, if sweeping.is_some() => {
+                    sweeping = None;
+                    match done {
+                        Ok(swept) => {
+                            if swept.removed > 0 {
+                                debug!("swept {} idle flow entries", swept.removed);
+                            }
+                            if let Err(e) = self.dp.unpin_idle(self.services(), &swept.live) {
+                                warn!("unpinning services: {e:#}");
+                            }
+                        }
+                        Err(e) => warn!("flow sweep task: {e}"),
+                    }
+                }
             }
             if full && !resync_armed {
                 resync.as_mut().reset(tokio::time::Instant::now() + RESYNC_WINDOW);
@@ -217,6 +246,12 @@ impl Daemon {
             }
         }
         Ok(self.dp)
+    }
+}
+
+impl Daemon {
+    fn services(&self) -> u32 {
+        u32::try_from(self.flow_idle.len()).unwrap_or(u32::MAX)
     }
 }
 

@@ -409,51 +409,40 @@ impl Datapath {
             .collect())
     }
 
-    /// Removes flow entries idle longer than their service's `idle[id]`, then
-    /// lets services whose primary is active and that have no entries left
-    /// skip the flow table again (clears [`SWITCH_PINNED`]). Returns entries removed.
-    pub fn sweep_flows(&mut self, idle: &[std::time::Duration]) -> Result<usize> {
-        let services = u32::try_from(idle.len()).unwrap_or(u32::MAX);
-        // Entries are only written while a service is pinned: nothing to do
-        // (and no walk of a possibly large table) when none is.
-        let mut any_pinned = false;
+    /// Is any of the first `services` services pinned (flow entries may exist)?
+    pub fn any_pinned(&self, services: u32) -> Result<bool> {
         for id in 0..services {
-            any_pinned |= self.switch(id)?.pinned();
+            if self.switch(id)?.pinned() {
+                return Ok(true);
+            }
         }
-        if !any_pinned {
-            return Ok(0);
-        }
-        let now = monotonic_ns();
-        let limit = |service: u32| {
-            idle.get(service as usize)
-                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        Ok(false)
+    }
+
+    /// A second handle on the flow table, for walking it away from the
+    /// caller's thread (the walk costs two syscalls per entry).
+    pub fn flow_table(&self) -> Result<FlowTable> {
+        let map = self.map_ref(names::FLOWS)?;
+        let id = match map {
+            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => {
+                data.info().map_err(map_err(names::FLOWS))?.id()
+            }
+            _ => {
+                return Err(DatapathError::Missing {
+                    kind: "map",
+                    name: names::FLOWS,
+                });
+            }
         };
-        let stale_at = |k: &FlowKey, v: &FlowValue| now.saturating_sub(v.last_seen_ns) > limit(k.service);
-        let mut map = self.hash::<FlowKey, FlowValue>(names::FLOWS)?;
-        let mut live = std::collections::HashSet::new();
-        let mut stale = Vec::new();
-        for (k, v) in map.iter().filter_map(std::result::Result::ok) {
-            if stale_at(&k, &v) {
-                stale.push(k);
-            } else {
-                live.insert(k.service);
-            }
-        }
-        let mut removed = 0;
-        for k in stale {
-            // The program may have refreshed it since the walk.
-            match map.get(&k, 0) {
-                Ok(v) if !stale_at(&k, &v) => {
-                    live.insert(k.service);
-                }
-                Ok(_) => {
-                    if map.remove(&k).is_ok() {
-                        removed += 1;
-                    }
-                }
-                Err(_) => {}
-            }
-        }
+        let data = MapData::from_id(id).map_err(map_err(names::FLOWS))?;
+        let map = HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err(names::FLOWS))?;
+        Ok(FlowTable { map })
+    }
+
+    /// Clears [`SWITCH_PINNED`] for services whose primary is active and that
+    /// have no flow entry left (`live` lists services that still have some),
+    /// so their packets skip the flow table again.
+    pub fn unpin_idle(&mut self, services: u32, live: &std::collections::HashSet<u32>) -> Result<()> {
         for id in 0..services {
             let mut st = self.switch(id)?;
             if st.pinned() && st.active == SLOT_PRIMARY && !live.contains(&id) {
@@ -461,7 +450,19 @@ impl Datapath {
                 self.set_switch(id, st)?;
             }
         }
-        Ok(removed)
+        Ok(())
+    }
+
+    /// [`FlowTable::sweep`] then [`Datapath::unpin_idle`], on the caller's
+    /// thread. Returns entries removed.
+    pub fn sweep_flows(&mut self, idle: &[std::time::Duration]) -> Result<usize> {
+        let services = u32::try_from(idle.len()).unwrap_or(u32::MAX);
+        if !self.any_pinned(services)? {
+            return Ok(0);
+        }
+        let swept = self.flow_table()?.sweep(idle);
+        self.unpin_idle(services, &swept.live)?;
+        Ok(swept.removed)
     }
 
     /// Number of flow entries (walks the table; for tests and status).
@@ -469,6 +470,57 @@ impl Datapath {
         let map = HashMap::<_, FlowKey, FlowValue>::try_from(self.map_ref(names::FLOWS)?)
             .map_err(map_err(names::FLOWS))?;
         Ok(map.keys().filter(std::result::Result::is_ok).count())
+    }
+}
+
+/// An owned handle on the flow table (see [`Datapath::flow_table`]).
+pub struct FlowTable {
+    map: HashMap<MapData, FlowKey, FlowValue>,
+}
+
+/// What a sweep did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Entries removed.
+    pub removed: usize,
+    /// Services that still have entries.
+    pub live: std::collections::HashSet<u32>,
+}
+
+impl FlowTable {
+    /// Removes entries idle longer than their service's `idle[id]` (services
+    /// beyond `idle` count as idle). An entry the program refreshed since the
+    /// walk saw it is kept.
+    pub fn sweep(&mut self, idle: &[std::time::Duration]) -> Swept {
+        let now = monotonic_ns();
+        let limit = |service: u32| {
+            idle.get(service as usize)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        };
+        let stale_at = |k: &FlowKey, v: &FlowValue| now.saturating_sub(v.last_seen_ns) > limit(k.service);
+        let mut swept = Swept::default();
+        let mut stale = Vec::new();
+        for (k, v) in self.map.iter().filter_map(std::result::Result::ok) {
+            if stale_at(&k, &v) {
+                stale.push(k);
+            } else {
+                swept.live.insert(k.service);
+            }
+        }
+        for k in stale {
+            match self.map.get(&k, 0) {
+                Ok(v) if !stale_at(&k, &v) => {
+                    swept.live.insert(k.service);
+                }
+                Ok(_) => {
+                    if self.map.remove(&k).is_ok() {
+                        swept.removed += 1;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        swept
     }
 }
 
