@@ -158,7 +158,9 @@ impl Hops {
     /// NAT replies met clients without a cached hop: resolve them (each once).
     pub fn clients(&mut self, dp: &mut Datapath, addrs: impl IntoIterator<Item = Ip>) -> Result<()> {
         let unique: HashSet<IpAddr> = addrs.into_iter().map(from16).collect();
-        for addr in unique {
+        // The program asks again on every reply until a hop is cached; clients
+        // already waiting are retried on the timer, not on every request.
+        for addr in unique.into_iter().filter(|a| !self.pending.contains(a)) {
             self.client(dp, addr)?;
         }
         Ok(())
