@@ -160,7 +160,8 @@ impl Hops {
         let unique: HashSet<IpAddr> = addrs.into_iter().map(from16).collect();
         // The program asks again on every reply until a hop is cached; clients
         // already waiting are retried on the timer, not on every request.
-        for addr in unique.into_iter().filter(|a| !self.pending.contains(a)) {
+        let fresh: Vec<IpAddr> = unique.into_iter().filter(|a| !self.pending.contains(a)).collect();
+        for addr in fresh {
             self.client(dp, addr)?;
         }
         Ok(())
