@@ -2,6 +2,9 @@
 //! - `pass`: returns `XDP_PASS`; attached to the far ends of lab veths, because
 //!   native XDP redirect into a veth only delivers when its peer runs XDP;
 //! - `trivial`: returns `XDP_TX` and nothing else — the floor every ratio uses;
+//! - `forward_static`: the least any L2 redirector does — write the MACs of the
+//!   one next hop in `STATIC_HOP` and `bpf_redirect_map` to it — a second
+//!   reference for what redirector's own logic costs on top of forwarding;
 //! - `restore`: copies a template frame from `TEMPLATE` over the packet, then
 //!   tail-calls `TARGET[0]`. With `BPF_PROG_TEST_RUN`'s repeat count the kernel
 //!   reruns on the same (already rewritten) buffer; restoring first makes every
@@ -15,17 +18,51 @@ mod program {
     use aya_ebpf::{
         bindings::xdp_action,
         macros::{map, xdp},
-        maps::{Array, ProgramArray},
+        maps::{Array, DevMapHash, ProgramArray},
         programs::XdpContext,
     };
 
-    use redirector_common::{BENCH_TEMPLATE_LEN as TEMPLATE_LEN, BenchTemplate, VARY_V4_SRC, VARY_V6_SRC};
+    use redirector_common::{
+        BENCH_TEMPLATE_LEN as TEMPLATE_LEN, BenchTemplate, NextHop, VARY_V4_SRC, VARY_V6_SRC,
+    };
 
     #[map]
     static TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
 
     #[map]
     static TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+    #[map]
+    static STATIC_HOP: Array<NextHop> = Array::with_max_entries(1, 0);
+
+    #[map]
+    static STATIC_EGRESS: DevMapHash = DevMapHash::with_max_entries(8, 0);
+
+    #[xdp]
+    pub fn forward_static(ctx: XdpContext) -> u32 {
+        let Some(hop) = STATIC_HOP.get(0) else {
+            return xdp_action::XDP_ABORTED;
+        };
+        let start = ctx.data();
+        if start + 14 > ctx.data_end() {
+            return xdp_action::XDP_PASS;
+        }
+        // SAFETY: the 12 MAC bytes are inside the bounds-checked Ethernet header.
+        unsafe {
+            let eth = start as *mut [u16; 6];
+            let d = hop.dst_mac;
+            let s = hop.src_mac;
+            (*eth)[0] = u16::from_ne_bytes([d[0], d[1]]);
+            (*eth)[1] = u16::from_ne_bytes([d[2], d[3]]);
+            (*eth)[2] = u16::from_ne_bytes([d[4], d[5]]);
+            (*eth)[3] = u16::from_ne_bytes([s[0], s[1]]);
+            (*eth)[4] = u16::from_ne_bytes([s[2], s[3]]);
+            (*eth)[5] = u16::from_ne_bytes([s[4], s[5]]);
+        }
+        STATIC_EGRESS
+            .redirect(hop.ifindex, 0)
+            .unwrap_or(xdp_action::XDP_ABORTED)
+    }
 
     #[xdp]
     pub fn pass(_ctx: XdpContext) -> u32 {

@@ -12,7 +12,7 @@ use std::{net::IpAddr, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::{Array, ProgramArray},
+    maps::{Array, DevMapHash, ProgramArray},
     programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
 };
 use redirector::{
@@ -270,7 +270,7 @@ fn main() -> Result<()> {
     ];
 
     let mut bench = Ebpf::load(LAB_OBJECT).context("loading the benchmark object")?;
-    for name in ["trivial", "restore"] {
+    for name in ["trivial", "restore", "forward_static"] {
         let p: &mut Xdp = bench
             .program_mut(name)
             .with_context(|| format!("program {name}"))?
@@ -282,6 +282,16 @@ fn main() -> Result<()> {
         p.fd()?.try_clone()?
     };
     let redirector_fd: ProgramFd = dp.program()?.fd()?.try_clone()?;
+    let static_fd: ProgramFd = {
+        let p: &Xdp = bench
+            .program("forward_static")
+            .context("forward_static")?
+            .try_into()?;
+        p.fd()?.try_clone()?
+    };
+    Array::<_, NextHop>::try_from(bench.map_mut("STATIC_HOP").context("STATIC_HOP")?)?.set(0, hp, 0)?;
+    DevMapHash::try_from(bench.map_mut("STATIC_EGRESS").context("STATIC_EGRESS")?)?
+        .insert(if_p, if_p, None, 0)?;
 
     let set_target = |bench: &mut Ebpf, fd: &ProgramFd, frame: &[u8], vary_off: u32| -> Result<()> {
         let mut t = ProgramArray::try_from(bench.map_mut("TARGET").context("TARGET")?)?;
@@ -306,7 +316,8 @@ fn main() -> Result<()> {
     let mut trivial = Vec::new();
     let mut overheads: [Vec<f64>; 3] = Default::default();
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); n];
-    eprintln!("{rounds} rounds × {} measurements × {repeat} runs each …", n + 4);
+    let mut forwarder = Vec::new();
+    eprintln!("{rounds} rounds × {} measurements × {repeat} runs each …", n + 5);
     for _ in 0..rounds {
         // Per round, so the subtraction sees the same machine speed as the cases.
         let direct = {
@@ -325,6 +336,11 @@ fn main() -> Result<()> {
             let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
             round_overhead[k] = run(p, frame, repeat, if_in)?.as_nanos() as f64 - direct;
             overheads[k].push(round_overhead[k]);
+        }
+        {
+            set_target(&mut bench, &static_fd, &cases[1].frame, 0)?;
+            let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
+            forwarder.push(run(p, &cases[1].frame, repeat, if_in)?.as_nanos() as f64 - round_overhead[0]);
         }
         for (i, c) in cases.iter().enumerate() {
             set_target(&mut bench, &redirector_fd, &c.frame, c.vary_off)?;
@@ -349,6 +365,11 @@ fn main() -> Result<()> {
     println!("| case | min | median | max | ratio to trivial |");
     println!("|---|---:|---:|---:|---:|");
     println!("| trivial `return XDP_TX` | {t_min:.1} | {t_med:.1} | {t_max:.1} | 1.00 |");
+    let (f_min, f_med, f_max) = stats(&mut forwarder);
+    println!(
+        "| static forwarder (MACs + `bpf_redirect_map`) | {f_min:.1} | {f_med:.1} | {f_max:.1} | {:.2} |",
+        f_med / t_med
+    );
     for (i, c) in cases.iter().enumerate() {
         let (mn, md, mx) = stats(&mut results[i]);
         println!("| {} | {mn:.1} | {md:.1} | {mx:.1} | {:.2} |", c.name, md / t_med);
