@@ -12,6 +12,7 @@ pub mod maps;
 
 pub use maps::*;
 
-/// Bumped whenever a map layout or meaning changes; pinned objects live in a
-/// directory named after it so an upgrade never reuses an incompatible map.
+/// Bumped whenever a map layout or meaning changes. Nothing is pinned yet;
+/// once maps outlive the daemon, their pin directory is named after this so an
+/// upgrade never reuses an incompatible map.
 pub const ABI_VERSION: u32 = 1;
