@@ -15,4 +15,5 @@ pub use maps::*;
 /// Bumped whenever a map layout or meaning changes. Nothing is pinned yet;
 /// once maps outlive the daemon, their pin directory is named after this so an
 /// upgrade never reuses an incompatible map.
-pub const ABI_VERSION: u32 = 1;
+/// 2: all_down flags in `SwitchState`, two more counters.
+pub const ABI_VERSION: u32 = 2;

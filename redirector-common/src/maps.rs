@@ -28,6 +28,23 @@ pub mod names {
     pub const PORTS: &str = "PORTS";
     /// Ring buffer of client addresses whose reply next hop is unknown.
     pub const HOP_REQUESTS: &str = "HOP_REQUESTS";
+
+    /// Every map that holds state of the data plane: pinned, so the data
+    /// plane outlives the daemon and a restarted daemon adopts them.
+    pub const PINNED: [&str; 12] = [
+        SERVICES,
+        SWITCH,
+        BACKENDS,
+        REVERSE,
+        FLOWS,
+        CLIENT_HOPS,
+        LOCAL_ADDRS,
+        EGRESS,
+        COUNTERS,
+        BACKEND_STATS,
+        PORTS,
+        HOP_REQUESTS,
+    ];
 }
 
 /// Names of the programs in the eBPF object.
@@ -110,10 +127,15 @@ pub struct SwitchState {
     pub up: u8,
     /// Bit per slot: backend is drained (takes no new flows; userspace policy).
     pub drained: u8,
-    /// [`SWITCH_PINNED`]: flow entries may exist for this service.
+    /// [`SWITCH_PINNED`], [`SWITCH_DROP`], [`SWITCH_PASS`].
     pub flags: u8,
-    /// Incremented by userspace on every write; for tracing and audits.
-    pub generation: u32,
+    /// Percent (0..=100) of new flows sent to the secondary while both are up.
+    pub share: u8,
+    /// Always zero.
+    pub _pad: u8,
+    /// Incremented by userspace on every write (wrapping): a read-modify-write
+    /// of the state only lands if the generation is still the one it read.
+    pub generation: u16,
 }
 
 /// `SwitchState::flags`: flow entries may exist, so the program must look them
@@ -121,6 +143,14 @@ pub struct SwitchState {
 /// clears it only once the primary is active and a sweep found no entries left;
 /// while it is clear and the primary is active, packets skip the flow table.
 pub const SWITCH_PINNED: u8 = 1;
+
+/// `SwitchState::flags`: both backends are down and the service's policy is
+/// `all_down = "drop"`: the program drops its packets (counted).
+pub const SWITCH_DROP: u8 = 2;
+
+/// `SwitchState::flags`: both backends are down and the service's policy is
+/// `all_down = "pass"`: its packets go to the kernel stack untouched (counted).
+pub const SWITCH_PASS: u8 = 4;
 
 /// `PORTS` bit: some service listens on this destination port.
 pub const PORT_SERVICE: u8 = 1;
@@ -251,11 +281,15 @@ pub enum Counter {
     FlowInserted = 6,
     /// Writing a flow entry failed (table full and not evictable): followed the active backend.
     FlowInsertFailed = 7,
+    /// Both backends down, `all_down = "drop"`: dropped.
+    AllDownDropped = 8,
+    /// Both backends down, `all_down = "pass"`: passed to the stack untouched.
+    AllDownPassed = 9,
 }
 
 impl Counter {
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
     /// All counters, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Passed,
@@ -266,6 +300,8 @@ impl Counter {
         Counter::Unsupported,
         Counter::FlowInserted,
         Counter::FlowInsertFailed,
+        Counter::AllDownDropped,
+        Counter::AllDownPassed,
     ];
     /// Stable name for output and metrics.
     pub const fn name(self) -> &'static str {
@@ -278,6 +314,8 @@ impl Counter {
             Counter::Unsupported => "unsupported",
             Counter::FlowInserted => "flow_inserted",
             Counter::FlowInsertFailed => "flow_insert_failed",
+            Counter::AllDownDropped => "all_down_dropped",
+            Counter::AllDownPassed => "all_down_passed",
         }
     }
 }
@@ -404,9 +442,10 @@ mod tests {
             (
                 offset_of!(SwitchState, active),
                 offset_of!(SwitchState, up),
+                offset_of!(SwitchState, share),
                 offset_of!(SwitchState, generation)
             ),
-            (0, 1, 4)
+            (0, 1, 4, 6)
         );
         // One aligned 8-byte value: a single store on every 64-bit architecture.
         assert_eq!((size_of::<SwitchState>(), align_of::<SwitchState>()), (8, 8));

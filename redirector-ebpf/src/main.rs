@@ -25,6 +25,7 @@ mod program {
     use aya_log_ebpf::debug;
     use redirector_common::{
         Addr, Counter, Endpoint, FlowKey, Ip, Mode, NextHop, PORT_BACKEND, PORT_SERVICE, PROTO_TCP,
+        SWITCH_DROP, SWITCH_PASS,
     };
 
     use crate::{
@@ -91,6 +92,14 @@ mod program {
         let Some(&st) = SWITCH.get(id) else {
             return pass(Counter::Passed);
         };
+        if st.flags & (SWITCH_DROP | SWITCH_PASS) != 0 {
+            // Both backends down; the service's all_down policy decides.
+            if st.flags & SWITCH_DROP != 0 {
+                count(Counter::AllDownDropped);
+                return xdp_action::XDP_DROP;
+            }
+            return pass(Counter::AllDownPassed);
+        }
         if pkt.ttl <= 1 {
             return pass(Counter::TtlExpired);
         }
@@ -174,8 +183,14 @@ mod program {
 
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {
-        // SAFETY: the verifier rejects any program that could reach a panic.
-        unsafe { core::hint::unreachable_unchecked() }
+        // An endless loop, as aya's own handler: a reachable panic then makes
+        // the verifier reject the program. `unreachable_unchecked` would let
+        // the compiler delete the paths (and bounds checks) leading here.
+        #[expect(
+            clippy::empty_loop,
+            reason = "never runs: the verifier refuses reachable loops"
+        )]
+        loop {}
     }
 
     #[unsafe(link_section = "license")]

@@ -2,9 +2,14 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod health;
 pub mod netlink;
+pub mod offline;
+pub mod policy;
+pub mod state;
 
 /// The compiled redirector XDP object (built by `build.rs` with aya-build).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector"));

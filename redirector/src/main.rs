@@ -1,41 +1,128 @@
 //! `redirector`: the daemon and its CLI. Errors meet the operator here, as
 //! anyhow chains naming the file, interface or service involved.
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
-use clap::{Parser, Subcommand};
-use redirector::{config::Config, daemon};
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use redirector::{
+    config::{Config, Control},
+    control::{
+        ControlError, client,
+        proto::{EventRecord, Request, Response, Status},
+    },
+    daemon, offline,
+    policy::Slot,
+};
 
 #[derive(Parser)]
 #[command(version, about = "XDP active/standby failover redirector")]
 struct Cli {
+    /// Control socket of the daemon (default: [control] socket of --config, else /run/redirector/control.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Configuration file, to find the socket, state and pins of the daemon it configures.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    Primary,
+    Secondary,
+}
+
+impl From<Backend> for Slot {
+    fn from(b: Backend) -> Slot {
+        match b {
+            Backend::Primary => Slot::Primary,
+            Backend::Secondary => Slot::Secondary,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Load the XDP program, attach it, write the services and run until SIGINT/SIGTERM.
-    Run {
-        /// Configuration file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    /// Run the daemon: load or adopt the data plane, probe, fail over, until SIGINT/SIGTERM
+    /// (the data plane keeps forwarding after it stops; `detach` removes it).
+    Run,
     /// Validate a configuration file and print what it defines; changes nothing.
-    Check {
-        /// Configuration file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
+    Check,
+    /// Ask the running daemon to re-read its configuration file (same as SIGHUP).
+    Reload,
+    /// Every service: active backend, health, overrides, drains, traffic, last transition.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
+    /// Pin a service to a backend until `auto` (or for a while).
+    Flip {
+        /// Service name.
+        service: String,
+        /// Backend to pin.
+        backend: Backend,
+        /// Pin for this long, then return to automatic control (e.g. "30s", "10m").
+        #[arg(long = "for", value_parser = parse_duration)]
+        for_: Option<Duration>,
+        /// Pin even if that backend is down.
+        #[arg(long)]
+        force: bool,
+        /// Why (recorded in the transition log).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Return a service to automatic control.
+    Auto {
+        /// Service name.
+        service: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Send no new flows to a backend; established TCP flows finish there.
+    Drain {
+        /// Service name.
+        service: String,
+        /// The backend.
+        backend: Backend,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Let a drained backend take new flows again.
+    Undrain {
+        /// Service name.
+        service: String,
+        /// The backend.
+        backend: Backend,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The transition log.
+    Events {
+        /// Keep printing new transitions.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Remove the XDP program, its links and pins (stops the daemon if it runs).
+    Detach,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime_like(s)
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run { config } => daemon::run(&config),
-        Command::Check { config } => check(&config),
-    };
-    match result {
+    match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("redirector: error: {e:#}");
@@ -44,7 +131,154 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
+/// The control settings: from `--config` when given, defaults otherwise;
+/// `--socket` wins for the socket.
+fn control(cli: &Cli) -> Result<Control> {
+    let mut c = match &cli.config {
+        Some(p) => Config::from_file(p)?.control,
+        None => Control::default(),
+    };
+    if let Some(s) = &cli.socket {
+        c.socket = s.clone();
+    }
+    Ok(c)
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    let ctl = control(&cli)?;
+    let need_config = || cli.config.clone().context("--config FILE is required");
+    match cli.command {
+        Command::Run => daemon::run(&need_config()?),
+        Command::Check => check(&need_config()?),
+        Command::Reload => done(&ctl.socket, Request::Reload),
+        Command::Status { json } => status(&ctl, json),
+        Command::Flip {
+            service,
+            backend,
+            for_,
+            force,
+            reason,
+        } => done(
+            &ctl.socket,
+            Request::Flip {
+                service,
+                to: backend.into(),
+                for_ms: for_.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                force,
+                reason,
+            },
+        ),
+        Command::Auto { service, reason } => done(&ctl.socket, Request::Auto { service, reason }),
+        Command::Drain {
+            service,
+            backend,
+            reason,
+        } => done(
+            &ctl.socket,
+            Request::Drain {
+                service,
+                slot: backend.into(),
+                drained: true,
+                reason,
+            },
+        ),
+        Command::Undrain {
+            service,
+            backend,
+            reason,
+        } => done(
+            &ctl.socket,
+            Request::Drain {
+                service,
+                slot: backend.into(),
+                drained: false,
+                reason,
+            },
+        ),
+        Command::Events { follow } => events(&ctl.socket, follow),
+        Command::Detach => detach(&ctl),
+    }
+}
+
+/// A request answered by one `Done` or `Error`.
+fn done(socket: &Path, request: Request) -> Result<()> {
+    let mut outcome = None;
+    client::call(socket, request, Some(Duration::from_secs(10)), |r| {
+        outcome = Some(r);
+        false
+    })?;
+    match outcome {
+        Some(Response::Done { message }) => {
+            println!("{message}");
+            Ok(())
+        }
+        Some(Response::Error { message }) => bail!("{message}"),
+        Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        None => bail!("the daemon closed the connection without an answer"),
+    }
+}
+
+fn status(ctl: &Control, json: bool) -> Result<()> {
+    let mut got = None;
+    let asked = client::call(&ctl.socket, Request::Status, Some(Duration::from_secs(10)), |r| {
+        got = Some(r);
+        false
+    });
+    let status: Status = match (asked, got) {
+        (Ok(()), Some(Response::Status(s))) => s,
+        (Ok(()), Some(Response::Error { message })) => bail!("{message}"),
+        (Ok(()), other) => bail!("unexpected answer from the daemon: {other:?}"),
+        (Err(ControlError::NotRunning { .. }), _) => offline::status(ctl)?,
+        (Err(e), _) => return Err(e.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", offline::render(&status));
+    }
+    Ok(())
+}
+
+fn print_event(e: &EventRecord) {
+    println!("{}", offline::render_event(e));
+}
+
+fn events(socket: &Path, follow: bool) -> Result<()> {
+    let mut failure = None;
+    client::call(socket, Request::Events { follow }, None, |r| match r {
+        Response::Event(e) => {
+            print_event(&e);
+            true
+        }
+        Response::End => follow,
+        Response::Error { message } => {
+            failure = Some(message);
+            false
+        }
+        _ => true,
+    })?;
+    match failure {
+        Some(m) => bail!("{m}"),
+        None => Ok(()),
+    }
+}
+
+fn detach(ctl: &Control) -> Result<()> {
+    match done(&ctl.socket, Request::Detach) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.downcast_ref::<ControlError>()
+                .is_some_and(|c| matches!(c, ControlError::NotRunning { .. })) =>
+        {
+            let removed = offline::detach(ctl)?;
+            println!("{removed}");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn check(path: &Path) -> Result<()> {
     let cfg = Config::from_file(path)?;
     println!(
         "{}: ok: {} interface(s), {} service(s)",
@@ -54,14 +288,43 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     );
     for s in &cfg.services {
         println!(
-            "  {}: {} {} {} primary {} secondary {}",
+            "  {}: {} {} {} primary {} secondary {}; {} probe every {:?} (timeout {:?}, rise {}, fall {}); \
+             failback {:?} after {:?}, all_down {:?}",
             s.name,
             s.protocol,
             std::net::SocketAddr::new(s.vip, s.port),
             s.mode,
             s.primary,
-            s.secondary
+            s.secondary,
+            s.health.kind.as_str(),
+            s.health.interval,
+            s.health.timeout,
+            s.health.rise,
+            s.health.fall,
+            s.failover.failback,
+            s.failover.failback_delay,
+            s.failover.all_down,
         );
     }
     Ok(())
+}
+
+/// "500ms", "30s", "10m", "1h" (placeholder until config exposes its parser).
+fn humantime_like(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit, e.g. 30s"))?;
+    let scale = match unit {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(n * scale).map_err(|e| format!("{s:?}: {e}"))
 }

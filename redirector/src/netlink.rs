@@ -33,7 +33,9 @@ use netlink_packet_core::{
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkLayerType, LinkMessage, LinkXdp};
+use netlink_packet_route::link::{
+    LinkAttribute, LinkExtentMask, LinkFlags, LinkLayerType, LinkMessage, LinkXdp,
+};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
 };
@@ -493,16 +495,22 @@ impl Monitor {
     /// Opens the monitor socket and joins the groups. Must be called inside
     /// a Tokio runtime with I/O enabled (an error is returned otherwise).
     pub fn new() -> Result<Monitor, NetlinkError> {
-        Self::with_receive_buffer(MONITOR_RCVBUF)
+        Self::with_receive_buffer(MONITOR_RCVBUF, &MONITOR_GROUPS)
     }
 
-    fn with_receive_buffer(rcvbuf: usize) -> Result<Monitor, NetlinkError> {
+    /// A monitor of link changes only: carrier events for the decision loop,
+    /// parsed without any further query, so nothing there waits on netlink.
+    pub fn links() -> Result<Monitor, NetlinkError> {
+        Self::with_receive_buffer(MONITOR_RCVBUF, &[libc::RTNLGRP_LINK])
+    }
+
+    fn with_receive_buffer(rcvbuf: usize, groups: &[u32]) -> Result<Monitor, NetlinkError> {
         let request = Request::Monitor;
         let io_err = |source| NetlinkError::Io { request, source };
         let handle = tokio::runtime::Handle::try_current().map_err(|e| io_err(io::Error::other(e)))?;
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(io_err)?;
         socket.bind_auto().map_err(io_err)?;
-        for group in MONITOR_GROUPS {
+        for &group in groups {
             socket.add_membership(group).map_err(io_err)?;
         }
         let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
@@ -580,6 +588,8 @@ pub struct Changes {
     pub full: bool,
     /// Neighbour entries that changed, as (ifindex, address).
     pub neighbours: Vec<(u32, IpAddr)>,
+    /// Links that were announced, as (ifindex, carrier up); a deleted link has no carrier.
+    pub links: Vec<(u32, bool)>,
 }
 
 /// Sorts the messages of one datagram into `changes`.
@@ -603,6 +613,21 @@ fn classify(mut data: &[u8], changes: &mut Changes) {
                     Some(addr) => changes.neighbours.push((n.header.ifindex, addr)),
                     None => changes.full = true,
                 }
+            }
+            Ok(NetlinkMessage {
+                payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)),
+                ..
+            }) => {
+                let carrier = l.header.flags.contains(LinkFlags::LowerUp);
+                changes.links.push((l.header.index, carrier));
+                changes.full = true;
+            }
+            Ok(NetlinkMessage {
+                payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)),
+                ..
+            }) => {
+                changes.links.push((l.header.index, false));
+                changes.full = true;
             }
             _ => changes.full = true,
         }
@@ -1516,7 +1541,7 @@ mod tests {
             return;
         };
         runtime().block_on(async {
-            let mut monitor = Monitor::with_receive_buffer(1).expect("monitor");
+            let mut monitor = Monitor::with_receive_buffer(1, &MONITOR_GROUPS).expect("monitor");
             quiesce(&mut monitor).await;
             let mut batch = String::new();
             for third in 1..=4 {

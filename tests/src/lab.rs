@@ -14,20 +14,18 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
+    net::{SocketAddr, TcpStream, UdpSocket},
+    sync::mpsc,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use std::os::fd::AsRawFd;
-
 use aya::{Ebpf, programs::Xdp};
-use redirector::{config::Config, daemon::Daemon, datapath::Datapath};
+use redirector::{
+    config::Config,
+    daemon::{Daemon, Stopped},
+    datapath::Datapath,
+};
 
 use crate::netns::{NetNs, in_ns, sh};
 
@@ -218,86 +216,86 @@ impl Lab {
     }
 }
 
-/// Backend servers answering with their name, until `stop` is set (or 120 s):
-/// TCP on `own:8080` (NAT backends) and `0.0.0.0:80` (DSR), UDP on `own:53`
-/// and `[2001:2::200]:53` (a DSR VIP, bound so answers come from it).
-pub fn serve(
-    ns: &NetNs,
-    name: &'static str,
-    own4: &str,
-    own6: &str,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<()> {
-    let nsname = ns.name.clone();
-    let tcp: Vec<String> = vec![
-        format!("{own4}:8080"),
-        format!("[{own6}]:8080"),
-        "0.0.0.0:80".into(),
-    ];
-    let udp: Vec<String> = vec![
-        format!("{own4}:53"),
-        format!("[{own6}]:53"),
-        "[2001:2::200]:53".into(),
-    ];
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let h = thread::spawn(move || {
-        let _in = crate::netns::enter(&nsname);
-        let listeners: Vec<TcpListener> = tcp
-            .iter()
-            .map(|a| {
-                let l = TcpListener::bind(a.as_str()).unwrap();
-                l.set_nonblocking(true).unwrap();
-                l
-            })
-            .collect();
-        let sockets: Vec<UdpSocket> = udp
-            .iter()
-            .map(|a| {
-                let s = UdpSocket::bind(a.as_str()).unwrap();
-                s.set_nonblocking(true).unwrap();
-                s
-            })
-            .collect();
-        ready_tx.send(()).unwrap();
-        let mut fds: Vec<libc::pollfd> = listeners
-            .iter()
-            .map(AsRawFd::as_raw_fd)
-            .chain(sockets.iter().map(AsRawFd::as_raw_fd))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut buf = [0u8; 1500];
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            // Event-driven (no sleeping between polls), so the demo's round-trip
-            // figure measures the network path, not this loop; 50 ms bounds
-            // how long a stop request waits.
-            // SAFETY: fds is a valid, correctly sized array of pollfd.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
-            if n <= 0 {
-                continue;
-            }
-            for l in &listeners {
-                if let Ok((mut c, _)) = l.accept() {
-                    c.set_nonblocking(false).unwrap();
-                    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                    if c.read(&mut buf).is_ok() {
-                        let _ = c.write_all(name.as_bytes());
-                    }
-                }
-            }
-            for s in &sockets {
-                while let Ok((_, from)) = s.recv_from(&mut buf) {
-                    let _ = s.send_to(name.as_bytes(), from);
-                }
-            }
+/// `lab-server` next to the running executable (tests run from `deps/`).
+fn lab_server_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let mut dir = exe.parent().unwrap().to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("lab-server");
+    assert!(
+        bin.exists(),
+        "{} not built: run through `cargo xtask` (it builds every binary of redirector-tests)",
+        bin.display()
+    );
+    bin
+}
+
+/// A backend server as a real process in a backend namespace (so it can be
+/// SIGKILLed): answers with its name on TCP `own:8080` (NAT backends) and
+/// `0.0.0.0:80` (DSR), UDP `own:53` and `[2001:2::200]:53` (a DSR VIP, bound
+/// so answers come from it). Killed when dropped.
+pub struct Server {
+    child: std::process::Child,
+    /// Lines it printed after `ready` (`udp SEQ NS` arrival records with `log`).
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts it and waits until every socket is bound.
+    pub fn start(ns: &NetNs, name: &str, own4: &str, own6: &str, log: bool) -> Server {
+        use std::io::BufRead as _;
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name])
+            .arg(lab_server_binary())
+            .arg(name)
+            .args(["--tcp", &format!("{own4}:8080")])
+            .args(["--tcp", &format!("[{own6}]:8080")])
+            .args(["--tcp", "0.0.0.0:80"])
+            .args(["--udp", &format!("{own4}:53")])
+            .args(["--udp", &format!("[{own6}]:53")])
+            .args(["--udp", "[2001:2::200]:53"])
+            .stdout(std::process::Stdio::piped());
+        if log {
+            cmd.arg("--log");
         }
-    });
-    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    h
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            if let Some(Ok(l)) = lines.next() {
+                let _ = ready_tx.send(l);
+            }
+            for l in lines.map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = ready_rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(ready.as_deref(), Ok("ready"), "lab-server {name} did not start");
+        Server { child, lines: rx }
+    }
+
+    /// The server process's pid (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// One TCP request (connect retried up to 5 times); returns the answer.
@@ -333,13 +331,17 @@ pub fn udp_request(sock: &UdpSocket, to: SocketAddr) -> (String, SocketAddr) {
 /// redirector's daemon running in a thread inside the gateway namespace.
 pub struct Gateway {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: mpsc::Receiver<Datapath>,
+    done: mpsc::Receiver<Stopped>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Gateway {
     /// Runs the real daemon (Daemon::start + run) in a thread inside the gateway namespace.
     pub fn start(ns: &NetNs, cfg: Config) -> Gateway {
+        // The daemon's log on stderr (shown for failed tests); RUST_LOG=debug for more.
+        let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+            .is_test(true)
+            .try_init();
         let nsname = ns.name.clone();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
@@ -351,7 +353,7 @@ impl Gateway {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let daemon = match Daemon::start(cfg) {
+                let daemon = match Daemon::start(cfg, None) {
                     Ok(d) => d,
                     Err(e) => {
                         ready_tx.send(Err(format!("{e:#}"))).unwrap();
@@ -376,8 +378,8 @@ impl Gateway {
         }
     }
 
-    /// Stops the daemon; returns its data plane (detached once dropped).
-    pub fn stop(mut self) -> Datapath {
+    /// Stops the daemon (SIGTERM's path: the data plane stays pinned and attached).
+    pub fn stop(mut self) -> Stopped {
         let _ = self.stop.take().unwrap().send(());
         let dp = self.done.recv_timeout(Duration::from_secs(10)).unwrap();
         self.thread.take().unwrap().join().unwrap();
@@ -385,19 +387,83 @@ impl Gateway {
     }
 }
 
-/// The lab as the demo and the end-to-end test use it: servers on both
-/// backends, redirector running [`LAB_CONFIG`] on the gateway.
+/// Files and pins of one daemon in the lab, removed when dropped (also
+/// when a test fails).
+pub struct Leftovers {
+    /// `[control] state_dir`.
+    pub state_dir: std::path::PathBuf,
+    /// `[control] bpffs_dir`.
+    pub bpffs_dir: std::path::PathBuf,
+    /// `[control] socket`.
+    pub socket: std::path::PathBuf,
+}
+
+impl Leftovers {
+    /// Private places for the lab whose gateway namespace is `gw`.
+    pub fn new(gw: &NetNs) -> Leftovers {
+        let l = Leftovers {
+            state_dir: std::env::temp_dir().join(format!("{}-state", gw.name)),
+            bpffs_dir: std::path::PathBuf::from(format!("/sys/fs/bpf/{}", gw.name)),
+            socket: std::env::temp_dir().join(format!("{}.sock", gw.name)),
+        };
+        l.remove();
+        l
+    }
+
+    /// Points a configuration at them.
+    pub fn apply(&self, cfg: &mut Config) {
+        cfg.control.state_dir = self.state_dir.clone();
+        cfg.control.bpffs_dir = self.bpffs_dir.clone();
+        cfg.control.socket = self.socket.clone();
+    }
+
+    fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        let _ = std::fs::remove_file(&self.socket);
+        // Pins: files in versioned directories (bpffs has no recursive rmdir).
+        if let Ok(dirs) = std::fs::read_dir(&self.bpffs_dir) {
+            for d in dirs.flatten() {
+                if let Ok(files) = std::fs::read_dir(d.path()) {
+                    for f in files.flatten() {
+                        let _ = std::fs::remove_file(f.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(d.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.bpffs_dir);
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// The lab as the demo and the end-to-end tests use it: server processes on
+/// both backends, redirector running [`LAB_CONFIG`] on the gateway with its
+/// state, socket and pins in private places.
 pub struct Running {
     /// The namespaces.
     pub lab: Lab,
-    stop: Arc<AtomicBool>,
-    servers: Vec<thread::JoinHandle<()>>,
+    /// The primary's server process.
+    pub primary: Server,
+    /// The secondary's server process.
+    pub secondary: Server,
     gw: Gateway,
+    /// Where the daemon keeps its things.
+    pub leftovers: Leftovers,
 }
 
 impl Running {
-    /// Builds the lab and starts everything in it.
+    /// Builds the lab and starts everything in it with [`LAB_CONFIG`].
     pub fn start(tag: &str) -> Running {
+        Self::start_with(tag, LAB_CONFIG, false)
+    }
+
+    /// Same with another configuration text; `log`: servers print request arrivals.
+    pub fn start_with(tag: &str, config: &str, log: bool) -> Running {
         // The DSR VIPs of LAB_CONFIG.
         let lab = Lab::new(
             tag,
@@ -406,42 +472,26 @@ impl Running {
                 v6: &["2001:2::200"],
             },
         );
-        let stop = Arc::new(AtomicBool::new(false));
-        let servers = vec![
-            serve(
-                &lab.primary,
-                "primary",
-                "198.18.2.2",
-                "2001:2:0:2::2",
-                stop.clone(),
-            ),
-            serve(
-                &lab.secondary,
-                "secondary",
-                "198.18.3.2",
-                "2001:2:0:3::2",
-                stop.clone(),
-            ),
-        ];
-        let cfg = Config::from_str_named(LAB_CONFIG, "lab.toml").unwrap();
+        let primary = Server::start(&lab.primary, "primary", "198.18.2.2", "2001:2:0:2::2", log);
+        let secondary = Server::start(&lab.secondary, "secondary", "198.18.3.2", "2001:2:0:3::2", log);
+        let mut cfg = Config::from_str_named(config, "lab.toml").unwrap();
+        let leftovers = Leftovers::new(&lab.gw);
+        leftovers.apply(&mut cfg);
         let gw = Gateway::start(&lab.gw, cfg);
         Running {
             lab,
-            stop,
-            servers,
+            primary,
+            secondary,
             gw,
+            leftovers,
         }
     }
 
     /// Stops redirector and the servers; returns the data plane (still
     /// loaded, for its counters) and the lab (removed when dropped).
     pub fn stop(self) -> (Datapath, Lab) {
-        let dp = self.gw.stop();
-        self.stop.store(true, Ordering::Relaxed);
-        for s in self.servers {
-            s.join().unwrap();
-        }
-        (dp, self.lab)
+        let stopped = self.gw.stop();
+        (stopped.dp, self.lab)
     }
 }
 

@@ -27,9 +27,17 @@ fn binary() -> PathBuf {
     bin
 }
 
+/// Writes `text` plus a `[control]` section with this test's own socket,
+/// state and pin directories (tests run in parallel).
 fn write_config(tag: &str, text: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("rdr-{tag}-{}.toml", std::process::id()));
-    std::fs::write(&path, text).unwrap();
+    let base = std::env::temp_dir().join(format!("rdr-{tag}-{}", std::process::id()));
+    let path = base.with_extension("toml");
+    let control = format!(
+        "\n[control]\nsocket = \"{0}.sock\"\nstate_dir = \"{0}.state\"\nbpffs_dir = \"/sys/fs/bpf/rdr-{tag}-{1}\"\n",
+        base.display(),
+        std::process::id()
+    );
+    std::fs::write(&path, format!("{text}{control}")).unwrap();
     path
 }
 
@@ -138,9 +146,13 @@ fn interface_with_another_xdp_program_is_refused_and_left_alone() {
     std::fs::remove_file(path).unwrap();
 }
 
+/// Under `ip netns exec` the daemon gets a private mount namespace whose
+/// bpffs (and every pin in it) vanishes when it exits: the data plane goes
+/// with it. That is why the lab runs the daemon with only its network
+/// namespace switched (`operate.rs` shows the data plane outliving it).
 #[test]
-fn run_attaches_and_sigterm_detaches() {
-    if !require_root("run_attaches_and_sigterm_detaches") {
+fn under_ip_netns_exec_the_pins_vanish_with_the_daemon() {
+    if !require_root("under_ip_netns_exec_the_pins_vanish_with_the_daemon") {
         return;
     }
     let ns = lab("run");
@@ -164,6 +176,9 @@ fn run_attaches_and_sigterm_detaches() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("attached to a0") && err.contains("stopped"), "{err}");
-    assert!(!xdp_attached(&ns, "a0"), "exit must detach");
+    assert!(
+        !xdp_attached(&ns, "a0"),
+        "the private bpffs went, and the link with it"
+    );
     std::fs::remove_file(path).unwrap();
 }

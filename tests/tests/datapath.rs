@@ -4,12 +4,14 @@
 
 use std::net::IpAddr;
 
-use redirector::config::{Backend, Mode, Protocol, Service};
+use redirector::config::{Backend, Failover, HealthCheck, Mode, Protocol, Service};
 use redirector::datapath::both_up;
-use redirector_common::{Counter, NextHop, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED, SwitchState};
+use redirector_common::{
+    Counter, NextHop, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_DROP, SWITCH_PASS, SWITCH_PINNED, SwitchState,
+};
 use redirector_tests::{
     Harness,
-    action::{PASS, REDIRECT, TX},
+    action::{DROP, PASS, REDIRECT, TX},
     netns::{Entered, NetNs, ifindex},
     packets::{L4, Rng, Spec, assert_checksums, checksums_ok},
     require_root,
@@ -102,6 +104,8 @@ fn service(
             addr: ip(s.0),
             port: s.1,
         },
+        health: HealthCheck::default_for(proto),
+        failover: Failover::default(),
     }
 }
 
@@ -117,8 +121,11 @@ fn lab(tag: &str) -> Option<Lab> {
     for i in [if_in, if_p, if_s] {
         h.dp.add_egress(i).unwrap();
     }
-    h.dp.add_local_addr(ip("198.18.2.1")).unwrap();
-    h.dp.add_local_addr(ip("2001:2:0:2::1")).unwrap();
+    h.dp.hop_maps().unwrap().add_local_addr(ip("198.18.2.1")).unwrap();
+    h.dp.hop_maps()
+        .unwrap()
+        .add_local_addr(ip("2001:2:0:2::1"))
+        .unwrap();
     let c4 = ip("198.18.1.2");
     let c6 = ip("2001:2:0:1::2");
     let specs = [
@@ -284,7 +291,7 @@ fn replies_from_nat_backends_are_translated_back() {
             want.sport = s.svc.port;
 
             // Next hop to the client not known yet: the stack gets the translated packet.
-            lab.h.dp.remove_client_hop(s.client).unwrap();
+            lab.h.dp.hop_maps().unwrap().remove_client_hop(s.client).unwrap();
             let unresolved = lab.h.counter(Counter::Unresolved);
             let (act, out) = lab.h.run(&reply.build());
             assert_eq!(act, PASS, "{}", s.svc.name);
@@ -292,7 +299,12 @@ fn replies_from_nat_backends_are_translated_back() {
             assert_eq!(lab.h.counter(Counter::Unresolved), unresolved + 1);
 
             // Known: redirected (XDP_TX: the client is behind the ingress interface here).
-            lab.h.dp.set_client_hop(s.client, client_hop).unwrap();
+            lab.h
+                .dp
+                .hop_maps()
+                .unwrap()
+                .set_client_hop(s.client, client_hop)
+                .unwrap();
             let (act, out) = lab.h.run(&reply.build());
             want.ttl -= 1;
             (want.dmac, want.smac) = (CLIENT_MAC, GW_IN_MAC);
@@ -470,6 +482,8 @@ fn unresolved_next_hop_goes_to_the_stack_deliverable() {
     for s in lab.svcs.clone() {
         lab.h
             .dp
+            .hop_maps()
+            .unwrap()
             .set_backend_hop(
                 s.id,
                 SLOT_PRIMARY,
@@ -493,6 +507,8 @@ fn unresolved_next_hop_goes_to_the_stack_deliverable() {
         // Egress not in the redirect map: also handed to the stack, counted apart.
         lab.h
             .dp
+            .hop_maps()
+            .unwrap()
             .set_backend_hop(
                 s.id,
                 SLOT_PRIMARY,
@@ -520,7 +536,12 @@ fn egress_equal_to_ingress_uses_xdp_tx() {
         dst_mac: P_MAC,
         src_mac: GW_P_MAC,
     };
-    lab.h.dp.set_backend_hop(s.id, SLOT_PRIMARY, hop).unwrap();
+    lab.h
+        .dp
+        .hop_maps()
+        .unwrap()
+        .set_backend_hop(s.id, SLOT_PRIMARY, hop)
+        .unwrap();
     let req = s.request(40000, true);
     let (act, out) = lab.h.run(&req.build());
     assert_eq!(act, TX);
@@ -548,6 +569,8 @@ fn state(active: u8, up: u8) -> SwitchState {
         up,
         drained: 0,
         flags: SWITCH_PINNED,
+        share: 0,
+        _pad: 0,
         generation: 0,
     }
 }
@@ -698,5 +721,37 @@ fn udp_checksum_that_computes_to_zero_is_sent_as_all_ones() {
         let (act, out) = lab.h.run(&req.build());
         assert_eq!(act, REDIRECT, "{name}");
         assert_eq!(out, want, "{name}");
+    }
+}
+
+#[test]
+fn all_down_drop_and_pass_apply_to_every_packet_of_the_service() {
+    let Some(mut lab) = lab("alldown") else { return };
+    for s in lab.svcs.clone() {
+        let id = s.id;
+        // A pinned flow on the secondary first: all_down must override it too.
+        lab.h.dp.set_switch(id, state(SLOT_SECONDARY, 0b10)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 6000, true), SLOT_SECONDARY);
+        for (flag, want, counter) in [
+            (SWITCH_DROP, DROP, Counter::AllDownDropped),
+            (SWITCH_PASS, PASS, Counter::AllDownPassed),
+        ] {
+            let mut st = state(SLOT_SECONDARY, 0);
+            st.flags |= flag;
+            lab.h.dp.set_switch(id, st).unwrap();
+            let before = lab.h.counter(counter);
+            for (sport, syn) in [(6000, false), (6001, true)] {
+                let req = s.request(sport, syn).build();
+                let (act, out) = lab.h.run(&req);
+                assert_eq!(act, want, "{} sport {sport}", s.svc.name);
+                if want == PASS {
+                    assert_eq!(out, req, "{}: passed byte-for-byte", s.svc.name);
+                }
+            }
+            assert_eq!(lab.h.counter(counter), before + 2, "{}", s.svc.name);
+        }
+        // A backend back: forwarding resumes, the pinned flow where it was.
+        lab.h.dp.set_switch(id, state(SLOT_SECONDARY, 0b10)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 6000, false), SLOT_SECONDARY);
     }
 }

@@ -18,7 +18,12 @@ use crate::cmd;
 
 const DEBIAN_RUST: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 const DEBIAN_LLVM: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
-const LAB_TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("ethtool", "ethtool")];
+const LAB_TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("nft", "nftables"),
+    ("nsenter", "util-linux"),
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn is_root() -> bool {

@@ -42,6 +42,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Fault → first request served by the secondary, in the lab (server kill, link down, silent drop).
+    Failover {
+        /// Runs per fault and series.
+        #[arg(long, default_value_t = 100)]
+        runs: u32,
+        /// Seconds of the busy-machine phase (both vCPUs saturated; 0 skips it).
+        #[arg(long, default_value_t = 60)]
+        busy_secs: u32,
+    },
     /// ns/packet of the XDP program in the kernel (BPF_PROG_TEST_RUN).
     Datapath {
         /// Rounds of interleaved measurements.
@@ -98,6 +107,19 @@ fn main() -> Result<()> {
             if !bootstrap::is_root() {
                 bail!("the demo creates network namespaces and loads XDP programs: run it as root");
             }
+            // The lab's server processes and the CLI the demo runs are binaries of their own.
+            cmd::cargo(
+                &root,
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "redirector-tests",
+                    "-p",
+                    "redirector",
+                    "--bins",
+                ],
+            )?;
             cmd::cargo(
                 &root,
                 &["run", "--release", "-p", "redirector-tests", "--bin", "demo"],
@@ -106,6 +128,28 @@ fn main() -> Result<()> {
         Command::Bench { which } => {
             bootstrap::ensure()?;
             match which {
+                Bench::Failover { runs, busy_secs } => {
+                    bootstrap::ensure_lab_tools()?;
+                    // The lab's server processes are a binary of their own.
+                    cmd::cargo(&root, &["build", "--release", "-p", "redirector-tests", "--bins"])?;
+                    let (r, b) = (runs.to_string(), busy_secs.to_string());
+                    cmd::cargo(
+                        &root,
+                        &[
+                            "run",
+                            "--release",
+                            "-p",
+                            "redirector-tests",
+                            "--bin",
+                            "bench-failover",
+                            "--",
+                            "--runs",
+                            &r,
+                            "--busy-secs",
+                            &b,
+                        ],
+                    )
+                }
                 Bench::Datapath { rounds, repeat } => {
                     let r = rounds.to_string();
                     let n = repeat.to_string();

@@ -23,7 +23,7 @@ use log::{info, warn};
 use redirector_common::{DEFAULT_CLIENT_HOPS, Ip, NextHop};
 
 use crate::{
-    datapath::{Datapath, from16},
+    datapath::{HopMaps, from16},
     netlink::{self, Resolution},
 };
 
@@ -46,6 +46,7 @@ struct Resolved {
     via: Option<Neighbour>,
 }
 
+/// Next hops of backends and clients, and what they depend on.
 pub struct Hops {
     /// Configured interfaces: the only redirect targets.
     allowed: HashSet<u32>,
@@ -63,6 +64,10 @@ pub struct Hops {
     kept: HashSet<Neighbour>,
     /// Addresses already warned about (one line per cause, not per packet).
     warned: HashSet<IpAddr>,
+    /// Neighbours to keep resolved once the start is committed (`None` after).
+    deferred: Option<Vec<Neighbour>>,
+    /// Backends whose egress interface changed since [`Hops::take_egress_changes`].
+    egress_changed: Vec<((u32, u8), u32)>,
 }
 
 impl Hops {
@@ -77,6 +82,31 @@ impl Hops {
             locals: HashSet::new(),
             kept: HashSet::new(),
             warned: HashSet::new(),
+            deferred: Some(Vec::new()),
+            egress_changed: Vec::new(),
+        }
+    }
+
+    /// Hands a backend's neighbour to the kernel to keep resolved (a managed
+    /// entry) — or, before [`Hops::commit`], remembers it: a start that is
+    /// refused later must leave the host's neighbour table as it found it.
+    fn keep_resolved(&mut self, n: Neighbour) {
+        if let Some(deferred) = &mut self.deferred {
+            deferred.push(n);
+            return;
+        }
+        match netlink::neighbour_keep_resolved(n.0, n.1) {
+            Ok(()) => {
+                self.kept.insert(n);
+            }
+            Err(e) => warn!("asking the kernel to keep {} resolved: {e}", n.1),
+        }
+    }
+
+    /// The start succeeded: from now on neighbour entries are written.
+    pub fn commit(&mut self) {
+        for n in self.deferred.take().unwrap_or_default() {
+            self.keep_resolved(n);
         }
     }
 
@@ -107,12 +137,8 @@ impl Hops {
                         via: None,
                     };
                 }
-                if keep
-                    && self.kept.insert((h.ifindex, neighbour))
-                    && let Err(e) = netlink::neighbour_keep_resolved(h.ifindex, neighbour)
-                {
-                    warn!("asking the kernel to keep {neighbour} resolved: {e}");
-                    self.kept.remove(&(h.ifindex, neighbour));
+                if keep && !self.kept.contains(&(h.ifindex, neighbour)) {
+                    self.keep_resolved((h.ifindex, neighbour));
                 }
                 self.warned.remove(&addr);
                 let hop = NextHop {
@@ -125,8 +151,8 @@ impl Hops {
             Ok(Resolution::NoNeighbour { ifindex, neighbour }) => {
                 // Clients: the stack resolves the neighbour while delivering
                 // the packet it was handed; backends are kept resolved.
-                if keep && let Err(e) = netlink::neighbour_keep_resolved(ifindex, neighbour) {
-                    warn!("asking the kernel to resolve {neighbour}: {e}");
+                if keep {
+                    self.keep_resolved((ifindex, neighbour));
                 }
                 Resolved {
                     hop: UNRESOLVED,
@@ -152,11 +178,38 @@ impl Hops {
             );
         }
         self.backends.insert((id, slot), (addr, r));
+        self.egress_changed.push(((id, slot), r.hop.ifindex));
         r.hop
     }
 
+    /// A backend added by a reload (its entry is already written with the hop
+    /// resolved then): keep it current from now on.
+    pub fn track(&mut self, dp: &mut HopMaps, id: u32, slot: u8, addr: IpAddr) -> Result<()> {
+        let r = self.resolve(addr, true);
+        dp.set_backend_hop(id, slot, r.hop)?;
+        self.backends.insert((id, slot), (addr, r));
+        self.egress_changed.push(((id, slot), r.hop.ifindex));
+        Ok(())
+    }
+
+    /// A service removed by a reload: stop keeping its backends current.
+    pub fn untrack(&mut self, id: u32) {
+        for slot in [0, 1] {
+            if self.backends.remove(&(id, slot)).is_some() {
+                self.egress_changed.push(((id, slot), 0));
+            }
+        }
+    }
+
+    /// (service id, slot) → egress ifindex (0: unresolved) of every backend
+    /// whose egress changed since the last call: the decision loop maps link
+    /// carrier events to the backends behind them.
+    pub fn take_egress_changes(&mut self) -> Vec<((u32, u8), u32)> {
+        std::mem::take(&mut self.egress_changed)
+    }
+
     /// NAT replies met clients without a cached hop: resolve them (each once).
-    pub fn clients(&mut self, dp: &mut Datapath, addrs: impl IntoIterator<Item = Ip>) -> Result<()> {
+    pub fn clients(&mut self, dp: &mut HopMaps, addrs: impl IntoIterator<Item = Ip>) -> Result<()> {
         let unique: HashSet<IpAddr> = addrs.into_iter().map(from16).collect();
         // The program asks again on every reply until a hop is cached; clients
         // already waiting are retried on the timer, not on every request.
@@ -167,13 +220,13 @@ impl Hops {
         Ok(())
     }
 
-    fn client(&mut self, dp: &mut Datapath, addr: IpAddr) -> Result<()> {
+    fn client(&mut self, dp: &mut HopMaps, addr: IpAddr) -> Result<()> {
         if self.locals.contains(&addr) {
             return Ok(());
         }
         if self.clients.len() >= DEFAULT_CLIENT_HOPS as usize {
             // The kernel's LRU evicted some of ours: forget what it no longer has.
-            let live: HashSet<IpAddr> = dp.client_hop_keys()?.into_iter().collect();
+            let live: HashSet<IpAddr> = dp.client_hop_keys().into_iter().collect();
             self.clients.retain(|a, _| live.contains(a));
             let used: HashSet<Neighbour> = self.clients.values().copied().collect();
             self.client_neighbours.retain(|n, _| used.contains(n));
@@ -201,7 +254,7 @@ impl Hops {
     /// Mirrors the gateway's own addresses into `LOCAL_ADDRS`: replies to
     /// them (health probes) must never be translated. Link-local addresses
     /// are left out: no NAT client is ever reached through one.
-    pub fn sync_locals(&mut self, dp: &mut Datapath) -> Result<()> {
+    pub fn sync_locals(&mut self, dp: &mut HopMaps) -> Result<()> {
         let now: HashSet<IpAddr> = netlink::local_addrs()?
             .into_iter()
             .filter(|a| !is_link_local(a))
@@ -219,7 +272,7 @@ impl Hops {
     }
 
     /// Re-resolves the backends selected by `which` and writes what changed.
-    fn refresh_backends(&mut self, dp: &mut Datapath, which: impl Fn(&Resolved) -> bool) -> Result<()> {
+    fn refresh_backends(&mut self, dp: &mut HopMaps, which: impl Fn(&Resolved) -> bool) -> Result<()> {
         let keys: Vec<_> = self
             .backends
             .iter()
@@ -231,6 +284,9 @@ impl Hops {
                 continue;
             };
             let new = self.resolve(addr, true);
+            if new.hop.ifindex != old.hop.ifindex {
+                self.egress_changed.push((key, new.hop.ifindex));
+            }
             if new.hop != old.hop {
                 dp.set_backend_hop(key.0, key.1, new.hop)?;
                 info!(
@@ -245,12 +301,12 @@ impl Hops {
     }
 
     /// Links, addresses or routes changed (or change messages were lost).
-    pub fn refresh_all(&mut self, dp: &mut Datapath) -> Result<()> {
+    pub fn refresh_all(&mut self, dp: &mut HopMaps) -> Result<()> {
         self.sync_locals(dp)?;
         self.refresh_backends(dp, |_| true)?;
         // Routes to clients may have changed: drop the cache; each client is
         // resolved again on its next reply.
-        for addr in dp.client_hop_keys()? {
+        for addr in dp.client_hop_keys() {
             dp.remove_client_hop(addr)?;
         }
         self.clients.clear();
@@ -259,7 +315,7 @@ impl Hops {
     }
 
     /// Neighbour entries changed.
-    pub fn neighbours_changed(&mut self, dp: &mut Datapath, changed: &[Neighbour]) -> Result<()> {
+    pub fn neighbours_changed(&mut self, dp: &mut HopMaps, changed: &[Neighbour]) -> Result<()> {
         let touched: HashSet<Neighbour> = changed.iter().copied().collect();
         self.refresh_backends(dp, |r| {
             r.hop.ifindex == 0 || r.via.is_some_and(|v| touched.contains(&v))
@@ -299,7 +355,7 @@ impl Hops {
         self.retry_pending(dp)
     }
 
-    fn retry_pending(&mut self, dp: &mut Datapath) -> Result<()> {
+    fn retry_pending(&mut self, dp: &mut HopMaps) -> Result<()> {
         let pending: Vec<_> = self.pending.drain().collect();
         for addr in pending {
             self.client(dp, addr)?;
@@ -308,7 +364,7 @@ impl Hops {
     }
 
     /// Periodic retry of whatever is still unresolved.
-    pub fn retry(&mut self, dp: &mut Datapath) -> Result<()> {
+    pub fn retry(&mut self, dp: &mut HopMaps) -> Result<()> {
         self.refresh_backends(dp, |r| r.hop.ifindex == 0)?;
         self.retry_pending(dp)
     }

@@ -1,33 +1,62 @@
-//! `redirector run`: load, resolve, write, attach, then keep next hops current
-//! until SIGINT/SIGTERM. Everything that can fail on bad input (config, DSR
-//! topology, interfaces) fails before the program is attached, so a refused
-//! start changes nothing on the host.
+//! `redirector run`: load (or adopt) the pinned data plane, resolve, write,
+//! attach; then probe both backends of every service, decide, and flip
+//! switch states until SIGINT/SIGTERM. The data plane is pinned in bpffs and
+//! keeps forwarding on the last decision after the daemon stops or dies; only
+//! `redirector detach` removes it.
+//!
+//! Everything that can fail on bad input (config, pins, DSR topology,
+//! interfaces) fails before the program is attached, so a refused start
+//! changes nothing on the host.
+//!
+//! One event loop (one thread) owns every decision: probe reports, link
+//! carrier events, deadlines and operator requests go into the per-service
+//! machines, whose effects are written by the one owner of `SWITCH`
+//! ([`apply::Switches`]). Nothing on this loop waits on netlink or disk:
+//! next-hop resolution runs on its own thread ([`resolver`]), the flow sweep
+//! and state-file writes on blocking threads.
+mod apply;
 mod attach;
+mod control;
 mod hops;
+mod reload;
+mod resolver;
+mod services;
 
-use std::{future::Future, path::Path, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use log::{debug, info, warn};
+use redirector_common::{SLOT_PRIMARY, SWITCH_DROP, SWITCH_PASS, SwitchState};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
 };
 
 use crate::{
-    config::{Config, Mode, Protocol},
-    datapath::{Datapath, Sizes, both_up},
-    netlink,
+    config::{Config, Mode},
+    control::{proto::Response, server::Server},
+    datapath::{Datapath, PinDir, Sizes, Swept, monotonic_ns},
+    health, netlink,
+    policy::{AllDown, Desired, Effect, Event, Intent, Nanos, Seed, Slot},
+    state::State,
 };
+use apply::Switches;
+use attach::Held;
 use hops::Hops;
+use resolver::{EgressUpdate, Resolver};
+use services::Services;
 
-/// How often unresolved next hops are retried.
-const RETRY: Duration = Duration::from_secs(1);
 /// How often idle flow entries are swept.
 const SWEEP: Duration = Duration::from_secs(10);
-/// Link/address/route changes within this window cause one refresh.
-const RESYNC_WINDOW: Duration = Duration::from_millis(100);
+/// Transitions kept for `redirector events`.
+const EVENT_LOG: usize = 1024;
 
 /// Runs the daemon with the configuration at `path` until SIGINT/SIGTERM.
 pub fn run(path: &Path) -> Result<()> {
@@ -39,8 +68,8 @@ pub fn run(path: &Path) -> Result<()> {
     rt.block_on(async {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
-        let daemon = Daemon::start(cfg)?;
-        daemon
+        let daemon = Daemon::start(cfg, Some(path.to_path_buf()))?;
+        let stop = daemon
             .run(async {
                 tokio::select! {
                     _ = sigint.recv() => {}
@@ -48,54 +77,152 @@ pub fn run(path: &Path) -> Result<()> {
                 }
             })
             .await?;
-        info!("stopped: XDP programs detached");
+        match stop.detached {
+            true => info!("detached: program, links and pins removed"),
+            false => info!(
+                "stopped; the data plane keeps forwarding on the last decision (pinned in {}); \
+                 `redirector detach` removes it",
+                stop.pins.dir().display()
+            ),
+        }
         Ok(())
     })
 }
 
-/// A running data plane and the state that keeps it current.
+/// What [`Daemon::run`] leaves behind.
+pub struct Stopped {
+    /// The data plane (its pinned maps stay; this handle is for counters).
+    pub dp: Datapath,
+    /// Where it is pinned.
+    pub pins: PinDir,
+    /// An operator asked for `detach`: program, links and pins are gone.
+    pub detached: bool,
+}
+
+/// A running data plane and the control plane that drives it.
 pub struct Daemon {
     dp: Datapath,
-    hops: Hops,
-    /// Idle time after which a flow entry is removed, per service id.
-    flow_idle: Vec<Duration>,
-    monitor: netlink::Monitor,
-    requests: AsyncFd<RingBuf<MapData>>,
+    pins: PinDir,
+    /// The XDP links, held open (and pinned) for the daemon's lifetime.
+    links: Vec<Held>,
+    switches: Switches,
+    services: Services,
+    /// Where each backend's traffic leaves, to map carrier events to backends.
+    egress: HashMap<(u32, u8), u32>,
+    egress_updates: mpsc::UnboundedReceiver<EgressUpdate>,
+    /// Carrier changes, parsed on this loop without further queries.
+    links_monitor: netlink::Monitor,
+    reports: mpsc::Receiver<health::Report>,
+    requests: mpsc::Receiver<crate::control::server::Incoming>,
+    _server: Server,
     logger: AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    events: VecDeque<Event>,
+    followers: Vec<mpsc::Sender<Response>>,
+    /// Stops the resolver thread when dropped.
+    resolver: Resolver,
+    /// The configured interfaces (redirect targets).
+    ifindexes: Vec<u32>,
+    /// Reloads whose next hops are resolved, back from their blocking thread.
+    reloads: (
+        mpsc::UnboundedSender<reload::Pending>,
+        mpsc::UnboundedReceiver<reload::Pending>,
+    ),
+    reloading: bool,
+    state: State,
+    /// Writes of the state file asked for, and the last one done.
+    persisted: (u64, std::sync::Arc<std::sync::Mutex<u64>>),
+    cfg: Config,
+    /// The file SIGHUP reloads (none when started from a parsed config).
+    config_path: Option<PathBuf>,
+}
+
+/// The decision a pinned switch state stands for.
+fn desired_of(st: SwitchState) -> Desired {
+    let bit = |b: u8, s: Slot| b & (1 << s.index()) != 0;
+    Desired {
+        active: if st.active == SLOT_PRIMARY {
+            Slot::Primary
+        } else {
+            Slot::Secondary
+        },
+        up: Slot::ALL.map(|s| bit(st.up, s)),
+        drained: Slot::ALL.map(|s| bit(st.drained, s)),
+        all_down: if st.flags & SWITCH_DROP != 0 {
+            Some(AllDown::Drop)
+        } else if st.flags & SWITCH_PASS != 0 {
+            Some(AllDown::Pass)
+        } else {
+            None
+        },
+        share: st.share,
+    }
 }
 
 impl Daemon {
-    /// Loads, resolves, writes every service and attaches. Must run inside a
-    /// tokio runtime (the netlink monitor and ring buffer register with it).
-    pub fn start(cfg: Config) -> Result<Daemon> {
+    /// Loads (or adopts) the data plane, resolves, writes every service and
+    /// attaches. Must run inside a tokio runtime (monitors, ring buffers,
+    /// probes and the control socket register with it).
+    pub fn start(cfg: Config, config_path: Option<PathBuf>) -> Result<Daemon> {
+        let pins = PinDir::new(&cfg.control.bpffs_dir);
+        pins.prepare()?;
+        let adopting = pins.exists();
+        match Self::start_with(cfg, config_path, pins.clone(), adopting) {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                // A refused first start leaves nothing behind; an adopted data
+                // plane keeps forwarding as it did.
+                if !adopting && let Err(r) = pins.remove() {
+                    warn!("removing the pins of the refused start: {r:#}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn start_with(cfg: Config, config_path: Option<PathBuf>, pins: PinDir, adopting: bool) -> Result<Daemon> {
         let sizes = Sizes {
             max_services: cfg.gateway.max_services,
             flow_entries: cfg.gateway.flow_table_size,
         };
+        if let Some(other) = pins.other_versions().first() {
+            bail!(
+                "{} holds the data plane of another redirector version; this version pins into {}. Upgrade \
+                 procedure (docs/operations.md): stop the old daemon, run the old version's `redirector \
+                 detach` (or remove {} if nothing uses it), then start this version",
+                other.display(),
+                pins.dir().display(),
+                other.display()
+            );
+        }
+        if adopting {
+            pins.check(crate::EBPF_OBJECT, sizes)?;
+        }
+        // The socket first: a second daemon must be refused before it touches anything.
+        let (request_tx, requests) = mpsc::channel(64);
+        let server = Server::spawn(&cfg.control.socket, request_tx)?;
+        let mut state = State::load(&cfg.control.state_dir)?;
         // Subscribe before reading any state, so no change between the reads
-        // below and the event loop goes unseen.
-        let monitor = netlink::Monitor::new().context("subscribing to route/link/neighbour changes")?;
-        let mut dp = Datapath::load(sizes).context("loading the XDP program")?;
+        // below and the event loops goes unseen.
+        let resolver = Resolver::subscribe()?;
+        let links_monitor = netlink::Monitor::links().context("subscribing to link changes")?;
+        let mut dp = Datapath::load_pinned(sizes, &pins).context("loading the XDP program")?;
+        // Services the pinned data plane already carries, by id.
+        let published: HashMap<u32, redirector_common::Endpoint> = if adopting {
+            dp.published()?.into_iter().map(|(k, i)| (i.id, k)).collect()
+        } else {
+            HashMap::new()
+        };
+        let assignment = state
+            .assign(
+                cfg.services.iter().map(|s| s.name.as_str()),
+                cfg.gateway.max_services,
+            )
+            .context("allocating service ids")?;
         let mut ifindexes = Vec::new();
         for name in &cfg.gateway.interfaces {
-            let i = netlink::ifindex(name).with_context(|| format!("interface {name}"))?;
-            if let Some(id) = netlink::xdp_prog_id(i).with_context(|| format!("interface {name}"))? {
-                bail!(
-                    "interface {name} already has an XDP program attached (id {id}); detach it first \
-                     (e.g. `ip link set dev {name} xdp off`) or remove {name} from [gateway] interfaces"
-                );
-            }
-            ifindexes.push(i);
+            ifindexes.push(netlink::ifindex(name).with_context(|| format!("interface {name}"))?);
         }
-        let mut hops = Hops::new(ifindexes.iter().copied());
-        let flow_idle: Vec<Duration> = cfg
-            .services
-            .iter()
-            .map(|s| match s.protocol {
-                Protocol::Tcp => Duration::from_secs(cfg.gateway.tcp_flow_idle.into()),
-                Protocol::Udp => Duration::from_secs(cfg.gateway.udp_flow_idle.into()),
-            })
-            .collect();
+        let plans = attach::plan(&pins, &cfg.gateway.interfaces, &ifindexes)?;
         for svc in cfg.services.iter().filter(|s| s.mode == Mode::Dsr) {
             for be in [&svc.primary, &svc.secondary] {
                 let route = netlink::route_get(be.addr).with_context(|| format!("service {:?}", svc.name))?;
@@ -109,159 +236,371 @@ impl Daemon {
                 }
             }
         }
-        hops.sync_locals(&mut dp).context("listing local addresses")?;
+        let mut hops = Hops::new(ifindexes.iter().copied());
+        let mut hop_maps = dp.hop_maps()?;
+        hops.sync_locals(&mut hop_maps)
+            .context("listing local addresses")?;
         for &i in &ifindexes {
             dp.add_egress(i)?;
         }
-        for (id, svc) in (0u32..).zip(&cfg.services) {
+        let mut switches = Switches::default();
+        // Services that are gone, or whose id now means another service.
+        let current: HashMap<u32, &str> = state.ids.iter().map(|(n, i)| (*i, n.as_str())).collect();
+        for (&id, key) in &published {
+            let same = current
+                .get(&id)
+                .and_then(|n| cfg.services.iter().find(|s| s.name == *n))
+                .is_some_and(|s| service_key(s) == *key);
+            if !same {
+                info!("removing service id {id} from the pinned data plane (no longer configured as before)");
+                dp.remove_service(id)?;
+                switches.reset(&mut dp, id)?;
+            }
+        }
+        for (name, id) in &assignment.removed {
+            debug!("service {name} (id {id}) removed");
+        }
+        let now = Nanos(monotonic_ns());
+        let mut services = Services::default();
+        for svc in &cfg.services {
+            let Some(&id) = state.ids.get(&svc.name) else {
+                bail!("service {:?} has no id (state file)", svc.name);
+            };
             let resolved = [
                 hops.backend(id, 0, svc.primary.addr),
                 hops.backend(id, 1, svc.secondary.addr),
             ];
-            dp.set_service(id, svc, resolved, both_up(redirector_common::SLOT_PRIMARY))
+            let intent = state.intents.get(&svc.name).cloned().unwrap_or_default();
+            let pinned = published
+                .get(&id)
+                .filter(|k| **k == service_key(svc))
+                .map(|_| dp.switch(id))
+                .transpose()?;
+            dp.set_backends(id, svc, resolved)
+                .with_context(|| format!("writing service {:?}", svc.name))?;
+            match pinned {
+                // Adopted: traffic goes on exactly as it does; nothing is
+                // written before the probes' first verdicts.
+                Some(st) => {
+                    switches.adopt(id, st);
+                    services.add(
+                        id,
+                        svc.clone(),
+                        Some(Seed {
+                            desired: desired_of(st),
+                            intent,
+                        }),
+                        now,
+                    );
+                }
+                None => {
+                    let seed = (intent != Intent::default()).then_some(Seed {
+                        desired: Desired {
+                            active: Slot::Primary,
+                            up: [true; 2],
+                            drained: [false; 2],
+                            all_down: None,
+                            share: svc.failover.share,
+                        },
+                        intent,
+                    });
+                    let machine = services.add(id, svc.clone(), seed, now);
+                    switches
+                        .write(&mut dp, id, &machine.desired())
+                        .with_context(|| format!("writing service {:?}", svc.name))?;
+                }
+            }
+            dp.publish_service(id, svc)
                 .with_context(|| format!("writing service {:?}", svc.name))?;
             info!(
-                "service {}: {} {} {} → primary {} secondary {} (active: primary)",
+                "service {} (id {id}{}): {} {} {} → primary {} secondary {}; {} probes every {:?}",
                 svc.name,
+                if pinned.is_some() { ", adopted" } else { "" },
                 svc.protocol,
                 std::net::SocketAddr::new(svc.vip, svc.port),
                 svc.mode,
                 svc.primary,
-                svc.secondary
+                svc.secondary,
+                svc.health.kind.as_str(),
+                svc.health.interval,
             );
         }
-        // SAFETY: the ring buffer owns its fd and AsyncFd owns the ring buffer
-        // for as long as it is registered.
-        let requests =
-            unsafe { AsyncFd::register(dp.take_hop_requests()?) }.context("watching next-hop requests")?;
-        // SAFETY: as above, for the program's log ring.
+        let hop_requests: RingBuf<MapData> = dp.take_hop_requests()?;
+        // SAFETY: the logger owns its fd and AsyncFd owns the logger for as
+        // long as it is registered.
         let logger = unsafe { AsyncFd::register(dp.take_logger()?) }.context("watching the program log")?;
         // Attach last: traffic only ever meets complete maps.
-        attach::attach_all(&mut dp, &cfg.gateway.interfaces, &ifindexes, cfg.gateway.xdp_mode)?;
-        info!("attached to {}; forwarding", cfg.gateway.interfaces.join(", "));
+        let links = attach::attach_all(
+            &mut dp,
+            &pins,
+            &cfg.gateway.interfaces,
+            &ifindexes,
+            plans,
+            cfg.gateway.xdp_mode,
+        )?;
+        info!(
+            "attached to {}; forwarding (pinned in {})",
+            cfg.gateway.interfaces.join(", "),
+            pins.dir().display()
+        );
+        // Committed: from here on the host may change (neighbour entries, state file).
+        hops.commit();
+        let (resolver, egress_updates) = resolver.run(hops, hop_maps, hop_requests)?;
+        state.stopped_unix_ms = None;
+        if let Err(e) = state.save(&cfg.control.state_dir) {
+            warn!("saving the state file: {e:#}; service ids may change on the next start");
+        }
+        let (report_tx, reports) = mpsc::channel(4096);
+        services.start_probing(
+            health::Scheduler::spawn(cfg.control.probe_budget, report_tx).context("starting the prober")?,
+        );
         Ok(Daemon {
             dp,
-            hops,
-            flow_idle,
-            monitor,
+            pins,
+            links,
+            switches,
+            services,
+            egress: HashMap::new(),
+            egress_updates,
+            links_monitor,
+            reports,
             requests,
+            _server: server,
             logger,
+            events: VecDeque::with_capacity(EVENT_LOG),
+            followers: Vec::new(),
+            resolver,
+            ifindexes,
+            reloads: mpsc::unbounded_channel(),
+            reloading: false,
+            state,
+            persisted: (0, std::sync::Arc::default()),
+            cfg,
+            config_path,
         })
     }
 
-    /// Keeps next hops current until `shutdown` completes; returns the data
-    /// plane (still attached until it is dropped) so callers can read counters.
+    /// Probes, decides and writes until `shutdown` completes (or an operator
+    /// detaches). The data plane stays pinned and attached unless detached.
     ///
-    /// Nothing in here stops the daemon (which would detach the data plane):
-    /// a failed step is logged and a full resynchronisation is scheduled.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Datapath> {
-        let mut retry = tokio::time::interval(RETRY);
+    /// Nothing in here stops the daemon: a failed step is logged and the loop
+    /// goes on.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Stopped> {
         let mut sweep = tokio::time::interval(SWEEP);
-        // Link/address/route changes arrive in bursts (and constantly on a
-        // routing-daemon host): coalesce them into one refresh per window.
-        let resync = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(resync, shutdown);
-        let mut resync_armed = false;
-        let mut sweeping: Option<tokio::task::JoinHandle<crate::datapath::Swept>> = None;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        tokio::pin!(shutdown);
+        let mut sweeping: Option<(HashMap<u32, SwitchState>, tokio::task::JoinHandle<Swept>)> = None;
+        let mut detached = false;
         loop {
-            let mut full = false;
+            let deadline = self.services.next_deadline();
+            let wake = async {
+                match deadline {
+                    Some(at) => {
+                        let now = monotonic_ns();
+                        tokio::time::sleep(Duration::from_nanos(at.0.saturating_sub(now))).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                biased;
                 () = &mut shutdown => break,
-                changed = self.monitor.changed() => match changed {
-                    Ok(c) => {
-                        full = c.full;
-                        if !c.neighbours.is_empty() {
-                            let r = self.hops.neighbours_changed(&mut self.dp, &c.neighbours);
-                            full |= failed("applying neighbour changes", r);
-                        }
+                Some(report) = self.reports.recv() => {
+                    let mut effects = self.services.report(report);
+                    // Take what else is queued: one pass, in arrival order.
+                    while let Ok(r) = self.reports.try_recv() {
+                        effects.extend(self.services.report(r));
                     }
-                    Err(e) => {
-                        warn!("netlink monitor: {e}");
-                        full = true;
-                    }
+                    self.apply(effects);
+                }
+                changed = self.links_monitor.changed() => match changed {
+                    Ok(c) => self.carrier(&c.links),
+                    Err(e) => warn!("link monitor: {e}"),
                 },
-                guard = self.requests.readable_mut() => {
-                    let mut guard = guard.context("next-hop request ring")?;
-                    let mut clients = Vec::new();
-                    while let Some(item) = RingBuf::next(guard.get_inner_mut()) {
-                        if let Ok(a) = bytemuck::try_pod_read_unaligned::<redirector_common::Addr>(&item) {
-                            clients.push(a.addr);
-                        }
+                () = wake => {
+                    let effects = self.services.tick(Nanos(monotonic_ns()));
+                    self.apply(effects);
+                }
+                Some(incoming) = self.requests.recv() => {
+                    if self.request(incoming) {
+                        detached = true;
+                        break;
                     }
-                    guard.clear_ready();
-                    let r = self.hops.clients(&mut self.dp, clients);
-                    full = failed("resolving clients", r);
                 }
-                guard = self.logger.readable_mut() => {
-                    let mut guard = guard.context("program log ring")?;
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
+                Some((key, ifindex)) = self.egress_updates.recv() => {
+                    if ifindex == 0 {
+                        self.egress.remove(&key);
+                    } else {
+                        self.egress.insert(key, ifindex);
+                    }
                 }
-                () = &mut resync, if resync_armed => {
-                    resync_armed = false;
-                    let r = self.hops.refresh_all(&mut self.dp);
-                    full = failed("refreshing next hops", r);
+                guard = self.logger.readable_mut() => match guard {
+                    Ok(mut guard) => {
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                    Err(e) => warn!("program log ring: {e}"),
+                },
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading the configuration");
+                    self.begin_reload(None);
                 }
-                _ = retry.tick() => {
-                    let r = self.hops.retry(&mut self.dp);
-                    full = failed("retrying unresolved next hops", r);
-                }
+                Some(pending) = self.reloads.1.recv() => self.finish_reload(pending),
                 _ = sweep.tick(), if sweeping.is_none() => {
                     // Walking a large table takes a while: do it on a blocking
                     // thread; only the unpinning comes back to this loop.
-                    match self.dp.any_pinned(self.services()).and_then(|p| {
-                        if p { self.dp.flow_table().map(Some) } else { Ok(None) }
-                    }) {
-                        Ok(Some(mut table)) => {
-                            let idle = self.flow_idle.clone();
-                            sweeping = Some(tokio::task::spawn_blocking(move || table.sweep(&idle)));
+                    let seen = self.switches.pinned();
+                    if !seen.is_empty() {
+                        match self.dp.flow_table() {
+                            Ok(mut table) => {
+                                let g = &self.cfg.gateway;
+                                let idle = self.services.flow_idle(
+                                    Duration::from_secs(g.tcp_flow_idle.into()),
+                                    Duration::from_secs(g.udp_flow_idle.into()),
+                                );
+                                sweeping = Some((seen, tokio::task::spawn_blocking(move || table.sweep(&idle))));
+                            }
+                            Err(e) => warn!("sweeping idle flow entries: {e:#}"),
                         }
-                        Ok(None) => {}
-                        Err(e) => warn!("sweeping idle flow entries: {e:#}"),
                     }
                 }
                 done = async {
                     match sweeping.as_mut() {
-                        Some(task) => task.await,
+                        Some((_, task)) => task.await,
                         None => std::future::pending().await,
                     }
                 }, if sweeping.is_some() => {
-                    sweeping = None;
+                    let seen = sweeping.take().map(|(s, _)| s).unwrap_or_default();
                     match done {
                         Ok(swept) => {
                             if swept.removed > 0 {
                                 debug!("swept {} idle flow entries", swept.removed);
                             }
-                            if let Err(e) = self.dp.unpin_idle(self.services(), &swept.live) {
-                                warn!("unpinning services: {e:#}");
+                            match self.switches.unpin(&mut self.dp, &seen, &swept.live) {
+                                Ok(ids) if !ids.is_empty() => debug!("services {ids:?}: no flow entries left"),
+                                Ok(_) => {}
+                                Err(e) => warn!("unpinning services: {e:#}"),
                             }
                         }
                         Err(e) => warn!("flow sweep task: {e}"),
                     }
                 }
             }
-            if full && !resync_armed {
-                resync.as_mut().reset(tokio::time::Instant::now() + RESYNC_WINDOW);
-                resync_armed = true;
+        }
+        if detached {
+            self.links.clear();
+            if let Err(e) = self.pins.remove() {
+                warn!("removing pins: {e:#}");
+            }
+        } else {
+            self.state.intents = self.services.intents();
+            self.state.stopped_unix_ms = Some(unix_ms());
+            if let Err(e) = self.state.save(&self.cfg.control.state_dir) {
+                warn!("saving the state file: {e:#}");
             }
         }
-        Ok(self.dp)
+        Ok(Stopped {
+            dp: self.dp,
+            pins: self.pins,
+            detached,
+        })
     }
-}
 
-impl Daemon {
-    fn services(&self) -> u32 {
-        u32::try_from(self.flow_idle.len()).unwrap_or(u32::MAX)
-    }
-}
-
-/// Logs a failed step; true if it failed (the caller schedules a resync).
-fn failed(what: &str, r: Result<()>) -> bool {
-    match r {
-        Ok(()) => false,
-        Err(e) => {
-            warn!("{what}: {e:#}; resynchronising");
-            true
+    /// Writes decisions and records events. A failed write is logged; the
+    /// machine's next write for that service carries the whole state again.
+    fn apply(&mut self, effects: Vec<(u32, Effect)>) {
+        let mut persist = false;
+        for (id, effect) in effects {
+            match effect {
+                Effect::Write(d) => {
+                    if let Err(e) = self.switches.write(&mut self.dp, id, &d) {
+                        warn!("service id {id}: writing the switch state: {e:#}");
+                    }
+                }
+                Effect::Event(ev) => {
+                    info!("{ev}");
+                    let record = control::record(&ev);
+                    self.followers
+                        .retain(|f| f.try_send(Response::Event(record.clone())).is_ok() || !f.is_closed());
+                    if ev.from != ev.to {
+                        self.state.last.insert(ev.service.clone(), record);
+                        persist = true;
+                    }
+                    if self.events.len() == EVENT_LOG {
+                        self.events.pop_front();
+                    }
+                    self.events.push_back(ev);
+                }
+            }
+        }
+        let intents = self.services.intents();
+        if intents != self.state.intents {
+            self.state.intents = intents;
+            persist = true;
+        }
+        if persist {
+            self.persist();
         }
     }
+
+    /// Writes the state file off the loop. Each write carries the whole
+    /// state; writes are numbered and one that finds a newer one already
+    /// written gives up, so the file never goes back in time.
+    fn persist(&mut self) {
+        self.persisted.0 += 1;
+        let generation = self.persisted.0;
+        let written = self.persisted.1.clone();
+        let state = self.state.clone();
+        let dir = self.cfg.control.state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let Ok(mut last) = written.lock() else { return };
+            if *last > generation {
+                return;
+            }
+            match state.save(&dir) {
+                Ok(()) => *last = generation,
+                Err(e) => warn!("saving the state file: {e:#}"),
+            }
+        });
+    }
+
+    /// Carrier changes: a backend whose egress link lost its carrier is down
+    /// now (the kernel says so; nothing from the network can forge it). A link
+    /// that came back gets its backends probed at once.
+    fn carrier(&mut self, links: &[(u32, bool)]) {
+        let now = Nanos(monotonic_ns());
+        for &(ifindex, up) in links {
+            let behind: Vec<(u32, u8)> = self
+                .egress
+                .iter()
+                .filter(|(_, i)| **i == ifindex)
+                .map(|(k, _)| *k)
+                .collect();
+            for (id, slot) in behind {
+                if up {
+                    self.services.probe_now(id, slot);
+                } else {
+                    let effects = self.services.path_down(id, slot, now);
+                    self.apply(effects);
+                }
+            }
+        }
+    }
+}
+
+/// The SERVICES key of a configured service.
+fn service_key(s: &crate::config::Service) -> redirector_common::Endpoint {
+    redirector_common::Endpoint {
+        addr: crate::datapath::addr16(s.vip),
+        port_be: s.port.to_be(),
+        proto: s.protocol.number(),
+        _pad: 0,
+    }
+}
+
+/// Wall-clock ms since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

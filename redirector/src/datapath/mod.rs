@@ -9,11 +9,17 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use redirector_common::{
-    Addr, Backend as KBackend, BackendStats, Counter, Endpoint, FlowKey, FlowValue, Ip, NextHop,
-    PORT_BACKEND, PORT_SERVICE, ReverseInfo, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED, ServiceInfo,
-    SwitchState, ip_from_bytes, ip_to_bytes, names, programs,
+    Backend as KBackend, BackendStats, Counter, Endpoint, FlowKey, FlowValue, Ip, NextHop, PORT_BACKEND,
+    PORT_SERVICE, ReverseInfo, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED, ServiceInfo, SwitchState,
+    ip_from_bytes, ip_to_bytes, names, programs,
 };
 use thiserror::Error;
+
+mod hop_maps;
+mod pin;
+pub use hop_maps::HopMaps;
+use hop_maps::absent_ok;
+pub use pin::{PinDir, PinError};
 
 use crate::config::{Mode, Service};
 
@@ -59,6 +65,15 @@ pub enum DatapathError {
         #[source]
         source: aya_log::Error,
     },
+    /// A map's fd could not be duplicated.
+    #[error("map {map}: duplicating its fd: {source}")]
+    Dup {
+        /// Map name.
+        map: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: std::io::Error,
+    },
     /// A service id beyond the configured maximum.
     #[error("service id {id} exceeds max_services {max}")]
     ServiceId {
@@ -89,6 +104,17 @@ impl Default for Sizes {
     }
 }
 
+/// The capacity `sizes` gives map `name`; `None`: as the object declares it.
+pub fn max_entries(name: &str, sizes: Sizes) -> Option<u32> {
+    let services = sizes.max_services;
+    match name {
+        names::SERVICES | names::SWITCH => Some(services),
+        names::BACKENDS | names::REVERSE | names::BACKEND_STATS => Some(services * 2),
+        names::FLOWS => Some(sizes.flow_entries),
+        _ => None,
+    }
+}
+
 /// The form every key uses ([`Ip`]): IPv4 is IPv4-mapped.
 pub fn addr16(addr: IpAddr) -> Ip {
     match addr {
@@ -103,19 +129,26 @@ pub struct Datapath {
     sizes: Sizes,
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source }
 }
 
 impl Datapath {
-    /// Loads the embedded object with `sizes` (program not yet attached).
+    /// Loads the embedded object with `sizes` (program not yet attached),
+    /// with fresh maps that live as long as this value (tests, benchmarks).
     pub fn load(sizes: Sizes) -> Result<Self> {
-        Self::load_bytes(crate::EBPF_OBJECT, sizes)
+        Self::load_bytes(crate::EBPF_OBJECT, sizes, None)
+    }
+
+    /// Loads the embedded object with its state maps pinned in `pins`:
+    /// existing pins are reused (call [`PinDir::check`] first), missing ones
+    /// created and pinned.
+    pub fn load_pinned(sizes: Sizes, pins: &PinDir) -> Result<Self> {
+        Self::load_bytes(crate::EBPF_OBJECT, sizes, Some(pins))
     }
 
     /// Loads `object` (tests and benchmarks pass the same embedded bytes).
-    pub fn load_bytes(object: &[u8], sizes: Sizes) -> Result<Self> {
-        let services = sizes.max_services;
+    pub fn load_bytes(object: &[u8], sizes: Sizes, pins: Option<&PinDir>) -> Result<Self> {
         // aya-log statements below the process's log level are skipped in the
         // kernel before any formatting: off the hot path unless asked for.
         let log_level: u8 = match log::max_level() {
@@ -126,15 +159,17 @@ impl Datapath {
             log::LevelFilter::Debug => 4,
             log::LevelFilter::Trace => 5,
         };
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &log_level, true)
-            .map_max_entries(names::SERVICES, services)
-            .map_max_entries(names::SWITCH, services)
-            .map_max_entries(names::BACKENDS, services * 2)
-            .map_max_entries(names::REVERSE, services * 2)
-            .map_max_entries(names::BACKEND_STATS, services * 2)
-            .map_max_entries(names::FLOWS, sizes.flow_entries)
-            .load(object)?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global(aya_log::LEVEL, &log_level, true);
+        for name in names::PINNED {
+            if let Some(n) = max_entries(name, sizes) {
+                loader.map_max_entries(name, n);
+            }
+            if let Some(pins) = pins {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader.load(object)?;
         let prog: &mut Xdp = ebpf
             .program_mut(programs::REDIRECTOR)
             .ok_or(DatapathError::Missing {
@@ -183,10 +218,9 @@ impl Datapath {
         Array::try_from(self.map(name)?).map_err(map_err(name))
     }
 
-    /// Writes service `id` completely. Backends, switch state and reverse
-    /// entries go first and the service key last, so the program never sees a
-    /// half-written service. `hops` are the backends' next hops (primary,
-    /// secondary); `state` the initial switch state.
+    /// Writes service `id` completely with the switch state `state` (tests
+    /// and tools; the daemon writes the switch state through its owner, between
+    /// [`Datapath::set_backends`] and [`Datapath::publish_service`]).
     pub fn set_service(
         &mut self,
         id: u32,
@@ -194,6 +228,15 @@ impl Datapath {
         hops: [NextHop; 2],
         state: SwitchState,
     ) -> Result<()> {
+        self.set_backends(id, svc, hops)?;
+        self.set_switch(id, state)?;
+        self.publish_service(id, svc)
+    }
+
+    /// Writes the backends of service `id` and, for NAT, their reverse
+    /// entries. `hops` are the backends' next hops (primary, secondary).
+    /// The program does not see the service until [`Datapath::publish_service`].
+    pub fn set_backends(&mut self, id: u32, svc: &Service, hops: [NextHop; 2]) -> Result<()> {
         if id >= self.sizes.max_services {
             return Err(DatapathError::ServiceId {
                 id,
@@ -236,7 +279,14 @@ impl Datapath {
                     .map_err(map_err(names::REVERSE))?;
             }
         }
-        self.set_switch(id, state)?;
+        Ok(())
+    }
+
+    /// Writes the service key last, so the program never sees a half-written
+    /// service (backends and switch state are already there).
+    pub fn publish_service(&mut self, id: u32, svc: &Service) -> Result<()> {
+        let vip = addr16(svc.vip);
+        let proto = svc.protocol.number();
         self.add_port_flag(svc.port, PORT_SERVICE)?;
         let key = Endpoint {
             addr: vip,
@@ -256,6 +306,50 @@ impl Datapath {
         self.hash::<Endpoint, ServiceInfo>(names::SERVICES)?
             .insert(key, info, 0)
             .map_err(map_err(names::SERVICES))
+    }
+
+    /// Every published service: (VIP, port, protocol) key and its id and mode.
+    pub fn published(&self) -> Result<Vec<(Endpoint, ServiceInfo)>> {
+        let map = HashMap::<_, Endpoint, ServiceInfo>::try_from(self.map_ref(names::SERVICES)?)
+            .map_err(map_err(names::SERVICES))?;
+        Ok(map.iter().filter_map(std::result::Result::ok).collect())
+    }
+
+    /// Removes service `id` from the data plane: its key first (no new packet
+    /// maps to it), then its reverse entries and flow entries, so the id can
+    /// be given to another service without inheriting anything. Its switch
+    /// state is the caller's (the switch owner) to reset.
+    pub fn remove_service(&mut self, id: u32) -> Result<()> {
+        let keys: Vec<Endpoint> = self
+            .published()?
+            .into_iter()
+            .filter(|(_, info)| info.id == id)
+            .map(|(k, _)| k)
+            .collect();
+        let mut services = self.hash::<Endpoint, ServiceInfo>(names::SERVICES)?;
+        for k in keys {
+            absent_ok(names::SERVICES, services.remove(&k))?;
+        }
+        let mut reverse = self.hash::<Endpoint, ReverseInfo>(names::REVERSE)?;
+        let stale: Vec<Endpoint> = reverse
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .filter(|(_, r)| r.service == id)
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            absent_ok(names::REVERSE, reverse.remove(&k))?;
+        }
+        let mut flows = self.hash::<FlowKey, FlowValue>(names::FLOWS)?;
+        let stale: Vec<FlowKey> = flows
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .filter(|k| k.service == id)
+            .collect();
+        for k in stale {
+            absent_ok(names::FLOWS, flows.remove(&k))?;
+        }
+        Ok(())
     }
 
     /// Marks `port` as used (a superset filter: bits are never cleared while running).
@@ -279,53 +373,6 @@ impl Datapath {
             .map_err(map_err(names::SWITCH))?
             .get(&id, 0)
             .map_err(map_err(names::SWITCH))
-    }
-
-    /// Replaces the next hop of one backend (keeps its address and port).
-    pub fn set_backend_hop(&mut self, id: u32, slot: u8, hop: NextHop) -> Result<()> {
-        let index = id * 2 + u32::from(slot & 1);
-        let mut arr = self.array::<KBackend>(names::BACKENDS)?;
-        let mut be = arr.get(&index, 0).map_err(map_err(names::BACKENDS))?;
-        be.hop = hop;
-        arr.set(index, be, 0).map_err(map_err(names::BACKENDS))
-    }
-
-    /// Caches the next hop toward a client (NAT replies).
-    pub fn set_client_hop(&mut self, client: IpAddr, hop: NextHop) -> Result<()> {
-        self.hash::<Addr, NextHop>(names::CLIENT_HOPS)?
-            .insert(Addr { addr: addr16(client) }, hop, 0)
-            .map_err(map_err(names::CLIENT_HOPS))
-    }
-
-    /// Forgets the cached next hop toward a client (route or neighbour changed).
-    pub fn remove_client_hop(&mut self, client: IpAddr) -> Result<()> {
-        match self
-            .hash::<Addr, NextHop>(names::CLIENT_HOPS)?
-            .remove(&Addr { addr: addr16(client) })
-        {
-            Ok(()) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(map_err(names::CLIENT_HOPS)(e)),
-        }
-    }
-
-    /// Marks an address as the gateway's own (replies to it are not translated).
-    pub fn add_local_addr(&mut self, addr: IpAddr) -> Result<()> {
-        self.hash::<Addr, u8>(names::LOCAL_ADDRS)?
-            .insert(Addr { addr: addr16(addr) }, 1, 0)
-            .map_err(map_err(names::LOCAL_ADDRS))
-    }
-
-    /// Forgets a local address (it was removed from the host).
-    pub fn remove_local_addr(&mut self, addr: IpAddr) -> Result<()> {
-        match self
-            .hash::<Addr, u8>(names::LOCAL_ADDRS)?
-            .remove(&Addr { addr: addr16(addr) })
-        {
-            Ok(()) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(map_err(names::LOCAL_ADDRS)(e)),
-        }
     }
 
     /// Allows redirects to `ifindex` (must exist in the caller's network namespace).
@@ -398,17 +445,6 @@ impl Datapath {
         RingBuf::try_from(map).map_err(map_err(names::HOP_REQUESTS))
     }
 
-    /// Clients with a cached next hop.
-    pub fn client_hop_keys(&self) -> Result<Vec<IpAddr>> {
-        let map = HashMap::<_, Addr, NextHop>::try_from(self.map_ref(names::CLIENT_HOPS)?)
-            .map_err(map_err(names::CLIENT_HOPS))?;
-        Ok(map
-            .keys()
-            .filter_map(std::result::Result::ok)
-            .map(|a| from16(a.addr))
-            .collect())
-    }
-
     /// Is any of the first `services` services pinned (flow entries may exist)?
     pub fn any_pinned(&self, services: u32) -> Result<bool> {
         for id in 0..services {
@@ -422,46 +458,57 @@ impl Datapath {
     /// A second handle on the flow table, for walking it away from the
     /// caller's thread (the walk costs two syscalls per entry).
     pub fn flow_table(&self) -> Result<FlowTable> {
-        let map = self.map_ref(names::FLOWS)?;
-        let id = match map {
-            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => {
-                data.info().map_err(map_err(names::FLOWS))?.id()
-            }
-            _ => {
-                return Err(DatapathError::Missing {
-                    kind: "map",
-                    name: names::FLOWS,
-                });
-            }
-        };
-        let data = MapData::from_id(id).map_err(map_err(names::FLOWS))?;
+        let data = self.dup(names::FLOWS)?;
         let map = HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err(names::FLOWS))?;
         Ok(FlowTable { map })
     }
 
-    /// Clears [`SWITCH_PINNED`] for services whose primary is active and that
-    /// have no flow entry left (`live` lists services that still have some),
-    /// so their packets skip the flow table again.
-    pub fn unpin_idle(&mut self, services: u32, live: &std::collections::HashSet<u32>) -> Result<()> {
-        for id in 0..services {
-            let mut st = self.switch(id)?;
-            if st.pinned() && st.active == SLOT_PRIMARY && !live.contains(&id) {
-                st.flags &= !SWITCH_PINNED;
-                self.set_switch(id, st)?;
-            }
-        }
-        Ok(())
+    /// A second handle on map `name`: its fd duplicated, which needs no
+    /// privilege beyond holding the fd (reopening by id would need CAP_SYS_ADMIN).
+    fn dup(&self, name: &'static str) -> Result<MapData> {
+        use aya::maps::Map;
+        let data = match self.map_ref(name)? {
+            Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => d,
+            _ => return Err(DatapathError::Missing { kind: "map", name }),
+        };
+        let fd = std::os::fd::AsFd::as_fd(data.fd())
+            .try_clone_to_owned()
+            .map_err(|source| DatapathError::Dup { map: name, source })?;
+        MapData::from_fd(fd).map_err(map_err(name))
     }
 
-    /// [`FlowTable::sweep`] then [`Datapath::unpin_idle`], on the caller's
-    /// thread. Returns entries removed.
+    /// Handles on the maps next-hop resolution writes, for the resolver thread.
+    pub fn hop_maps(&self) -> Result<HopMaps> {
+        let backends = Array::try_from(aya::maps::Map::Array(self.dup(names::BACKENDS)?))
+            .map_err(map_err(names::BACKENDS))?;
+        let client_hops = HashMap::try_from(aya::maps::Map::LruHashMap(self.dup(names::CLIENT_HOPS)?))
+            .map_err(map_err(names::CLIENT_HOPS))?;
+        let local_addrs = HashMap::try_from(aya::maps::Map::HashMap(self.dup(names::LOCAL_ADDRS)?))
+            .map_err(map_err(names::LOCAL_ADDRS))?;
+        Ok(HopMaps {
+            backends,
+            client_hops,
+            local_addrs,
+        })
+    }
+
+    /// [`FlowTable::sweep`], then clears [`SWITCH_PINNED`] of services whose
+    /// primary is active and that have no entry left, on the caller's thread.
+    /// For tests and tools: the daemon sweeps through its switch-state owner.
     pub fn sweep_flows(&mut self, idle: &[std::time::Duration]) -> Result<usize> {
         let services = u32::try_from(idle.len()).unwrap_or(u32::MAX);
-        if !self.any_pinned(services)? {
+        let seen: Vec<SwitchState> = (0..services).map(|id| self.switch(id)).collect::<Result<_>>()?;
+        if !seen.iter().any(SwitchState::pinned) {
             return Ok(0);
         }
         let swept = self.flow_table()?.sweep(idle);
-        self.unpin_idle(services, &swept.live)?;
+        for (id, st) in (0u32..).zip(seen) {
+            if let Some(next) = unpinned(st, &swept.live, id)
+                && self.switch(id)? == st
+            {
+                self.set_switch(id, next)?;
+            }
+        }
         Ok(swept.removed)
     }
 
@@ -540,6 +587,17 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
+/// The state that clears [`SWITCH_PINNED`] of `st` (generation bumped), if a
+/// sweep that saw `st` may: the primary is active, no load sharing writes
+/// entries, and the sweep found none of service `id`'s entries left.
+pub fn unpinned(st: SwitchState, live: &std::collections::HashSet<u32>, id: u32) -> Option<SwitchState> {
+    (st.pinned() && st.active == SLOT_PRIMARY && st.share == 0 && !live.contains(&id)).then(|| SwitchState {
+        flags: st.flags & !SWITCH_PINNED,
+        generation: st.generation.wrapping_add(1),
+        ..st
+    })
+}
+
 /// The switch state of a service with both backends up and `active` selected.
 /// Flow entries may only be written while the secondary is active, so that is
 /// when the state must carry [`SWITCH_PINNED`].
@@ -550,6 +608,8 @@ pub fn both_up(active: u8) -> SwitchState {
         up: 0b11,
         drained: 0,
         flags,
+        share: 0,
+        _pad: 0,
         generation: 0,
     }
 }

@@ -17,7 +17,7 @@ use aya::{
 };
 use redirector::{
     LAB_OBJECT,
-    config::{Backend, Mode, Protocol, Service},
+    config::{Backend, Failover, HealthCheck, Mode, Protocol, Service},
     datapath::{Datapath, Sizes, both_up},
 };
 use redirector_common::{
@@ -55,6 +55,8 @@ fn svc(name: &str, vip: &str, port: u16, proto: Protocol, mode: Mode, p: &str, s
             addr: ip(s)?,
             port: None,
         },
+        health: HealthCheck::default_for(proto),
+        failover: Failover::default(),
     })
 }
 
@@ -173,6 +175,8 @@ fn main() -> Result<()> {
         up: 0b10,
         drained: 0,
         flags: SWITCH_PINNED,
+        share: 0,
+        _pad: 0,
         generation: 1,
     };
     dp.set_switch(4, down)?;
@@ -183,8 +187,9 @@ fn main() -> Result<()> {
         dst_mac: [2, 0, 0, 0, 1, 2],
         src_mac: [2, 0, 0, 0, 1, 1],
     };
-    dp.set_client_hop(client4, client_hop)?;
-    dp.set_client_hop(client6, client_hop)?;
+    let mut hop_maps = dp.hop_maps()?;
+    hop_maps.set_client_hop(client4, client_hop)?;
+    hop_maps.set_client_hop(client6, client_hop)?;
 
     let tcp = |syn| L4::Tcp { syn, ack: !syn };
     let v4_src = VARY_V4_SRC as u32;

@@ -37,6 +37,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
+mod control;
+pub use control::*;
+
 /// Default number of entries in the flow table.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
 /// Allowed values of `flow_table_size`.
@@ -195,6 +198,10 @@ pub struct Service {
     pub primary: Backend,
     /// Backend used when the primary fails.
     pub secondary: Backend,
+    /// How both backends are probed.
+    pub health: HealthCheck,
+    /// Failover and failback policy.
+    pub failover: Failover,
 }
 
 /// The validated `[gateway]` table.
@@ -221,6 +228,8 @@ pub struct Config {
     pub gateway: Gateway,
     /// Services in file order; may be empty.
     pub services: Vec<Service>,
+    /// Control-plane settings.
+    pub control: Control,
 }
 
 // ---------------------------------------------------------------------------
@@ -1038,6 +1047,8 @@ fn convert_service(
         mode,
         primary,
         secondary,
+        health: HealthCheck::default_for(protocol),
+        failover: Failover::default(),
     })
 }
 
@@ -1131,7 +1142,11 @@ impl Config {
             });
         }
 
-        Ok(Config { gateway, services })
+        Ok(Config {
+            gateway,
+            services,
+            control: Control::default(),
+        })
     }
 }
 
@@ -1228,6 +1243,8 @@ secondary = "2001:2::1:80"
                         addr: v4("198.18.3.2"),
                         port: Some(8080)
                     },
+                    health: HealthCheck::default_for(Protocol::Tcp),
+                    failover: Failover::default(),
                 },
                 Service {
                     name: "dns6".to_owned(),
@@ -1244,6 +1261,8 @@ secondary = "2001:2::1:80"
                         addr: v6("2001:2::3"),
                         port: None
                     },
+                    health: HealthCheck::default_for(Protocol::Udp),
+                    failover: Failover::default(),
                 },
                 Service {
                     name: "app-v6.remap".to_owned(),
@@ -1260,6 +1279,8 @@ secondary = "2001:2::1:80"
                         addr: v6("2001:2::1:80"),
                         port: None
                     },
+                    health: HealthCheck::default_for(Protocol::Tcp),
+                    failover: Failover::default(),
                 },
             ]
         );

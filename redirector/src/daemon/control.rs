@@ -1,0 +1,236 @@
+//! Operator requests, handled on the event loop: every override and drain is
+//! an input to the service's machine like any probe verdict, so manual and
+//! automatic decisions can never race.
+use std::time::Duration;
+
+use log::info;
+
+use super::Daemon;
+use crate::{
+    control::{
+        proto::{BackendStatus, EventRecord, Request, Response, ServiceStatus, Status},
+        server::{Incoming, Peer},
+    },
+    datapath::monotonic_ns,
+    policy::{Event, Input, Nanos, Slot, State, Who},
+};
+
+/// Wall-clock time of a CLOCK_MONOTONIC instant.
+fn unix_ms_of(at: Nanos) -> u64 {
+    let ago = Duration::from_nanos(monotonic_ns().saturating_sub(at.0));
+    super::unix_ms().saturating_sub(u64::try_from(ago.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// An event as the CLI shows it.
+pub fn record(e: &Event) -> EventRecord {
+    EventRecord {
+        unix_ms: unix_ms_of(e.at),
+        service: e.service.clone(),
+        from: e.from,
+        to: e.to,
+        cause: e.cause.to_string(),
+        detection_ms: e.detection.map(|d| d.as_secs_f64() * 1e3),
+        who: e.who.as_ref().map(ToString::to_string),
+        why: e.why.clone(),
+    }
+}
+
+fn who(p: &Peer) -> Who {
+    Who {
+        uid: p.login_uid,
+        name: p.name.clone(),
+    }
+}
+
+impl Daemon {
+    /// Handles one request; true when the operator asked to detach (the loop ends).
+    pub(super) fn request(&mut self, incoming: Incoming) -> bool {
+        let Incoming { request, peer, reply } = incoming;
+        let now = Nanos(monotonic_ns());
+        let answer = |r: Response| {
+            // The CLI may have gone; nothing to do about it.
+            let _ = reply.try_send(r);
+        };
+        let operator = |daemon: &mut Daemon, service: &str, input: Input, done: String| -> Response {
+            match daemon.services.operator(service, now, input) {
+                Ok(effects) => {
+                    daemon.apply(effects);
+                    info!("operator {}: {done}", who(&peer));
+                    Response::Done { message: done }
+                }
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            }
+        };
+        match request {
+            Request::Status => answer(Response::Status(self.status())),
+            Request::Flip {
+                service,
+                to,
+                for_ms,
+                force,
+                reason,
+            } => {
+                let until = for_ms.map(|ms| now + Duration::from_millis(ms));
+                let done = format!(
+                    "{service}: pinned to the {to}{}",
+                    for_ms.map_or(" until `redirector auto`".to_owned(), |ms| format!(
+                        " for {}",
+                        humanize(Duration::from_millis(ms))
+                    ))
+                );
+                let input = Input::Flip {
+                    to,
+                    until,
+                    force,
+                    who: who(&peer),
+                    why: reason,
+                };
+                answer(operator(self, &service, input, done));
+            }
+            Request::Auto { service, .. } => {
+                let done = format!("{service}: automatic control");
+                answer(operator(self, &service, Input::Auto { who: who(&peer) }, done));
+            }
+            Request::Drain {
+                service,
+                slot,
+                drained,
+                reason,
+            } => {
+                let done = format!(
+                    "{service}: {slot} {}",
+                    if drained { "drained" } else { "undrained" }
+                );
+                let input = Input::Drain {
+                    slot,
+                    drained,
+                    who: who(&peer),
+                    why: reason,
+                };
+                answer(operator(self, &service, input, done));
+            }
+            Request::Events { follow } => {
+                for e in &self.events {
+                    if reply.try_send(Response::Event(record(e))).is_err() {
+                        break;
+                    }
+                }
+                let _ = reply.try_send(Response::End);
+                if follow {
+                    self.followers.push(reply);
+                }
+            }
+            Request::Reload => self.begin_reload(Some(reply)),
+            Request::Detach => {
+                info!("operator {}: detach", who(&peer));
+                answer(Response::Done {
+                    message: format!(
+                        "detached: the XDP program, its links and the pins in {} are removed; the daemon stops",
+                        self.pins.dir().display()
+                    ),
+                });
+                return true;
+            }
+        }
+        false
+    }
+
+    fn status(&self) -> Status {
+        let now = Nanos(monotonic_ns());
+        let mut services = Vec::new();
+        for (id, svc) in self.services.iter() {
+            let view = svc.machine.view();
+            let cfg = &svc.cfg;
+            let backends = Slot::ALL
+                .iter()
+                .map(|&slot| {
+                    let b = &view.backends[slot.index()];
+                    let be = match slot {
+                        Slot::Primary => &cfg.primary,
+                        Slot::Secondary => &cfg.secondary,
+                    };
+                    let stats = self
+                        .dp
+                        .backend_stats(id, u8::try_from(slot.index()).unwrap_or(0))
+                        .unwrap_or_default();
+                    BackendStatus {
+                        slot,
+                        address: be.to_string(),
+                        health: match b.state {
+                            State::Up => "up",
+                            State::Down => "down",
+                            State::Unknown => "unknown",
+                        }
+                        .into(),
+                        since_s: Some(now.saturating_sub(b.since).as_secs_f64()),
+                        reason: b.reason.as_ref().map(ToString::to_string),
+                        drained: view.desired.drained[slot.index()],
+                        probe_interval_ms: self
+                            .services
+                            .probe_interval(id, slot)
+                            .map(|d| d.as_secs_f64() * 1e3),
+                        packets: stats.fwd_packets,
+                        bytes: stats.fwd_bytes,
+                        reply_packets: stats.rev_packets,
+                        reply_bytes: stats.rev_bytes,
+                    }
+                })
+                .collect();
+            let override_ = view.intent.pin.as_ref().map(|o| {
+                let mut s = format!("pinned to the {} by {}", o.to, o.who);
+                if let Some(u) = o.until {
+                    s.push_str(&format!(", {} left", humanize(u.saturating_sub(now))));
+                }
+                if o.force {
+                    s.push_str(", forced");
+                }
+                if let Some(w) = &o.why {
+                    s.push_str(&format!(": {w:?}"));
+                }
+                s
+            });
+            services.push(ServiceStatus {
+                name: cfg.name.clone(),
+                id,
+                address: format!(
+                    "{}/{}",
+                    std::net::SocketAddr::new(cfg.vip, cfg.port),
+                    cfg.protocol
+                ),
+                mode: cfg.mode.to_string(),
+                active: view.desired.active,
+                all_down: view.desired.all_down.map(|a| format!("{a:?}").to_lowercase()),
+                share: view.desired.share,
+                override_,
+                backends,
+                last: self
+                    .events
+                    .iter()
+                    .rev()
+                    .find(|e| e.service == cfg.name && e.from != e.to)
+                    .map(record)
+                    .or_else(|| self.state.last.get(&cfg.name).cloned()),
+                flows: None,
+            });
+        }
+        Status {
+            pid: Some(std::process::id()),
+            version: env!("CARGO_PKG_VERSION").into(),
+            pins: self.pins.dir().display().to_string(),
+            note: None,
+            services,
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d < Duration::from_secs(120) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} min", d.as_secs() / 60)
+    }
+}

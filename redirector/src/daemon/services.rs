@@ -1,0 +1,364 @@
+//! The configured services at run time: each one's decision machine, its
+//! probe targets, and the bookkeeping that routes probe reports, deadlines
+//! and operator requests to the right machine. Pure plumbing: decisions are
+//! the machines', writes the switch owner's.
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap, HashMap},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use crate::{
+    config::{self, Protocol, Service},
+    health::{self, Report, Scheduler, Target, TargetId},
+    policy::{self, Effect, Input, Intent, Machine, Nanos, Policy, Refused, Seed, Slot},
+};
+
+/// What a probe target judges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probed {
+    Backend(Slot),
+    Gate,
+}
+
+fn target_id(id: u32, what: Probed) -> TargetId {
+    let k = match what {
+        Probed::Backend(s) => s.index() as u64,
+        Probed::Gate => 2,
+    };
+    TargetId(u64::from(id) * 4 + k)
+}
+
+fn from_target(t: TargetId) -> Option<(u32, Probed)> {
+    let id = u32::try_from(t.0 / 4).ok()?;
+    let what = match t.0 % 4 {
+        0 => Probed::Backend(Slot::Primary),
+        1 => Probed::Backend(Slot::Secondary),
+        2 => Probed::Gate,
+        _ => return None,
+    };
+    Some((id, what))
+}
+
+/// The machine's policy from a service's configuration.
+pub fn policy_of(svc: &Service) -> Policy {
+    let f = &svc.failover;
+    Policy {
+        rise: svc.health.rise,
+        fall: svc.health.fall,
+        failback: match f.failback {
+            config::Failback::Auto => policy::Failback::Auto,
+            config::Failback::Manual => policy::Failback::Manual,
+        },
+        failback_delay: f.failback_delay,
+        all_down: match f.all_down {
+            config::AllDown::Keep => policy::AllDown::Keep,
+            config::AllDown::Drop => policy::AllDown::Drop,
+            config::AllDown::Pass => policy::AllDown::Pass,
+        },
+        share: f.share,
+        gated: f.failback_gate.is_some(),
+        flap: policy::FlapDamping::default(),
+    }
+}
+
+/// Where a backend is probed: its own address and the port it serves on
+/// (a DSR backend too: its own address, not the VIP it also holds).
+fn probe_addr(svc: &Service, slot: Slot) -> SocketAddr {
+    let be = match slot {
+        Slot::Primary => &svc.primary,
+        Slot::Secondary => &svc.secondary,
+    };
+    SocketAddr::new(be.addr, be.port.unwrap_or(svc.port))
+}
+
+fn reason(r: health::Reason) -> policy::Reason {
+    match r {
+        health::Reason::Passed => policy::Reason::Passed,
+        health::Reason::Refused => policy::Reason::Refused,
+        health::Reason::Reset => policy::Reason::Reset,
+        health::Reason::Timeout => policy::Reason::Timeout,
+        health::Reason::Unreachable => policy::Reason::Unreachable,
+        health::Reason::BadStatus(s) => policy::Reason::BadStatus(s),
+        health::Reason::BadReply => policy::Reason::BadReply,
+        health::Reason::Exit(c) => policy::Reason::Exit(c),
+        health::Reason::Error(e) => policy::Reason::Error(e),
+    }
+}
+
+/// One service at run time.
+pub struct Svc {
+    /// Its configuration.
+    pub cfg: Service,
+    /// Its decisions.
+    pub machine: Machine,
+}
+
+/// Every service, by id.
+#[derive(Default)]
+pub struct Services {
+    by_id: BTreeMap<u32, Svc>,
+    by_name: HashMap<String, u32>,
+    scheduler: Option<Scheduler>,
+    /// (deadline, service id); stale entries are skipped when popped.
+    deadlines: BinaryHeap<Reverse<(Nanos, u32)>>,
+}
+
+/// Effects of one step, tagged with their service id.
+pub type Tagged = Vec<(u32, Effect)>;
+
+impl Services {
+    /// Adds a service with a fresh machine (or one seeded from a pinned data
+    /// plane and saved intent) and returns it. Probing starts with
+    /// [`Services::start_probing`] (or at once if it already runs).
+    pub fn add(&mut self, id: u32, cfg: Service, seed: Option<Seed>, now: Nanos) -> &Machine {
+        let policy = policy_of(&cfg);
+        let machine = match seed {
+            Some(seed) => Machine::adopt(cfg.name.clone(), policy, now, seed),
+            None => Machine::new(cfg.name.clone(), policy, now),
+        };
+        self.by_name.insert(cfg.name.clone(), id);
+        if let Some(s) = &self.scheduler {
+            set_targets(s, id, &cfg);
+        }
+        let svc = self.by_id.entry(id).insert_entry(Svc { cfg, machine }).into_mut();
+        &svc.machine
+    }
+
+    /// Removes a service: its machine and its probe targets.
+    pub fn remove(&mut self, id: u32) -> Option<Svc> {
+        let svc = self.by_id.remove(&id)?;
+        self.by_name.remove(&svc.cfg.name);
+        if let Some(s) = &self.scheduler {
+            for what in [
+                Probed::Backend(Slot::Primary),
+                Probed::Backend(Slot::Secondary),
+                Probed::Gate,
+            ] {
+                s.remove(target_id(id, what));
+            }
+        }
+        Some(svc)
+    }
+
+    /// A reload changed a service's health or failover settings but not its
+    /// addresses: the machine keeps its state under the new policy; probing
+    /// restarts only if the checks changed.
+    pub fn update(&mut self, id: u32, cfg: Service, now: Nanos) -> Tagged {
+        let Some(svc) = self.by_id.get_mut(&id) else {
+            return Vec::new();
+        };
+        let checks_changed =
+            svc.cfg.health != cfg.health || svc.cfg.failover.failback_gate != cfg.failover.failback_gate;
+        let effects = svc.machine.set_policy(policy_of(&cfg), now);
+        if checks_changed && let Some(s) = &self.scheduler {
+            set_targets(s, id, &cfg);
+        }
+        svc.cfg = cfg;
+        if let Some(d) = svc.machine.next_deadline() {
+            self.deadlines.push(Reverse((d, id)));
+        }
+        effects.into_iter().map(|e| (id, e)).collect()
+    }
+
+    /// Changes the probing budget.
+    pub fn set_budget(&self, budget: u32) {
+        if let Some(s) = &self.scheduler {
+            s.set_budget(budget);
+        }
+    }
+
+    /// Starts probing every service.
+    pub fn start_probing(&mut self, scheduler: Scheduler) {
+        for (id, svc) in &self.by_id {
+            set_targets(&scheduler, *id, &svc.cfg);
+        }
+        self.scheduler = Some(scheduler);
+    }
+
+    /// The id of service `name`.
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Every service, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Svc)> {
+        self.by_id.iter().map(|(id, s)| (*id, s))
+    }
+
+    /// Effective probe interval of a backend.
+    pub fn probe_interval(&self, id: u32, slot: Slot) -> Option<Duration> {
+        self.scheduler
+            .as_ref()?
+            .effective_interval(target_id(id, Probed::Backend(slot)))
+    }
+
+    fn step(&mut self, id: u32, now: Nanos, input: Input) -> Result<Tagged, Refused> {
+        let Some(svc) = self.by_id.get_mut(&id) else {
+            return Ok(Vec::new());
+        };
+        let effects = svc.machine.step(now, input)?;
+        if let Some(d) = svc.machine.next_deadline() {
+            self.deadlines.push(Reverse((d, id)));
+        }
+        Ok(effects.into_iter().map(|e| (id, e)).collect())
+    }
+
+    /// A probe report.
+    pub fn report(&mut self, r: Report) -> Tagged {
+        let Some((id, what)) = from_target(r.id) else {
+            return Vec::new();
+        };
+        let sent = Nanos(r.sent);
+        let ok = r.outcome.ok;
+        let why = reason(r.outcome.reason);
+        let input = match what {
+            Probed::Backend(slot) => Input::Probe {
+                slot,
+                sent,
+                ok,
+                reason: why,
+                latency: r.outcome.latency,
+            },
+            Probed::Gate => Input::Gate {
+                sent,
+                ok,
+                reason: why,
+            },
+        };
+        let now = Nanos(health::monotonic_ns());
+        // Probe inputs are never refused.
+        self.step(id, now, input).unwrap_or_default()
+    }
+
+    /// The kernel says the path to a backend is gone.
+    pub fn path_down(&mut self, id: u32, slot: u8, now: Nanos) -> Tagged {
+        let slot = if slot == 0 { Slot::Primary } else { Slot::Secondary };
+        self.step(id, now, Input::PathDown { slot }).unwrap_or_default()
+    }
+
+    /// Probes a backend now (its link came back).
+    pub fn probe_now(&self, id: u32, slot: u8) {
+        let slot = if slot == 0 { Slot::Primary } else { Slot::Secondary };
+        if let Some(s) = &self.scheduler {
+            s.probe_now(target_id(id, Probed::Backend(slot)));
+        }
+    }
+
+    /// An operator request for service `name`.
+    pub fn operator(&mut self, name: &str, now: Nanos, input: Input) -> Result<Tagged, OperatorError> {
+        let id = self
+            .id(name)
+            .ok_or_else(|| OperatorError::Unknown(name.to_owned()))?;
+        self.step(id, now, input).map_err(OperatorError::Refused)
+    }
+
+    /// The earliest pending deadline of any machine.
+    pub fn next_deadline(&mut self) -> Option<Nanos> {
+        while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
+            let current = self.by_id.get(&id).and_then(|s| s.machine.next_deadline());
+            if current == Some(at) {
+                return Some(at);
+            }
+            self.deadlines.pop();
+            if let Some(c) = current {
+                self.deadlines.push(Reverse((c, id)));
+            }
+        }
+        None
+    }
+
+    /// Delivers `Tick` to every machine whose deadline has come.
+    pub fn tick(&mut self, now: Nanos) -> Tagged {
+        let mut out = Vec::new();
+        while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let due = self
+                .by_id
+                .get(&id)
+                .and_then(|s| s.machine.next_deadline())
+                .is_some_and(|d| d <= now);
+            if due {
+                out.extend(self.step(id, now, Input::Tick).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// Per service id, the idle time after which its flow entries go.
+    pub fn flow_idle(&self, tcp: Duration, udp: Duration) -> Vec<Duration> {
+        let len = self.by_id.keys().next_back().map_or(0, |m| *m as usize + 1);
+        let mut idle = vec![Duration::ZERO; len];
+        for (id, s) in &self.by_id {
+            idle[*id as usize] = match s.cfg.protocol {
+                Protocol::Tcp => tcp,
+                Protocol::Udp => udp,
+            };
+        }
+        idle
+    }
+
+    /// Operator intent of every service that has one.
+    pub fn intents(&self) -> BTreeMap<String, Intent> {
+        self.by_id
+            .values()
+            .map(|s| (s.cfg.name.clone(), s.machine.intent()))
+            .filter(|(_, i)| *i != Intent::default())
+            .collect()
+    }
+}
+
+/// Why an operator request was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// No such service.
+    #[error("unknown service {0:?} (see `redirector status`)")]
+    Unknown(String),
+    /// The machine refused.
+    #[error(transparent)]
+    Refused(Refused),
+}
+
+fn set_targets(s: &Scheduler, id: u32, cfg: &Service) {
+    for slot in Slot::ALL {
+        s.set(
+            target_id(id, Probed::Backend(slot)),
+            Target {
+                addr: probe_addr(cfg, slot),
+                check: cfg.health.clone(),
+            },
+        );
+    }
+    match &cfg.failover.failback_gate {
+        Some(gate) => s.set(
+            target_id(id, Probed::Gate),
+            Target {
+                addr: probe_addr(cfg, Slot::Primary),
+                check: gate.clone(),
+            },
+        ),
+        None => s.remove(target_id(id, Probed::Gate)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_ids_round_trip() {
+        for id in [0u32, 1, 1023, 65535] {
+            for what in [
+                Probed::Backend(Slot::Primary),
+                Probed::Backend(Slot::Secondary),
+                Probed::Gate,
+            ] {
+                assert_eq!(from_target(target_id(id, what)), Some((id, what)));
+            }
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! `cargo xtask bench failover`: fault → first request served by the
+//! secondary, in the lab, with the real daemon and its default health
+//! settings. Not a test: it prints tables.
+//!
+//! A client sends one UDP request per millisecond on one flow (series 1) or
+//! opens one TCP connection per 10 ms (series 2) to the VIP; both servers
+//! log every request's arrival on CLOCK_MONOTONIC (shared by all
+//! namespaces). A fault is injected at a recorded instant; the failover time
+//! is the first arrival at the secondary after it. Faults, interleaved run by
+//! run: the primary's server process SIGKILLed, the primary's link set down
+//! inside its namespace, and a silent drop (an nftables rule in the primary's
+//! namespace dropping everything). Each run reports which signal the daemon
+//! acted on (the cause of its failover event) and how many requests got no
+//! answer. A last phase saturates both vCPUs for a while and counts false
+//! failovers.
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use redirector::control::{
+    client,
+    proto::{Request, Response},
+};
+use redirector_tests::{
+    lab::{LAB_CONFIG, Running, Server},
+    netns::{NetNs, in_ns},
+};
+
+fn monotonic_ns() -> u64 {
+    redirector::datapath::monotonic_ns()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Fault {
+    Kill,
+    LinkDown,
+    SilentDrop,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "server SIGKILL",
+            Fault::LinkDown => "primary link down",
+            Fault::SilentDrop => "silent drop (nft)",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Series {
+    Udp,
+    Tcp,
+}
+
+struct Sample {
+    /// Fault → first request at the secondary, ms.
+    ms: f64,
+    lost: u64,
+    signal: String,
+}
+
+struct Args {
+    runs: usize,
+    busy_secs: u64,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        runs: 100,
+        busy_secs: 60,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        match k.as_str() {
+            "--runs" => a.runs = it.next().context("--runs N")?.parse()?,
+            "--busy-secs" => a.busy_secs = it.next().context("--busy-secs N")?.parse()?,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(a)
+}
+
+/// The lab configuration with a short failback delay (so runs follow each
+/// other quickly); health settings are the defaults.
+fn config() -> String {
+    let mut c = String::new();
+    for (i, block) in LAB_CONFIG.split("[[service]]").enumerate() {
+        if i > 0 {
+            c.push_str("[[service]]");
+        }
+        c.push_str(block);
+        if i > 0 {
+            c.push_str("[service.failover]\nfailback_delay = \"200ms\"\n");
+        }
+    }
+    c
+}
+
+/// Arrival lines of a server: `udp|tcp SEQ NS`.
+fn drain(server: &Server, into: &mut Vec<(Series, u64, u64)>) {
+    while let Ok(line) = server.lines.try_recv() {
+        let mut w = line.split_whitespace();
+        let series = match w.next() {
+            Some("udp") => Series::Udp,
+            Some("tcp") => Series::Tcp,
+            _ => continue,
+        };
+        if let (Some(Ok(seq)), Some(Ok(ns))) = (w.next().map(str::parse), w.next().map(str::parse)) {
+            into.push((series, seq, ns));
+        }
+    }
+}
+
+/// One client flow until `stop`: UDP `seq:N` each ms on one socket, or a TCP
+/// connection per 10 ms. Returns (sent, answered).
+fn client(
+    ns: &NetNs,
+    series: Series,
+    stop: Arc<AtomicBool>,
+    first_seq: u64,
+) -> thread::JoinHandle<(u64, u64)> {
+    let name = ns.name.clone();
+    thread::spawn(move || {
+        let _in = redirector_tests::netns::enter(&name);
+        let limit = Instant::now() + Duration::from_secs(10);
+        let (mut sent, mut answered) = (0u64, 0u64);
+        match series {
+            Series::Udp => {
+                let vip: SocketAddr = "198.18.100.1:53".parse().unwrap_or_else(|_| unreachable!());
+                let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
+                    return (0, 0);
+                };
+                let _ = sock.set_nonblocking(true);
+                let start = Instant::now();
+                let mut buf = [0u8; 128];
+                while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
+                    let seq = first_seq + sent;
+                    if sock.send_to(format!("seq:{seq}").as_bytes(), vip).is_ok() {
+                        sent += 1;
+                    }
+                    let next = start + Duration::from_millis(sent);
+                    loop {
+                        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+                            if n > 0 {
+                                answered += 1;
+                            }
+                        }
+                        let now = Instant::now();
+                        if now >= next {
+                            break;
+                        }
+                        thread::sleep((next - now).min(Duration::from_micros(200)));
+                    }
+                }
+                // Late answers.
+                let _ = sock.set_nonblocking(false);
+                let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
+                while answered < sent && sock.recv_from(&mut buf).is_ok() {
+                    answered += 1;
+                }
+            }
+            Series::Tcp => {
+                let vip: SocketAddr = "198.18.100.1:80".parse().unwrap_or_else(|_| unreachable!());
+                let start = Instant::now();
+                while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
+                    let seq = first_seq + sent;
+                    sent += 1;
+                    if let Ok(mut c) = TcpStream::connect_timeout(&vip, Duration::from_millis(200)) {
+                        let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+                        let mut s = Vec::new();
+                        if c.write_all(format!("seq:{seq}").as_bytes()).is_ok()
+                            && c.read_to_end(&mut s).is_ok()
+                            && !s.is_empty()
+                        {
+                            answered += 1;
+                        }
+                    }
+                    let next = start + Duration::from_millis(10 * sent);
+                    if let Some(d) = next.checked_duration_since(Instant::now()) {
+                        thread::sleep(d);
+                    }
+                }
+            }
+        }
+        (sent, answered)
+    })
+}
+
+fn events(socket: &std::path::Path) -> Vec<redirector::control::proto::EventRecord> {
+    let mut out = Vec::new();
+    let _ = client::call(
+        socket,
+        Request::Events { follow: false },
+        Some(Duration::from_secs(5)),
+        |r| match r {
+            Response::Event(e) => {
+                out.push(e);
+                true
+            }
+            _ => false,
+        },
+    );
+    out
+}
+
+/// Waits until a fresh UDP flow is answered by `who`.
+fn wait_serving(ns: &NetNs, who: &str, within: Duration) -> Result<()> {
+    let _in = ns.enter();
+    let vip: SocketAddr = "198.18.100.1:53".parse()?;
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_millis(20)))?;
+        s.send_to(b"hello", vip)?;
+        let mut buf = [0u8; 64];
+        if let Ok((n, _)) = s.recv_from(&mut buf)
+            && buf[..n].starts_with(who.as_bytes())
+        {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    bail!("the VIP is not served by {who} after {within:?}")
+}
+
+fn inject(run: &mut Running, fault: Fault) {
+    let p = &run.lab.primary.name;
+    match fault {
+        Fault::Kill => run.primary.kill(),
+        Fault::LinkDown => in_ns(p, &["ip", "link", "set", "p0", "down"]),
+        Fault::SilentDrop => {
+            in_ns(p, &["nft", "add", "table", "inet", "rdrbench"]);
+            in_ns(
+                p,
+                &[
+                    "nft",
+                    "add",
+                    "chain",
+                    "inet",
+                    "rdrbench",
+                    "in",
+                    "{ type filter hook input priority 0; policy drop; }",
+                ],
+            );
+        }
+    }
+}
+
+fn repair(run: &mut Running, fault: Fault) {
+    let p = run.lab.primary.name.clone();
+    match fault {
+        Fault::Kill => {
+            run.primary = Server::start(&run.lab.primary, "primary", "198.18.2.2", "2001:2:0:2::2", true);
+        }
+        Fault::LinkDown => {
+            in_ns(&p, &["ip", "link", "set", "p0", "up"]);
+            // Setting a link down deleted the routes through it.
+            in_ns(
+                &p,
+                &["ip", "route", "replace", "198.18.0.0/15", "via", "198.18.2.1"],
+            );
+            in_ns(
+                &p,
+                &[
+                    "ip",
+                    "-6",
+                    "route",
+                    "replace",
+                    "2001:2::/48",
+                    "via",
+                    "2001:2:0:2::1",
+                ],
+            );
+        }
+        Fault::SilentDrop => in_ns(&p, &["nft", "delete", "table", "inet", "rdrbench"]),
+    }
+}
+
+fn one_run(run: &mut Running, series: Series, fault: Fault, first_seq: u64) -> Result<Sample> {
+    wait_serving(&run.lab.client, "primary", Duration::from_secs(10))?;
+    let before = events(&run.leftovers.socket).len();
+    let mut arrivals = Vec::new();
+    drain(&run.primary, &mut arrivals);
+    drain(&run.secondary, &mut arrivals);
+    arrivals.clear();
+    let stop = Arc::new(AtomicBool::new(false));
+    let c = client(&run.lab.client, series, stop.clone(), first_seq);
+    thread::sleep(Duration::from_millis(60));
+    let t_fault = monotonic_ns();
+    inject(run, fault);
+    // Until the secondary served one request (bounded), plus a little.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut secondary_at = None;
+    while Instant::now() < deadline && secondary_at.is_none() {
+        thread::sleep(Duration::from_millis(5));
+        let mut got = Vec::new();
+        drain(&run.secondary, &mut got);
+        secondary_at = got
+            .iter()
+            .filter(|(s, _, ns)| *s == series && *ns >= t_fault)
+            .map(|(_, _, ns)| *ns)
+            .min();
+    }
+    thread::sleep(Duration::from_millis(40));
+    stop.store(true, Ordering::Relaxed);
+    let (sent, answered) = c.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+    let evs = events(&run.leftovers.socket);
+    let signal = evs
+        .iter()
+        .skip(before)
+        .find(|e| e.service == "dns4" || e.service == "web4")
+        .map_or_else(|| "-".to_owned(), |e| e.cause.clone());
+    repair(run, fault);
+    let Some(at) = secondary_at else {
+        bail!("{}: no request reached the secondary within 3 s", fault.name());
+    };
+    Ok(Sample {
+        ms: (at - t_fault) as f64 / 1e6,
+        lost: sent.saturating_sub(answered),
+        signal,
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// CPU time not idle over a window, from /proc/stat (all CPUs).
+fn busy_fraction(window: Duration) -> f64 {
+    let read = || -> Option<(u64, u64)> {
+        let s = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = s.lines().next()?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = v.get(3)? + v.get(4)?;
+        Some((v.iter().sum(), idle))
+    };
+    let (Some(a), b) = (read(), {
+        thread::sleep(window);
+        read()
+    }) else {
+        return f64::NAN;
+    };
+    let Some(b) = b else { return f64::NAN };
+    let total = (b.0 - a.0) as f64;
+    1.0 - (b.1 - a.1) as f64 / total
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark creates network namespaces and loads XDP programs: run it as root");
+    }
+    let started = Instant::now();
+    let mut run = Running::start_with("bfo", &config(), true);
+    println!("lab up; {} runs per fault and series, faults interleaved", a.runs);
+    let mut samples: BTreeMap<(Series, Fault), Vec<Sample>> = BTreeMap::new();
+    let mut seq = 1u64;
+    for series in [Series::Udp, Series::Tcp] {
+        for i in 0..a.runs {
+            for fault in [Fault::Kill, Fault::LinkDown, Fault::SilentDrop] {
+                match one_run(&mut run, series, fault, seq) {
+                    Ok(s) => samples.entry((series, fault)).or_default().push(s),
+                    Err(e) => eprintln!("run {i} {series:?} {}: {e:#}", fault.name()),
+                }
+                seq += 100_000;
+            }
+            if (i + 1) % 10 == 0 {
+                eprintln!(
+                    "{series:?}: {} runs done ({:.0} s)",
+                    i + 1,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    println!();
+    println!(
+        "| series | fault | detected by | runs | min | median | p90 | p99 | max | requests lost (median / max) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for ((series, fault), v) in &samples {
+        let mut ms: Vec<f64> = v.iter().map(|s| s.ms).collect();
+        ms.sort_by(f64::total_cmp);
+        let mut lost: Vec<u64> = v.iter().map(|s| s.lost).collect();
+        lost.sort_unstable();
+        let mut signals: HashMap<&str, usize> = HashMap::new();
+        for s in v {
+            *signals.entry(s.signal.as_str()).or_default() += 1;
+        }
+        let mut sig: Vec<_> = signals.into_iter().collect();
+        sig.sort_by_key(|s| std::cmp::Reverse(s.1));
+        let sig = sig
+            .iter()
+            .map(|(k, n)| format!("{k} ×{n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let series = match series {
+            Series::Udp => "UDP, 1 request/ms",
+            Series::Tcp => "TCP, 1 connection/10 ms",
+        };
+        println!(
+            "| {series} | {} | {sig} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} / {} |",
+            fault.name(),
+            ms.len(),
+            ms[0],
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.9),
+            percentile(&ms, 0.99),
+            ms[ms.len() - 1],
+            lost[lost.len() / 2],
+            lost[lost.len() - 1],
+        );
+    }
+    // No false failover on a busy machine: a CPU hog per vCPU (and one more)
+    // while the primary keeps serving.
+    if a.busy_secs > 0 {
+        wait_serving(&run.lab.client, "primary", Duration::from_secs(10))?;
+        let before = events(&run.leftovers.socket).len();
+        let cpus = thread::available_parallelism().map_or(2, |n| n.get());
+        let mut hogs = Vec::new();
+        for _ in 0..=cpus {
+            hogs.push(
+                std::process::Command::new("sh")
+                    .args([
+                        "-c",
+                        &format!("timeout {} sh -c 'while :; do :; done'", a.busy_secs),
+                    ])
+                    .spawn()?,
+            );
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let c = client(&run.lab.client, Series::Udp, stop.clone(), seq);
+        let busy = busy_fraction(Duration::from_secs(a.busy_secs.saturating_sub(1).max(1)));
+        stop.store(true, Ordering::Relaxed);
+        let (sent, answered) = c.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+        for mut h in hogs {
+            let _ = h.wait();
+        }
+        let transitions: Vec<_> = events(&run.leftovers.socket)
+            .into_iter()
+            .skip(before)
+            .filter(|e| e.from != e.to)
+            .collect();
+        println!();
+        println!(
+            "busy machine: {} CPU hogs on {cpus} vCPUs for {} s, CPU busy {:.1} %; client sent {sent} requests, \
+             {answered} answered; transitions: {}",
+            cpus + 1,
+            a.busy_secs,
+            busy * 100.0,
+            transitions.len()
+        );
+        for t in &transitions {
+            println!(
+                "  FALSE FAILOVER: {} {} → {}: {}",
+                t.service, t.from, t.to, t.cause
+            );
+        }
+    }
+    let (_dp, _lab) = run.stop();
+    println!("\ntotal {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

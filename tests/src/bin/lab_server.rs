@@ -1,0 +1,128 @@
+//! `lab-server`: a backend of the lab as a real process (so a test can
+//! SIGKILL it). Answers every TCP connection and UDP datagram with its name;
+//! a datagram `seq:N` is answered `NAME seq:N` and, with `--log`, its arrival
+//! is printed on stdout as `udp N <CLOCK_MONOTONIC ns>` (the failover
+//! benchmark compares it with the moment it injected a fault; the clock is
+//! shared by all namespaces). TCP connections that send `seq:N` are logged as
+//! `tcp N <ns>`.
+//!
+//! Usage: `lab-server NAME [--tcp ADDR]... [--udp ADDR]... [--log] [--max-secs N]`
+//! It prints `ready` on stdout once every socket is bound, and exits after
+//! `--max-secs` (default 900) whatever happens, so it never outlives a run.
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, UdpSocket},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+fn seq_of(payload: &[u8]) -> Option<u64> {
+    std::str::from_utf8(payload.strip_prefix(b"seq:")?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let name = args
+        .next()
+        .context("usage: lab-server NAME [--tcp ADDR]... [--udp ADDR]...")?;
+    let (mut tcp, mut udp, mut log, mut max_secs) = (Vec::new(), Vec::new(), false, 900u64);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--tcp" => tcp.push(args.next().context("--tcp ADDR")?),
+            "--udp" => udp.push(args.next().context("--udp ADDR")?),
+            "--log" => log = true,
+            "--max-secs" => max_secs = args.next().context("--max-secs N")?.parse()?,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let listeners: Vec<TcpListener> = tcp
+        .iter()
+        .map(|a| {
+            let l = TcpListener::bind(a.as_str()).with_context(|| format!("tcp {a}"))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .collect::<Result<_>>()?;
+    let sockets: Vec<UdpSocket> = udp
+        .iter()
+        .map(|a| {
+            let s = UdpSocket::bind(a.as_str()).with_context(|| format!("udp {a}"))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+        .collect::<Result<_>>()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    let mut fds: Vec<libc::pollfd> = listeners
+        .iter()
+        .map(AsRawFd::as_raw_fd)
+        .chain(sockets.iter().map(AsRawFd::as_raw_fd))
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(max_secs);
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        // SAFETY: fds is a valid, correctly sized array of pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
+        if n <= 0 {
+            continue;
+        }
+        for l in &listeners {
+            while let Ok((mut c, _)) = l.accept() {
+                // Health probes connect and reset at once: never block on them.
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+                if let Ok(n) = c.read(&mut buf)
+                    && n > 0
+                {
+                    if log && let Some(seq) = seq_of(&buf[..n]) {
+                        writeln!(out, "tcp {seq} {}", monotonic_ns())?;
+                        out.flush()?;
+                    }
+                    let _ = c.write_all(name.as_bytes());
+                }
+            }
+        }
+        for s in &sockets {
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let payload = &buf[..n];
+                match seq_of(payload) {
+                    Some(seq) => {
+                        if log {
+                            writeln!(out, "udp {seq} {}", monotonic_ns())?;
+                            out.flush()?;
+                        }
+                        let mut reply = format!("{name} ").into_bytes();
+                        reply.extend_from_slice(payload);
+                        let _ = s.send_to(&reply, from);
+                    }
+                    None => {
+                        let _ = s.send_to(name.as_bytes(), from);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

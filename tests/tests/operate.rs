@@ -1,0 +1,318 @@
+//! The real `redirector` binary as an operator runs it, in the lab: the
+//! daemon as its own process (only its network namespace switched, so its
+//! bpffs pins are the host's), the CLI over the control socket. The data
+//! plane outlives the daemon (SIGKILL, SIGTERM), a restart adopts it without
+//! losing a request (also while failed over and drained), manual actions go
+//! through the CLI with who and why, and only `detach` removes it.
+#![expect(clippy::unwrap_used, reason = "tests")]
+
+use std::{
+    collections::HashSet,
+    net::{SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use redirector_tests::{
+    lab::{DsrVips, LAB_CONFIG, Lab, Leftovers, Server},
+    netns::NetNs,
+    require_root,
+};
+
+/// target/<profile>/redirector, built by `cargo xtask test` beside this test.
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("redirector");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+struct Daemon(Child);
+
+impl Daemon {
+    /// `nsenter --net`: the gateway's network namespace, the host's mounts.
+    fn start(gw: &NetNs, config: &Path, socket: &Path) -> Daemon {
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", gw.name))
+            .arg(binary())
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let d = Daemon(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let out = cli(socket, &["status"]);
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("(pid ") {
+                return d;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the daemon did not answer on {} within 20 s", socket.display());
+    }
+
+    fn signal(&mut self, sig: i32) {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(i32::try_from(self.0.id()).unwrap(), sig) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cli(socket: &Path, args: &[&str]) -> Output {
+    Command::new(binary())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn cli_ok(socket: &Path, args: &[&str]) -> String {
+    let out = cli(socket, args);
+    assert!(
+        out.status.success(),
+        "redirector {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn xdp_attached(ns: &NetNs, dev: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-n", &ns.name, "link", "show", dev])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+/// One UDP flow, one `seq:N` per ms, in the client namespace until stopped;
+/// returns (sent, answered seqs, answers by server name).
+fn traffic(
+    client: &NetNs,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<(u64, HashSet<u64>, std::collections::BTreeMap<String, u64>)> {
+    let name = client.name.clone();
+    thread::spawn(move || {
+        let _in = redirector_tests::netns::enter(&name);
+        let vip: SocketAddr = "198.18.100.1:53".parse().unwrap();
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let (mut sent, mut seen, mut by) = (0u64, HashSet::new(), std::collections::BTreeMap::new());
+        let mut buf = [0u8; 128];
+        let limit = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
+            sent += 1;
+            sock.send_to(format!("seq:{sent}").as_bytes(), vip).unwrap();
+            thread::sleep(Duration::from_millis(1));
+            while let Ok((n, _)) = sock.recv_from(&mut buf) {
+                note(&buf[..n], &mut seen, &mut by);
+            }
+        }
+        sock.set_nonblocking(false).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            note(&buf[..n], &mut seen, &mut by);
+        }
+        (sent, seen, by)
+    })
+}
+
+/// Records an answer `NAME seq:N`.
+fn note(answer: &[u8], seen: &mut HashSet<u64>, by: &mut std::collections::BTreeMap<String, u64>) {
+    let s = String::from_utf8_lossy(answer);
+    if let Some((who, seq)) = s.split_once(" seq:") {
+        seen.insert(seq.parse().unwrap());
+        *by.entry(who.to_owned()).or_default() += 1;
+    }
+}
+
+/// Runs `during` while one UDP flow sends a request per ms; asserts none
+/// was lost and returns who answered how many.
+fn no_request_lost(client: &NetNs, during: impl FnOnce()) -> std::collections::BTreeMap<String, u64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = traffic(client, stop.clone());
+    thread::sleep(Duration::from_millis(200));
+    during();
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (sent, seen, by) = t.join().unwrap();
+    let lost: Vec<u64> = (1..=sent).filter(|s| !seen.contains(s)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {sent} requests lost: {:?}…",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    by
+}
+
+struct Setup {
+    lab: Lab,
+    primary: Server,
+    _secondary: Server,
+    left: Leftovers,
+    config: PathBuf,
+}
+
+fn setup(tag: &str) -> Setup {
+    let lab = Lab::new(
+        tag,
+        &DsrVips {
+            v4: &["198.18.100.2"],
+            v6: &["2001:2::200"],
+        },
+    );
+    let primary = Server::start(&lab.primary, "primary", "198.18.2.2", "2001:2:0:2::2", false);
+    let secondary = Server::start(&lab.secondary, "secondary", "198.18.3.2", "2001:2:0:3::2", false);
+    let left = Leftovers::new(&lab.gw);
+    let config = std::env::temp_dir().join(format!("{}.toml", lab.gw.name));
+    let text = format!(
+        "{LAB_CONFIG}\n[control]\nsocket = {:?}\nstate_dir = {:?}\nbpffs_dir = {:?}\n",
+        left.socket, left.state_dir, left.bpffs_dir
+    );
+    std::fs::write(&config, text).unwrap();
+    Setup {
+        lab,
+        primary,
+        _secondary: secondary,
+        left,
+        config,
+    }
+}
+
+#[test]
+fn data_plane_outlives_the_daemon_and_restarts_lose_nothing() {
+    if !require_root("data_plane_outlives_the_daemon_and_restarts_lose_nothing") {
+        return;
+    }
+    let mut s = setup("op");
+    let sock = s.left.socket.clone();
+    let mut d = Daemon::start(&s.lab.gw, &s.config, &sock);
+
+    // SIGKILL: traffic keeps flowing on the last decision; status says so.
+    let by = no_request_lost(&s.lab.client, || {
+        d.signal(libc::SIGKILL);
+        thread::sleep(Duration::from_millis(200));
+        let st = cli_ok(&sock, &["--config", s.config.to_str().unwrap(), "status"]);
+        assert!(st.contains("NOT running"), "{st}");
+        assert!(st.contains("dns4") && st.contains("active primary"), "{st}");
+        // Restart: adopts the pinned data plane, no gap.
+        d = Daemon::start(&s.lab.gw, &s.config, &sock);
+    });
+    assert_eq!(by.keys().collect::<Vec<_>>(), vec!["primary"], "{by:?}");
+
+    // Failed over and drained, then restarted: nothing moves, nothing is lost.
+    s.primary.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cli_ok(&sock, &["status"]).contains("dns4 (id 1) 198.18.100.1:53/udp nat: active secondary")
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = cli_ok(&sock, &["drain", "dns4", "primary", "--reason", "disk swap"]);
+    assert!(out.contains("drained"), "{out}");
+    let by = no_request_lost(&s.lab.client, || {
+        d.signal(libc::SIGTERM);
+        assert!(
+            xdp_attached(&s.lab.gw, "g-c"),
+            "SIGTERM leaves the data plane attached"
+        );
+        d = Daemon::start(&s.lab.gw, &s.config, &sock);
+    });
+    assert_eq!(by.keys().collect::<Vec<_>>(), vec!["secondary"], "{by:?}");
+    let st = cli_ok(&sock, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let dns4 = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "dns4")
+        .unwrap();
+    assert_eq!(dns4["active"], "secondary", "{dns4}");
+    assert_eq!(
+        dns4["backends"][0]["drained"], true,
+        "the drain survived the restart: {dns4}"
+    );
+
+    // Only detach removes it.
+    let out = cli_ok(&sock, &["detach"]);
+    assert!(out.contains("detached"), "{out}");
+    let _ = d.0.wait();
+    assert!(!xdp_attached(&s.lab.gw, "g-c"), "detach removes the program");
+    assert!(!s.left.bpffs_dir.join("v2").exists(), "and the pins");
+    let _ = std::fs::remove_file(&s.config);
+}
+
+#[test]
+fn operator_flip_auto_and_refusals_through_the_cli() {
+    if !require_root("operator_flip_auto_and_refusals_through_the_cli") {
+        return;
+    }
+    let s = setup("cli");
+    let sock = s.left.socket.clone();
+    let _d = Daemon::start(&s.lab.gw, &s.config, &sock);
+    let out = cli_ok(
+        &sock,
+        &["flip", "dns4", "secondary", "--for", "1s", "--reason", "patching"],
+    );
+    assert!(out.contains("dns4: pinned to the secondary for"), "{out}");
+    let st = cli_ok(&sock, &["status"]);
+    assert!(st.contains("override: pinned to the secondary by root"), "{st}");
+    let ev = cli_ok(&sock, &["events"]);
+    assert!(
+        ev.contains("dns4: primary → secondary") && ev.contains("root") && ev.contains("patching"),
+        "{ev}"
+    );
+    // The override expires by itself.
+    thread::sleep(Duration::from_millis(1500));
+    let st = cli_ok(&sock, &["status"]);
+    assert!(
+        st.contains("dns4 (id 1) 198.18.100.1:53/udp nat: active primary"),
+        "{st}"
+    );
+    // Clear errors, non-zero exits.
+    for (args, want) in [
+        (vec!["flip", "nosuch", "secondary"], "unknown service \"nosuch\""),
+        (vec!["auto", "nosuch"], "unknown service"),
+    ] {
+        let out = cli(&sock, &args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let out = cli(Path::new("/nonexistent/redirector.sock"), &["status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+    // Not root: refused by the socket's mode.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(binary())
+        .arg("--socket")
+        .arg(&sock)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied"), "{err}");
+    let _ = cli_ok(&sock, &["detach"]);
+    let _ = std::fs::remove_file(&s.config);
+}
