@@ -116,7 +116,7 @@ enum Command {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime_like(s)
+    redirector::config::parse_duration(s)
 }
 
 fn main() -> ExitCode {
@@ -307,24 +307,4 @@ fn check(path: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// "500ms", "30s", "10m", "1h" (placeholder until config exposes its parser).
-fn humantime_like(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit, e.g. 30s"))?;
-    let scale = match unit {
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    };
-    Duration::try_from_secs_f64(n * scale).map_err(|e| format!("{s:?}: {e}"))
 }

@@ -86,6 +86,23 @@ primary = "2001:2:0:2::2"
 secondary = "2001:2:0:3::2"
 "#;
 
+/// [`LAB_CONFIG`] with `extra` (e.g. a `[service.failover]` table) appended
+/// to every service.
+pub fn lab_config_with(extra: &str) -> String {
+    let mut c = String::new();
+    for (i, block) in LAB_CONFIG.split("[[service]]").enumerate() {
+        if i > 0 {
+            c.push_str("[[service]]");
+        }
+        c.push_str(block);
+        if i > 0 {
+            c.push_str(extra);
+            c.push('\n');
+        }
+    }
+    c
+}
+
 /// A running lab; everything is removed on drop.
 pub struct Lab {
     /// Keeps the `pass` programs attached on c0, p0 and s0.

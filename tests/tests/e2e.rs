@@ -10,7 +10,7 @@ use std::{
 
 use redirector_common::Counter;
 use redirector_tests::{
-    lab::{Running, live_counters, tcp_request, udp_request},
+    lab::{Running, lab_config_with, live_counters, tcp_request, udp_request},
     netns::{NetNs, in_ns},
     require_root,
 };
@@ -31,7 +31,13 @@ fn real_traffic_nat_and_dsr_ipv4_and_ipv6() {
     if !require_root("real_traffic_nat_and_dsr_ipv4_and_ipv6") {
         return;
     }
-    let run = Running::start("e2e");
+    // Not a failover test: the NIC replacements below briefly blackhole a
+    // backend, which the default probes (5 ms) would rightly call a failure.
+    let run = Running::start_with(
+        "e2e",
+        &lab_config_with("[service.health]\ninterval = \"100ms\"\ntimeout = \"1s\"\nfall = 5"),
+        false,
+    );
     let lab = &run.lab;
 
     let client = lab.client.enter();

@@ -10,26 +10,16 @@ use std::{
 };
 
 use redirector_tests::{
-    lab::{LAB_CONFIG, Running, Server, tcp_request},
+    lab::{Running, Server, lab_config_with, tcp_request},
     netns::in_ns,
     require_root,
 };
 
 /// The lab's services with a short failback delay, so the test waits little.
 fn config(extra: &str) -> String {
-    let mut c = String::new();
-    for block in LAB_CONFIG.split("[[service]]") {
-        if c.is_empty() {
-            c.push_str(block);
-            continue;
-        }
-        c.push_str("[[service]]");
-        c.push_str(block);
-        // c.push_str("[service.failover]\nfailback_delay = \"300ms\"\n");
-        c.push_str(extra);
-        c.push('\n');
-    }
-    c
+    lab_config_with(&format!(
+        "[service.failover]\nfailback_delay = \"300ms\"\n{extra}"
+    ))
 }
 
 /// Sends `seq:N` datagrams on one socket (one flow) until the answer comes

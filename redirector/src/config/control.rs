@@ -1,7 +1,7 @@
 //! Validated types of the control-plane sections: `[service.health]`,
 //! `[service.failover]` and `[control]`. Parsing lives in `mod.rs`; these
 //! are the shapes the rest of the daemon consumes.
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 /// What a health probe does. Every kind judges one backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +140,29 @@ pub const DEFAULT_GATE_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_GATE_TIMEOUT: Duration = Duration::from_millis(50);
 /// Default probing budget, probes per second over all backends.
 pub const DEFAULT_PROBE_BUDGET: u32 = 5000;
+/// Default `path` of http probes.
+pub const DEFAULT_HTTP_PATH: &str = "/";
+/// Default `expect` of http probes.
+pub const DEFAULT_HTTP_EXPECT: &[u16] = &[200];
+/// Default `rise` and `fall` of a `failback_gate`: one verdict decides.
+pub const DEFAULT_GATE_RISE_FALL: u32 = 1;
+
+/// Shortest allowed `interval`.
+pub const MIN_INTERVAL: Duration = Duration::from_micros(100);
+/// Longest allowed `interval`.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Longest allowed `timeout` (it may exceed `interval`: probes then overlap).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest allowed `failback_delay` (0 is allowed: fail back at once).
+pub const MAX_FAILBACK_DELAY: Duration = Duration::from_secs(3600);
+/// Allowed values of `rise` and `fall`.
+pub const RISE_FALL_RANGE: RangeInclusive<u32> = 1..=100;
+/// Allowed values of `share` (percent).
+pub const SHARE_RANGE: RangeInclusive<u8> = 0..=100;
+/// Allowed values of `probe_budget` (probes per second).
+pub const PROBE_BUDGET_RANGE: RangeInclusive<u32> = 100..=1_000_000;
+/// Allowed HTTP status codes in `expect`.
+pub const HTTP_STATUS_RANGE: RangeInclusive<u16> = 100..=599;
 
 impl ProbeKind {
     /// Default `interval` and `timeout` of this kind.
@@ -149,6 +172,17 @@ impl ProbeKind {
             Self::Http { .. } => (DEFAULT_HTTP_INTERVAL, DEFAULT_HTTP_TIMEOUT),
             Self::Exec { .. } => (DEFAULT_EXEC_INTERVAL, DEFAULT_EXEC_TIMEOUT),
         }
+    }
+
+    /// Default `interval` and `timeout` of a `failback_gate` of this kind: the
+    /// slower of [`DEFAULT_GATE_INTERVAL`] / [`DEFAULT_GATE_TIMEOUT`] and the
+    /// kind's own defaults (so an exec gate keeps the time a fork needs).
+    pub fn default_gate_timing(&self) -> (Duration, Duration) {
+        let (interval, timeout) = self.default_timing();
+        (
+            interval.max(DEFAULT_GATE_INTERVAL),
+            timeout.max(DEFAULT_GATE_TIMEOUT),
+        )
     }
 }
 

@@ -1,7 +1,8 @@
 //! Configuration file parsing and validation.
 //!
-//! The redirector is configured by a TOML file with one `[gateway]` table
-//! and zero or more `[[service]]` tables:
+//! The redirector is configured by a TOML file with one `[gateway]` table,
+//! zero or more `[[service]]` tables, each with optional `[service.health]`
+//! and `[service.failover]` tables, and an optional `[control]` table:
 //!
 //! ```toml
 //! [gateway]
@@ -20,18 +21,52 @@
 //! mode = "nat"                    # nat | dsr; default nat
 //! primary = "198.18.2.2"          # "addr" or "addr:port"; IPv6 as "addr" or "[addr]:port"
 //! secondary = "198.18.3.2:8080"
+//!
+//! [service.health]                # belongs to the [[service]] above it; optional
+//! kind = "http"                   # tcp | http | udp | icmp | exec; default: the protocol (tcp or udp)
+//! interval = "10ms"               # 100us..=1h; default by kind: tcp/udp/icmp 5ms, http 10ms, exec 1s
+//! timeout = "30ms"                # >0, <=60s, may exceed interval; default by kind: 15ms, 30ms, 500ms
+//! rise = 3                        # 1..=100, default 3: passes that bring a down backend up
+//! fall = 2                        # 1..=100, default 2: failures that take a backend down
+//! path = "/healthz"               # http only; starts with "/", no spaces; default "/"
+//! expect = [200, 204]             # http: non-empty list of 100..=599, default [200]
+//! # udp only:  send = "ping"       (default "redirector health check\n")
+//! #            expect = "pong"     (default: any reply)
+//! # exec only: command = ["/usr/local/bin/check", "arg"]   (required; absolute program path)
+//!
+//! [service.failover]              # optional
+//! failback = "auto"               # auto | manual; default auto
+//! failback_delay = "1s"           # 0..=1h, default 1s
+//! all_down = "keep"               # keep | drop | pass; default keep
+//! share = 0                       # percent of new flows to the secondary while both are up, 0..=100
+//! failback_gate = { kind = "http", path = "/ready" }  # optional; the health keys, kind required;
+//!                                 # default interval/timeout: the slower of 100ms/50ms and the kind's,
+//!                                 # rise = fall = 1
+//!
+//! [control]                       # optional
+//! socket = "/run/redirector/control.sock"   # absolute, at most 107 bytes
+//! state_dir = "/var/lib/redirector"         # absolute
+//! bpffs_dir = "/sys/fs/bpf/redirector"      # absolute, not the same as state_dir
+//! metrics = "127.0.0.1:9630"      # "addr:port" or "[ipv6]:port", port not 0; default: none
+//! probe_budget = 5000             # probes per second over all backends, 100..=1000000
 //! ```
+//!
+//! Durations are strings: an integer or decimal number and a unit, one of
+//! `ns`, `us` (or `µs`), `ms`, `s`, `m`, `h`; e.g. `"500us"`, `"1.5s"`.
 //!
 //! [`Config::from_file`] and [`Config::from_str_named`] parse the file and
 //! check it completely, returning only validated types. Every error names the
-//! file, and the line and key where they are known, for example
-//! `config.toml:7: service "web": key "mode": unknown value "nta", expected "nat" or "dsr"`.
+//! file, and the line, table and key where they are known, for example
+//! `config.toml:7: service "web": key "mode": unknown value "nta", expected "nat" or "dsr"` or
+//! `config.toml:12: service "web" health: key "interval": "50us" is too short, the minimum is 100µs`.
+//! Unknown keys are errors.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -276,10 +311,12 @@ pub enum ConfigError {
         message: String,
     },
     /// A key that the configuration does not know.
-    #[error("{at}: unknown key \"{key}\", expected {expected}")]
+    #[error("{at}: {}unknown key \"{key}\", expected {expected}", section_prefix(section.as_deref()))]
     UnknownKey {
         /// Where the key is.
         at: Location,
+        /// The table, e.g. `[gateway]` or `service "web" health`; `None` at the top level.
+        section: Option<String>,
         /// The unknown key.
         key: String,
         /// The keys allowed in its table.
@@ -437,6 +474,11 @@ pub enum ConfigError {
     },
 }
 
+/// `"section: "`, or nothing at the top level.
+fn section_prefix(section: Option<&str>) -> String {
+    section.map(|s| format!("{s}: ")).unwrap_or_default()
+}
+
 fn family(addr: IpAddr) -> &'static str {
     match addr {
         IpAddr::V4(_) => "IPv4",
@@ -454,29 +496,169 @@ struct RawConfig {
     gateway: Option<Spanned<RawGateway>>,
     #[serde(default)]
     service: RawServices,
+    control: Option<Spanned<RawControl>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a [gateway] table")]
-struct RawGateway {
-    interfaces: Option<Spanned<RawValue>>,
-    xdp_mode: Option<Spanned<RawValue>>,
-    flow_table_size: Option<Spanned<RawValue>>,
-    max_services: Option<Spanned<RawValue>>,
-    tcp_flow_idle: Option<Spanned<RawValue>>,
-    udp_flow_idle: Option<Spanned<RawValue>>,
+/// The key under which toml hands a datetime to a visitor, as a one-entry map
+/// (a private marker of `toml_datetime`); met where a table was expected.
+const TOML_DATETIME_KEY: &str = "$__toml_private_datetime";
+
+/// Declares a raw table: every key optional and spanned, and the keys it does
+/// not know kept with their spans, so that conversion can reject them naming
+/// the section (serde's `deny_unknown_fields` cannot say which service).
+macro_rules! raw_table {
+    ($(#[$doc:meta])* $name:ident, $expecting:literal { $($key:ident: $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Default)]
+        struct $name {
+            $($key: Option<Spanned<$ty>>,)*
+            /// Keys not listed above, with the span of each value.
+            unknown: Vec<(String, Range<usize>)>,
+        }
+
+        impl $name {
+            /// The keys the table allows, in declaration order.
+            const KEYS: &'static [&'static str] = &[$(stringify!($key)),*];
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct TableVisitor;
+                impl<'de> Visitor<'de> for TableVisitor {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$name, A::Error> {
+                        let mut table = $name::default();
+                        while let Some(key) = map.next_key::<String>()? {
+                            match key.as_str() {
+                                $(stringify!($key) => table.$key = Some(map.next_value()?),)*
+                                TOML_DATETIME_KEY => {
+                                    return Err(de::Error::invalid_type(
+                                        de::Unexpected::Other("datetime"),
+                                        &self,
+                                    ));
+                                }
+                                _ => {
+                                    let value: Spanned<de::IgnoredAny> = map.next_value()?;
+                                    table.unknown.push((key, value.span()));
+                                }
+                            }
+                        }
+                        Ok(table)
+                    }
+                }
+                deserializer.deserialize_map(TableVisitor)
+            }
+        }
+    };
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a [[service]] table")]
-struct RawService {
-    name: Option<Spanned<RawValue>>,
-    vip: Option<Spanned<RawValue>>,
-    port: Option<Spanned<RawValue>>,
-    protocol: Option<Spanned<RawValue>>,
-    mode: Option<Spanned<RawValue>>,
-    primary: Option<Spanned<RawValue>>,
-    secondary: Option<Spanned<RawValue>>,
+raw_table! {
+    /// `[gateway]`.
+    RawGateway, "a [gateway] table" {
+        interfaces: RawValue,
+        xdp_mode: RawValue,
+        flow_table_size: RawValue,
+        max_services: RawValue,
+        tcp_flow_idle: RawValue,
+        udp_flow_idle: RawValue,
+    }
+}
+
+raw_table! {
+    /// One `[[service]]`.
+    RawService, "a [[service]] table" {
+        name: RawValue,
+        vip: RawValue,
+        port: RawValue,
+        protocol: RawValue,
+        mode: RawValue,
+        primary: RawValue,
+        secondary: RawValue,
+        health: MaybeTable<RawHealth>,
+        failover: MaybeTable<RawFailover>,
+    }
+}
+
+raw_table! {
+    /// `[service.health]`, and `failback_gate` in `[service.failover]`.
+    RawHealth, "a health check table" {
+        kind: RawValue,
+        interval: RawValue,
+        timeout: RawValue,
+        rise: RawValue,
+        fall: RawValue,
+        path: RawValue,
+        expect: RawValue,
+        send: RawValue,
+        command: RawValue,
+    }
+}
+
+raw_table! {
+    /// `[service.failover]`.
+    RawFailover, "a [service.failover] table" {
+        failback: RawValue,
+        failback_delay: RawValue,
+        all_down: RawValue,
+        share: RawValue,
+        failback_gate: MaybeTable<RawHealth>,
+    }
+}
+
+raw_table! {
+    /// `[control]`.
+    RawControl, "a [control] table" {
+        socket: RawValue,
+        state_dir: RawValue,
+        bpffs_dir: RawValue,
+        metrics: RawValue,
+        probe_budget: RawValue,
+    }
+}
+
+/// A value that should be a table: the table, or a description of what was
+/// found instead, so that conversion can name the section and the key.
+enum MaybeTable<T> {
+    Table(T),
+    Other(String),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MaybeTable<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MaybeTableVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for MaybeTableVisitor<T> {
+            type Value = MaybeTable<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(MaybeTable::Table)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeTable::Other("an array".to_owned()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(MaybeTable::Other(describe(&toml::Value::Boolean(v))))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(MaybeTable::Other(describe(&toml::Value::Integer(v))))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(MaybeTable::Other(format!("integer {v}")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(MaybeTable::Other(describe(&toml::Value::Float(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MaybeTable::Other(format!("string {v:?}")))
+            }
+        }
+        deserializer.deserialize_any(MaybeTableVisitor(std::marker::PhantomData))
+    }
 }
 
 /// The `[[service]]` array, with a clear message when it is not an array.
@@ -613,6 +795,7 @@ impl Source<'_> {
         {
             return ConfigError::UnknownKey {
                 at,
+                section: None,
                 key: key.to_owned(),
                 expected: expected.replace('`', "\""),
             };
@@ -735,6 +918,159 @@ impl Section<'_> {
                 )
             })
     }
+}
+
+impl Section<'_> {
+    /// A table inside this one, e.g. `service "web" health`.
+    fn sub(&self, key: &str, span: Range<usize>) -> Section<'_> {
+        Section {
+            src: self.src,
+            name: format!("{} {key}", self.name),
+            span,
+        }
+    }
+
+    /// Rejects the first (in file order) key the table does not allow.
+    fn unknown_keys(&self, unknown: &[(String, Range<usize>)], allowed: &[&str]) -> Result<(), ConfigError> {
+        match unknown.iter().min_by_key(|(_, span)| span.start) {
+            None => Ok(()),
+            Some((key, span)) => Err(ConfigError::UnknownKey {
+                at: self.src.at(span),
+                section: Some(self.name.clone()),
+                key: key.clone(),
+                expected: expected_keys(allowed),
+            }),
+        }
+    }
+
+    /// A table-valued key: `None` when absent, else the table and its span.
+    fn table<'v, T>(
+        &self,
+        key: &str,
+        field: &'v Option<Spanned<MaybeTable<T>>>,
+    ) -> Result<Option<(&'v T, Range<usize>)>, ConfigError> {
+        let Some(value) = field else {
+            return Ok(None);
+        };
+        match value.get_ref() {
+            MaybeTable::Table(table) => Ok(Some((table, value.span()))),
+            MaybeTable::Other(found) => {
+                Err(self.invalid(key, &value.span(), format!("expected a table, found {found}")))
+            }
+        }
+    }
+
+    /// A duration string within `range`; zero gets its own message.
+    fn duration(
+        &self,
+        key: &str,
+        value: &Spanned<RawValue>,
+        range: RangeInclusive<Duration>,
+    ) -> Result<Duration, ConfigError> {
+        let span = value.span();
+        let text = match value.get_ref() {
+            RawValue::Scalar(toml::Value::String(s)) => s,
+            other => {
+                return Err(self.invalid(
+                    key,
+                    &span,
+                    format!(
+                        "expected a duration string such as \"500us\" or \"1.5s\", found {}",
+                        describe_raw(other)
+                    ),
+                ));
+            }
+        };
+        let duration = parse_duration(text).map_err(|m| self.invalid(key, &span, m))?;
+        let message = if duration.is_zero() && !range.contains(&duration) {
+            format!("{text:?} is zero, it must be greater than zero")
+        } else if duration < *range.start() {
+            format!("{text:?} is too short, the minimum is {:?}", range.start())
+        } else if duration > *range.end() {
+            format!("{text:?} is too long, the maximum is {:?}", range.end())
+        } else {
+            return Ok(duration);
+        };
+        Err(self.invalid(key, &span, message))
+    }
+
+    /// An absolute path.
+    fn absolute_path(&self, key: &str, value: &Spanned<RawValue>) -> Result<PathBuf, ConfigError> {
+        let path = self.string(key, value)?;
+        if !path.starts_with('/') {
+            return Err(self.invalid(key, &value.span(), format!("{path:?} is not an absolute path")));
+        }
+        if path.contains('\0') {
+            return Err(self.invalid(key, &value.span(), format!("{path:?} contains a NUL character")));
+        }
+        Ok(PathBuf::from(path))
+    }
+}
+
+/// `"a"` or `one of "a", "b"`, as in serde's unknown field messages.
+fn expected_keys(keys: &[&str]) -> String {
+    let quoted: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+    match quoted.as_slice() {
+        [one] => one.clone(),
+        _ => format!("one of {}", quoted.join(", ")),
+    }
+}
+
+/// Parses a duration: an integer or decimal number and a unit, e.g. `"500us"`
+/// or `"1.5s"`. Exact: no floating point, no precision finer than 1 ns.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const FORMS: &str =
+        "expected a number and a unit (ns, us, µs, ms, s, m or h), e.g. \"500us\" or \"1.5s\"";
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || (number.contains('.') && fraction.is_empty()) || !digits(fraction) {
+        return Err(format!("invalid duration {text:?}, {FORMS}"));
+    }
+    if unit.is_empty() {
+        return Err(format!("duration {text:?} has no unit, {FORMS}"));
+    }
+    let unit_nanos: u128 = match unit {
+        "ns" => 1,
+        // The micro sign (U+00B5) and the Greek small mu (U+03BC) look the same.
+        "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ => {
+            return Err(format!(
+                "invalid duration {text:?}: unknown unit {unit:?}, {FORMS}"
+            ));
+        }
+    };
+    let too_large = || format!("duration {text:?} is too large");
+    // At most 20 digits each: the arithmetic below then fits in u128.
+    if whole.len() > 20 || fraction.len() > 20 {
+        return Err(too_large());
+    }
+    let whole: u128 = whole.parse().map_err(|_| too_large())?;
+    let scale = 10u128.pow(u32::try_from(fraction.len()).map_err(|_| too_large())?);
+    let fraction_nanos = match fraction {
+        "" => 0,
+        _ => {
+            let fraction: u128 = fraction.parse().map_err(|_| too_large())?;
+            let nanos = fraction * unit_nanos;
+            if !nanos.is_multiple_of(scale) {
+                return Err(format!("duration {text:?} is more precise than a nanosecond"));
+            }
+            nanos / scale
+        }
+    };
+    let nanos = whole
+        .checked_mul(unit_nanos)
+        .and_then(|n| n.checked_add(fraction_nanos))
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(too_large)?;
+    Ok(Duration::from_nanos(nanos))
 }
 
 fn validate_ifname(name: &str) -> Result<(), String> {
@@ -874,6 +1210,7 @@ fn convert_gateway(src: &Source<'_>, raw: &Spanned<RawGateway>) -> Result<Gatewa
         span: raw.span(),
     };
     let g = raw.get_ref();
+    sec.unknown_keys(&g.unknown, RawGateway::KEYS)?;
 
     let list = sec.required("interfaces", &g.interfaces)?;
     let items = match list.get_ref() {
@@ -1007,12 +1344,18 @@ fn convert_service(
         span: raw.span(),
     };
     let r = raw.get_ref();
+    // Name the service in an unknown key's message when its name is usable.
+    if let Some(name) = r.name.as_ref().and_then(|v| sec.string("name", v).ok())
+        && validate_service_name(name).is_ok()
+    {
+        sec.name = format!("service \"{name}\"");
+    }
+    sec.unknown_keys(&r.unknown, RawService::KEYS)?;
 
     let name_value = sec.required("name", &r.name)?;
     let name = sec.string("name", name_value)?;
     validate_service_name(name).map_err(|m| sec.invalid("name", &name_value.span(), m))?;
     let name = name.to_owned();
-    sec.name = format!("service \"{name}\"");
 
     let vip_value = sec.required("vip", &r.vip)?;
     let vip =
@@ -1039,6 +1382,18 @@ fn convert_service(
         });
     }
 
+    let health = match sec.table("health", &r.health)? {
+        Some((table, span)) => {
+            let sub = sec.sub("health", span);
+            convert_check(&sub, table, CheckDefaults::Service(protocol))?
+        }
+        None => HealthCheck::default_for(protocol),
+    };
+    let failover = match sec.table("failover", &r.failover)? {
+        Some((table, span)) => convert_failover(&sec, span, table)?,
+        None => Failover::default(),
+    };
+
     Ok(Service {
         name,
         vip,
@@ -1047,9 +1402,427 @@ fn convert_service(
         mode,
         primary,
         secondary,
-        health: HealthCheck::default_for(protocol),
-        failover: Failover::default(),
+        health,
+        failover,
     })
+}
+
+/// Probe kinds as spelled in the file; their keys are read once the kind is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KindName {
+    Tcp,
+    Http,
+    Udp,
+    Icmp,
+    Exec,
+}
+
+impl KindName {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("tcp", Self::Tcp),
+        ("http", Self::Http),
+        ("udp", Self::Udp),
+        ("icmp", Self::Icmp),
+        ("exec", Self::Exec),
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+            Self::Udp => "udp",
+            Self::Icmp => "icmp",
+            Self::Exec => "exec",
+        }
+    }
+}
+
+const FAILBACK_CHOICES: &[(&str, Failback)] = &[("auto", Failback::Auto), ("manual", Failback::Manual)];
+const ALL_DOWN_CHOICES: &[(&str, AllDown)] = &[
+    ("keep", AllDown::Keep),
+    ("drop", AllDown::Drop),
+    ("pass", AllDown::Pass),
+];
+
+/// Longest Unix socket path in bytes (`sun_path` holds 108 with the NUL).
+const MAX_SOCKET_PATH_LEN: usize = 107;
+
+/// A key that belongs to some probe kinds only: name, value, the kinds.
+type KindKey<'a> = (&'static str, &'a Option<Spanned<RawValue>>, &'static [KindName]);
+
+/// How a health table's absent keys are filled in.
+#[derive(Clone, Copy)]
+enum CheckDefaults {
+    /// `[service.health]`: the kind follows the service's protocol, the timing
+    /// the kind ([`ProbeKind::default_timing`]), rise and fall the defaults.
+    Service(Protocol),
+    /// `failback_gate`: `kind` is required, timing from
+    /// [`ProbeKind::default_gate_timing`], rise = fall = 1.
+    Gate,
+}
+
+/// Converts a health table: `[service.health]` or a `failback_gate`.
+fn convert_check(
+    sec: &Section<'_>,
+    r: &RawHealth,
+    defaults: CheckDefaults,
+) -> Result<HealthCheck, ConfigError> {
+    sec.unknown_keys(&r.unknown, RawHealth::KEYS)?;
+    // `kind_note` explains a kind the file does not spell out.
+    let (kind, kind_note) = match (&r.kind, defaults) {
+        (None, CheckDefaults::Service(protocol)) => {
+            let kind = match protocol {
+                Protocol::Tcp => KindName::Tcp,
+                Protocol::Udp => KindName::Udp,
+            };
+            (kind, format!(" (the default for a {protocol} service)"))
+        }
+        (kind, _) => (
+            sec.choice("kind", sec.required("kind", kind)?, KindName::CHOICES)?,
+            String::new(),
+        ),
+    };
+
+    // Keys that belong to some kinds only.
+    let kind_keys: [KindKey<'_>; 4] = [
+        ("path", &r.path, &[KindName::Http]),
+        ("expect", &r.expect, &[KindName::Http, KindName::Udp]),
+        ("send", &r.send, &[KindName::Udp]),
+        ("command", &r.command, &[KindName::Exec]),
+    ];
+    for (key, field, kinds) in kind_keys {
+        if let Some(value) = field
+            && !kinds.contains(&kind)
+        {
+            let allowed: Vec<String> = kinds
+                .iter()
+                .map(|k| format!("kind = \"{}\"", k.as_str()))
+                .collect();
+            return Err(sec.invalid(
+                key,
+                &value.span(),
+                format!(
+                    "only allowed with {}, but kind is \"{}\"{kind_note}",
+                    allowed.join(" or "),
+                    kind.as_str()
+                ),
+            ));
+        }
+    }
+
+    let probe = match kind {
+        KindName::Tcp => ProbeKind::Tcp,
+        KindName::Icmp => ProbeKind::Icmp,
+        KindName::Http => ProbeKind::Http {
+            path: match &r.path {
+                Some(v) => http_path(sec, v)?,
+                None => DEFAULT_HTTP_PATH.to_owned(),
+            },
+            expect: match &r.expect {
+                Some(v) => http_expect(sec, v)?,
+                None => DEFAULT_HTTP_EXPECT.to_vec(),
+            },
+        },
+        KindName::Udp => ProbeKind::Udp {
+            send: match &r.send {
+                Some(v) => sec.string("send", v)?.as_bytes().to_vec(),
+                None => DEFAULT_UDP_SEND.to_vec(),
+            },
+            expect: match &r.expect {
+                Some(v) => Some(sec.string("expect", v)?.as_bytes().to_vec()),
+                None => None,
+            },
+        },
+        KindName::Exec => ProbeKind::Exec {
+            command: exec_command(sec, sec.required("command", &r.command)?)?,
+        },
+    };
+
+    let ((interval, timeout), (rise, fall)) = match defaults {
+        CheckDefaults::Service(_) => (probe.default_timing(), (DEFAULT_RISE, DEFAULT_FALL)),
+        CheckDefaults::Gate => (
+            probe.default_gate_timing(),
+            (DEFAULT_GATE_RISE_FALL, DEFAULT_GATE_RISE_FALL),
+        ),
+    };
+    let interval = match &r.interval {
+        Some(v) => sec.duration("interval", v, MIN_INTERVAL..=MAX_INTERVAL)?,
+        None => interval,
+    };
+    let timeout = match &r.timeout {
+        Some(v) => sec.duration("timeout", v, Duration::from_nanos(1)..=MAX_TIMEOUT)?,
+        None => timeout,
+    };
+    let rise = match &r.rise {
+        Some(v) => sec.ranged("rise", v, RISE_FALL_RANGE)?,
+        None => rise,
+    };
+    let fall = match &r.fall {
+        Some(v) => sec.ranged("fall", v, RISE_FALL_RANGE)?,
+        None => fall,
+    };
+    Ok(HealthCheck {
+        kind: probe,
+        interval,
+        timeout,
+        rise,
+        fall,
+    })
+}
+
+/// An http probe's `path`: starts with `/`, and fits in a request line.
+fn http_path(sec: &Section<'_>, value: &Spanned<RawValue>) -> Result<String, ConfigError> {
+    let path = sec.string("path", value)?;
+    if !path.starts_with('/') {
+        return Err(sec.invalid("path", &value.span(), format!("{path:?} must start with \"/\"")));
+    }
+    if let Some(c) = path.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(sec.invalid(
+            "path",
+            &value.span(),
+            format!("{path:?} contains {c:?}; encode it (e.g. %20 for a space)"),
+        ));
+    }
+    Ok(path.to_owned())
+}
+
+/// An http probe's `expect`: a non-empty list of distinct status codes.
+fn http_expect(sec: &Section<'_>, value: &Spanned<RawValue>) -> Result<Vec<u16>, ConfigError> {
+    let items = match value.get_ref() {
+        RawValue::Array(items) => items,
+        other => {
+            return Err(sec.invalid(
+                "expect",
+                &value.span(),
+                format!(
+                    "expected an array of HTTP status codes such as [200], found {}",
+                    describe_raw(other)
+                ),
+            ));
+        }
+    };
+    if items.is_empty() {
+        return Err(sec.invalid("expect", &value.span(), "must list at least one status code"));
+    }
+    let mut codes = Vec::with_capacity(items.len());
+    for item in items {
+        let span = item.span();
+        let code = match item.get_ref() {
+            toml::Value::Integer(code) => *code,
+            other => {
+                return Err(sec.invalid(
+                    "expect",
+                    &span,
+                    format!("expected an HTTP status code, found {}", describe(other)),
+                ));
+            }
+        };
+        let code = u16::try_from(code)
+            .ok()
+            .filter(|c| HTTP_STATUS_RANGE.contains(c))
+            .ok_or_else(|| {
+                sec.invalid(
+                    "expect",
+                    &span,
+                    format!(
+                        "{code} is not an HTTP status code, expected {}..={}",
+                        HTTP_STATUS_RANGE.start(),
+                        HTTP_STATUS_RANGE.end()
+                    ),
+                )
+            })?;
+        if codes.contains(&code) {
+            return Err(sec.invalid("expect", &span, format!("{code} is listed more than once")));
+        }
+        codes.push(code);
+    }
+    Ok(codes)
+}
+
+/// An exec probe's `command`: program (absolute path) and arguments.
+fn exec_command(sec: &Section<'_>, value: &Spanned<RawValue>) -> Result<Vec<String>, ConfigError> {
+    let items = match value.get_ref() {
+        RawValue::Array(items) => items,
+        other => {
+            return Err(sec.invalid(
+                "command",
+                &value.span(),
+                format!(
+                    "expected an array of strings such as [\"/usr/local/bin/check\", \"arg\"], found {}",
+                    describe_raw(other)
+                ),
+            ));
+        }
+    };
+    let mut command = Vec::with_capacity(items.len());
+    for item in items {
+        let arg = match item.get_ref() {
+            toml::Value::String(arg) => arg,
+            other => {
+                return Err(sec.invalid(
+                    "command",
+                    &item.span(),
+                    format!("expected a string, found {}", describe(other)),
+                ));
+            }
+        };
+        if arg.contains('\0') {
+            return Err(sec.invalid(
+                "command",
+                &item.span(),
+                format!("{arg:?} contains a NUL character"),
+            ));
+        }
+        command.push(arg.clone());
+    }
+    match command.first() {
+        None => Err(sec.invalid(
+            "command",
+            &value.span(),
+            "must name the program to run, e.g. [\"/usr/local/bin/check\"]",
+        )),
+        Some(program) if !program.starts_with('/') => Err(sec.invalid(
+            "command",
+            &value.span(),
+            format!("program {program:?} must be an absolute path"),
+        )),
+        Some(_) => Ok(command),
+    }
+}
+
+/// Converts `[service.failover]`; `service` is the service's section.
+fn convert_failover(
+    service: &Section<'_>,
+    span: Range<usize>,
+    r: &RawFailover,
+) -> Result<Failover, ConfigError> {
+    let sec = service.sub("failover", span);
+    sec.unknown_keys(&r.unknown, RawFailover::KEYS)?;
+    let defaults = Failover::default();
+    let failback = match &r.failback {
+        Some(v) => sec.choice("failback", v, FAILBACK_CHOICES)?,
+        None => defaults.failback,
+    };
+    let failback_delay = match &r.failback_delay {
+        Some(v) => sec.duration("failback_delay", v, Duration::ZERO..=MAX_FAILBACK_DELAY)?,
+        None => defaults.failback_delay,
+    };
+    let all_down = match &r.all_down {
+        Some(v) => sec.choice("all_down", v, ALL_DOWN_CHOICES)?,
+        None => defaults.all_down,
+    };
+    let share = match &r.share {
+        Some(v) => sec.ranged("share", v, SHARE_RANGE)?,
+        None => defaults.share,
+    };
+    let failback_gate = match sec.table("failback_gate", &r.failback_gate)? {
+        // Named after the service alone: `failback_gate` is a unique key.
+        Some((table, span)) => Some(convert_check(
+            &service.sub("failback_gate", span),
+            table,
+            CheckDefaults::Gate,
+        )?),
+        None => None,
+    };
+    Ok(Failover {
+        failback,
+        failback_delay,
+        all_down,
+        share,
+        failback_gate,
+    })
+}
+
+fn convert_control(src: &Source<'_>, raw: Option<&Spanned<RawControl>>) -> Result<Control, ConfigError> {
+    let defaults = Control::default();
+    let Some(raw) = raw else {
+        return Ok(defaults);
+    };
+    let sec = Section {
+        src,
+        name: "[control]".to_owned(),
+        span: raw.span(),
+    };
+    let r = raw.get_ref();
+    sec.unknown_keys(&r.unknown, RawControl::KEYS)?;
+
+    let socket = match &r.socket {
+        Some(v) => {
+            let socket = sec.absolute_path("socket", v)?;
+            let len = socket.as_os_str().len();
+            if len > MAX_SOCKET_PATH_LEN {
+                return Err(sec.invalid(
+                    "socket",
+                    &v.span(),
+                    format!(
+                        "{socket:?} is {len} bytes long, a Unix socket path can be at most \
+                         {MAX_SOCKET_PATH_LEN}"
+                    ),
+                ));
+            }
+            socket
+        }
+        None => defaults.socket,
+    };
+    let state_dir = match &r.state_dir {
+        Some(v) => sec.absolute_path("state_dir", v)?,
+        None => defaults.state_dir,
+    };
+    let bpffs_dir = match &r.bpffs_dir {
+        Some(v) => sec.absolute_path("bpffs_dir", v)?,
+        None => defaults.bpffs_dir,
+    };
+    // Path equality compares components: "/a/b/" is "/a/b". The defaults
+    // differ, so at least one of the two keys is in the file.
+    let reported = match (&r.bpffs_dir, &r.state_dir) {
+        (Some(v), _) => Some(("bpffs_dir", &bpffs_dir, "state_dir", v)),
+        (None, Some(v)) => Some(("state_dir", &state_dir, "bpffs_dir", v)),
+        (None, None) => None,
+    };
+    if let Some((key, path, other, value)) = reported
+        && state_dir == bpffs_dir
+    {
+        let note = match (&r.bpffs_dir, &r.state_dir) {
+            (Some(_), Some(_)) => "",
+            _ => " (the default)",
+        };
+        return Err(sec.invalid(
+            key,
+            &value.span(),
+            format!(
+                "{:?} is also {other}{note}; state_dir and bpffs_dir must be different directories",
+                path.display().to_string()
+            ),
+        ));
+    }
+    let metrics = match &r.metrics {
+        Some(v) => {
+            Some(parse_metrics(sec.string("metrics", v)?).map_err(|m| sec.invalid("metrics", &v.span(), m))?)
+        }
+        None => defaults.metrics,
+    };
+    let probe_budget = match &r.probe_budget {
+        Some(v) => sec.ranged("probe_budget", v, PROBE_BUDGET_RANGE)?,
+        None => defaults.probe_budget,
+    };
+    Ok(Control {
+        socket,
+        state_dir,
+        bpffs_dir,
+        metrics,
+        probe_budget,
+    })
+}
+
+/// The metrics listen address: `addr:port` or `[ipv6]:port`, port not 0.
+fn parse_metrics(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("invalid address {text:?}, expected \"addr:port\" or \"[ipv6]:port\""))?;
+    if addr.port() == 0 {
+        return Err(format!("port 0 in {text:?}: give the port to listen on"));
+    }
+    Ok(addr)
 }
 
 impl Config {
@@ -1142,10 +1915,12 @@ impl Config {
             });
         }
 
+        let control = convert_control(&src, raw.control.as_ref())?;
+
         Ok(Config {
             gateway,
             services,
-            control: Control::default(),
+            control,
         })
     }
 }
@@ -1154,6 +1929,7 @@ impl Config {
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::time::Duration;
 
     const GATEWAY: &str = "[gateway]\ninterfaces = [\"eth0\"]\n";
 
@@ -1708,5 +2484,1013 @@ secondary = "2001:2::1:80"
         Config::from_str_named(&ok, "gw.toml").expect("different port");
         let ok = text.replacen("protocol = \"tcp\"", "protocol = \"udp\"", 1);
         Config::from_str_named(&ok, "gw.toml").expect("different protocol");
+    }
+
+    // -----------------------------------------------------------------------
+    // [service.health], [service.failover], [control]
+    // -----------------------------------------------------------------------
+
+    /// Backends completing `SVC`; with it the service spans lines 3..=9.
+    const BACKENDS: &str = "primary = \"198.18.2.2\"\nsecondary = \"198.18.3.2\"\n";
+
+    /// One tcp service "web" and a `[service.<table>]` at line 10; `body`
+    /// starts at line 11.
+    fn with_table(table: &str, body: &str) -> String {
+        format!("{GATEWAY}[[service]]\n{SVC}{BACKENDS}[service.{table}]\n{body}")
+    }
+
+    fn health_err(body: &str) -> String {
+        err(&with_table("health", body))
+    }
+
+    fn failover_err(body: &str) -> String {
+        err(&with_table("failover", body))
+    }
+
+    /// `[control]` at line 3; `body` starts at line 4.
+    fn control_err(body: &str) -> String {
+        err(&format!("{GATEWAY}[control]\n{body}"))
+    }
+
+    fn parse(text: &str) -> Config {
+        match Config::from_str_named(text, "test.toml") {
+            Ok(cfg) => cfg,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn health_of(body: &str) -> HealthCheck {
+        parse(&with_table("health", body)).services[0].health.clone()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn control_sections_full_example() {
+        let text = r#"[gateway]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+primary = "198.18.2.2"
+secondary = "198.18.3.2"
+
+[service.health]
+kind = "http"
+interval = "500us"
+timeout = "1.5s"
+rise = 4
+fall = 5
+path = "/healthz?full=1"
+expect = [200, 204]
+
+[service.failover]
+failback = "manual"
+failback_delay = "2m"
+all_down = "drop"
+share = 25
+
+[service.failover.failback_gate]
+kind = "exec"
+command = ["/usr/local/bin/check", "--ready"]
+interval = "2s"
+timeout = "750ms"
+rise = 2
+fall = 3
+
+[[service]]
+name = "dns"
+vip = "198.18.100.1"
+port = 53
+protocol = "udp"
+primary = "198.18.2.2"
+secondary = "198.18.3.2"
+health = { send = "ping", expect = "pong", interval = "10ms", timeout = "20ms", rise = 1, fall = 1 }
+failover = { all_down = "pass", failback_delay = "0s", failback_gate = { kind = "icmp" } }
+
+[[service]]
+name = "ssh"
+vip = "198.18.100.1"
+port = 22
+protocol = "tcp"
+primary = "198.18.2.2"
+secondary = "198.18.3.2"
+[service.health]
+kind = "icmp"
+[service.failover]
+failback_gate = { kind = "http", path = "/ready", expect = [200], interval = "100ms", timeout = "50ms" }
+
+[control]
+socket = "/run/redirector/ctl.sock"
+state_dir = "/var/lib/redirector-test"
+bpffs_dir = "/sys/fs/bpf/redirector-test"
+metrics = "[::1]:9630"
+probe_budget = 100000
+"#;
+        let cfg = parse(text);
+        let web = &cfg.services[0];
+        assert_eq!(
+            web.health,
+            HealthCheck {
+                kind: ProbeKind::Http {
+                    path: "/healthz?full=1".to_owned(),
+                    expect: vec![200, 204],
+                },
+                interval: Duration::from_micros(500),
+                timeout: ms(1500),
+                rise: 4,
+                fall: 5,
+            }
+        );
+        assert_eq!(
+            web.failover,
+            Failover {
+                failback: Failback::Manual,
+                failback_delay: Duration::from_secs(120),
+                all_down: AllDown::Drop,
+                share: 25,
+                failback_gate: Some(HealthCheck {
+                    kind: ProbeKind::Exec {
+                        command: vec!["/usr/local/bin/check".to_owned(), "--ready".to_owned()],
+                    },
+                    interval: ms(2000),
+                    timeout: ms(750),
+                    rise: 2,
+                    fall: 3,
+                }),
+            }
+        );
+        let dns = &cfg.services[1];
+        assert_eq!(
+            dns.health,
+            HealthCheck {
+                kind: ProbeKind::Udp {
+                    send: b"ping".to_vec(),
+                    expect: Some(b"pong".to_vec()),
+                },
+                interval: ms(10),
+                timeout: ms(20),
+                rise: 1,
+                fall: 1,
+            }
+        );
+        assert_eq!(
+            dns.failover,
+            Failover {
+                failback: Failback::Auto,
+                failback_delay: Duration::ZERO,
+                all_down: AllDown::Pass,
+                share: 0,
+                failback_gate: Some(HealthCheck {
+                    kind: ProbeKind::Icmp,
+                    interval: DEFAULT_GATE_INTERVAL,
+                    timeout: DEFAULT_GATE_TIMEOUT,
+                    rise: 1,
+                    fall: 1,
+                }),
+            }
+        );
+        let ssh = &cfg.services[2];
+        assert_eq!(ssh.health.kind, ProbeKind::Icmp);
+        assert_eq!(
+            ssh.failover.failback_gate,
+            Some(HealthCheck {
+                kind: ProbeKind::Http {
+                    path: "/ready".to_owned(),
+                    expect: vec![200],
+                },
+                interval: ms(100),
+                timeout: ms(50),
+                rise: 1,
+                fall: 1,
+            })
+        );
+        assert_eq!(
+            cfg.control,
+            Control {
+                socket: PathBuf::from("/run/redirector/ctl.sock"),
+                state_dir: PathBuf::from("/var/lib/redirector-test"),
+                bpffs_dir: PathBuf::from("/sys/fs/bpf/redirector-test"),
+                metrics: Some("[::1]:9630".parse().expect("addr")),
+                probe_budget: 100_000,
+            }
+        );
+    }
+
+    #[test]
+    fn control_sections_defaults() {
+        let text = format!(
+            "{GATEWAY}[[service]]\n{SVC}{BACKENDS}[[service]]\nname = \"dns\"\nvip = \"198.18.100.1\"\n\
+             port = 53\nprotocol = \"udp\"\n{BACKENDS}"
+        );
+        let cfg = parse(&text);
+        let tcp = HealthCheck {
+            kind: ProbeKind::Tcp,
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+        };
+        assert_eq!(cfg.services[0].health, tcp);
+        assert_eq!(
+            cfg.services[1].health,
+            HealthCheck {
+                kind: ProbeKind::Udp {
+                    send: DEFAULT_UDP_SEND.to_vec(),
+                    expect: None,
+                },
+                ..tcp.clone()
+            }
+        );
+        let failover = Failover {
+            failback: Failback::Auto,
+            failback_delay: DEFAULT_FAILBACK_DELAY,
+            all_down: AllDown::Keep,
+            share: 0,
+            failback_gate: None,
+        };
+        assert_eq!(cfg.services[0].failover, failover);
+        assert_eq!(cfg.services[1].failover, failover);
+        assert_eq!(cfg.control, Control::default());
+        assert_eq!(cfg.control.probe_budget, DEFAULT_PROBE_BUDGET);
+        assert_eq!(cfg.control.metrics, None);
+
+        // Empty tables are the same as absent ones.
+        assert_eq!(health_of(""), tcp);
+        assert_eq!(parse(&with_table("failover", "")).services[0].failover, failover);
+        assert_eq!(
+            parse(&format!("{GATEWAY}[control]\n")).control,
+            Control::default()
+        );
+    }
+
+    #[test]
+    fn timing_defaults_follow_the_kind() {
+        let exec = health_of("kind = \"exec\"\ncommand = [\"/bin/true\"]\n");
+        assert_eq!(
+            (exec.interval, exec.timeout),
+            (DEFAULT_EXEC_INTERVAL, DEFAULT_EXEC_TIMEOUT)
+        );
+        assert_eq!(exec.interval, Duration::from_secs(1));
+        let http = health_of("kind = \"http\"\n");
+        assert_eq!(
+            http.kind,
+            ProbeKind::Http {
+                path: "/".to_owned(),
+                expect: vec![200],
+            }
+        );
+        assert_eq!(
+            (http.interval, http.timeout),
+            (DEFAULT_HTTP_INTERVAL, DEFAULT_HTTP_TIMEOUT)
+        );
+        let icmp = health_of("kind = \"icmp\"\nrise = 1\n");
+        assert_eq!(
+            (icmp.interval, icmp.timeout, icmp.rise),
+            (DEFAULT_INTERVAL, DEFAULT_TIMEOUT, 1)
+        );
+        // Setting one of the two keeps the other's default.
+        let half = health_of("kind = \"exec\"\ncommand = [\"/bin/true\"]\ninterval = \"3s\"\n");
+        assert_eq!(
+            (half.interval, half.timeout),
+            (Duration::from_secs(3), DEFAULT_EXEC_TIMEOUT)
+        );
+        // A timeout longer than the interval is allowed: probes overlap.
+        let overlap = health_of("interval = \"1ms\"\ntimeout = \"60s\"\n");
+        assert_eq!(
+            (overlap.interval, overlap.timeout),
+            (ms(1), Duration::from_secs(60))
+        );
+
+        // Gates: the slower of the gate defaults and the kind's, rise = fall = 1.
+        let gate = |kind: &str| {
+            parse(&with_table(
+                "failover",
+                &format!("failback_gate = {{ {kind} }}\n"),
+            ))
+            .services[0]
+                .failover
+                .failback_gate
+                .clone()
+                .expect("gate")
+        };
+        let tcp = gate("kind = \"tcp\"");
+        assert_eq!(
+            (tcp.interval, tcp.timeout, tcp.rise, tcp.fall),
+            (DEFAULT_GATE_INTERVAL, DEFAULT_GATE_TIMEOUT, 1, 1)
+        );
+        let exec = gate("kind = \"exec\", command = [\"/bin/true\"]");
+        assert_eq!(
+            (exec.interval, exec.timeout),
+            (DEFAULT_EXEC_INTERVAL, DEFAULT_EXEC_TIMEOUT)
+        );
+        let udp = gate("kind = \"udp\"");
+        assert_eq!(
+            udp.kind,
+            ProbeKind::Udp {
+                send: DEFAULT_UDP_SEND.to_vec(),
+                expect: None
+            }
+        );
+    }
+
+    #[test]
+    fn health_table_attaches_to_the_last_service() {
+        let text = format!(
+            "{GATEWAY}[[service]]\n{SVC}{BACKENDS}\n[[service]]\nname = \"b\"\nvip = \"198.18.100.1\"\n\
+             port = 81\nprotocol = \"tcp\"\nprimary = \"198.18.2.3\"\nsecondary = \"198.18.3.3\"\n\
+             [service.health]\nrise = 7\n"
+        );
+        let cfg = parse(&text);
+        assert_eq!(cfg.services[0].health.rise, DEFAULT_RISE);
+        assert_eq!(cfg.services[1].health.rise, 7);
+        // The error points into the sub-table and names the second service.
+        let msg = err(&text.replace("rise = 7", "rise = 0"));
+        assert_eq!(
+            msg,
+            "test.toml:19: service \"b\" health: key \"rise\": 0 is out of range, expected 1..=100"
+        );
+        // A health table before any [[service]] is not an array of services.
+        let msg = err(&format!("{GATEWAY}[service.health]\nrise = 1\n"));
+        assert_contains(&msg, &["test.toml:3:", "[[service]]"]);
+        // Two health tables for one service.
+        let msg = err(&with_table("health", "rise = 1\n[service.health]\nfall = 1\n"));
+        assert_contains(&msg, &["test.toml:12:", "duplicate key"]);
+    }
+
+    #[test]
+    fn docs_example_parses() {
+        let text = include_str!("../../../docs/examples/redirector.toml");
+        let cfg = parse(text);
+        let kinds: Vec<&str> = cfg.services.iter().map(|s| s.health.kind.as_str()).collect();
+        assert_eq!(kinds, ["http", "udp", "exec"]);
+        assert!(cfg.services[0].failover.failback_gate.is_some());
+        assert_eq!(cfg.services[2].failover.failback, Failback::Manual);
+        assert_eq!(cfg.control.metrics, Some("127.0.0.1:9630".parse().expect("addr")));
+    }
+
+    // Unknown keys.
+
+    #[test]
+    fn unknown_key_in_health() {
+        let msg = health_err("rise = 2\nretries = 3\n");
+        assert_eq!(
+            msg,
+            "test.toml:12: service \"web\" health: unknown key \"retries\", expected one of \"kind\", \
+             \"interval\", \"timeout\", \"rise\", \"fall\", \"path\", \"expect\", \"send\", \"command\""
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_failover() {
+        let msg = failover_err("share = 1\nfailback_dealy = \"1s\"\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:12:",
+                "service \"web\" failover: ",
+                "unknown key \"failback_dealy\"",
+                "\"failback\", \"failback_delay\", \"all_down\", \"share\", \"failback_gate\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_failback_gate() {
+        let msg = failover_err("\nfailback_gate = { kind = \"tcp\", port = 81 }\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:12:",
+                "service \"web\" failback_gate: ",
+                "unknown key \"port\"",
+                "\"kind\", \"interval\"",
+            ],
+        );
+        let msg = failover_err("[service.failover.failback_gate]\nkind = \"tcp\"\nbogus = 1\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:13:",
+                "service \"web\" failback_gate: ",
+                "unknown key \"bogus\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_control() {
+        let msg = control_err("socket = \"/run/r.sock\"\nmetric = \"127.0.0.1:9630\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:5: [control]: unknown key \"metric\", expected one of \"socket\", \"state_dir\", \
+             \"bpffs_dir\", \"metrics\", \"probe_budget\""
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_the_service_and_the_gateway() {
+        let msg = err(&one_service(&format!(
+            "{SVC}{BACKENDS}helth = {{ kind = \"tcp\" }}\n"
+        )));
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:10:",
+                "service \"web\": unknown key \"helth\"",
+                "\"health\"",
+            ],
+        );
+        // An unusable name: the service is named by its position.
+        let msg = err(&one_service("name = \"a b\"\nweight = 1\n"));
+        assert_contains(&msg, &["test.toml:5:", "service #1: unknown key \"weight\""]);
+        let msg = err("[gateway]\ninterfaces = [\"eth0\"]\nflow_table = 1024\n");
+        assert_contains(&msg, &["test.toml:3: [gateway]: unknown key \"flow_table\""]);
+    }
+
+    // Wrong types.
+
+    #[test]
+    fn table_key_with_a_scalar() {
+        let msg = err(&one_service(&format!("{SVC}{BACKENDS}health = \"tcp\"\n")));
+        assert_eq!(
+            msg,
+            "test.toml:10: service \"web\": key \"health\": expected a table, found string \"tcp\""
+        );
+        let msg = err(&one_service(&format!("{SVC}{BACKENDS}failover = [1]\n")));
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:10:",
+                "service \"web\"",
+                "key \"failover\"",
+                "found an array",
+            ],
+        );
+        let msg = failover_err("failback_gate = true\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:11:",
+                "service \"web\" failover",
+                "key \"failback_gate\"",
+                "found boolean true",
+            ],
+        );
+        let msg = err(&one_service(&format!("{SVC}{BACKENDS}health = 1979-05-27\n")));
+        assert_contains(&msg, &["test.toml:10:", "datetime", "health check table"]);
+        let msg = err(&format!("control = 1\n{GATEWAY}"));
+        assert_contains(&msg, &["test.toml:1:", "integer", "[control] table"]);
+    }
+
+    #[test]
+    fn wrong_value_types() {
+        let msg = health_err("rise = \"3\"\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:11:",
+                "service \"web\" health",
+                "key \"rise\"",
+                "expected an integer",
+            ],
+        );
+        let msg = health_err("kind = 1\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:11:",
+                "key \"kind\"",
+                "expected a string, found integer 1",
+            ],
+        );
+        let msg = health_err("interval = 5\n");
+        assert_eq!(
+            msg,
+            "test.toml:11: service \"web\" health: key \"interval\": expected a duration string such as \
+             \"500us\" or \"1.5s\", found integer 5"
+        );
+        let msg = failover_err("share = 0.5\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:11:",
+                "service \"web\" failover",
+                "key \"share\"",
+                "float 0.5",
+            ],
+        );
+        let msg = control_err("socket = 1\n");
+        assert_contains(
+            &msg,
+            &["test.toml:4:", "[control]", "key \"socket\"", "expected a string"],
+        );
+        let msg = control_err("probe_budget = \"5000\"\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:4:",
+                "[control]",
+                "key \"probe_budget\"",
+                "expected an integer",
+            ],
+        );
+    }
+
+    #[test]
+    fn bad_kind() {
+        let msg = health_err("kind = \"ping\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:11: service \"web\" health: key \"kind\": unknown value \"ping\", expected \"tcp\", \
+             \"http\", \"udp\", \"icmp\" or \"exec\""
+        );
+    }
+
+    // Durations.
+
+    #[test]
+    fn duration_unparsable() {
+        let msg = health_err("interval = \"5 parsecs\"\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:11:",
+                "service \"web\" health",
+                "key \"interval\"",
+                "invalid duration \"5 parsecs\"",
+                "\"500us\" or \"1.5s\"",
+            ],
+        );
+        for bad in [
+            "", "ms", "5", ".5s", "5.s", "1.2.3s", "-5ms", "5 ms", "5MS", "1e3ms", "5sec",
+        ] {
+            let msg = health_err(&format!("timeout = \"{bad}\"\n"));
+            assert_contains(&msg, &["test.toml:11:", "key \"timeout\"", "duration"]);
+        }
+        let msg = health_err("timeout = \"5\"\n");
+        assert_contains(&msg, &["has no unit"]);
+        let msg = health_err("timeout = \"1.0000000001s\"\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:11:",
+                "key \"timeout\"",
+                "more precise than a nanosecond",
+            ],
+        );
+        let msg = failover_err("failback_delay = \"99999999999999999999h\"\n");
+        assert_contains(&msg, &["test.toml:11:", "key \"failback_delay\"", "too large"]);
+    }
+
+    #[test]
+    fn duration_forms() {
+        let cases = [
+            ("100us", Duration::from_micros(100)),
+            ("100\u{b5}s", Duration::from_micros(100)),
+            ("100\u{3bc}s", Duration::from_micros(100)),
+            ("100000ns", Duration::from_micros(100)),
+            ("0.1ms", Duration::from_micros(100)),
+            ("1.5s", ms(1500)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("0.25h", Duration::from_secs(900)),
+            ("007ms", ms(7)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+            assert_eq!(
+                health_of(&format!("interval = \"{text}\"\n")).interval,
+                want,
+                "{text}"
+            );
+        }
+        assert_eq!(
+            parse_duration("18446744073.709551615s"),
+            Ok(Duration::from_nanos(u64::MAX))
+        );
+        assert!(parse_duration("18446744073.709551616s").is_err());
+    }
+
+    #[test]
+    fn duration_zero() {
+        let msg = health_err("interval = \"0ms\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:11: service \"web\" health: key \"interval\": \"0ms\" is zero, it must be greater than zero"
+        );
+        let msg = health_err("timeout = \"0s\"\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:11:",
+                "service \"web\" health",
+                "key \"timeout\"",
+                "is zero",
+            ],
+        );
+        // failback_delay may be zero.
+        let cfg = parse(&with_table("failover", "failback_delay = \"0s\"\n"));
+        assert_eq!(cfg.services[0].failover.failback_delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn interval_too_short() {
+        let msg = health_err("interval = \"99us\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:11: service \"web\" health: key \"interval\": \"99us\" is too short, the minimum is 100µs"
+        );
+        assert_eq!(health_of("interval = \"100us\"\n").interval, MIN_INTERVAL);
+    }
+
+    #[test]
+    fn interval_too_long() {
+        let msg = health_err("interval = \"61m\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:11: service \"web\" health: key \"interval\": \"61m\" is too long, the maximum is 3600s"
+        );
+        assert_eq!(health_of("interval = \"1h\"\n").interval, MAX_INTERVAL);
+    }
+
+    #[test]
+    fn timeout_too_long() {
+        let msg = health_err("interval = \"1s\"\ntimeout = \"60.001s\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:12: service \"web\" health: key \"timeout\": \"60.001s\" is too long, the maximum is 60s"
+        );
+        let msg = failover_err("failback_gate = { kind = \"tcp\", timeout = \"2m\" }\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:11:",
+                "service \"web\" failback_gate",
+                "key \"timeout\"",
+                "60s",
+            ],
+        );
+    }
+
+    #[test]
+    fn failback_delay_range() {
+        let msg = failover_err("failback_delay = \"3601s\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:11: service \"web\" failover: key \"failback_delay\": \"3601s\" is too long, the maximum is 3600s"
+        );
+        let cfg = parse(&with_table("failover", "failback_delay = \"60m\"\n"));
+        assert_eq!(cfg.services[0].failover.failback_delay, MAX_FAILBACK_DELAY);
+    }
+
+    // rise, fall, share, budget.
+
+    #[test]
+    fn rise_fall_range() {
+        for (body, key, value) in [
+            ("rise = 0\n", "rise", "0"),
+            ("rise = 101\n", "rise", "101"),
+            ("fall = 0\n", "fall", "0"),
+            ("fall = -1\n", "fall", "-1"),
+            ("fall = 101\n", "fall", "101"),
+        ] {
+            let msg = health_err(body);
+            assert_eq!(
+                msg,
+                format!(
+                    "test.toml:11: service \"web\" health: key \"{key}\": {value} is out of range, expected 1..=100"
+                )
+            );
+        }
+        let hc = health_of("rise = 100\nfall = 1\n");
+        assert_eq!((hc.rise, hc.fall), (100, 1));
+    }
+
+    #[test]
+    fn share_range() {
+        let msg = failover_err("share = 101\n");
+        assert_eq!(
+            msg,
+            "test.toml:11: service \"web\" failover: key \"share\": 101 is out of range, expected 0..=100"
+        );
+        let msg = failover_err("share = -1\n");
+        assert_contains(&msg, &["test.toml:11:", "key \"share\"", "-1 is out of range"]);
+        let cfg = parse(&with_table("failover", "share = 100\n"));
+        assert_eq!(cfg.services[0].failover.share, 100);
+    }
+
+    #[test]
+    fn failover_choices() {
+        let msg = failover_err("failback = \"never\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:11: service \"web\" failover: key \"failback\": unknown value \"never\", expected \"auto\" or \"manual\""
+        );
+        let msg = failover_err("\nall_down = \"reject\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:12: service \"web\" failover: key \"all_down\": unknown value \"reject\", expected \"keep\", \"drop\" or \"pass\""
+        );
+    }
+
+    // Kind-specific keys.
+
+    #[test]
+    fn key_of_another_kind() {
+        let msg = health_err("kind = \"tcp\"\npath = \"/healthz\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:12: service \"web\" health: key \"path\": only allowed with kind = \"http\", but kind is \"tcp\""
+        );
+        // The kind defaults to the service's protocol: the message says so.
+        let msg = health_err("path = \"/healthz\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:11: service \"web\" health: key \"path\": only allowed with kind = \"http\", but kind is \
+             \"tcp\" (the default for a tcp service)"
+        );
+        let msg = health_err("kind = \"icmp\"\nexpect = [200]\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:12:",
+                "key \"expect\"",
+                "kind = \"http\" or kind = \"udp\"",
+                "kind is \"icmp\"",
+            ],
+        );
+        let msg = health_err("kind = \"http\"\nsend = \"x\"\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:12:",
+                "key \"send\"",
+                "kind = \"udp\"",
+                "kind is \"http\"",
+            ],
+        );
+        let msg = health_err("kind = \"udp\"\ncommand = [\"/bin/true\"]\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:12:",
+                "key \"command\"",
+                "kind = \"exec\"",
+                "kind is \"udp\"",
+            ],
+        );
+        let msg = failover_err("failback_gate = { kind = \"icmp\", path = \"/\" }\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:11:",
+                "service \"web\" failback_gate",
+                "key \"path\"",
+                "kind is \"icmp\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn http_path() {
+        let msg = health_err("kind = \"http\"\npath = \"healthz\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:12: service \"web\" health: key \"path\": \"healthz\" must start with \"/\""
+        );
+        let msg = health_err("kind = \"http\"\npath = \"/a b\"\n");
+        assert_contains(
+            &msg,
+            &["test.toml:12:", "service \"web\" health", "key \"path\"", "' '"],
+        );
+        let msg = health_err("kind = \"http\"\npath = \"/a\\r\\nHost: x\"\n");
+        assert_contains(&msg, &["test.toml:12:", "key \"path\"", "'\\r'"]);
+    }
+
+    #[test]
+    fn http_expect() {
+        let msg = health_err("kind = \"http\"\nexpect = []\n");
+        assert_eq!(
+            msg,
+            "test.toml:12: service \"web\" health: key \"expect\": must list at least one status code"
+        );
+        let msg = health_err("kind = \"http\"\nexpect = [\n  200,\n  600,\n]\n");
+        assert_eq!(
+            msg,
+            "test.toml:14: service \"web\" health: key \"expect\": 600 is not an HTTP status code, expected 100..=599"
+        );
+        let msg = health_err("kind = \"http\"\nexpect = [99]\n");
+        assert_contains(
+            &msg,
+            &["test.toml:12:", "key \"expect\"", "99 is not an HTTP status code"],
+        );
+        let msg = health_err("kind = \"http\"\nexpect = 200\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:12:",
+                "service \"web\" health",
+                "key \"expect\"",
+                "array of HTTP status codes",
+            ],
+        );
+        let msg = health_err("kind = \"http\"\nexpect = [\"200\"]\n");
+        assert_contains(&msg, &["test.toml:12:", "key \"expect\"", "found string \"200\""]);
+        let msg = health_err("kind = \"http\"\nexpect = [200, 200]\n");
+        assert_contains(
+            &msg,
+            &["test.toml:12:", "key \"expect\"", "200 is listed more than once"],
+        );
+    }
+
+    #[test]
+    fn udp_send_and_expect() {
+        let text = format!(
+            "{GATEWAY}[[service]]\nname = \"dns\"\nvip = \"198.18.100.1\"\nport = 53\nprotocol = \"udp\"\n\
+             {BACKENDS}[service.health]\nexpect = \"\"\n"
+        );
+        let cfg = parse(&text);
+        assert_eq!(
+            cfg.services[0].health.kind,
+            ProbeKind::Udp {
+                send: DEFAULT_UDP_SEND.to_vec(),
+                expect: Some(Vec::new())
+            }
+        );
+        let msg = err(&text.replace("expect = \"\"", "expect = [\"pong\"]"));
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:11:",
+                "service \"dns\" health",
+                "key \"expect\"",
+                "expected a string",
+            ],
+        );
+        let msg = err(&text.replace("expect = \"\"", "send = 1"));
+        assert_contains(&msg, &["test.toml:11:", "key \"send\"", "expected a string"]);
+    }
+
+    #[test]
+    fn exec_command() {
+        let msg = health_err("kind = \"exec\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:10: service \"web\" health: missing required key \"command\""
+        );
+        let msg = health_err("kind = \"exec\"\ncommand = []\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:12:",
+                "service \"web\" health",
+                "key \"command\"",
+                "must name the program",
+            ],
+        );
+        let msg = health_err("kind = \"exec\"\ncommand = [\"check\", \"-v\"]\n");
+        assert_eq!(
+            msg,
+            "test.toml:12: service \"web\" health: key \"command\": program \"check\" must be an absolute path"
+        );
+        let msg = health_err("kind = \"exec\"\ncommand = [\"/bin/check\",\n  3]\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:13:",
+                "key \"command\"",
+                "expected a string, found integer 3",
+            ],
+        );
+        let msg = health_err("kind = \"exec\"\ncommand = \"/bin/check -v\"\n");
+        assert_contains(
+            &msg,
+            &["test.toml:12:", "key \"command\"", "expected an array of strings"],
+        );
+        let msg = health_err("kind = \"exec\"\ncommand = [\"/bin/check\", \"a\\u0000b\"]\n");
+        assert_contains(&msg, &["test.toml:12:", "key \"command\"", "NUL"]);
+        let hc = health_of("kind = \"exec\"\ncommand = [\"/bin/check\", \"\", \"x y\"]\n");
+        assert_eq!(
+            hc.kind,
+            ProbeKind::Exec {
+                command: vec!["/bin/check".to_owned(), String::new(), "x y".to_owned()]
+            }
+        );
+    }
+
+    #[test]
+    fn failback_gate_needs_a_kind() {
+        let msg = failover_err("share = 0\nfailback_gate = { interval = \"1s\" }\n");
+        assert_eq!(
+            msg,
+            "test.toml:12: service \"web\" failback_gate: missing required key \"kind\""
+        );
+        let msg = failover_err("[service.failover.failback_gate]\nrise = 2\n");
+        assert_eq!(
+            msg,
+            "test.toml:11: service \"web\" failback_gate: missing required key \"kind\""
+        );
+    }
+
+    // [control]
+
+    #[test]
+    fn control_paths_must_be_absolute() {
+        for key in ["socket", "state_dir", "bpffs_dir"] {
+            let msg = control_err(&format!("\n{key} = \"run/redirector\"\n"));
+            assert_eq!(
+                msg,
+                format!("test.toml:5: [control]: key \"{key}\": \"run/redirector\" is not an absolute path")
+            );
+        }
+        let msg = control_err("state_dir = \"\"\n");
+        assert_contains(
+            &msg,
+            &["test.toml:4:", "key \"state_dir\"", "not an absolute path"],
+        );
+    }
+
+    #[test]
+    fn control_socket_path_length() {
+        let long = format!("/run/{}", "s".repeat(103));
+        let msg = control_err(&format!("socket = \"{long}\"\n"));
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:4:",
+                "[control]",
+                "key \"socket\"",
+                "108 bytes",
+                "at most 107",
+            ],
+        );
+        let ok = format!("/run/{}", "s".repeat(102));
+        let cfg = parse(&format!("{GATEWAY}[control]\nsocket = \"{ok}\"\n"));
+        assert_eq!(cfg.control.socket, PathBuf::from(ok));
+    }
+
+    #[test]
+    fn control_dirs_must_differ() {
+        let msg = control_err("state_dir = \"/var/lib/r\"\nbpffs_dir = \"/var/lib/r/\"\n");
+        assert_eq!(
+            msg,
+            "test.toml:5: [control]: key \"bpffs_dir\": \"/var/lib/r/\" is also state_dir; state_dir and \
+             bpffs_dir must be different directories"
+        );
+        let msg = control_err("state_dir = \"/sys/fs/bpf/redirector\"\n");
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:4:",
+                "[control]",
+                "key \"state_dir\"",
+                "is also bpffs_dir (the default)",
+            ],
+        );
+    }
+
+    #[test]
+    fn control_metrics() {
+        for (text, want) in [("127.0.0.1:9630", "127.0.0.1:9630"), ("[::]:9630", "[::]:9630")] {
+            let cfg = parse(&format!("{GATEWAY}[control]\nmetrics = \"{text}\"\n"));
+            assert_eq!(cfg.control.metrics, Some(want.parse().expect("addr")));
+        }
+        for bad in ["localhost:9630", "127.0.0.1", "::1:9630", "127.0.0.1:99999", ""] {
+            let msg = control_err(&format!("metrics = \"{bad}\"\n"));
+            assert_contains(
+                &msg,
+                &[
+                    "test.toml:4:",
+                    "[control]",
+                    "key \"metrics\"",
+                    "expected \"addr:port\" or \"[ipv6]:port\"",
+                ],
+            );
+        }
+        let msg = control_err("metrics = \"127.0.0.1:0\"\n");
+        assert_contains(&msg, &["test.toml:4:", "key \"metrics\"", "port 0"]);
+    }
+
+    #[test]
+    fn control_probe_budget_range() {
+        for bad in [99, 1_000_001] {
+            let msg = control_err(&format!("probe_budget = {bad}\n"));
+            assert_eq!(
+                msg,
+                format!(
+                    "test.toml:4: [control]: key \"probe_budget\": {bad} is out of range, expected 100..=1000000"
+                )
+            );
+        }
+        for ok in [100, 1_000_000] {
+            let cfg = parse(&format!("{GATEWAY}[control]\nprobe_budget = {ok}\n"));
+            assert_eq!(cfg.control.probe_budget, ok);
+        }
     }
 }

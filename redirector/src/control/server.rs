@@ -147,13 +147,22 @@ async fn serve(stream: UnixStream, tx: mpsc::Sender<Incoming>) -> std::io::Resul
     }
     let peer = peer(cred.uid(), cred.pid());
     let (reply, mut answers) = mpsc::channel(64);
+    // Only `events --follow` streams; every other request ends with its
+    // first answer that is not an event (so the daemon may exit right after
+    // answering a detach: this task drops the channel once it is written).
+    let streams = matches!(request, Request::Events { follow: true });
     if tx.send(Incoming { request, peer, reply }).await.is_err() {
         let message = "the daemon is shutting down".to_owned();
         return write(&mut write_half, Response::Error { message }).await;
     }
     while let Some(r) = answers.recv().await {
+        let last = !streams && !matches!(r, Response::Event(_));
         write(&mut write_half, r).await?;
+        if last {
+            break;
+        }
     }
+    drop(answers);
     write_half.shutdown().await
 }
 

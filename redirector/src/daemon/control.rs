@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use log::info;
+use tokio::sync::mpsc;
 
 use super::Daemon;
 use crate::{
@@ -43,8 +44,9 @@ fn who(p: &Peer) -> Who {
 }
 
 impl Daemon {
-    /// Handles one request; true when the operator asked to detach (the loop ends).
-    pub(super) fn request(&mut self, incoming: Incoming) -> bool {
+    /// Handles one request. A detach is carried out here; its reply channel
+    /// comes back so the loop can end once the answer is written.
+    pub(super) fn request(&mut self, incoming: Incoming) -> Option<mpsc::Sender<Response>> {
         let Incoming { request, peer, reply } = incoming;
         let now = Nanos(monotonic_ns());
         let answer = |r: Response| {
@@ -125,16 +127,24 @@ impl Daemon {
             Request::Reload => self.begin_reload(Some(reply)),
             Request::Detach => {
                 info!("operator {}: detach", who(&peer));
-                answer(Response::Done {
-                    message: format!(
-                        "detached: the XDP program, its links and the pins in {} are removed; the daemon stops",
-                        self.pins.dir().display()
-                    ),
-                });
-                return true;
+                // Unpinned links detach once the last fd (ours) closes.
+                self.links.clear();
+                let r = match self.pins.remove() {
+                    Ok(()) => Response::Done {
+                        message: format!(
+                            "detached: the XDP program, its links and the pins in {} are removed; the daemon stops",
+                            self.pins.dir().display()
+                        ),
+                    },
+                    Err(e) => Response::Error {
+                        message: format!("detach: {e:#}; the daemon stops, remove what is left by hand"),
+                    },
+                };
+                answer(r);
+                return Some(reply);
             }
         }
-        false
+        None
     }
 
     fn status(&self) -> Status {

@@ -270,7 +270,12 @@ impl Daemon {
                 hops.backend(id, 0, svc.primary.addr),
                 hops.backend(id, 1, svc.secondary.addr),
             ];
-            let intent = state.intents.get(&svc.name).cloned().unwrap_or_default();
+            let mut intent = state.intents.get(&svc.name).cloned().unwrap_or_default();
+            if !adopting {
+                // No pins: a fresh boot, whose monotonic clock says nothing about a
+                // saved expiry. Untimed overrides and drains stand.
+                intent.pin = intent.pin.filter(|o| o.until.is_none());
+            }
             let pinned = published
                 .get(&id)
                 .filter(|k| **k == service_key(svc))
@@ -422,8 +427,10 @@ impl Daemon {
                     self.apply(effects);
                 }
                 Some(incoming) = self.requests.recv() => {
-                    if self.request(incoming) {
+                    if let Some(reply) = self.request(incoming) {
                         detached = true;
+                        // Let the answer reach the operator before the runtime goes.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), reply.closed()).await;
                         break;
                     }
                 }
@@ -487,12 +494,7 @@ impl Daemon {
                 }
             }
         }
-        if detached {
-            self.links.clear();
-            if let Err(e) = self.pins.remove() {
-                warn!("removing pins: {e:#}");
-            }
-        } else {
+        if !detached {
             self.state.intents = self.services.intents();
             self.state.stopped_unix_ms = Some(unix_ms());
             if let Err(e) = self.state.save(&self.cfg.control.state_dir) {

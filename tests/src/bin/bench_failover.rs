@@ -31,7 +31,7 @@ use redirector::control::{
     proto::{Request, Response},
 };
 use redirector_tests::{
-    lab::{LAB_CONFIG, Running, Server},
+    lab::{Running, Server, lab_config_with},
     netns::{NetNs, in_ns},
 };
 
@@ -93,17 +93,7 @@ fn args() -> Result<Args> {
 /// The lab configuration with a short failback delay (so runs follow each
 /// other quickly); health settings are the defaults.
 fn config() -> String {
-    let mut c = String::new();
-    for (i, block) in LAB_CONFIG.split("[[service]]").enumerate() {
-        if i > 0 {
-            c.push_str("[[service]]");
-        }
-        c.push_str(block);
-        if i > 0 {
-            c.push_str("[service.failover]\nfailback_delay = \"200ms\"\n");
-        }
-    }
-    c
+    lab_config_with("[service.failover]\nfailback_delay = \"200ms\"")
 }
 
 /// Arrival lines of a server: `udp|tcp SEQ NS`.
