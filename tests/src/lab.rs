@@ -141,6 +141,16 @@ impl Lab {
         for ns in [&client, &gw, &primary, &secondary] {
             in_ns(&ns.name, &["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"]);
             in_ns(&ns.name, &["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
+            // A link set down and up again (a fault the tests inject) keeps its
+            // IPv6 addresses, as IPv4 does.
+            in_ns(
+                &ns.name,
+                &["sysctl", "-qw", "net.ipv6.conf.all.keep_addr_on_down=1"],
+            );
+            in_ns(
+                &ns.name,
+                &["sysctl", "-qw", "net.ipv6.conf.default.keep_addr_on_down=1"],
+            );
         }
         in_ns(&gw.name, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         in_ns(&gw.name, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);

@@ -93,6 +93,10 @@ pub struct Failover {
     pub all_down: AllDown,
     /// Percent (0..=100) of new flows sent to the secondary while both are up.
     pub share: u8,
+    /// How long a flapping backend (down more than 3 times in 60 s) is held
+    /// down after it would rise, doubling per further flap up to 12×; zero
+    /// turns damping off.
+    pub flap_hold: Duration,
     /// A probe that must also pass before traffic returns to the primary.
     pub failback_gate: Option<HealthCheck>,
 }
@@ -132,6 +136,8 @@ pub const DEFAULT_RISE: u32 = 3;
 pub const DEFAULT_FALL: u32 = 2;
 /// Default UDP probe payload.
 pub const DEFAULT_UDP_SEND: &[u8] = b"redirector health check\n";
+/// Default `flap_hold`.
+pub const DEFAULT_FLAP_HOLD: Duration = Duration::from_secs(5);
 /// Default `failback_delay`.
 pub const DEFAULT_FAILBACK_DELAY: Duration = Duration::from_secs(1);
 /// Default `interval` / `timeout` of a `failback_gate`.
@@ -215,6 +221,7 @@ impl Default for Failover {
             failback_delay: DEFAULT_FAILBACK_DELAY,
             all_down: AllDown::Keep,
             share: 0,
+            flap_hold: DEFAULT_FLAP_HOLD,
             failback_gate: None,
         }
     }

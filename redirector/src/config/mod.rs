@@ -39,6 +39,7 @@
 //! failback_delay = "1s"           # 0..=1h, default 1s
 //! all_down = "keep"               # keep | drop | pass; default keep
 //! share = 0                       # percent of new flows to the secondary while both are up, 0..=100
+//! flap_hold = "5s"                # 0..=1h, default 5s; "0s" turns flap damping off
 //! failback_gate = { kind = "http", path = "/ready" }  # optional; the health keys, kind required;
 //!                                 # default interval/timeout: the slower of 100ms/50ms and the kind's,
 //!                                 # rise = fall = 1
@@ -604,6 +605,7 @@ raw_table! {
         failback_delay: RawValue,
         all_down: RawValue,
         share: RawValue,
+        flap_hold: RawValue,
         failback_gate: MaybeTable<RawHealth>,
     }
 }
@@ -1715,6 +1717,10 @@ fn convert_failover(
         Some(v) => sec.ranged("share", v, SHARE_RANGE)?,
         None => defaults.share,
     };
+    let flap_hold = match &r.flap_hold {
+        Some(v) => sec.duration("flap_hold", v, Duration::ZERO..=MAX_FAILBACK_DELAY)?,
+        None => defaults.flap_hold,
+    };
     let failback_gate = match sec.table("failback_gate", &r.failback_gate)? {
         // Named after the service alone: `failback_gate` is a unique key.
         Some((table, span)) => Some(convert_check(
@@ -1729,6 +1735,7 @@ fn convert_failover(
         failback_delay,
         all_down,
         share,
+        flap_hold,
         failback_gate,
     })
 }
@@ -2554,6 +2561,7 @@ failback = "manual"
 failback_delay = "2m"
 all_down = "drop"
 share = 25
+flap_hold = "10s"
 
 [service.failover.failback_gate]
 kind = "exec"
@@ -2614,6 +2622,7 @@ probe_budget = 100000
                 failback_delay: Duration::from_secs(120),
                 all_down: AllDown::Drop,
                 share: 25,
+                flap_hold: Duration::from_secs(10),
                 failback_gate: Some(HealthCheck {
                     kind: ProbeKind::Exec {
                         command: vec!["/usr/local/bin/check".to_owned(), "--ready".to_owned()],
@@ -2646,6 +2655,7 @@ probe_budget = 100000
                 failback_delay: Duration::ZERO,
                 all_down: AllDown::Pass,
                 share: 0,
+                flap_hold: DEFAULT_FLAP_HOLD,
                 failback_gate: Some(HealthCheck {
                     kind: ProbeKind::Icmp,
                     interval: DEFAULT_GATE_INTERVAL,
@@ -2712,6 +2722,7 @@ probe_budget = 100000
             failback_delay: DEFAULT_FAILBACK_DELAY,
             all_down: AllDown::Keep,
             share: 0,
+            flap_hold: DEFAULT_FLAP_HOLD,
             failback_gate: None,
         };
         assert_eq!(cfg.services[0].failover, failover);
@@ -2855,7 +2866,7 @@ probe_budget = 100000
                 "test.toml:12:",
                 "service \"web\" failover: ",
                 "unknown key \"failback_dealy\"",
-                "\"failback\", \"failback_delay\", \"all_down\", \"share\", \"failback_gate\"",
+                "\"failback\", \"failback_delay\", \"all_down\", \"share\", \"flap_hold\", \"failback_gate\"",
             ],
         );
     }

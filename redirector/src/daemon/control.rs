@@ -114,15 +114,20 @@ impl Daemon {
                 answer(operator(self, &service, input, done));
             }
             Request::Events { follow } => {
-                for e in &self.events {
-                    if reply.try_send(Response::Event(record(e))).is_err() {
-                        break;
-                    }
-                }
-                let _ = reply.try_send(Response::End);
+                // The backlog can exceed the connection's queue: a task sends it
+                // at the reader's pace, then the end marker.
+                let backlog: Vec<_> = self.events.iter().map(record).collect();
                 if follow {
-                    self.followers.push(reply);
+                    self.followers.push(reply.clone());
                 }
+                tokio::spawn(async move {
+                    for r in backlog {
+                        if reply.send(Response::Event(r)).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = reply.send(Response::End).await;
+                });
             }
             Request::Reload => self.begin_reload(Some(reply)),
             Request::Detach => {

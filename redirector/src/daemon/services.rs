@@ -59,7 +59,11 @@ pub fn policy_of(svc: &Service) -> Policy {
         },
         share: f.share,
         gated: f.failback_gate.is_some(),
-        flap: policy::FlapDamping::default(),
+        flap: policy::FlapDamping {
+            hold: f.flap_hold,
+            max_hold: f.flap_hold * 12,
+            ..policy::FlapDamping::default()
+        },
     }
 }
 

@@ -67,23 +67,28 @@ struct Sample {
     ms: f64,
     lost: u64,
     signal: String,
+    /// How long injecting the fault took (the fault is timed from its end).
+    injection_ms: f64,
 }
 
 struct Args {
     runs: usize,
     busy_secs: u64,
+    verbose: bool,
 }
 
 fn args() -> Result<Args> {
     let mut a = Args {
         runs: 100,
         busy_secs: 60,
+        verbose: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         match k.as_str() {
             "--runs" => a.runs = it.next().context("--runs N")?.parse()?,
             "--busy-secs" => a.busy_secs = it.next().context("--busy-secs N")?.parse()?,
+            "--verbose" => a.verbose = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -91,9 +96,10 @@ fn args() -> Result<Args> {
 }
 
 /// The lab configuration with a short failback delay (so runs follow each
-/// other quickly); health settings are the defaults.
+/// other quickly) and flap damping off (the benchmark fails the primary every
+/// second on purpose); health settings are the defaults.
 fn config() -> String {
-    lab_config_with("[service.failover]\nfailback_delay = \"200ms\"")
+    lab_config_with("[service.failover]\nfailback_delay = \"200ms\"\nflap_hold = \"0s\"")
 }
 
 /// Arrival lines of a server: `udp|tcp SEQ NS`.
@@ -160,26 +166,35 @@ fn client(
                 }
             }
             Series::Tcp => {
+                // A new connection every 10 ms whatever the earlier ones do
+                // (a connection to a silent primary must not hold the next one back).
                 let vip: SocketAddr = "198.18.100.1:80".parse().unwrap_or_else(|_| unreachable!());
                 let start = Instant::now();
+                let mut conns = Vec::new();
                 while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
                     let seq = first_seq + sent;
                     sent += 1;
-                    if let Ok(mut c) = TcpStream::connect_timeout(&vip, Duration::from_millis(200)) {
-                        let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+                    let ns = name.clone();
+                    conns.push(thread::spawn(move || {
+                        let _in = redirector_tests::netns::enter(&ns);
+                        let Ok(mut c) = TcpStream::connect_timeout(&vip, Duration::from_millis(300)) else {
+                            return false;
+                        };
+                        let _ = c.set_read_timeout(Some(Duration::from_millis(300)));
                         let mut s = Vec::new();
-                        if c.write_all(format!("seq:{seq}").as_bytes()).is_ok()
+                        c.write_all(format!("seq:{seq}").as_bytes()).is_ok()
                             && c.read_to_end(&mut s).is_ok()
                             && !s.is_empty()
-                        {
-                            answered += 1;
-                        }
-                    }
+                    }));
                     let next = start + Duration::from_millis(10 * sent);
                     if let Some(d) = next.checked_duration_since(Instant::now()) {
                         thread::sleep(d);
                     }
                 }
+                answered = conns
+                    .into_iter()
+                    .map(|c| u64::from(c.join().unwrap_or(false)))
+                    .sum();
             }
         }
         (sent, answered)
@@ -223,27 +238,60 @@ fn wait_serving(ns: &NetNs, who: &str, within: Duration) -> Result<()> {
     bail!("the VIP is not served by {who} after {within:?}")
 }
 
-fn inject(run: &mut Running, fault: Fault) {
-    let p = &run.lab.primary.name;
+/// Sets `dev` down inside namespace `ns` with one ioctl (no process to start,
+/// so the fault's instant is the syscall's).
+fn link_down_now(ns: &NetNs, dev: &str) -> Result<()> {
+    let _in = ns.enter();
+    // SAFETY: plain socket(2); the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: an all-zero ifreq is valid; the name fits (IFNAMSIZ).
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(dev.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: valid fd and ifreq for SIOCGIFFLAGS / SIOCSIFFLAGS.
+    let r = unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            -1
+        } else {
+            ifr.ifr_ifru.ifru_flags &= !(libc::IFF_UP as libc::c_short);
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr)
+        }
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+    if r < 0 {
+        bail!("{dev} down: {err}");
+    }
+    Ok(())
+}
+
+/// Injects the fault; returns the instant it is surely in effect (CLOCK_MONOTONIC ns).
+fn inject(run: &mut Running, fault: Fault) -> Result<u64> {
     match fault {
         Fault::Kill => run.primary.kill(),
-        Fault::LinkDown => in_ns(p, &["ip", "link", "set", "p0", "down"]),
+        Fault::LinkDown => link_down_now(&run.lab.primary, "p0")?,
         Fault::SilentDrop => {
-            in_ns(p, &["nft", "add", "table", "inet", "rdrbench"]);
-            in_ns(
-                p,
-                &[
-                    "nft",
-                    "add",
-                    "chain",
-                    "inet",
-                    "rdrbench",
-                    "in",
-                    "{ type filter hook input priority 0; policy drop; }",
-                ],
-            );
+            // One atomic nft transaction: the drop policy is in force when it returns.
+            let mut child = std::process::Command::new("ip")
+                .args(["netns", "exec", &run.lab.primary.name, "nft", "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()?;
+            child
+                .stdin
+                .take()
+                .context("nft stdin")?
+                .write_all(b"table inet rdrbench {\n chain in {\n  type filter hook input priority 0; policy drop;\n }\n}\n")?;
+            if !child.wait()?.success() {
+                bail!("nft failed");
+            }
         }
     }
+    Ok(monotonic_ns())
 }
 
 fn repair(run: &mut Running, fault: Fault) {
@@ -278,7 +326,6 @@ fn repair(run: &mut Running, fault: Fault) {
 
 fn one_run(run: &mut Running, series: Series, fault: Fault, first_seq: u64) -> Result<Sample> {
     wait_serving(&run.lab.client, "primary", Duration::from_secs(10))?;
-    let before = events(&run.leftovers.socket).len();
     let mut arrivals = Vec::new();
     drain(&run.primary, &mut arrivals);
     drain(&run.secondary, &mut arrivals);
@@ -286,8 +333,10 @@ fn one_run(run: &mut Running, series: Series, fault: Fault, first_seq: u64) -> R
     let stop = Arc::new(AtomicBool::new(false));
     let c = client(&run.lab.client, series, stop.clone(), first_seq);
     thread::sleep(Duration::from_millis(60));
-    let t_fault = monotonic_ns();
-    inject(run, fault);
+    let t_fault_unix = unix_ms();
+    let t_before = monotonic_ns();
+    let t_fault = inject(run, fault)?;
+    let injection_ms = (t_fault - t_before) as f64 / 1e6;
     // Until the secondary served one request (bounded), plus a little.
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut secondary_at = None;
@@ -297,7 +346,7 @@ fn one_run(run: &mut Running, series: Series, fault: Fault, first_seq: u64) -> R
         drain(&run.secondary, &mut got);
         secondary_at = got
             .iter()
-            .filter(|(s, _, ns)| *s == series && *ns >= t_fault)
+            .filter(|(s, _, ns)| *s == series && *ns >= t_before)
             .map(|(_, _, ns)| *ns)
             .min();
     }
@@ -305,20 +354,30 @@ fn one_run(run: &mut Running, series: Series, fault: Fault, first_seq: u64) -> R
     stop.store(true, Ordering::Relaxed);
     let (sent, answered) = c.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?;
     let evs = events(&run.leftovers.socket);
+    let wanted = match series {
+        Series::Udp => "dns4",
+        Series::Tcp => "web4",
+    };
     let signal = evs
         .iter()
-        .skip(before)
-        .find(|e| e.service == "dns4" || e.service == "web4")
+        .find(|e| e.service == wanted && e.unix_ms + 1 >= t_fault_unix && e.from != e.to)
         .map_or_else(|| "-".to_owned(), |e| e.cause.clone());
     repair(run, fault);
     let Some(at) = secondary_at else {
         bail!("{}: no request reached the secondary within 3 s", fault.name());
     };
     Ok(Sample {
-        ms: (at - t_fault) as f64 / 1e6,
+        ms: (at.max(t_fault) - t_fault) as f64 / 1e6,
         lost: sent.saturating_sub(answered),
         signal,
+        injection_ms,
     })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -368,7 +427,18 @@ fn main() -> Result<()> {
         for i in 0..a.runs {
             for fault in [Fault::Kill, Fault::LinkDown, Fault::SilentDrop] {
                 match one_run(&mut run, series, fault, seq) {
-                    Ok(s) => samples.entry((series, fault)).or_default().push(s),
+                    Ok(s) => {
+                        if a.verbose {
+                            eprintln!(
+                                "{series:?} {}: {:.1} ms, {} lost, {}",
+                                fault.name(),
+                                s.ms,
+                                s.lost,
+                                s.signal
+                            );
+                        }
+                        samples.entry((series, fault)).or_default().push(s);
+                    }
                     Err(e) => eprintln!("run {i} {series:?} {}: {e:#}", fault.name()),
                 }
                 seq += 100_000;
@@ -384,9 +454,9 @@ fn main() -> Result<()> {
     }
     println!();
     println!(
-        "| series | fault | detected by | runs | min | median | p90 | p99 | max | requests lost (median / max) |"
+        "| series | fault | detected by | runs | min | median | p90 | p99 | max | requests lost (median / max) | injection (median) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for ((series, fault), v) in &samples {
         let mut ms: Vec<f64> = v.iter().map(|s| s.ms).collect();
         ms.sort_by(f64::total_cmp);
@@ -403,12 +473,14 @@ fn main() -> Result<()> {
             .map(|(k, n)| format!("{k} ×{n}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let mut inj: Vec<f64> = v.iter().map(|s| s.injection_ms).collect();
+        inj.sort_by(f64::total_cmp);
         let series = match series {
             Series::Udp => "UDP, 1 request/ms",
             Series::Tcp => "TCP, 1 connection/10 ms",
         };
         println!(
-            "| {series} | {} | {sig} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} / {} |",
+            "| {series} | {} | {sig} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} / {} | {:.2} ms |",
             fault.name(),
             ms.len(),
             ms[0],
@@ -418,13 +490,14 @@ fn main() -> Result<()> {
             ms[ms.len() - 1],
             lost[lost.len() / 2],
             lost[lost.len() - 1],
+            percentile(&inj, 0.5),
         );
     }
     // No false failover on a busy machine: a CPU hog per vCPU (and one more)
     // while the primary keeps serving.
     if a.busy_secs > 0 {
         wait_serving(&run.lab.client, "primary", Duration::from_secs(10))?;
-        let before = events(&run.leftovers.socket).len();
+        let t_busy = unix_ms();
         let cpus = thread::available_parallelism().map_or(2, |n| n.get());
         let mut hogs = Vec::new();
         for _ in 0..=cpus {
@@ -447,8 +520,7 @@ fn main() -> Result<()> {
         }
         let transitions: Vec<_> = events(&run.leftovers.socket)
             .into_iter()
-            .skip(before)
-            .filter(|e| e.from != e.to)
+            .filter(|e| e.unix_ms >= t_busy && e.from != e.to)
             .collect();
         println!();
         println!(
