@@ -211,7 +211,15 @@ impl State {
                 out.removed.push((name, id));
             }
         }
-        let mut used: BTreeSet<u32> = self.ids.values().copied().chain(avoid.iter().copied()).collect();
+        // Ids freed by this call are not handed out by it: their map entries
+        // are cleared by the caller after it returns.
+        let mut used: BTreeSet<u32> = self
+            .ids
+            .values()
+            .copied()
+            .chain(avoid.iter().copied())
+            .chain(out.removed.iter().map(|(_, id)| *id))
+            .collect();
         let mut next = 0u32;
         for name in wanted {
             if self.ids.contains_key(name) {
@@ -243,12 +251,15 @@ mod tests {
         let a = s.assign(["api", "web", "dns"], 1024).unwrap();
         assert_eq!(a, Assignment::default());
         assert_eq!(s.ids, before);
-        // dns removed, mail added: mail reuses dns's id only after it was reported removed.
+        // dns removed, mail added: not with dns's id (its entries are still
+        // being cleared); a later allocation may reuse it.
         let a = s.assign(["api", "web", "mail"], 1024).unwrap();
         assert_eq!(a.removed, vec![("dns".to_owned(), before["dns"])]);
-        assert_eq!(a.added, vec![("mail".to_owned(), before["dns"])]);
+        assert_eq!(a.added, vec![("mail".to_owned(), 3)]);
         assert_eq!(s.ids["web"], before["web"]);
         assert_eq!(s.ids["api"], before["api"]);
+        let a = s.assign(["api", "web", "mail", "ntp"], 1024).unwrap();
+        assert_eq!(a.added, vec![("ntp".to_owned(), before["dns"])]);
     }
 
     #[test]

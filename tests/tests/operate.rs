@@ -167,7 +167,7 @@ fn no_request_lost(client: &NetNs, during: impl FnOnce()) -> std::collections::B
 struct Setup {
     lab: Lab,
     primary: Server,
-    _secondary: Server,
+    secondary: Server,
     left: Leftovers,
     config: PathBuf,
 }
@@ -192,7 +192,7 @@ fn setup(tag: &str) -> Setup {
     Setup {
         lab,
         primary,
-        _secondary: secondary,
+        secondary,
         left,
         config,
     }
@@ -315,4 +315,274 @@ fn operator_flip_auto_and_refusals_through_the_cli() {
     assert!(err.contains("permission denied"), "{err}");
     let _ = cli_ok(&sock, &["detach"]);
     let _ = std::fs::remove_file(&s.config);
+}
+
+fn events_of(sock: &Path, service: &str) -> Vec<String> {
+    cli_ok(sock, &["events"])
+        .lines()
+        .filter(|l| l.contains(&format!(" {service}: ")))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn nft(ns: &NetNs, script: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "nft: {script}");
+}
+
+#[test]
+fn one_forged_reset_or_icmp_error_does_not_fail_a_healthy_backend_over() {
+    if !require_root("one_forged_reset_or_icmp_error_does_not_fail_a_healthy_backend_over") {
+        return;
+    }
+    let s = setup("forge");
+    let sock = s.left.socket.clone();
+    let _d = Daemon::start(&s.lab.gw, &s.config, &sock);
+    thread::sleep(Duration::from_millis(300));
+    // In the primary's namespace, answer exactly one health probe from the
+    // gateway with a RST (TCP, web4) and one with an ICMP port unreachable
+    // (UDP, dns4): what a forged packet carrying the backend's address does.
+    nft(
+        &s.lab.primary,
+        "table inet forge {\n chain in {\n  type filter hook input priority 0;\n  \
+         ip saddr 198.18.2.1 tcp dport 8080 limit rate 1/hour burst 1 packets counter reject with tcp reset\n  \
+         ip saddr 198.18.2.1 udp dport 53 limit rate 1/hour burst 1 packets counter reject\n }\n}\n",
+    );
+    thread::sleep(Duration::from_millis(500));
+    let listed = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &s.lab.primary.name,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "forge",
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(
+        listed.matches("counter packets 1 ").count(),
+        2,
+        "each rule answered exactly one probe: {listed}"
+    );
+    for service in ["web4", "dns4"] {
+        let ev = events_of(&sock, service);
+        assert!(
+            ev.iter().all(|l| !l.contains("primary → secondary")),
+            "{service} failed over on one refused probe: {ev:?}"
+        );
+    }
+    let st = cli_ok(&sock, &["status"]);
+    assert!(
+        st.contains("web4 (id 0) 198.18.100.1:80/tcp nat: active primary"),
+        "{st}"
+    );
+    assert!(
+        st.contains("dns4 (id 1) 198.18.100.1:53/udp nat: active primary"),
+        "{st}"
+    );
+    let _ = cli_ok(&sock, &["detach"]);
+    let _ = std::fs::remove_file(&s.config);
+}
+
+#[test]
+fn flip_to_a_down_backend_is_refused_unless_forced() {
+    if !require_root("flip_to_a_down_backend_is_refused_unless_forced") {
+        return;
+    }
+    let mut s = setup("force");
+    let sock = s.left.socket.clone();
+    let _d = Daemon::start(&s.lab.gw, &s.config, &sock);
+    s.secondary.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cli_ok(&sock, &["status"]).contains("secondary 198.18.3.2 ") || {
+        let st = cli_ok(&sock, &["status"]);
+        !st.lines()
+            .any(|l| l.contains("secondary 198.18.3.2 ") && l.contains(" down"))
+    } {
+        assert!(Instant::now() < deadline, "the secondary is not seen down");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = cli(&sock, &["flip", "dns4", "secondary"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("secondary is down") && err.contains("--force"),
+        "{err}"
+    );
+    let out = cli_ok(
+        &sock,
+        &["flip", "dns4", "secondary", "--force", "--reason", "test"],
+    );
+    assert!(out.contains("pinned to the secondary"), "{out}");
+    assert!(cli_ok(&sock, &["status"]).contains("forced"));
+    let _ = cli_ok(&sock, &["detach"]);
+    let _ = std::fs::remove_file(&s.config);
+}
+
+/// The lab configuration's service blocks, in reverse order.
+fn reversed(config: &str) -> String {
+    let mut parts: Vec<&str> = config.split("[[service]]").collect();
+    let head = parts.remove(0);
+    parts.reverse();
+    let mut out = head.to_owned();
+    for p in parts {
+        out.push_str("[[service]]");
+        out.push_str(p);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn reload_applies_by_name_and_refuses_a_bad_file() {
+    if !require_root("reload_applies_by_name_and_refuses_a_bad_file") {
+        return;
+    }
+    let mut s = setup("rld");
+    let sock = s.left.socket.clone();
+    let mut d = Daemon::start(&s.lab.gw, &s.config, &sock);
+    let vip: SocketAddr = "198.18.100.1:53".parse().unwrap();
+    // A flow pinned to the secondary: the primary dies, the flow moves, the
+    // primary comes back; the flow stays on the secondary (its flow entry).
+    s.primary.kill();
+    let pinned = {
+        let _c = s.lab.client.enter();
+        let f = UdpSocket::bind("0.0.0.0:0").unwrap();
+        f.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 64];
+        loop {
+            assert!(Instant::now() < deadline, "no failover");
+            f.send_to(b"hello", vip).unwrap();
+            if let Ok((n, _)) = f.recv_from(&mut buf)
+                && buf[..n].starts_with(b"secondary")
+            {
+                break f;
+            }
+        }
+    };
+    s.primary = Server::start(&s.lab.primary, "primary", "198.18.2.2", "2001:2:0:2::2", false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cli_ok(&sock, &["status"]).contains("dns4 (id 1) 198.18.100.1:53/udp nat: active primary") {
+        assert!(Instant::now() < deadline, "no failback");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let before = cli_ok(&sock, &["status", "--json"]);
+
+    // Reordered, dsr-dns6 removed, a service added, web6's policy changed.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let (services, control) = text.split_at(text.find("[control]").unwrap());
+    let mut new = reversed(services);
+    let cut = new.find("[[service]]\nname = \"dsr-dns6\"").unwrap();
+    let end = new[cut + 1..]
+        .find("[[service]]")
+        .map_or(new.len(), |e| cut + 1 + e);
+    new.replace_range(cut..end, "");
+    new = new.replace(
+        "name = \"web6\"\n",
+        "name = \"web6\"\n[service.failover]\nfailback_delay = \"2s\"\n",
+    );
+    // (keys after a sub-table belong to it: move web6's sub-table to its end)
+    new = fix_subtable(&new, "web6");
+    new.push_str(
+        "[[service]]\nname = \"extra\"\nvip = \"198.18.100.3\"\nport = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\n\
+         primary = \"198.18.2.2\"\nsecondary = \"198.18.3.2\"\n\n",
+    );
+    new.push_str(control);
+    std::fs::write(&s.config, &new).unwrap();
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(i32::try_from(d.0.id()).unwrap(), libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cli_ok(&sock, &["status"]).contains("extra (id") {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let st = cli_ok(&sock, &["status"]);
+    assert!(!st.contains("dsr-dns6"), "removed: {st}");
+    let after = cli_ok(&sock, &["status", "--json"]);
+    let (b, a): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_str(&before).unwrap(),
+        serde_json::from_str(&after).unwrap(),
+    );
+    let find = |v: &serde_json::Value, n: &str| {
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    for name in ["dns4", "web4", "web6"] {
+        let (x, y) = (find(&b, name), find(&a, name));
+        assert_eq!(x["id"], y["id"], "{name}: same id after a reorder");
+        // Health state kept: the backend has been up at least as long as before.
+        assert!(
+            y["backends"][1]["since_s"].as_f64().unwrap() >= x["backends"][1]["since_s"].as_f64().unwrap(),
+            "{name}: health state reset by the reload"
+        );
+    }
+    // The pinned flow is still on the secondary.
+    {
+        let _c = s.lab.client.enter();
+        let mut buf = [0u8; 64];
+        pinned.send_to(b"hello", vip).unwrap();
+        let (n, _) = pinned.recv_from(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"secondary"), "the pinned flow moved");
+    }
+    // A bad file is refused with its error; the running configuration stays.
+    std::fs::write(
+        &s.config,
+        new.replace("protocol = \"tcp\"", "protocol = \"tcpp\""),
+    )
+    .unwrap();
+    let out = cli(&sock, &["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("running configuration unchanged") && err.contains("protocol"),
+        "{err}"
+    );
+    assert!(cli_ok(&sock, &["status"]).contains("extra (id"));
+    d.signal(libc::SIGTERM);
+    drop(d);
+    // Daemon down: detach through the pins (the file is broken now: give the dirs by hand).
+    std::fs::write(
+        &s.config,
+        format!(
+            "[gateway]\ninterfaces = [\"g-c\"]\n[control]\nsocket = {:?}\nstate_dir = {:?}\nbpffs_dir = {:?}\n",
+            s.left.socket, s.left.state_dir, s.left.bpffs_dir
+        ),
+    )
+    .unwrap();
+    let out = cli_ok(&sock, &["--config", s.config.to_str().unwrap(), "detach"]);
+    assert!(out.contains("detached"), "{out}");
+    assert!(!xdp_attached(&s.lab.gw, "g-c"));
+    let _ = std::fs::remove_file(&s.config);
+}
+
+/// Moves `[service.failover]` right after `name = "<service>"` to the end of
+/// that service's block (TOML: keys after a sub-table header belong to it).
+fn fix_subtable(text: &str, service: &str) -> String {
+    let marker = format!("name = \"{service}\"\n[service.failover]\nfailback_delay = \"2s\"\n");
+    let Some(at) = text.find(&marker) else {
+        return text.to_owned();
+    };
+    let block_end = text[at..].find("[[service]]").map_or(text.len(), |e| at + e);
+    let mut out = String::new();
+    out.push_str(&text[..at]);
+    out.push_str(&format!("name = \"{service}\"\n"));
+    out.push_str(&text[at + marker.len()..block_end]);
+    out.push_str("[service.failover]\nfailback_delay = \"2s\"\n\n");
+    out.push_str(&text[block_end..]);
+    out
 }
