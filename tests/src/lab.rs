@@ -132,10 +132,26 @@ pub struct DsrVips<'a> {
 impl Lab {
     /// Builds the lab. `tag` keeps namespace names unique per test.
     pub fn new(tag: &str, dsr: &DsrVips<'_>) -> Lab {
-        let client = NetNs::new(&format!("{tag}c"));
-        let gw = NetNs::new(&format!("{tag}g"));
-        let primary = NetNs::new(&format!("{tag}p"));
-        let secondary = NetNs::new(&format!("{tag}s"));
+        Self::build(
+            [
+                NetNs::new(&format!("{tag}c")),
+                NetNs::new(&format!("{tag}g")),
+                NetNs::new(&format!("{tag}p")),
+                NetNs::new(&format!("{tag}s")),
+            ],
+            dsr,
+            None,
+        )
+    }
+
+    /// Builds the topology in the namespaces (client, gateway, primary,
+    /// secondary). With `pin_dir`, the far ends' XDP_PASS links are pinned
+    /// there so they outlive this process (`cargo xtask lab up`).
+    pub fn build(
+        [client, gw, primary, secondary]: [NetNs; 4],
+        dsr: &DsrVips<'_>,
+        pin_dir: Option<&std::path::Path>,
+    ) -> Lab {
         // Link-local addresses would otherwise sit in duplicate address
         // detection for ~2 s after link up, stalling neighbour discovery.
         for ns in [&client, &gw, &primary, &secondary] {
@@ -231,7 +247,13 @@ impl Lab {
         prog.load().unwrap();
         for (ns, ifname) in [(&client, "c0"), (&primary, "p0"), (&secondary, "s0")] {
             let _in = ns.enter();
-            prog.attach(ifname, aya::programs::XdpMode::Driver).unwrap();
+            let id = prog.attach(ifname, aya::programs::XdpMode::Driver).unwrap();
+            if let Some(dir) = pin_dir {
+                std::fs::create_dir_all(dir).unwrap();
+                let link = prog.take_link(id).unwrap();
+                let fd = aya::programs::links::FdLink::try_from(link).unwrap();
+                fd.pin(dir.join(format!("pass_{ifname}"))).unwrap();
+            }
         }
         Lab {
             _pass: pass,

@@ -45,6 +45,21 @@ impl NetNs {
         ns
     }
 
+    /// Creates the namespace `name` exactly (a fixed lab's), with `lo` up.
+    pub fn named(name: &str) -> NetNs {
+        sh(&["ip", "netns", "add", name]);
+        let ns = NetNs {
+            name: name.to_owned(),
+        };
+        in_ns(&ns.name, &["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Keeps the namespace when this value goes (a lab meant to outlive the process).
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+
     /// Adds veth pairs `(a, b)` inside this namespace, both ends up.
     pub fn add_veths(&self, pairs: &[(&str, &str)]) {
         for (a, b) in pairs {

@@ -33,6 +33,11 @@ enum Command {
     },
     /// Run the built-in lab: namespaces, redirector, real traffic, counters.
     Demo,
+    /// The built-in lab topology as a command: up (idempotent), down (also after a crash), status.
+    Lab {
+        #[arg(value_parser = ["up", "down", "status"])]
+        action: String,
+    },
     /// Benchmarks (not tests); print tables.
     Bench {
         #[command(subcommand)]
@@ -123,6 +128,26 @@ fn main() -> Result<()> {
             cmd::cargo(
                 &root,
                 &["run", "--release", "-p", "redirector-tests", "--bin", "demo"],
+            )
+        }
+        Command::Lab { action } => {
+            bootstrap::ensure()?;
+            bootstrap::ensure_lab_tools()?;
+            if !bootstrap::is_root() {
+                bail!("the lab creates network namespaces: run it as root");
+            }
+            cmd::cargo(
+                &root,
+                &[
+                    "run",
+                    "--release",
+                    "-p",
+                    "redirector-tests",
+                    "--bin",
+                    "lab",
+                    "--",
+                    &action,
+                ],
             )
         }
         Command::Bench { which } => {
