@@ -9,7 +9,7 @@
 //! An entry whose backend is down is re-pointed to the active backend, so flows
 //! on a dead backend move and do not return to it later.
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use redirector_common::{Counter, FlowKey, FlowValue, SLOT_PRIMARY, SwitchState};
+use redirector_common::{Counter, FlowKey, FlowValue, SLOT_PRIMARY, SLOT_SECONDARY, SwitchState};
 
 use crate::maps::{FLOWS, count};
 
@@ -51,16 +51,26 @@ pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
         }
         return active;
     }
-    if active == SLOT_PRIMARY {
+    if tcp && !syn && st.is_up(SLOT_PRIMARY) {
+        // An established primary flow (drain, manual flip, load sharing).
         return SLOT_PRIMARY;
     }
-    if tcp && !syn && st.is_up(SLOT_PRIMARY) {
-        return SLOT_PRIMARY;
+    let mut target = active;
+    if active == SLOT_PRIMARY {
+        // Load sharing: a fixed share of new flows, chosen by a hash of the
+        // flow (so every packet of a flow decides alike), goes to the
+        // secondary while both are up and it takes new flows; those get an
+        // entry, so they stay there.
+        let share_ok = st.share > 0 && st.is_up(SLOT_SECONDARY) && st.drained & 0b10 == 0;
+        if !share_ok || flow_hash(key) % 100 >= u32::from(st.share) {
+            return SLOT_PRIMARY;
+        }
+        target = SLOT_SECONDARY;
     }
     let value = FlowValue {
         // SAFETY: helper without preconditions.
         last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
-        slot: u32::from(active),
+        slot: u32::from(target),
         _pad: 0,
     };
     // An LRU insert evicts when full; if it still fails, following the active
@@ -69,5 +79,19 @@ pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
         Ok(()) => count(Counter::FlowInserted),
         Err(_) => count(Counter::FlowInsertFailed),
     }
-    active
+    target
+}
+
+/// A well-mixed 32-bit hash of the client's address and port and the service
+/// (murmur3's finaliser over the folded words): spreads load sharing evenly.
+#[inline(always)]
+fn flow_hash(key: &FlowKey) -> u32 {
+    let mut h =
+        key.addr[0] ^ key.addr[1].rotate_left(7) ^ key.addr[2].rotate_left(13) ^ key.addr[3].rotate_left(19);
+    h ^= u32::from(key.port_be) ^ key.service.rotate_left(16);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }

@@ -755,3 +755,47 @@ fn all_down_drop_and_pass_apply_to_every_packet_of_the_service() {
         assert_eq!(slot_of(&mut lab, &s, 6000, false), SLOT_SECONDARY);
     }
 }
+
+#[test]
+fn load_sharing_sends_its_share_of_new_flows_to_the_secondary_and_keeps_them_there() {
+    let Some(mut lab) = lab("share") else { return };
+    for s in lab.svcs.clone() {
+        let id = s.id;
+        let mut st = state(SLOT_PRIMARY, 0b11);
+        st.share = 30;
+        lab.h.dp.set_switch(id, st).unwrap();
+        let before = lab.h.counter(Counter::FlowInserted);
+        let mut to_secondary = 0u64;
+        for sport in 20000..21000u16 {
+            let first = slot_of(&mut lab, &s, sport, true);
+            // Every later packet of the flow goes the same way.
+            assert_eq!(
+                slot_of(&mut lab, &s, sport, false),
+                first,
+                "{} sport {sport}",
+                s.svc.name
+            );
+            if first == SLOT_SECONDARY {
+                to_secondary += 1;
+            }
+        }
+        assert!(
+            (230..=370).contains(&to_secondary),
+            "{}: {to_secondary} of 1000 shared",
+            s.svc.name
+        );
+        // Only the shared flows have entries.
+        assert_eq!(
+            lab.h.counter(Counter::FlowInserted) - before,
+            to_secondary,
+            "{}",
+            s.svc.name
+        );
+        // A drained secondary takes no shared flows; the shared ones stay.
+        st.drained = 0b10;
+        lab.h.dp.set_switch(id, st).unwrap();
+        for sport in 21000..21100u16 {
+            assert_eq!(slot_of(&mut lab, &s, sport, true), SLOT_PRIMARY, "{}", s.svc.name);
+        }
+    }
+}
