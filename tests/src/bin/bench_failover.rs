@@ -75,6 +75,8 @@ struct Args {
     runs: usize,
     busy_secs: u64,
     verbose: bool,
+    /// Service counts for the probing-cost phase.
+    scale: Vec<usize>,
 }
 
 fn args() -> Result<Args> {
@@ -82,6 +84,7 @@ fn args() -> Result<Args> {
         runs: 100,
         busy_secs: 60,
         verbose: false,
+        scale: vec![1, 1024],
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -89,6 +92,15 @@ fn args() -> Result<Args> {
             "--runs" => a.runs = it.next().context("--runs N")?.parse()?,
             "--busy-secs" => a.busy_secs = it.next().context("--busy-secs N")?.parse()?,
             "--verbose" => a.verbose = true,
+            "--scale" => {
+                a.scale = it
+                    .next()
+                    .context("--scale N,N,… (empty: skip)")?
+                    .split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
             other => bail!("unknown argument {other}"),
         }
     }
@@ -119,11 +131,44 @@ fn drain(server: &Server, into: &mut Vec<(Series, u64, u64)>) {
 
 /// One client flow until `stop`: UDP `seq:N` each ms on one socket, or a TCP
 /// connection per 10 ms. Returns (sent, answered).
+/// A TCP connection from `src` (any port) to `to`, 300 ms to connect.
+fn connect_from(src: std::net::Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::from((src, 0)).into())?;
+    s.connect_timeout(&to.into(), Duration::from_millis(300))?;
+    Ok(s.into())
+}
+
+/// Source address of run `k`: every run's flows are new to the gateway (a
+/// reused port could meet a flow entry pinned by an earlier run's failover).
+fn source(k: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(198, 18, 4 + (k / 250) as u8, 1 + (k % 250) as u8)
+}
+
+/// Gives the client the run addresses (198.18.4.0/22) and the gateway a route to them.
+fn add_sources(run: &Running, n: usize) -> Result<()> {
+    let mut batch = String::new();
+    for k in 0..n {
+        batch.push_str(&format!("addr add {}/32 dev c0\n", source(k)));
+    }
+    let mut child = std::process::Command::new("ip")
+        .args(["-n", &run.lab.client.name, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("ip stdin")?.write_all(batch.as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("adding client addresses failed");
+    }
+    in_ns(&run.lab.gw.name, &["ip", "route", "add", "198.18.4.0/22", "via", "198.18.1.2"]);
+    Ok(())
+}
+
 fn client(
     ns: &NetNs,
     series: Series,
     stop: Arc<AtomicBool>,
     first_seq: u64,
+    src: std::net::Ipv4Addr,
 ) -> thread::JoinHandle<(u64, u64)> {
     let name = ns.name.clone();
     thread::spawn(move || {
@@ -133,7 +178,7 @@ fn client(
         match series {
             Series::Udp => {
                 let vip: SocketAddr = "198.18.100.1:53".parse().unwrap_or_else(|_| unreachable!());
-                let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
+                let Ok(sock) = UdpSocket::bind((src, 0)) else {
                     return (0, 0);
                 };
                 let _ = sock.set_nonblocking(true);
@@ -177,7 +222,7 @@ fn client(
                     let ns = name.clone();
                     conns.push(thread::spawn(move || {
                         let _in = redirector_tests::netns::enter(&ns);
-                        let Ok(mut c) = TcpStream::connect_timeout(&vip, Duration::from_millis(300)) else {
+                        let Ok(mut c) = connect_from(src, vip) else {
                             return false;
                         };
                         let _ = c.set_read_timeout(Some(Duration::from_millis(300)));
@@ -324,14 +369,14 @@ fn repair(run: &mut Running, fault: Fault) {
     }
 }
 
-fn one_run(run: &mut Running, series: Series, fault: Fault, first_seq: u64) -> Result<Sample> {
+fn one_run(run: &mut Running, series: Series, fault: Fault, first_seq: u64, k: usize) -> Result<Sample> {
     wait_serving(&run.lab.client, "primary", Duration::from_secs(10))?;
     let mut arrivals = Vec::new();
     drain(&run.primary, &mut arrivals);
     drain(&run.secondary, &mut arrivals);
     arrivals.clear();
     let stop = Arc::new(AtomicBool::new(false));
-    let c = client(&run.lab.client, series, stop.clone(), first_seq);
+    let c = client(&run.lab.client, series, stop.clone(), first_seq, source(k));
     thread::sleep(Duration::from_millis(60));
     let t_fault_unix = unix_ms();
     let t_before = monotonic_ns();
@@ -423,10 +468,13 @@ fn main() -> Result<()> {
     println!("lab up; {} runs per fault and series, faults interleaved", a.runs);
     let mut samples: BTreeMap<(Series, Fault), Vec<Sample>> = BTreeMap::new();
     let mut seq = 1u64;
+    let mut k = 0usize;
+    add_sources(&run, 2 * 3 * a.runs + 1)?;
     for series in [Series::Udp, Series::Tcp] {
         for i in 0..a.runs {
             for fault in [Fault::Kill, Fault::LinkDown, Fault::SilentDrop] {
-                match one_run(&mut run, series, fault, seq) {
+                match one_run(&mut run, series, fault, seq, k) {
+
                     Ok(s) => {
                         if a.verbose {
                             eprintln!(
@@ -442,6 +490,7 @@ fn main() -> Result<()> {
                     Err(e) => eprintln!("run {i} {series:?} {}: {e:#}", fault.name()),
                 }
                 seq += 100_000;
+                k += 1;
             }
             if (i + 1) % 10 == 0 {
                 eprintln!(
@@ -511,7 +560,7 @@ fn main() -> Result<()> {
             );
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let c = client(&run.lab.client, Series::Udp, stop.clone(), seq);
+        let c = client(&run.lab.client, Series::Udp, stop.clone(), seq, source(k));
         let busy = busy_fraction(Duration::from_secs(a.busy_secs.saturating_sub(1).max(1)));
         stop.store(true, Ordering::Relaxed);
         let (sent, answered) = c.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?;
@@ -539,6 +588,73 @@ fn main() -> Result<()> {
         }
     }
     let (_dp, _lab) = run.stop();
+    if a.scale.len() > 0 {
+        println!();
+        println!("| services | backends probed | effective interval | probes/s | daemon CPU (% of one vCPU) | kill → failover decided (median / max over services) |");
+        println!("|---:|---:|---:|---:|---:|---:|");
+        for &n in &a.scale {
+            scale(n)?;
+        }
+    }
     println!("\ntotal {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// CPU time (user + system) of this process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: an all-zero rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// `n` DSR services on the lab's two backends (TCP probes of their port 80)
+/// with the default health settings: the probing cost at that scale, and how
+/// long after the primary's server is killed each service decides.
+fn scale(n: usize) -> Result<()> {
+    let mut config = String::from("[gateway]\ninterfaces = [\"g-c\", \"g-p\", \"g-s\"]\nxdp_mode = \"driver\"\n");
+    for i in 0..n {
+        config.push_str(&format!(
+            "[[service]]\nname = \"s{i}\"\nvip = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\n\
+             primary = \"198.18.2.2\"\nsecondary = \"198.18.3.2\"\n",
+            100 + i / 250,
+            1 + i % 250
+        ));
+    }
+    let mut run = Running::start_with(&format!("sc{n}"), &config, false);
+    // Let the prober settle, then measure its cost over 10 s.
+    thread::sleep(Duration::from_secs(2));
+    let (c0, t0) = (cpu_time(), Instant::now());
+    thread::sleep(Duration::from_secs(10));
+    let cpu = (cpu_time() - c0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    let mut interval = None;
+    let _ = client::call(&run.leftovers.socket, Request::Status, Some(Duration::from_secs(10)), |r| {
+        if let Response::Status(st) = r {
+            interval = st.services.first().and_then(|s| s.backends[0].probe_interval_ms);
+        }
+        false
+    });
+    let interval = interval.unwrap_or(f64::NAN);
+    let kill_unix = unix_ms();
+    run.primary.kill();
+    thread::sleep(Duration::from_millis(500 + (interval * 3.0) as u64));
+    let mut decided: Vec<f64> = events(&run.leftovers.socket)
+        .into_iter()
+        .filter(|e| e.unix_ms >= kill_unix && e.from != e.to)
+        .map(|e| (e.unix_ms - kill_unix) as f64)
+        .collect();
+    decided.sort_by(f64::total_cmp);
+    let backends = 2 * n;
+    println!(
+        "| {n} | {backends} | {interval:.1} ms | {:.0} | {:.1} | {} of {n} failed over: {:.0} / {:.0} ms |",
+        backends as f64 * 1000.0 / interval,
+        cpu * 100.0,
+        decided.len(),
+        percentile(&decided, 0.5),
+        decided.last().copied().unwrap_or(f64::NAN),
+    );
+    let _ = run.stop();
     Ok(())
 }
