@@ -402,7 +402,7 @@ impl Gateway {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let daemon = match Daemon::start(cfg, None) {
+                let daemon = match Daemon::start(cfg, None).await {
                     Ok(d) => d,
                     Err(e) => {
                         ready_tx.send(Err(format!("{e:#}"))).unwrap();

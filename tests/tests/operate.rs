@@ -185,7 +185,7 @@ fn setup(tag: &str) -> Setup {
     let left = Leftovers::new(&lab.gw);
     let config = std::env::temp_dir().join(format!("{}.toml", lab.gw.name));
     let text = format!(
-        "{LAB_CONFIG}\n[control]\nsocket = {:?}\nstate_dir = {:?}\nbpffs_dir = {:?}\n",
+        "{LAB_CONFIG}\n[control]\nsocket = {:?}\nstate_dir = {:?}\nbpffs_dir = {:?}\nmetrics = \"198.18.1.1:9630\"\n",
         left.socket, left.state_dir, left.bpffs_dir
     );
     std::fs::write(&config, text).unwrap();
@@ -281,6 +281,33 @@ fn operator_flip_auto_and_refusals_through_the_cli() {
         ev.contains("dns4: primary → secondary") && ev.contains("root") && ev.contains("patching"),
         "{ev}"
     );
+    // Prometheus sees it too (the endpoint lives in the gateway's namespace).
+    let text = {
+        let _in = s.lab.gw.enter();
+        let mut c = std::net::TcpStream::connect("198.18.1.1:9630").unwrap();
+        std::io::Write::write_all(&mut c, b"GET /metrics HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut c, &mut body).unwrap();
+        body
+    };
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for line in [
+        "redirector_active_backend{service=\"dns4\",backend=\"secondary\"} 1",
+        "redirector_override{service=\"dns4\"} 1",
+        "redirector_transitions_total{service=\"dns4\",cause=\"manual_flip\"} 1",
+        "redirector_backend_up{service=\"dns4\",backend=\"primary\",address=\"198.18.2.2\"} 1",
+        "redirector_probe_budget 5000",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+    }
+    for family in [
+        "redirector_probes_total{",
+        "redirector_probe_duration_seconds_bucket{",
+        "redirector_datapath_packets_total{reason=\"passed\"}",
+        "redirector_backend_packets_total{",
+    ] {
+        assert!(text.contains(family), "missing {family} in:\n{text}");
+    }
     // The override expires by itself.
     thread::sleep(Duration::from_millis(1500));
     let st = cli_ok(&sock, &["status"]);

@@ -240,6 +240,73 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// What the metrics read at scrape time.
+    pub(super) fn live(&self) -> crate::metrics::Live {
+        use crate::metrics::{Live, LiveBackend, LiveService};
+        let services = self
+            .services
+            .iter()
+            .map(|(id, svc)| {
+                let view = svc.machine.view();
+                let backend = |slot: Slot| {
+                    let b = &view.backends[slot.index()];
+                    let stats = self
+                        .dp
+                        .backend_stats(id, u8::try_from(slot.index()).unwrap_or(0))
+                        .unwrap_or_default();
+                    LiveBackend {
+                        role: if slot == Slot::Primary {
+                            "primary"
+                        } else {
+                            "secondary"
+                        },
+                        address: match slot {
+                            Slot::Primary => svc.cfg.primary.to_string(),
+                            Slot::Secondary => svc.cfg.secondary.to_string(),
+                        },
+                        health: match b.state {
+                            State::Up => "up",
+                            State::Down => "down",
+                            State::Unknown => "unknown",
+                        },
+                        drained: view.desired.drained[slot.index()],
+                        packets: stats.fwd_packets,
+                        bytes: stats.fwd_bytes,
+                        reply_packets: stats.rev_packets,
+                        reply_bytes: stats.rev_bytes,
+                    }
+                };
+                LiveService {
+                    name: svc.cfg.name.clone(),
+                    active: if view.desired.active == Slot::Primary {
+                        "primary"
+                    } else {
+                        "secondary"
+                    },
+                    all_down: !view.desired.up[0] && !view.desired.up[1],
+                    overridden: view.intent.pin.is_some(),
+                    backends: [backend(Slot::Primary), backend(Slot::Secondary)],
+                }
+            })
+            .collect();
+        let datapath = match self.dp.counters() {
+            Ok(c) => redirector_common::Counter::ALL
+                .iter()
+                .map(|k| (k.name(), c[*k as usize]))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        Live {
+            services,
+            datapath,
+            flow_entries: self.flow_entries,
+            probe_rate: self.services.probe_rate(),
+            probe_budget: self.services.budget(),
+        }
+    }
+}
+
 fn humanize(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{} ms", d.as_millis())

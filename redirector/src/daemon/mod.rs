@@ -68,7 +68,7 @@ pub fn run(path: &Path) -> Result<()> {
     rt.block_on(async {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
-        let daemon = Daemon::start(cfg, Some(path.to_path_buf()))?;
+        let daemon = Daemon::start(cfg, Some(path.to_path_buf())).await?;
         let stop = daemon
             .run(async {
                 tokio::select! {
@@ -134,6 +134,12 @@ pub struct Daemon {
     cfg: Config,
     /// The file SIGHUP reloads (none when started from a parsed config).
     config_path: Option<PathBuf>,
+    metrics: crate::metrics::Metrics,
+    /// Scrape requests from the metrics endpoint.
+    scrapes: mpsc::Receiver<crate::metrics::Scrape>,
+    _metrics_server: Option<crate::metrics::Server>,
+    /// Flow entries counted by the last sweep.
+    flow_entries: Option<u64>,
 }
 
 /// The decision a pinned switch state stands for.
@@ -162,12 +168,23 @@ impl Daemon {
     /// Loads (or adopts) the data plane, resolves, writes every service and
     /// attaches. Must run inside a tokio runtime (monitors, ring buffers,
     /// probes and the control socket register with it).
-    pub fn start(cfg: Config, config_path: Option<PathBuf>) -> Result<Daemon> {
+    pub async fn start(cfg: Config, config_path: Option<PathBuf>) -> Result<Daemon> {
         let pins = PinDir::new(&cfg.control.bpffs_dir);
         pins.prepare()?;
         let adopting = pins.exists();
+        // The metrics endpoint first among the things that can fail late: a
+        // busy port refuses the start before anything is written.
+        let (scrape_tx, scrapes) = mpsc::channel(4);
+        let metrics_server = match cfg.control.metrics {
+            Some(addr) => Some(crate::metrics::Server::bind(addr, scrape_tx).await?),
+            None => None,
+        };
         match Self::start_with(cfg, config_path, pins.clone(), adopting) {
-            Ok(d) => Ok(d),
+            Ok(mut d) => {
+                d.scrapes = scrapes;
+                d._metrics_server = metrics_server;
+                Ok(d)
+            }
             Err(e) => {
                 // A refused first start leaves nothing behind; an adopted data
                 // plane keeps forwarding as it did.
@@ -382,6 +399,10 @@ impl Daemon {
             persisted: (0, std::sync::Arc::default()),
             cfg,
             config_path,
+            metrics: crate::metrics::Metrics::new(),
+            scrapes: mpsc::channel(1).1,
+            _metrics_server: None,
+            flow_entries: None,
         })
     }
 
@@ -411,12 +432,16 @@ impl Daemon {
                 biased;
                 () = &mut shutdown => break,
                 Some(report) = self.reports.recv() => {
-                    let mut effects = self.services.report(report);
+                    let mut effects = self.services.report(report, &mut self.metrics);
                     // Take what else is queued: one pass, in arrival order.
                     while let Ok(r) = self.reports.try_recv() {
-                        effects.extend(self.services.report(r));
+                        effects.extend(self.services.report(r, &mut self.metrics));
                     }
                     self.apply(effects);
+                }
+                Some(scrape) = self.scrapes.recv() => {
+                    let text = self.metrics.render(&self.live());
+                    let _ = scrape.reply.send(text);
                 }
                 changed = self.links_monitor.changed() => match changed {
                     Ok(c) => self.carrier(&c.links),
@@ -480,6 +505,7 @@ impl Daemon {
                     let seen = sweeping.take().map(|(s, _)| s).unwrap_or_default();
                     match done {
                         Ok(swept) => {
+                            self.flow_entries = u64::try_from(swept.kept).ok();
                             if swept.removed > 0 {
                                 debug!("swept {} idle flow entries", swept.removed);
                             }
@@ -521,6 +547,8 @@ impl Daemon {
                 }
                 Effect::Event(ev) => {
                     info!("{ev}");
+                    self.metrics
+                        .transition(&ev.service, ev.cause.kind(), ev.detection);
                     let record = control::record(&ev);
                     self.followers
                         .retain(|f| f.try_send(Response::Event(record.clone())).is_ok() || !f.is_closed());

@@ -258,6 +258,9 @@ impl Daemon {
         let removed = assignment.removed.len();
         for (name, id) in retired {
             self.services.remove(id);
+            if !self.state.ids.contains_key(&name) {
+                self.metrics.remove_service(&name);
+            }
             self.resolver.send(Command::Untrack { id });
             self.dp
                 .remove_service(id)

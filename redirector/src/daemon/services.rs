@@ -209,11 +209,21 @@ impl Services {
         Ok(effects.into_iter().map(|e| (id, e)).collect())
     }
 
-    /// A probe report.
-    pub fn report(&mut self, r: Report) -> Tagged {
+    /// A probe report (recorded in `metrics`, then judged).
+    pub fn report(&mut self, r: Report, metrics: &mut crate::metrics::Metrics) -> Tagged {
         let Some((id, what)) = from_target(r.id) else {
             return Vec::new();
         };
+        if let (Some(svc), Probed::Backend(slot)) = (self.by_id.get(&id), what) {
+            metrics.probe(
+                &svc.cfg.name,
+                &slot.to_string(),
+                svc.cfg.health.kind.as_str(),
+                r.outcome.ok,
+                &r.outcome.reason.to_string(),
+                r.outcome.latency,
+            );
+        }
         let sent = Nanos(r.sent);
         let ok = r.outcome.ok;
         let why = reason(r.outcome.reason);
@@ -304,6 +314,22 @@ impl Services {
             };
         }
         idle
+    }
+
+    /// Probes per second being spent over all backends.
+    pub fn probe_rate(&self) -> f64 {
+        self.by_id
+            .keys()
+            .flat_map(|&id| Slot::ALL.map(|slot| self.probe_interval(id, slot)))
+            .flatten()
+            .filter(|d| !d.is_zero())
+            .map(|d| 1.0 / d.as_secs_f64())
+            .sum()
+    }
+
+    /// The probing budget.
+    pub fn budget(&self) -> u32 {
+        self.scheduler.as_ref().map_or(0, Scheduler::budget)
     }
 
     /// Operator intent of every service that has one.

@@ -530,6 +530,8 @@ pub struct FlowTable {
 pub struct Swept {
     /// Entries removed.
     pub removed: usize,
+    /// Entries left.
+    pub kept: usize,
     /// Services that still have entries.
     pub live: std::collections::HashSet<u32>,
 }
@@ -552,12 +554,14 @@ impl FlowTable {
                 stale.push(k);
             } else {
                 swept.live.insert(k.service);
+                swept.kept += 1;
             }
         }
         for k in stale {
             match self.map.get(&k, 0) {
                 Ok(v) if !stale_at(&k, &v) => {
                     swept.live.insert(k.service);
+                    swept.kept += 1;
                 }
                 Ok(_) => {
                     if self.map.remove(&k).is_ok() {

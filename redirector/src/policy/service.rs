@@ -207,6 +207,29 @@ fn with_reason(f: &mut fmt::Formatter<'_>, reason: &Option<Reason>) -> fmt::Resu
     }
 }
 
+impl Cause {
+    /// A short snake_case name of the cause (metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Cause::Failover { .. } => "failover",
+            Cause::Failback => "failback",
+            Cause::FailbackGated { .. } => "failback_gated",
+            Cause::AllDown { .. } => "all_down",
+            Cause::Recovered { .. } => "recovered",
+            Cause::ManualFlip { .. } => "manual_flip",
+            Cause::OverrideExpired => "override_expired",
+            Cause::OverrideBroken { .. } => "override_broken",
+            Cause::Auto => "auto",
+            Cause::Drain { .. } => "drain",
+            Cause::Undrain { .. } => "undrain",
+            Cause::HealthChange { .. } => "health_change",
+            Cause::FlapHold { .. } => "flap_hold",
+            Cause::PolicyChange => "policy_change",
+            Cause::Resync => "resync",
+        }
+    }
+}
+
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

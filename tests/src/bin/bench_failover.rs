@@ -155,11 +155,18 @@ fn add_sources(run: &Running, n: usize) -> Result<()> {
         .args(["-n", &run.lab.client.name, "-batch", "-"])
         .stdin(std::process::Stdio::piped())
         .spawn()?;
-    child.stdin.take().context("ip stdin")?.write_all(batch.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("ip stdin")?
+        .write_all(batch.as_bytes())?;
     if !child.wait()?.success() {
         bail!("adding client addresses failed");
     }
-    in_ns(&run.lab.gw.name, &["ip", "route", "add", "198.18.4.0/22", "via", "198.18.1.2"]);
+    in_ns(
+        &run.lab.gw.name,
+        &["ip", "route", "add", "198.18.4.0/22", "via", "198.18.1.2"],
+    );
     Ok(())
 }
 
@@ -474,7 +481,6 @@ fn main() -> Result<()> {
         for i in 0..a.runs {
             for fault in [Fault::Kill, Fault::LinkDown, Fault::SilentDrop] {
                 match one_run(&mut run, series, fault, seq, k) {
-
                     Ok(s) => {
                         if a.verbose {
                             eprintln!(
@@ -588,9 +594,11 @@ fn main() -> Result<()> {
         }
     }
     let (_dp, _lab) = run.stop();
-    if a.scale.len() > 0 {
+    if !a.scale.is_empty() {
         println!();
-        println!("| services | backends probed | effective interval | probes/s | daemon CPU (% of one vCPU) | kill → failover decided (median / max over services) |");
+        println!(
+            "| services | backends probed | effective interval | probes/s | daemon CPU (% of one vCPU) | kill → failover decided (median / max over services) |"
+        );
         println!("|---:|---:|---:|---:|---:|---:|");
         for &n in &a.scale {
             scale(n)?;
@@ -614,7 +622,8 @@ fn cpu_time() -> Duration {
 /// with the default health settings: the probing cost at that scale, and how
 /// long after the primary's server is killed each service decides.
 fn scale(n: usize) -> Result<()> {
-    let mut config = String::from("[gateway]\ninterfaces = [\"g-c\", \"g-p\", \"g-s\"]\nxdp_mode = \"driver\"\n");
+    let mut config =
+        String::from("[gateway]\ninterfaces = [\"g-c\", \"g-p\", \"g-s\"]\nxdp_mode = \"driver\"\n");
     for i in 0..n {
         config.push_str(&format!(
             "[[service]]\nname = \"s{i}\"\nvip = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\n\
@@ -630,12 +639,17 @@ fn scale(n: usize) -> Result<()> {
     thread::sleep(Duration::from_secs(10));
     let cpu = (cpu_time() - c0).as_secs_f64() / t0.elapsed().as_secs_f64();
     let mut interval = None;
-    let _ = client::call(&run.leftovers.socket, Request::Status, Some(Duration::from_secs(10)), |r| {
-        if let Response::Status(st) = r {
-            interval = st.services.first().and_then(|s| s.backends[0].probe_interval_ms);
-        }
-        false
-    });
+    let _ = client::call(
+        &run.leftovers.socket,
+        Request::Status,
+        Some(Duration::from_secs(10)),
+        |r| {
+            if let Response::Status(st) = r {
+                interval = st.services.first().and_then(|s| s.backends[0].probe_interval_ms);
+            }
+            false
+        },
+    );
     let interval = interval.unwrap_or(f64::NAN);
     let kill_unix = unix_ms();
     run.primary.kill();
