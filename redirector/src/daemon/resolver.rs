@@ -211,7 +211,15 @@ async fn run(
                 }
             },
             guard = requests.readable_mut() => {
-                let mut guard = guard.context("next-hop request ring")?;
+                let mut guard = match guard {
+                    Ok(g) => g,
+                    Err(e) => {
+                        // Nothing here may stop the resolver: say so, back off, go on.
+                        warn!("next-hop request ring: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let mut clients = Vec::new();
                 while let Some(item) = RingBuf::next(guard.get_inner_mut()) {
                     if let Ok(a) = bytemuck::try_pod_read_unaligned::<redirector_common::Addr>(&item) {
