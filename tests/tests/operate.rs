@@ -268,7 +268,7 @@ fn operator_flip_auto_and_refusals_through_the_cli() {
     }
     let s = setup("cli");
     let sock = s.left.socket.clone();
-    let _d = Daemon::start(&s.lab.gw, &s.config, &sock);
+    let mut d = Daemon::start(&s.lab.gw, &s.config, &sock);
     let out = cli_ok(
         &sock,
         &["flip", "dns4", "secondary", "--for", "1s", "--reason", "patching"],
@@ -340,6 +340,22 @@ fn operator_flip_auto_and_refusals_through_the_cli() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("permission denied"), "{err}");
+    // Restarted with an interface removed from the file: the adopted data
+    // plane leaves that interface, keeps the others.
+    d.signal(libc::SIGTERM);
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace("\"g-c\", \"g-p\", \"g-s\"", "\"g-c\", \"g-p\""),
+    )
+    .unwrap();
+    assert!(xdp_attached(&s.lab.gw, "g-s"));
+    let _d2 = Daemon::start(&s.lab.gw, &s.config, &sock);
+    assert!(
+        !xdp_attached(&s.lab.gw, "g-s"),
+        "detached from the interface no longer configured"
+    );
+    assert!(xdp_attached(&s.lab.gw, "g-c") && xdp_attached(&s.lab.gw, "g-p"));
     let _ = cli_ok(&sock, &["detach"]);
     let _ = std::fs::remove_file(&s.config);
 }

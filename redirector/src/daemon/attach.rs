@@ -84,6 +84,24 @@ pub fn plan(pins: &PinDir, names: &[String], ifindexes: &[u32]) -> Result<Vec<Pl
     Ok(plans)
 }
 
+/// After a successful attach: links pinned for interfaces no longer
+/// configured are unpinned, which detaches them (no process holds them).
+pub fn detach_unconfigured(pins: &PinDir, names: &[String]) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(pins.dir()) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(ifname) = name.strip_prefix("link_")
+            && !names.iter().any(|n| n == ifname)
+        {
+            info!("{ifname}: no longer configured; detaching the data plane from it");
+            std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Attaches the program to every interface per `plans`; all or nothing (on
 /// error the fresh links attached so far are detached when dropped).
 pub fn attach_all(

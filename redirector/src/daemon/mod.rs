@@ -366,6 +366,9 @@ impl Daemon {
             pins.dir().display()
         );
         // Committed: from here on the host may change (neighbour entries, state file).
+        if let Err(e) = attach::detach_unconfigured(&pins, &cfg.gateway.interfaces) {
+            warn!("detaching from interfaces no longer configured: {e:#}");
+        }
         hops.commit();
         let (resolver, egress_updates) = resolver.run(hops, hop_maps, hop_requests)?;
         state.stopped_unix_ms = None;
