@@ -169,16 +169,16 @@ impl Daemon {
     /// attaches. Must run inside a tokio runtime (monitors, ring buffers,
     /// probes and the control socket register with it).
     pub async fn start(cfg: Config, config_path: Option<PathBuf>) -> Result<Daemon> {
-        let pins = PinDir::new(&cfg.control.bpffs_dir);
-        pins.prepare()?;
-        let adopting = pins.exists();
-        // The metrics endpoint first among the things that can fail late: a
-        // busy port refuses the start before anything is written.
+        // The metrics endpoint first: a busy port refuses the start before
+        // anything is written (or a pin directory created).
         let (scrape_tx, scrapes) = mpsc::channel(4);
         let metrics_server = match cfg.control.metrics {
             Some(addr) => Some(crate::metrics::Server::bind(addr, scrape_tx).await?),
             None => None,
         };
+        let pins = PinDir::new(&cfg.control.bpffs_dir);
+        pins.prepare()?;
+        let adopting = pins.exists();
         match Self::start_with(cfg, config_path, pins.clone(), adopting) {
             Ok(mut d) => {
                 d.scrapes = scrapes;
