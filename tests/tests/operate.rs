@@ -308,6 +308,29 @@ fn operator_flip_auto_and_refusals_through_the_cli() {
     ] {
         assert!(text.contains(family), "missing {family} in:\n{text}");
     }
+    // `events --follow`: the backlog, then live transitions.
+    let follower = Command::new(binary())
+        .arg("--socket")
+        .arg(&sock)
+        .args(["events", "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let _ = cli_ok(&sock, &["auto", "dns4", "--reason", "done"]);
+    thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(i32::try_from(follower.id()).unwrap(), libc::SIGTERM) };
+    let followed = String::from_utf8_lossy(&follower.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        followed.contains("dns4: primary → secondary"),
+        "backlog: {followed}"
+    );
+    assert!(followed.contains("automatic control by root"), "live: {followed}");
+    let _ = cli_ok(
+        &sock,
+        &["flip", "dns4", "secondary", "--for", "1s", "--reason", "patching"],
+    );
     // The override expires by itself.
     thread::sleep(Duration::from_millis(1500));
     let st = cli_ok(&sock, &["status"]);
