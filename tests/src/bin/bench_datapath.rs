@@ -34,6 +34,19 @@ struct Case {
     frame: Vec<u8>,
     /// Offset of a 32-bit field to vary per run (fresh 5-tuple), 0 = fixed.
     vary_off: u32,
+    /// State the flow table is put in before the measurement.
+    table: Table,
+}
+
+/// Flow-table state a case is measured in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// Whatever the previous cases left.
+    AsIs,
+    /// Emptied first: the inserts fill it (never full during the measurement).
+    Filling,
+    /// Filled to capacity first: every insert evicts.
+    Full,
 }
 
 fn ip(s: &str) -> Result<IpAddr> {
@@ -206,71 +219,91 @@ fn main() -> Result<()> {
             name: "nat ipv4 tcp, new flow (SYN)",
             frame: frame(Spec::new(client4, 40000, services[0].vip, 80, tcp(true))),
             vary_off: v4_src,
+            table: Table::AsIs,
         },
         Case {
             name: "nat ipv4 tcp, established",
             frame: frame(Spec::new(client4, 40000, services[0].vip, 80, tcp(false))),
             vary_off: 0,
+            table: Table::AsIs,
         },
         Case {
             name: "nat ipv6 udp, new flow",
             frame: frame(Spec::new(client6, 40000, services[1].vip, 53, L4::Udp)),
             vary_off: v6_src,
+            table: Table::AsIs,
         },
         Case {
             name: "nat ipv6 udp, established",
             frame: frame(Spec::new(client6, 40000, services[1].vip, 53, L4::Udp)),
             vary_off: 0,
+            table: Table::AsIs,
         },
         Case {
             name: "dsr ipv4 tcp, new flow (SYN)",
             frame: frame(Spec::new(client4, 40000, services[2].vip, 80, tcp(true))),
             vary_off: v4_src,
+            table: Table::AsIs,
         },
         Case {
             name: "dsr ipv4 tcp, established",
             frame: frame(Spec::new(client4, 40000, services[2].vip, 80, tcp(false))),
             vary_off: 0,
+            table: Table::AsIs,
         },
         Case {
             name: "dsr ipv6 udp, new flow",
             frame: frame(Spec::new(client6, 40000, services[3].vip, 53, L4::Udp)),
             vary_off: v6_src,
+            table: Table::AsIs,
         },
         Case {
             name: "dsr ipv6 udp, established",
             frame: frame(Spec::new(client6, 40000, services[3].vip, 53, L4::Udp)),
             vary_off: 0,
+            table: Table::AsIs,
         },
         Case {
             name: "nat reply ipv4 tcp",
             frame: frame(Spec::new(ip("198.18.2.2")?, 80, client4, 40000, tcp(false))),
             vary_off: 0,
+            table: Table::AsIs,
         },
         Case {
             name: "nat reply ipv6 udp",
             frame: frame(Spec::new(ip("2001:2:0:2::2")?, 53, client6, 40000, L4::Udp)),
             vary_off: 0,
+            table: Table::AsIs,
         },
         Case {
             name: "non-VIP ipv4 tcp, port no service uses",
             frame: frame(Spec::new(client4, 40000, ip("198.18.7.7")?, 9999, tcp(false))),
             vary_off: 0,
+            table: Table::AsIs,
         },
         Case {
             name: "non-VIP ipv4 tcp, service port",
             frame: frame(Spec::new(client4, 40000, ip("198.18.7.7")?, 80, tcp(false))),
             vary_off: 0,
+            table: Table::AsIs,
         },
         Case {
-            name: "on standby: new flow, entry written",
+            name: "on standby: new flow, entry written (table filling)",
             frame: frame(Spec::new(client4, 40000, services[4].vip, 80, tcp(true))),
             vary_off: v4_src,
+            table: Table::Filling,
+        },
+        Case {
+            name: "on standby: new flow, entry written (table full, evicting)",
+            frame: frame(Spec::new(client4, 40000, services[4].vip, 80, tcp(true))),
+            vary_off: v4_src,
+            table: Table::Full,
         },
         Case {
             name: "on standby: established, entry hit",
             frame: frame(Spec::new(client4, 40000, services[4].vip, 80, tcp(false))),
             vary_off: 0,
+            table: Table::AsIs,
         },
     ];
 
@@ -298,23 +331,24 @@ fn main() -> Result<()> {
     DevMapHash::try_from(bench.map_mut("STATIC_EGRESS").context("STATIC_EGRESS")?)?
         .insert(if_p, if_p, None, 0)?;
 
-    let set_target = |bench: &mut Ebpf, fd: &ProgramFd, frame: &[u8], vary_off: u32| -> Result<()> {
-        let mut t = ProgramArray::try_from(bench.map_mut("TARGET").context("TARGET")?)?;
-        t.set(0, fd, 0)?;
-        let mut bytes = [0u8; BENCH_TEMPLATE_LEN];
-        bytes[..frame.len()].copy_from_slice(frame);
-        let mut tm = Array::<_, BenchTemplate>::try_from(bench.map_mut("TEMPLATE").context("TEMPLATE")?)?;
-        tm.set(
-            0,
-            BenchTemplate {
-                bytes,
-                vary_off,
-                counter: 0,
-            },
-            0,
-        )?;
-        Ok(())
-    };
+    let set_target =
+        |bench: &mut Ebpf, fd: &ProgramFd, frame: &[u8], vary_off: u32, counter: u32| -> Result<()> {
+            let mut t = ProgramArray::try_from(bench.map_mut("TARGET").context("TARGET")?)?;
+            t.set(0, fd, 0)?;
+            let mut bytes = [0u8; BENCH_TEMPLATE_LEN];
+            bytes[..frame.len()].copy_from_slice(frame);
+            let mut tm = Array::<_, BenchTemplate>::try_from(bench.map_mut("TEMPLATE").context("TEMPLATE")?)?;
+            tm.set(
+                0,
+                BenchTemplate {
+                    bytes,
+                    vary_off,
+                    counter,
+                },
+                0,
+            )?;
+            Ok(())
+        };
 
     let n = cases.len();
     let varies = [0, v4_src, v6_src];
@@ -323,6 +357,9 @@ fn main() -> Result<()> {
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut forwarder = Vec::new();
     eprintln!("{rounds} rounds × {} measurements × {repeat} runs each …", n + 5);
+    // The run counter the restore wrapper writes over the source address:
+    // never reset, so no two runs of the benchmark share a 5-tuple.
+    let mut fresh: u32 = 1;
     for _ in 0..rounds {
         // Per round, so the subtraction sees the same machine speed as the cases.
         let direct = {
@@ -337,18 +374,38 @@ fn main() -> Result<()> {
             } else {
                 &cases[0].frame
             };
-            set_target(&mut bench, &trivial_fd, frame, vary)?;
+            set_target(&mut bench, &trivial_fd, frame, vary, fresh)?;
+            fresh = fresh.wrapping_add(repeat + 1);
             let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
             round_overhead[k] = run(p, frame, repeat, if_in)?.as_nanos() as f64 - direct;
             overheads[k].push(round_overhead[k]);
         }
         {
-            set_target(&mut bench, &static_fd, &cases[1].frame, 0)?;
+            set_target(&mut bench, &static_fd, &cases[1].frame, 0, 0)?;
             let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
             forwarder.push(run(p, &cases[1].frame, repeat, if_in)?.as_nanos() as f64 - round_overhead[0]);
         }
         for (i, c) in cases.iter().enumerate() {
-            set_target(&mut bench, &redirector_fd, &c.frame, c.vary_off)?;
+            match c.table {
+                Table::AsIs => {}
+                Table::Filling => {
+                    // Empty the table: every entry is older than 0 ns.
+                    dp.flow_table()?.sweep(&[Duration::ZERO; 8]);
+                }
+                Table::Full => {
+                    // Insert never-seen flows (unmeasured) until the LRU is at capacity.
+                    let capacity = Sizes::default().flow_entries;
+                    set_target(&mut bench, &redirector_fd, &c.frame, c.vary_off, fresh)?;
+                    fresh = fresh.wrapping_add(capacity + 1);
+                    let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
+                    run(p, &c.frame, capacity, if_in)?;
+                }
+            }
+            set_target(&mut bench, &redirector_fd, &c.frame, c.vary_off, fresh)?;
+            if c.vary_off != 0 {
+                // Every run of the whole benchmark sees a never-seen 5-tuple.
+                fresh = fresh.wrapping_add(repeat + 1);
+            }
             let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
             let k = varies.iter().position(|&v| v == c.vary_off).unwrap_or(0);
             results[i].push(run(p, &c.frame, repeat, if_in)?.as_nanos() as f64 - round_overhead[k]);
