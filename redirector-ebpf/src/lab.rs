@@ -2,6 +2,8 @@
 //! - `pass`: returns `XDP_PASS`; attached to the far ends of lab veths, because
 //!   native XDP redirect into a veth only delivers when its peer runs XDP;
 //! - `trivial`: returns `XDP_TX` and nothing else — the floor every ratio uses;
+//! - `lru_insert`: one LRU hash insert keyed by the IPv4 source, then `XDP_TX` —
+//!   the floor the kernel sets for a flow insert;
 //! - `forward_static`: the least any L2 redirector does — write the MACs of the
 //!   one next hop in `STATIC_HOP` and `bpf_redirect_map` to it — a second
 //!   reference for what redirector's own logic costs on top of forwarding;
@@ -18,12 +20,13 @@ mod program {
     use aya_ebpf::{
         bindings::xdp_action,
         macros::{map, xdp},
-        maps::{Array, DevMapHash, ProgramArray},
+        maps::{Array, DevMapHash, LruHashMap, ProgramArray},
         programs::XdpContext,
     };
 
     use redirector_common::{
-        BENCH_TEMPLATE_LEN as TEMPLATE_LEN, BenchTemplate, NextHop, VARY_V4_SRC, VARY_V6_SRC,
+        BENCH_TEMPLATE_LEN as TEMPLATE_LEN, BenchTemplate, DEFAULT_FLOW_ENTRIES, FlowKey, FlowValue, NextHop,
+        VARY_V4_SRC, VARY_V6_SRC,
     };
 
     #[map]
@@ -62,6 +65,34 @@ mod program {
         STATIC_EGRESS
             .redirect(hop.ifindex, 0)
             .unwrap_or(xdp_action::XDP_ABORTED)
+    }
+
+    /// The floor the kernel sets for a flow insert: one LRU hash insert of a
+    /// flow-table-shaped entry keyed by the IPv4 source address, nothing else.
+    #[map]
+    static BARE_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+
+    #[xdp]
+    pub fn lru_insert(ctx: XdpContext) -> u32 {
+        let start = ctx.data();
+        if start + VARY_V4_SRC + 4 > ctx.data_end() {
+            return xdp_action::XDP_PASS;
+        }
+        // SAFETY: bounds checked just above.
+        let src = unsafe { core::ptr::read_unaligned((start + VARY_V4_SRC) as *const u32) };
+        let key = FlowKey {
+            addr: [0, 0, 0, src],
+            port_be: 0,
+            _pad: 0,
+            service: 0,
+        };
+        let value = FlowValue {
+            last_seen_ns: 0,
+            slot: 1,
+            _pad: 0,
+        };
+        let _ = BARE_FLOWS.insert(&key, &value, 0);
+        xdp_action::XDP_TX
     }
 
     #[xdp]

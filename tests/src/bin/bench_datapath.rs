@@ -308,7 +308,7 @@ fn main() -> Result<()> {
     ];
 
     let mut bench = Ebpf::load(LAB_OBJECT).context("loading the benchmark object")?;
-    for name in ["trivial", "restore", "forward_static"] {
+    for name in ["trivial", "restore", "forward_static", "lru_insert"] {
         let p: &mut Xdp = bench
             .program_mut(name)
             .with_context(|| format!("program {name}"))?
@@ -325,6 +325,10 @@ fn main() -> Result<()> {
             .program("forward_static")
             .context("forward_static")?
             .try_into()?;
+        p.fd()?.try_clone()?
+    };
+    let lru_fd: ProgramFd = {
+        let p: &Xdp = bench.program("lru_insert").context("lru_insert")?.try_into()?;
         p.fd()?.try_clone()?
     };
     Array::<_, NextHop>::try_from(bench.map_mut("STATIC_HOP").context("STATIC_HOP")?)?.set(0, hp, 0)?;
@@ -356,7 +360,9 @@ fn main() -> Result<()> {
     let mut overheads: [Vec<f64>; 3] = Default::default();
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut forwarder = Vec::new();
-    eprintln!("{rounds} rounds × {} measurements × {repeat} runs each …", n + 5);
+    // Bare LRU insert: into a filling table, into a full one.
+    let mut bare: [Vec<f64>; 2] = Default::default();
+    eprintln!("{rounds} rounds × {} measurements × {repeat} runs each …", n + 7);
     // The run counter the restore wrapper writes over the source address:
     // never reset, so no two runs of the benchmark share a 5-tuple.
     let mut fresh: u32 = 1;
@@ -384,6 +390,28 @@ fn main() -> Result<()> {
             set_target(&mut bench, &static_fd, &cases[1].frame, 0, 0)?;
             let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
             forwarder.push(run(p, &cases[1].frame, repeat, if_in)?.as_nanos() as f64 - round_overhead[0]);
+        }
+        for (k, table) in [Table::Filling, Table::Full].into_iter().enumerate() {
+            let frame = &cases[0].frame;
+            if table == Table::Filling {
+                let mut m = aya::maps::HashMap::<_, redirector_common::FlowKey, redirector_common::FlowValue>::try_from(
+                    bench.map_mut("BARE_FLOWS").context("BARE_FLOWS")?,
+                )?;
+                let keys: Vec<_> = m.keys().filter_map(std::result::Result::ok).collect();
+                for key in keys {
+                    let _ = m.remove(&key);
+                }
+            } else {
+                let capacity = Sizes::default().flow_entries;
+                set_target(&mut bench, &lru_fd, frame, v4_src, fresh)?;
+                fresh = fresh.wrapping_add(capacity + 1);
+                let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
+                run(p, frame, capacity, if_in)?;
+            }
+            set_target(&mut bench, &lru_fd, frame, v4_src, fresh)?;
+            fresh = fresh.wrapping_add(repeat + 1);
+            let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
+            bare[k].push(run(p, frame, repeat, if_in)?.as_nanos() as f64 - round_overhead[1]);
         }
         for (i, c) in cases.iter().enumerate() {
             match c.table {
@@ -432,6 +460,14 @@ fn main() -> Result<()> {
         "| static forwarder (MACs + `bpf_redirect_map`) | {f_min:.1} | {f_med:.1} | {f_max:.1} | {:.2} |",
         f_med / t_med
     );
+    let names = [
+        "bare LRU insert, the kernel's floor (table filling)",
+        "bare LRU insert, the kernel's floor (table full, evicting)",
+    ];
+    for (name, v) in names.into_iter().zip(bare.iter_mut()) {
+        let (mn, md, mx) = stats(v);
+        println!("| {name} | {mn:.1} | {md:.1} | {mx:.1} | {:.2} |", md / t_med);
+    }
     for (i, c) in cases.iter().enumerate() {
         let (mn, md, mx) = stats(&mut results[i]);
         println!("| {} | {mn:.1} | {md:.1} | {mx:.1} | {:.2} |", c.name, md / t_med);
