@@ -829,6 +829,24 @@ struct Section<'a> {
 }
 
 impl Section<'_> {
+    /// The items of an array value; anything else is an error saying `expected`
+    /// (e.g. "an array of interface names").
+    fn array<'v>(
+        &self,
+        key: &str,
+        value: &'v Spanned<RawValue>,
+        expected: &str,
+    ) -> Result<&'v [Spanned<toml::Value>], ConfigError> {
+        match value.get_ref() {
+            RawValue::Array(items) => Ok(items),
+            other => Err(self.invalid(
+                key,
+                &value.span(),
+                format!("expected {expected}, found {}", describe_raw(other)),
+            )),
+        }
+    }
+
     fn invalid(&self, key: &str, span: &Range<usize>, message: impl Into<String>) -> ConfigError {
         ConfigError::InvalidValue {
             at: self.src.at(span),
@@ -1215,19 +1233,7 @@ fn convert_gateway(src: &Source<'_>, raw: &Spanned<RawGateway>) -> Result<Gatewa
     sec.unknown_keys(&g.unknown, RawGateway::KEYS)?;
 
     let list = sec.required("interfaces", &g.interfaces)?;
-    let items = match list.get_ref() {
-        RawValue::Array(items) => items,
-        other => {
-            return Err(sec.invalid(
-                "interfaces",
-                &list.span(),
-                format!(
-                    "expected an array of interface names, found {}",
-                    describe_raw(other)
-                ),
-            ));
-        }
-    };
+    let items = sec.array("interfaces", list, "an array of interface names")?;
     if items.is_empty() {
         return Err(sec.invalid("interfaces", &list.span(), "must list at least one interface"));
     }
@@ -1590,19 +1596,7 @@ fn http_path(sec: &Section<'_>, value: &Spanned<RawValue>) -> Result<String, Con
 
 /// An http probe's `expect`: a non-empty list of distinct status codes.
 fn http_expect(sec: &Section<'_>, value: &Spanned<RawValue>) -> Result<Vec<u16>, ConfigError> {
-    let items = match value.get_ref() {
-        RawValue::Array(items) => items,
-        other => {
-            return Err(sec.invalid(
-                "expect",
-                &value.span(),
-                format!(
-                    "expected an array of HTTP status codes such as [200], found {}",
-                    describe_raw(other)
-                ),
-            ));
-        }
-    };
+    let items = sec.array("expect", value, "an array of HTTP status codes such as [200]")?;
     if items.is_empty() {
         return Err(sec.invalid("expect", &value.span(), "must list at least one status code"));
     }
@@ -1643,19 +1637,11 @@ fn http_expect(sec: &Section<'_>, value: &Spanned<RawValue>) -> Result<Vec<u16>,
 
 /// An exec probe's `command`: program (absolute path) and arguments.
 fn exec_command(sec: &Section<'_>, value: &Spanned<RawValue>) -> Result<Vec<String>, ConfigError> {
-    let items = match value.get_ref() {
-        RawValue::Array(items) => items,
-        other => {
-            return Err(sec.invalid(
-                "command",
-                &value.span(),
-                format!(
-                    "expected an array of strings such as [\"/usr/local/bin/check\", \"arg\"], found {}",
-                    describe_raw(other)
-                ),
-            ));
-        }
-    };
+    let items = sec.array(
+        "command",
+        value,
+        "an array of strings such as [\"/usr/local/bin/check\", \"arg\"]",
+    )?;
     let mut command = Vec::with_capacity(items.len());
     for item in items {
         let arg = match item.get_ref() {
