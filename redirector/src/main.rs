@@ -173,31 +173,34 @@ fn dispatch(cli: Cli) -> Result<()> {
             service,
             backend,
             reason,
-        } => done(
-            &ctl.socket,
-            Request::Drain {
-                service,
-                slot: backend.into(),
-                drained: true,
-                reason,
-            },
-        ),
+        } => drain(&ctl.socket, service, backend, true, reason),
         Command::Undrain {
             service,
             backend,
             reason,
-        } => done(
-            &ctl.socket,
-            Request::Drain {
-                service,
-                slot: backend.into(),
-                drained: false,
-                reason,
-            },
-        ),
+        } => drain(&ctl.socket, service, backend, false, reason),
         Command::Events { follow } => events(&ctl.socket, follow),
         Command::Detach => detach(&ctl),
     }
+}
+
+fn drain(
+    socket: &Path,
+    service: String,
+    backend: Backend,
+    drained: bool,
+    reason: Option<String>,
+) -> Result<()> {
+    let slot = backend.into();
+    done(
+        socket,
+        Request::Drain {
+            service,
+            slot,
+            drained,
+            reason,
+        },
+    )
 }
 
 /// A request answered by one `Done` or `Error`.

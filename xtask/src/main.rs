@@ -72,6 +72,16 @@ fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
+/// What everything that builds the lab needs: the toolchain, the lab's tools, root.
+fn lab_prerequisites(what: &str) -> Result<()> {
+    bootstrap::ensure()?;
+    bootstrap::ensure_lab_tools()?;
+    if !bootstrap::is_root() {
+        bail!("{what} creates network namespaces and loads XDP programs: run it as root");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
@@ -107,11 +117,7 @@ fn main() -> Result<()> {
             cmd::cargo(&root, &args)
         }
         Command::Demo => {
-            bootstrap::ensure()?;
-            bootstrap::ensure_lab_tools()?;
-            if !bootstrap::is_root() {
-                bail!("the demo creates network namespaces and loads XDP programs: run it as root");
-            }
+            lab_prerequisites("the demo")?;
             // The lab's server processes and the CLI the demo runs are binaries of their own.
             cmd::cargo(
                 &root,
@@ -131,11 +137,7 @@ fn main() -> Result<()> {
             )
         }
         Command::Lab { action } => {
-            bootstrap::ensure()?;
-            bootstrap::ensure_lab_tools()?;
-            if !bootstrap::is_root() {
-                bail!("the lab creates network namespaces: run it as root");
-            }
+            lab_prerequisites("the lab")?;
             cmd::cargo(
                 &root,
                 &[
@@ -154,7 +156,7 @@ fn main() -> Result<()> {
             bootstrap::ensure()?;
             match which {
                 Bench::Failover { runs, busy_secs } => {
-                    bootstrap::ensure_lab_tools()?;
+                    lab_prerequisites("the failover benchmark")?;
                     // The lab's server processes are a binary of their own.
                     cmd::cargo(&root, &["build", "--release", "-p", "redirector-tests", "--bins"])?;
                     let (r, b) = (runs.to_string(), busy_secs.to_string());
