@@ -106,6 +106,8 @@ fn service(
         },
         health: HealthCheck::default_for(proto),
         failover: Failover::default(),
+        allow: Vec::new(),
+        deny: Vec::new(),
     }
 }
 

@@ -12,6 +12,7 @@
 //! tcp_flow_idle = 3600             # seconds, default 3600, 10..=604800
 //! udp_flow_idle = 120              # seconds, default 120, 10..=604800
 //! max_services = 1024             # default 1024, 1024..=65536, >= number of services
+//! icmp_echo = "answer"            # answer | pass: echo requests to a VIP; default answer
 //!
 //! [[service]]
 //! name = "web"                    # required, unique, 1..=64 of [A-Za-z0-9_.-]
@@ -21,6 +22,9 @@
 //! mode = "nat"                    # nat | dsr; default nat
 //! primary = "198.18.2.2"          # "addr" or "addr:port"; IPv6 as "addr" or "[addr]:port"
 //! secondary = "198.18.3.2:8080"
+//! allow = ["198.18.1.0/24"]       # client source prefixes; empty or absent: everyone
+//! deny = ["198.18.1.128/25"]      # refused even if allowed; both: the vip's family, no host
+//!                                 # bits, no duplicates, at most 1024 each; "addr" is addr/32 (/128)
 //!
 //! [service.health]                # belongs to the [[service]] above it; optional
 //! kind = "http"                   # tcp | http | udp | icmp | exec; default: the protocol (tcp or udp)
@@ -74,7 +78,11 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
 mod control;
+mod prefix;
+#[cfg(test)]
+mod proptests;
 pub use control::*;
+pub use prefix::{Prefix, PrefixError};
 
 /// Default number of entries in the flow table.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
@@ -91,6 +99,10 @@ pub const FLOW_IDLE_RANGE: RangeInclusive<u32> = 10..=604_800;
 pub const DEFAULT_MAX_SERVICES: u32 = 1024;
 /// Allowed values of `max_services`.
 pub const MAX_SERVICES_RANGE: RangeInclusive<u32> = 1024..=65_536;
+
+/// Most prefixes in one `allow` or `deny` list: each is an LPM trie entry of
+/// the data plane, and a list this long is better served by a firewall.
+pub const MAX_PREFIXES: usize = 1024;
 
 /// Longest Linux interface name in bytes (`IFNAMSIZ` - 1).
 const MAX_IFNAME_LEN: usize = 15;
@@ -128,6 +140,34 @@ impl XdpModeSetting {
 }
 
 impl fmt::Display for XdpModeSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happens to ICMP / ICMPv6 echo requests to a VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum IcmpEcho {
+    /// The data plane answers them from the VIP.
+    #[default]
+    Answer,
+    /// They go to the kernel stack untouched.
+    Pass,
+}
+
+impl IcmpEcho {
+    const CHOICES: &'static [(&'static str, Self)] = &[("answer", Self::Answer), ("pass", Self::Pass)];
+
+    /// The spelling used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Answer => "answer",
+            Self::Pass => "pass",
+        }
+    }
+}
+
+impl fmt::Display for IcmpEcho {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -238,6 +278,22 @@ pub struct Service {
     pub health: HealthCheck,
     /// Failover and failback policy.
     pub failover: Failover,
+    /// Client source prefixes allowed to reach the service, in file order;
+    /// empty: every client. The vip's family, no duplicates.
+    pub allow: Vec<Prefix>,
+    /// Client source prefixes refused, in file order; a client in both lists
+    /// is refused. The vip's family, no duplicates, none also in `allow`.
+    pub deny: Vec<Prefix>,
+}
+
+impl Service {
+    /// May a client at `client` reach the service? Refused if a `deny`
+    /// prefix contains it, else admitted if `allow` is empty or one of its
+    /// prefixes contains it. What the data plane's tries decide.
+    pub fn admits(&self, client: IpAddr) -> bool {
+        let any = |list: &[Prefix]| list.iter().any(|p| p.contains(client));
+        !any(&self.deny) && (self.allow.is_empty() || any(&self.allow))
+    }
 }
 
 /// The validated `[gateway]` table.
@@ -255,6 +311,8 @@ pub struct Gateway {
     pub tcp_flow_idle: u32,
     /// Seconds without a packet after which a UDP flow entry is removed.
     pub udp_flow_idle: u32,
+    /// Echo requests to a VIP: answered in XDP or passed to the stack.
+    pub icmp_echo: IcmpEcho,
 }
 
 /// A complete, validated configuration.
@@ -311,8 +369,9 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// A key that the configuration does not know.
-    #[error("{at}: {}unknown key \"{key}\", expected {expected}", section_prefix(section.as_deref()))]
+    /// A key that the configuration does not know. Quoted as Rust does, so a
+    /// quoted TOML key with a newline cannot break the message over lines.
+    #[error("{at}: {}unknown key {key:?}, expected {expected}", section_prefix(section.as_deref()))]
     UnknownKey {
         /// Where the key is.
         at: Location,
@@ -366,6 +425,27 @@ pub enum ConfigError {
         key: String,
         /// The backend address.
         backend: IpAddr,
+        /// The service's vip.
+        vip: IpAddr,
+    },
+    /// An `allow` or `deny` prefix's address family differs from the vip's.
+    #[error(
+        "{at}: service \"{service}\": key \"{key}\": prefix {prefix} is {}, but vip {vip} is {}; \
+         clients of an {} vip are {}",
+        family(prefix.addr()),
+        family(*vip),
+        family(*vip),
+        family(*vip)
+    )]
+    PrefixFamilyMismatch {
+        /// Where the prefix is.
+        at: Location,
+        /// The service name.
+        service: String,
+        /// `allow` or `deny`.
+        key: String,
+        /// The prefix.
+        prefix: Prefix,
         /// The service's vip.
         vip: IpAddr,
     },
@@ -565,6 +645,7 @@ raw_table! {
         max_services: RawValue,
         tcp_flow_idle: RawValue,
         udp_flow_idle: RawValue,
+        icmp_echo: RawValue,
     }
 }
 
@@ -578,6 +659,8 @@ raw_table! {
         mode: RawValue,
         primary: RawValue,
         secondary: RawValue,
+        allow: RawValue,
+        deny: RawValue,
         health: MaybeTable<RawHealth>,
         failover: MaybeTable<RawFailover>,
     }
@@ -1281,6 +1364,10 @@ fn convert_gateway(src: &Source<'_>, raw: &Spanned<RawGateway>) -> Result<Gatewa
         Some(v) => sec.ranged("udp_flow_idle", v, FLOW_IDLE_RANGE)?,
         None => DEFAULT_UDP_FLOW_IDLE,
     };
+    let icmp_echo = match &g.icmp_echo {
+        Some(v) => sec.choice("icmp_echo", v, IcmpEcho::CHOICES)?,
+        None => IcmpEcho::default(),
+    };
     Ok(Gateway {
         interfaces,
         xdp_mode,
@@ -1288,6 +1375,7 @@ fn convert_gateway(src: &Source<'_>, raw: &Spanned<RawGateway>) -> Result<Gatewa
         max_services,
         tcp_flow_idle,
         udp_flow_idle,
+        icmp_echo,
     })
 }
 
@@ -1390,6 +1478,9 @@ fn convert_service(
         });
     }
 
+    let allow = prefix_list(&sec, "allow", r.allow.as_ref(), &name, vip, &[])?;
+    let deny = prefix_list(&sec, "deny", r.deny.as_ref(), &name, vip, &allow)?;
+
     let health = match sec.table("health", &r.health)? {
         Some((table, span)) => {
             let sub = sec.sub("health", span);
@@ -1412,7 +1503,96 @@ fn convert_service(
         secondary,
         health,
         failover,
+        allow,
+        deny,
     })
+}
+
+/// An `allow` or `deny` list: distinct prefixes of the vip's family, at most
+/// [`MAX_PREFIXES`], none of them in `other` (the `allow` list, for `deny`).
+fn prefix_list(
+    sec: &Section<'_>,
+    key: &str,
+    value: Option<&Spanned<RawValue>>,
+    service: &str,
+    vip: IpAddr,
+    other: &[Prefix],
+) -> Result<Vec<Prefix>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    let items = sec.array(key, value, "an array of prefixes such as [\"198.18.1.0/24\"]")?;
+    if items.len() > MAX_PREFIXES {
+        return Err(sec.invalid(
+            key,
+            &value.span(),
+            format!(
+                "{} prefixes listed, at most {MAX_PREFIXES} are allowed",
+                items.len()
+            ),
+        ));
+    }
+    let mut prefixes = Vec::with_capacity(items.len());
+    // Each prefix and how it was first written, to name both in a message.
+    let mut seen: HashMap<Prefix, &str> = HashMap::with_capacity(items.len());
+    for item in items {
+        let span = item.span();
+        let text = match item.get_ref() {
+            toml::Value::String(text) => text.as_str(),
+            other => {
+                return Err(sec.invalid(
+                    key,
+                    &span,
+                    format!(
+                        "expected a prefix such as \"198.18.1.0/24\", found {}",
+                        describe(other)
+                    ),
+                ));
+            }
+        };
+        let prefix: Prefix = text
+            .parse()
+            .map_err(|e: PrefixError| sec.invalid(key, &span, e.to_string()))?;
+        if prefix.is_ipv4() != vip.is_ipv4() {
+            return Err(ConfigError::PrefixFamilyMismatch {
+                at: sec.src.at(&span),
+                service: service.to_owned(),
+                key: key.to_owned(),
+                prefix,
+                vip,
+            });
+        }
+        // The data plane keys IPv4 clients by their mapped form; no IPv6
+        // client has such a source, so this is an IPv4 client in disguise.
+        if prefix.is_ipv4_mapped() {
+            return Err(sec.invalid(
+                key,
+                &span,
+                format!(
+                    "{text:?} is an IPv4-mapped IPv6 prefix; clients of an IPv6 vip are IPv6, list IPv4 \
+                     clients on a service with an IPv4 vip"
+                ),
+            ));
+        }
+        if let Some(first) = seen.get(&prefix) {
+            let same = if *first == text {
+                String::new()
+            } else {
+                format!(" (as {first:?})")
+            };
+            return Err(sec.invalid(key, &span, format!("{text:?} is listed more than once{same}")));
+        }
+        if other.contains(&prefix) {
+            return Err(sec.invalid(
+                key,
+                &span,
+                format!("{text:?} is also in allow; a prefix in both lists is refused, keep it in one"),
+            ));
+        }
+        seen.insert(prefix, text);
+        prefixes.push(prefix);
+    }
+    Ok(prefixes)
 }
 
 /// Probe kinds as spelled in the file; their keys are read once the kind is known.
@@ -1991,6 +2171,7 @@ secondary = "2001:2::1:80"
                 max_services: DEFAULT_MAX_SERVICES,
                 tcp_flow_idle: DEFAULT_TCP_FLOW_IDLE,
                 udp_flow_idle: DEFAULT_UDP_FLOW_IDLE,
+                icmp_echo: IcmpEcho::Answer,
             }
         );
         let v6 = |s: &str| IpAddr::V6(s.parse::<Ipv6Addr>().expect("v6"));
@@ -2014,6 +2195,8 @@ secondary = "2001:2::1:80"
                     },
                     health: HealthCheck::default_for(Protocol::Tcp),
                     failover: Failover::default(),
+                    allow: Vec::new(),
+                    deny: Vec::new(),
                 },
                 Service {
                     name: "dns6".to_owned(),
@@ -2032,6 +2215,8 @@ secondary = "2001:2::1:80"
                     },
                     health: HealthCheck::default_for(Protocol::Udp),
                     failover: Failover::default(),
+                    allow: Vec::new(),
+                    deny: Vec::new(),
                 },
                 Service {
                     name: "app-v6.remap".to_owned(),
@@ -2050,6 +2235,8 @@ secondary = "2001:2::1:80"
                     },
                     health: HealthCheck::default_for(Protocol::Tcp),
                     failover: Failover::default(),
+                    allow: Vec::new(),
+                    deny: Vec::new(),
                 },
             ]
         );
@@ -2881,6 +3068,18 @@ probe_budget = 100000
     }
 
     #[test]
+    fn unknown_key_stays_on_one_line() {
+        // A quoted key may hold any character; the message escapes it.
+        let msg = err(&format!("\"a\\nb\" = 1\n{GATEWAY}"));
+        assert_eq!(
+            msg,
+            "test.toml:1: unknown key \"a\\nb\", expected one of \"gateway\", \"service\", \"control\""
+        );
+        let msg = err(&format!("{GATEWAY}\"x\\ty\" = 1\n"));
+        assert_contains(&msg, &["test.toml:3: [gateway]: unknown key \"x\\ty\""]);
+    }
+
+    #[test]
     fn unknown_key_in_control() {
         let msg = control_err("socket = \"/run/r.sock\"\nmetric = \"127.0.0.1:9630\"\n");
         assert_eq!(
@@ -3392,6 +3591,208 @@ probe_budget = 100000
         assert_eq!(
             msg,
             "test.toml:11: service \"web\" failback_gate: missing required key \"kind\""
+        );
+    }
+
+    // allow, deny, icmp_echo
+
+    /// The service "web" (198.18.100.1:80/tcp) with `lists` at line 10.
+    fn with_lists(lists: &str) -> String {
+        format!("{GATEWAY}[[service]]\n{SVC}{BACKENDS}{lists}")
+    }
+
+    /// A v6 service "web6" (2001:2::100:80/tcp) with `lists` at line 10.
+    fn with_lists_v6(lists: &str) -> String {
+        format!(
+            "{GATEWAY}[[service]]\nname = \"web6\"\nvip = \"2001:2::100\"\nport = 80\nprotocol = \"tcp\"\n\
+             primary = \"2001:2::2\"\nsecondary = \"2001:2::3\"\n{lists}"
+        )
+    }
+
+    fn prefixes(list: &[&str]) -> Vec<Prefix> {
+        list.iter().map(|t| t.parse().expect("prefix")).collect()
+    }
+
+    #[test]
+    fn allow_and_deny_parse() {
+        let cfg = parse(&with_lists(
+            "allow = [\"198.18.1.0/24\", \"198.18.7.9\", \"0.0.0.0/0\"]\ndeny = [\n  \"198.18.1.128/25\",\n]\n",
+        ));
+        let web = &cfg.services[0];
+        assert_eq!(
+            web.allow,
+            prefixes(&["198.18.1.0/24", "198.18.7.9/32", "0.0.0.0/0"])
+        );
+        assert_eq!(web.deny, prefixes(&["198.18.1.128/25"]));
+        let cfg = parse(&with_lists_v6(
+            "allow = [\"2001:2::/48\", \"2001:db8::1\"]\ndeny = []\n",
+        ));
+        assert_eq!(
+            cfg.services[0].allow,
+            prefixes(&["2001:2::/48", "2001:db8::1/128"])
+        );
+        assert!(cfg.services[0].deny.is_empty());
+        // Absent lists are empty: every client.
+        let cfg = parse(&with_lists(""));
+        assert!(cfg.services[0].allow.is_empty() && cfg.services[0].deny.is_empty());
+        assert!(cfg.services[0].admits("203.0.113.1".parse().expect("addr")));
+    }
+
+    #[test]
+    fn admits_deny_before_allow() {
+        let cfg = parse(&with_lists(
+            "allow = [\"198.18.0.0/16\"]\ndeny = [\"198.18.1.0/24\"]\n",
+        ));
+        let web = &cfg.services[0];
+        let admits = |a: &str| web.admits(a.parse().expect("addr"));
+        assert!(admits("198.18.2.1"));
+        assert!(!admits("198.18.1.1"));
+        assert!(!admits("203.0.113.1"));
+        let cfg = parse(&with_lists("deny = [\"198.18.1.0/24\"]\n"));
+        assert!(cfg.services[0].admits("203.0.113.1".parse().expect("addr")));
+        assert!(!cfg.services[0].admits("198.18.1.7".parse().expect("addr")));
+    }
+
+    #[test]
+    fn prefix_errors() {
+        let msg = err(&with_lists("allow = [\"198.18.1.5/24\"]\n"));
+        assert_eq!(
+            msg,
+            "test.toml:10: service \"web\": key \"allow\": \"198.18.1.5/24\" has host bits set; the network \
+             is \"198.18.1.0/24\""
+        );
+        let msg = err(&with_lists(
+            "deny = [\n  \"198.18.1.0/24\",\n  \"198.18.1.0/33\",\n]\n",
+        ));
+        assert_eq!(
+            msg,
+            "test.toml:12: service \"web\": key \"deny\": prefix length 33 in \"198.18.1.0/33\" is out of \
+             range, expected 0..=32"
+        );
+        let msg = err(&with_lists_v6("allow = [\"2001:2::/129\"]\n"));
+        assert_contains(
+            &msg,
+            &["test.toml:10:", "service \"web6\"", "key \"allow\"", "0..=128"],
+        );
+        let msg = err(&with_lists("allow = [\"198.18.1.0/ 24\"]\n"));
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:10:",
+                "key \"allow\"",
+                "invalid prefix \"198.18.1.0/ 24\"",
+                "\"198.18.1.0/24\"",
+            ],
+        );
+        let msg = err(&with_lists("allow = \"198.18.1.0/24\"\n"));
+        assert_eq!(
+            msg,
+            "test.toml:10: service \"web\": key \"allow\": expected an array of prefixes such as \
+             [\"198.18.1.0/24\"], found string \"198.18.1.0/24\""
+        );
+        let msg = err(&with_lists("deny = [24]\n"));
+        assert_contains(&msg, &["test.toml:10:", "key \"deny\"", "found integer 24"]);
+        let msg = err(&with_lists_v6("allow = [\"fe80::%eth0/64\"]\n"));
+        assert_contains(&msg, &["test.toml:10:", "key \"allow\"", "scoped", "%eth0"]);
+    }
+
+    #[test]
+    fn prefix_family_must_match_the_vip() {
+        let msg = err(&with_lists("allow = [\"198.18.1.0/24\", \"2001:2::/48\"]\n"));
+        assert_eq!(
+            msg,
+            "test.toml:10: service \"web\": key \"allow\": prefix 2001:2::/48 is IPv6, but vip 198.18.100.1 \
+             is IPv4; clients of an IPv4 vip are IPv4"
+        );
+        let msg = err(&with_lists_v6("\ndeny = [\"198.18.1.0/24\"]\n"));
+        assert_eq!(
+            msg,
+            "test.toml:11: service \"web6\": key \"deny\": prefix 198.18.1.0/24 is IPv4, but vip 2001:2::100 \
+             is IPv6; clients of an IPv6 vip are IPv6"
+        );
+        assert!(matches!(
+            Config::from_str_named(&with_lists_v6("deny = [\"198.18.1.0/24\"]\n"), "test.toml"),
+            Err(ConfigError::PrefixFamilyMismatch { .. })
+        ));
+        let msg = err(&with_lists_v6("allow = [\"::ffff:198.18.1.0/120\"]\n"));
+        assert_contains(&msg, &["test.toml:10:", "key \"allow\"", "IPv4-mapped"]);
+        // A v6 prefix that covers the mapped range is an ordinary prefix.
+        assert_eq!(
+            parse(&with_lists_v6("deny = [\"::/0\"]\n")).services[0].deny,
+            prefixes(&["::/0"])
+        );
+    }
+
+    #[test]
+    fn prefix_duplicates() {
+        let msg = err(&with_lists("allow = [\"198.18.1.0/24\", \"198.18.1.0/24\"]\n"));
+        assert_eq!(
+            msg,
+            "test.toml:10: service \"web\": key \"allow\": \"198.18.1.0/24\" is listed more than once"
+        );
+        let msg = err(&with_lists(
+            "deny = [\n  \"198.18.1.5\",\n  \"198.18.1.5/32\",\n]\n",
+        ));
+        assert_eq!(
+            msg,
+            "test.toml:12: service \"web\": key \"deny\": \"198.18.1.5/32\" is listed more than once (as \
+             \"198.18.1.5\")"
+        );
+        let msg = err(&with_lists_v6("allow = [\"2001:2::/48\", \"2001:0002::/48\"]\n"));
+        assert_contains(&msg, &["test.toml:10:", "more than once", "(as \"2001:2::/48\")"]);
+        let msg = err(&with_lists(
+            "allow = [\"198.18.1.0/24\"]\ndeny = [\"198.18.1.0/24\"]\n",
+        ));
+        assert_eq!(
+            msg,
+            "test.toml:11: service \"web\": key \"deny\": \"198.18.1.0/24\" is also in allow; a prefix in \
+             both lists is refused, keep it in one"
+        );
+        // Overlapping, not equal: a hole in an allowed range.
+        let cfg = parse(&with_lists(
+            "allow = [\"198.18.0.0/16\"]\ndeny = [\"198.18.0.0/17\"]\n",
+        ));
+        assert_eq!(cfg.services[0].deny, prefixes(&["198.18.0.0/17"]));
+    }
+
+    #[test]
+    fn prefix_list_cap() {
+        let list = |n: usize| {
+            (0..n)
+                .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let cfg = parse(&with_lists(&format!("allow = [{}]\n", list(MAX_PREFIXES))));
+        assert_eq!(cfg.services[0].allow.len(), MAX_PREFIXES);
+        let msg = err(&with_lists(&format!("\ndeny = [{}]\n", list(MAX_PREFIXES + 1))));
+        assert_eq!(
+            msg,
+            "test.toml:11: service \"web\": key \"deny\": 1025 prefixes listed, at most 1024 are allowed"
+        );
+    }
+
+    #[test]
+    fn icmp_echo() {
+        assert_eq!(parse(GATEWAY).gateway.icmp_echo, IcmpEcho::Answer);
+        let cfg = parse(&format!("{GATEWAY}icmp_echo = \"pass\"\n"));
+        assert_eq!(cfg.gateway.icmp_echo, IcmpEcho::Pass);
+        assert_eq!(IcmpEcho::Pass.to_string(), "pass");
+        let cfg = parse(&format!("{GATEWAY}icmp_echo = \"answer\"\n"));
+        assert_eq!(cfg.gateway.icmp_echo, IcmpEcho::Answer);
+        let msg = err(&format!("{GATEWAY}icmp_echo = \"reply\"\n"));
+        assert_eq!(
+            msg,
+            "test.toml:3: [gateway]: key \"icmp_echo\": unknown value \"reply\", expected \"answer\" or \"pass\""
+        );
+        let msg = err(&format!("{GATEWAY}icmp_echo = true\n"));
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:3:",
+                "key \"icmp_echo\"",
+                "expected a string, found boolean true",
+            ],
         );
     }
 

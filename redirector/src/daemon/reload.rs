@@ -2,8 +2,10 @@
 //! apply. A service's name is its identity:
 //! - unchanged services are not touched (no flow lost, no probe state reset,
 //!   whatever their order in the file);
-//! - a change of health or failover settings only gives the machine its new
-//!   policy (health state kept; probing restarts if the checks changed);
+//! - a change of health or failover settings, or of the `allow` / `deny`
+//!   lists, only gives the service its new policy (id and health state kept;
+//!   probing restarts if the checks changed; [`Diff::prefixes_changed`] names
+//!   the services whose prefix tries are to be rewritten);
 //! - a change of VIP, port, protocol, mode or backends starts that service over
 //!   under a fresh id (its key is republished atomically, then the old id's
 //!   entries are cleared);
@@ -12,7 +14,9 @@
 //! An invalid file is refused with its error and the running configuration
 //! stays. `[gateway]` and the control paths cannot change under a running data
 //! plane (map sizes, interfaces, sockets): a reload that changes them is
-//! refused and says to restart (restarts are lossless).
+//! refused and says to restart (restarts are lossless). The exceptions are
+//! values the data plane reads per packet or per sweep: the flow idle times
+//! and `icmp_echo` ([`Diff::icmp_echo`]).
 //!
 //! New backends' next hops are resolved on a blocking thread (netlink), then
 //! the loop finishes the reload: nothing slow runs on the decision loop.
@@ -28,7 +32,7 @@ use tokio::sync::mpsc;
 
 use super::{Daemon, hops::Hops, resolver::Command};
 use crate::{
-    config::{Config, Service},
+    config::{Config, IcmpEcho, Service},
     control::proto::Response,
     datapath::monotonic_ns,
     policy::Nanos,
@@ -39,7 +43,67 @@ pub struct Pending {
     cfg: Config,
     /// Services to (re)create: name → resolved hops (primary, secondary).
     hops: HashMap<String, [NextHop; 2]>,
+    /// What it changes.
+    diff: Diff,
     reply: Option<mpsc::Sender<Response>>,
+}
+
+/// What a reload changes, by service name; a function of the running and the
+/// new configuration alone. Services are listed in file order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Diff {
+    /// Services new in the file.
+    pub added: Vec<String>,
+    /// Services gone from the file (in the running file's order).
+    pub removed: Vec<String>,
+    /// Services whose vip, port, protocol, mode or backends changed: they
+    /// start over under a fresh id.
+    pub restarted: Vec<String>,
+    /// Services forwarded as before whose policy changed (health, failover,
+    /// allow, deny): same id, health state kept.
+    pub updated: Vec<String>,
+    /// The services of `updated` whose `allow` or `deny` list changed: the
+    /// prefix tries of their (kept) id are to be rewritten. Added and
+    /// restarted services have theirs written with the rest of the service.
+    pub prefixes_changed: Vec<String>,
+    /// The new `[gateway] icmp_echo`, when it changed: one value the data
+    /// plane reads per packet, so no restart.
+    pub icmp_echo: Option<IcmpEcho>,
+    /// Keys that cannot change under a running data plane; a reload that
+    /// changes one is refused.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Compares the running configuration with a new one.
+pub fn diff(old: &Config, new: &Config) -> Diff {
+    let before: HashMap<&str, &Service> = old.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let after: BTreeSet<&str> = new.services.iter().map(|s| s.name.as_str()).collect();
+    let mut d = Diff {
+        removed: old
+            .services
+            .iter()
+            .filter(|s| !after.contains(s.name.as_str()))
+            .map(|s| s.name.clone())
+            .collect(),
+        icmp_echo: Some(new.gateway.icmp_echo).filter(|&e| e != old.gateway.icmp_echo),
+        needs_restart: gateway_changes(old, new),
+        ..Diff::default()
+    };
+    for s in &new.services {
+        let name = s.name.clone();
+        match before.get(s.name.as_str()) {
+            None => d.added.push(name),
+            Some(o) if !same_identity(o, s) => d.restarted.push(name),
+            Some(o) if *o != s => {
+                if o.allow != s.allow || o.deny != s.deny {
+                    d.prefixes_changed.push(name.clone());
+                }
+                d.updated.push(name);
+            }
+            Some(_) => {}
+        }
+    }
+    d
 }
 
 /// Do two configurations of a service describe the same forwarding?
@@ -88,7 +152,7 @@ impl Daemon {
             }
         };
         match self.prepare_reload() {
-            Ok(cfg) => {
+            Ok((cfg, diff)) => {
                 if self.reloading {
                     let message = "a reload is already in progress; try again".to_owned();
                     answer(&reply, Response::Error { message });
@@ -120,6 +184,7 @@ impl Daemon {
                     let _ = tx.send(Pending {
                         cfg,
                         hops: resolved,
+                        diff,
                         reply,
                     });
                 });
@@ -136,26 +201,26 @@ impl Daemon {
         }
     }
 
-    fn prepare_reload(&self) -> Result<Config> {
+    fn prepare_reload(&self) -> Result<(Config, Diff)> {
         let Some(path) = &self.config_path else {
             bail!("this daemon was started without a configuration file");
         };
         let cfg = Config::from_file(path)?;
-        let changed = gateway_changes(&self.cfg, &cfg);
-        if !changed.is_empty() {
+        let diff = diff(&self.cfg, &cfg);
+        if !diff.needs_restart.is_empty() {
             bail!(
                 "{} changed; these need a restart of the daemon (lossless: the data plane is adopted), \
                  e.g. `systemctl restart redirector`",
-                changed.join(", ")
+                diff.needs_restart.join(", ")
             );
         }
-        Ok(cfg)
+        Ok((cfg, diff))
     }
 
     /// Applies a reload whose next hops are resolved.
     pub(super) fn finish_reload(&mut self, p: Pending) {
         self.reloading = false;
-        let r = self.apply_reload(p.cfg, &p.hops);
+        let r = self.apply_reload(p.cfg, &p.hops, &p.diff);
         let response = match r {
             Ok(summary) => {
                 info!("reloaded: {summary}");
@@ -175,7 +240,12 @@ impl Daemon {
         }
     }
 
-    fn apply_reload(&mut self, cfg: Config, hops: &HashMap<String, [NextHop; 2]>) -> Result<String> {
+    fn apply_reload(
+        &mut self,
+        cfg: Config,
+        hops: &HashMap<String, [NextHop; 2]>,
+        diff: &Diff,
+    ) -> Result<String> {
         let now = Nanos(monotonic_ns());
         let old: HashMap<String, (u32, Service)> = self
             .services
@@ -204,19 +274,15 @@ impl Daemon {
             )
             .context("allocating service ids")?;
         retired.extend(assignment.removed.iter().cloned());
-        let (mut added, mut restarted, mut updated, mut unchanged) = (0, 0, 0, 0);
         for s in &cfg.services {
             let Some(&id) = self.state.ids.get(&s.name) else {
                 bail!("service {:?} has no id", s.name);
             };
             match old.get(&s.name) {
                 Some((old_id, o)) if *old_id == id => {
-                    if o == s {
-                        unchanged += 1;
-                    } else {
+                    if o != s {
                         let effects = self.services.update(id, s.clone(), now);
                         self.apply(effects);
-                        updated += 1;
                     }
                 }
                 before => {
@@ -241,11 +307,6 @@ impl Daemon {
                             addr: be.addr,
                         });
                     }
-                    if before.is_some() {
-                        restarted += 1;
-                    } else {
-                        added += 1;
-                    }
                     info!(
                         "service {} (id {id}): {} {}",
                         s.name,
@@ -255,7 +316,6 @@ impl Daemon {
                 }
             }
         }
-        let removed = assignment.removed.len();
         for (name, id) in retired {
             self.services.remove(id);
             if !self.state.ids.contains_key(&name) {
@@ -270,9 +330,145 @@ impl Daemon {
         self.services.set_budget(cfg.control.probe_budget);
         self.cfg = cfg;
         self.persist();
-        Ok(format!(
-            "{added} added, {removed} removed, {restarted} restarted (addresses changed), {updated} updated \
-             (policy), {unchanged} unchanged"
-        ))
+        Ok(summary(diff, self.cfg.services.len()))
+    }
+}
+
+/// One line for the log and the operator: counts, then the data-plane
+/// settings that changed.
+fn summary(d: &Diff, services: usize) -> String {
+    let unchanged = services.saturating_sub(d.added.len() + d.restarted.len() + d.updated.len());
+    let mut line = format!(
+        "{} added, {} removed, {} restarted (addresses changed), {} updated (policy), {unchanged} unchanged",
+        d.added.len(),
+        d.removed.len(),
+        d.restarted.len(),
+        d.updated.len()
+    );
+    if !d.prefixes_changed.is_empty() {
+        line.push_str(&format!(
+            "; allow/deny changed: {}",
+            d.prefixes_changed.join(", ")
+        ));
+    }
+    if let Some(echo) = d.icmp_echo {
+        line.push_str(&format!("; icmp_echo now \"{echo}\""));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GATEWAY: &str = "[gateway]\ninterfaces = [\"eth0\"]\n";
+
+    fn cfg(gateway_extra: &str, services: &[(&str, &str)]) -> Config {
+        let mut text = format!("{GATEWAY}{gateway_extra}");
+        for (i, (name, extra)) in services.iter().enumerate() {
+            text.push_str(&format!(
+                "[[service]]\nname = \"{name}\"\nvip = \"198.18.100.1\"\nport = {}\nprotocol = \"tcp\"\n\
+                 primary = \"198.18.2.{}\"\nsecondary = \"198.18.3.{}\"\n{extra}",
+                80 + i,
+                i + 2,
+                i + 2
+            ));
+        }
+        match Config::from_str_named(&text, "test.toml") {
+            Ok(cfg) => cfg,
+            Err(e) => panic!("{e}\n{text}"),
+        }
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn nothing_changed() {
+        let a = cfg("", &[("web", "allow = [\"198.18.1.0/24\"]\n")]);
+        assert_eq!(diff(&a, &a.clone()), Diff::default());
+        assert_eq!(
+            summary(&Diff::default(), 1),
+            "0 added, 0 removed, 0 restarted (addresses changed), 0 updated (policy), 1 unchanged"
+        );
+    }
+
+    #[test]
+    fn allow_and_deny_are_policy() {
+        let old = cfg(
+            "",
+            &[("web", "allow = [\"198.18.1.0/24\"]\n"), ("dns", ""), ("ssh", "")],
+        );
+        let new = cfg(
+            "",
+            &[
+                ("web", "allow = [\"198.18.1.0/24\", \"198.18.7.0/24\"]\n"),
+                ("dns", "deny = [\"198.18.9.9\"]\n"),
+                ("ssh", "[service.health]\nrise = 5\n"),
+            ],
+        );
+        let d = diff(&old, &new);
+        assert_eq!(
+            d,
+            Diff {
+                updated: names(&["web", "dns", "ssh"]),
+                prefixes_changed: names(&["web", "dns"]),
+                ..Diff::default()
+            }
+        );
+        assert_eq!(
+            summary(&d, 3),
+            "0 added, 0 removed, 0 restarted (addresses changed), 3 updated (policy), 0 unchanged; \
+             allow/deny changed: web, dns"
+        );
+        // The same prefixes in another order are another list (tries are
+        // rewritten, harmlessly).
+        let a = cfg("", &[("web", "deny = [\"198.18.1.0/24\", \"198.18.2.0/24\"]\n")]);
+        let b = cfg("", &[("web", "deny = [\"198.18.2.0/24\", \"198.18.1.0/24\"]\n")]);
+        assert_eq!(diff(&a, &b).prefixes_changed, names(&["web"]));
+    }
+
+    #[test]
+    fn restarted_added_removed() {
+        let old = cfg("", &[("web", ""), ("old", "")]);
+        // "web" moves to the second position: port 81, so it starts over; its
+        // allow list changing too does not make it a policy change.
+        let new = cfg("", &[("new", ""), ("web", "allow = [\"198.18.1.0/24\"]\n")]);
+        let d = diff(&old, &new);
+        assert_eq!(
+            d,
+            Diff {
+                added: names(&["new"]),
+                removed: names(&["old"]),
+                restarted: names(&["web"]),
+                ..Diff::default()
+            }
+        );
+    }
+
+    #[test]
+    fn icmp_echo_is_reloadable_the_rest_of_gateway_is_not() {
+        let old = cfg("", &[("web", "")]);
+        let new = cfg("icmp_echo = \"pass\"\n", &[("web", "")]);
+        let d = diff(&old, &new);
+        assert_eq!(
+            d,
+            Diff {
+                icmp_echo: Some(IcmpEcho::Pass),
+                ..Diff::default()
+            }
+        );
+        assert!(summary(&d, 1).ends_with("; icmp_echo now \"pass\""));
+        assert_eq!(diff(&new, &old).icmp_echo, Some(IcmpEcho::Answer));
+        // Written out, the default is no change.
+        let same = cfg("icmp_echo = \"answer\"\n", &[("web", "")]);
+        assert_eq!(diff(&old, &same), Diff::default());
+
+        let d = diff(
+            &old,
+            &cfg("xdp_mode = \"skb\"\nicmp_echo = \"pass\"\n", &[("web", "")]),
+        );
+        assert_eq!(d.needs_restart, ["[gateway] xdp_mode"]);
     }
 }

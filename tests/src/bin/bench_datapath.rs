@@ -70,6 +70,8 @@ fn svc(name: &str, vip: &str, port: u16, proto: Protocol, mode: Mode, p: &str, s
         },
         health: HealthCheck::default_for(proto),
         failover: Failover::default(),
+        allow: Vec::new(),
+        deny: Vec::new(),
     })
 }
 
