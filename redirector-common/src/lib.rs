@@ -8,12 +8,15 @@
 #![deny(missing_docs)]
 
 pub mod csum;
+pub mod flow;
 pub mod maps;
 
+pub use flow::{FLOW_WAYS, FlowBucket, FlowEntry, FlowSettings};
 pub use maps::*;
 
-/// Bumped whenever a map layout or meaning changes. Nothing is pinned yet;
-/// once maps outlive the daemon, their pin directory is named after this so an
-/// upgrade never reuses an incompatible map.
+/// Bumped whenever a map layout or meaning changes: the pin directory is
+/// named after it, so an upgrade never reuses an incompatible map.
 /// 2: all_down flags in `SwitchState`, two more counters.
-pub const ABI_VERSION: u32 = 2;
+/// 3: set-associative flow tables (`FLOWS`, `EMBRYOS`, `FLOW_SETTINGS`), the datapath counters
+///    of the gateway-traffic work (ICMP, fragments, options, allow lists).
+pub const ABI_VERSION: u32 = 3;

@@ -11,8 +11,14 @@ pub mod names {
     pub const BACKENDS: &str = "BACKENDS";
     /// (backend addr, backend port, protocol) → [`super::ReverseInfo`], NAT only.
     pub const REVERSE: &str = "REVERSE";
-    /// (client addr, client port, service) → [`super::FlowValue`], LRU.
+    /// Flow entries: buckets of [`crate::FlowEntry`] (see [`crate::flow`]).
     pub const FLOWS: &str = "FLOWS";
+    /// TCP flows whose SYN went where an entry is needed, until their
+    /// handshake completes (then the entry moves to `FLOWS`): a SYN flood
+    /// churns this table, never the established flows'. Same layout as `FLOWS`.
+    pub const EMBRYOS: &str = "EMBRYOS";
+    /// [`crate::FlowSettings`]: the flow tables' hash key and sizes.
+    pub const FLOW_SETTINGS: &str = "FLOW_SETTINGS";
     /// Client address → [`super::NextHop`] for NAT replies, filled by userspace.
     pub const CLIENT_HOPS: &str = "CLIENT_HOPS";
     /// Addresses of the gateway itself; replies to them are never translated.
@@ -31,12 +37,14 @@ pub mod names {
 
     /// Every map that holds state of the data plane: pinned, so the data
     /// plane outlives the daemon and a restarted daemon adopts them.
-    pub const PINNED: [&str; 12] = [
+    pub const PINNED: [&str; 14] = [
         SERVICES,
         SWITCH,
         BACKENDS,
         REVERSE,
         FLOWS,
+        EMBRYOS,
+        FLOW_SETTINGS,
         CLIENT_HOPS,
         LOCAL_ADDRS,
         EGRESS,
@@ -67,6 +75,9 @@ pub const SLOT_SECONDARY: u8 = 1;
 pub const DEFAULT_MAX_SERVICES: u32 = 1024;
 /// Default flow table size: sized so a SYN flood evicts old entries instead of failing.
 pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
+/// `EMBRYOS` holds a quarter of the flow table's entries: under a SYN flood
+/// at rate R a handshake keeps its entry for about `EMBRYOS / R` seconds.
+pub const EMBRYO_SHARE: u32 = 4;
 /// Reply next-hop cache size.
 pub const DEFAULT_CLIENT_HOPS: u32 = 65_536;
 
@@ -227,7 +238,8 @@ pub struct FlowKey {
     pub service: u32,
 }
 
-/// Value of `FLOWS`.
+/// A flow entry as a kernel LRU hash would hold it: only the benchmark's
+/// reference programs use it (redirector's tables are [`crate::FlowBucket`]s).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowValue {
@@ -279,17 +291,20 @@ pub enum Counter {
     Unsupported = 5,
     /// A new flow entry was written.
     FlowInserted = 6,
-    /// Writing a flow entry failed (table full and not evictable): followed the active backend.
-    FlowInsertFailed = 7,
+    /// A flow entry was written over another live one (its bucket was full).
+    FlowEvicted = 7,
     /// Both backends down, `all_down = "drop"`: dropped.
     AllDownDropped = 8,
     /// Both backends down, `all_down = "pass"`: passed to the stack untouched.
     AllDownPassed = 9,
+    /// A SYN's entry was written to `EMBRYOS` (moved to `FLOWS` when the
+    /// handshake completes, counted then as [`Counter::FlowInserted`]).
+    SynEntry = 10,
 }
 
 impl Counter {
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     /// All counters, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Passed,
@@ -299,9 +314,10 @@ impl Counter {
         Counter::RedirectFailed,
         Counter::Unsupported,
         Counter::FlowInserted,
-        Counter::FlowInsertFailed,
+        Counter::FlowEvicted,
         Counter::AllDownDropped,
         Counter::AllDownPassed,
+        Counter::SynEntry,
     ];
     /// Stable name for output and metrics.
     pub const fn name(self) -> &'static str {
@@ -313,9 +329,10 @@ impl Counter {
             Counter::RedirectFailed => "redirect_failed",
             Counter::Unsupported => "unsupported",
             Counter::FlowInserted => "flow_inserted",
-            Counter::FlowInsertFailed => "flow_insert_failed",
+            Counter::FlowEvicted => "flow_evicted",
             Counter::AllDownDropped => "all_down_dropped",
             Counter::AllDownPassed => "all_down_passed",
+            Counter::SynEntry => "syn_entry_written",
         }
     }
 }
@@ -408,6 +425,12 @@ mod user {
     unsafe impl aya::Pod for NextHop {}
     // SAFETY: as above.
     unsafe impl aya::Pod for BenchTemplate {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::FlowEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::FlowBucket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::FlowSettings {}
 }
 
 #[cfg(test)]

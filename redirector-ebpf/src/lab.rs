@@ -2,8 +2,9 @@
 //! - `pass`: returns `XDP_PASS`; attached to the far ends of lab veths, because
 //!   native XDP redirect into a veth only delivers when its peer runs XDP;
 //! - `trivial`: returns `XDP_TX` and nothing else — the floor every ratio uses;
-//! - `lru_insert`: one LRU hash insert keyed by the IPv4 source, then `XDP_TX` —
-//!   the floor the kernel sets for a flow insert;
+//! - `lru_insert`, `lru_insert_nc`: one kernel LRU hash insert keyed by the
+//!   IPv4 source (common LRU list / per-CPU lists), then `XDP_TX` — the floor
+//!   a flow table built on the kernel's LRU maps cannot go below;
 //! - `forward_static`: the least any L2 redirector does — write the MACs of the
 //!   one next hop in `STATIC_HOP` and `bpf_redirect_map` to it — a second
 //!   reference for what redirector's own logic costs on top of forwarding;
@@ -28,6 +29,8 @@ mod program {
         BENCH_TEMPLATE_LEN as TEMPLATE_LEN, BenchTemplate, DEFAULT_FLOW_ENTRIES, FlowKey, FlowValue, NextHop,
         VARY_V4_SRC, VARY_V6_SRC,
     };
+
+    const BPF_F_NO_COMMON_LRU: u32 = 2;
 
     #[map]
     static TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
@@ -67,13 +70,29 @@ mod program {
             .unwrap_or(xdp_action::XDP_ABORTED)
     }
 
-    /// The floor the kernel sets for a flow insert: one LRU hash insert of a
+    /// What a kernel LRU flow table costs at least: one LRU hash insert of a
     /// flow-table-shaped entry keyed by the IPv4 source address, nothing else.
     #[map]
     static BARE_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
+    /// The same with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): one shared
+    /// table, each CPU evicting from its own list.
+    #[map]
+    static BARE_FLOWS_NC: LruHashMap<FlowKey, FlowValue> =
+        LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, BPF_F_NO_COMMON_LRU);
+
     #[xdp]
     pub fn lru_insert(ctx: XdpContext) -> u32 {
+        bare_insert(&ctx, &BARE_FLOWS)
+    }
+
+    #[xdp]
+    pub fn lru_insert_nc(ctx: XdpContext) -> u32 {
+        bare_insert(&ctx, &BARE_FLOWS_NC)
+    }
+
+    #[inline(always)]
+    fn bare_insert(ctx: &XdpContext, map: &LruHashMap<FlowKey, FlowValue>) -> u32 {
         let start = ctx.data();
         if start + VARY_V4_SRC + 4 > ctx.data_end() {
             return xdp_action::XDP_PASS;
@@ -91,7 +110,7 @@ mod program {
             slot: 1,
             _pad: 0,
         };
-        let _ = BARE_FLOWS.insert(&key, &value, 0);
+        let _ = map.insert(&key, &value, 0);
         xdp_action::XDP_TX
     }
 

@@ -5,7 +5,8 @@ use aya_ebpf::{
 };
 use redirector_common::{
     Addr, Backend, BackendStats, Counter, DEFAULT_CLIENT_HOPS, DEFAULT_FLOW_ENTRIES, DEFAULT_MAX_SERVICES,
-    Endpoint, FlowKey, FlowValue, NextHop, ReverseInfo, ServiceInfo, SwitchState,
+    EMBRYO_SHARE, Endpoint, FLOW_WAYS, FlowBucket, FlowSettings, NextHop, ReverseInfo, ServiceInfo,
+    SwitchState,
 };
 
 #[map]
@@ -20,8 +21,20 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_SERVIC
 #[map]
 pub static REVERSE: HashMap<Endpoint, ReverseInfo> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
 
+/// `BPF_F_MMAPABLE`: userspace maps the flow tables to sweep them.
+const MMAPABLE: u32 = 1 << 10;
+
+/// Set-associative flow tables (see `redirector_common::flow`).
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+pub static FLOWS: Array<FlowBucket> =
+    Array::with_max_entries(DEFAULT_FLOW_ENTRIES / FLOW_WAYS as u32, MMAPABLE);
+
+#[map]
+pub static EMBRYOS: Array<FlowBucket> =
+    Array::with_max_entries(DEFAULT_FLOW_ENTRIES / EMBRYO_SHARE / FLOW_WAYS as u32, MMAPABLE);
+
+#[map]
+pub static FLOW_SETTINGS: Array<FlowSettings> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static CLIENT_HOPS: LruHashMap<Addr, NextHop> = LruHashMap::with_max_entries(DEFAULT_CLIENT_HOPS, 0);

@@ -2,84 +2,116 @@
 //!
 //! Flow state is written only where it changes a decision. Flows without an
 //! entry belong to the primary while it is up, so steady state (active =
-//! primary) writes nothing. While the secondary is active, a flow that would
-//! otherwise be sent there is pinned with an entry, so it finishes there after a
-//! failback. A TCP non-SYN without an entry while the primary is up is an
-//! established primary flow (drain or manual flip): it stays on the primary.
-//! An entry whose backend is down is re-pointed to the active backend, so flows
-//! on a dead backend move and do not return to it later.
+//! primary) writes nothing. While the secondary is active (or takes a share),
+//! a flow sent there is pinned with an entry, so it finishes there after a
+//! failback. An entry whose backend is down is re-pointed to the active
+//! backend, so flows on a dead backend move and do not return to it later.
+//!
+//! TCP writes its entry in two steps: the SYN's into `EMBRYOS`, moved to
+//! `FLOWS` by the first packet after it (the handshake's ACK). A SYN flood
+//! therefore churns `EMBRYOS` only and never evicts an established flow's
+//! entry. Both tables are set-associative arrays (`flows.rs`): an insert is
+//! a hash and a 16-byte write in one cache line.
+//!
+//! A TCP non-SYN with neither entry is an established flow that began elsewhere: on the primary while it is up (a drain, a manual flip, the
+//! unshared part of load sharing), else it follows the active backend without
+//! an entry (a connection that began on a dead primary has nothing to keep).
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use redirector_common::{Counter, FlowKey, FlowValue, SLOT_PRIMARY, SLOT_SECONDARY, SwitchState};
+use redirector_common::{
+    Counter, FlowKey, SLOT_PRIMARY, SLOT_SECONDARY, SwitchState,
+    flow::{key_hash, seen},
+};
 
-use crate::maps::{FLOWS, count};
-
-const REFRESH_NS: u64 = 1_000_000_000;
+use crate::{
+    flows::{self, Table},
+    maps::{EMBRYOS, FLOW_SETTINGS, FLOWS, count},
+};
 
 #[inline(always)]
 pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
     let active = st.active & 1;
     if active == SLOT_PRIMARY && !st.pinned() {
-        // No flow entry can exist: skip the table entirely (steady state).
+        // No flow entry can exist: skip the tables entirely (steady state).
         return SLOT_PRIMARY;
     }
-    if let Some(v) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: the value lives in the map; concurrent updates of these plain
-        // fields by other CPUs are benign (last writer wins, same meaning).
-        unsafe {
-            let slot = ((*v).slot & 1) as u8;
-            if st.is_up(slot) {
-                let now = bpf_ktime_get_coarse_ns();
-                if now.wrapping_sub((*v).last_seen_ns) > REFRESH_NS {
-                    (*v).last_seen_ns = now;
-                }
-                return slot;
-            }
+    let Some(cfg) = FLOW_SETTINGS.get(0) else {
+        return active;
+    };
+    let hash = key_hash(key, cfg.seed);
+    // SAFETY: helper without preconditions.
+    let now = seen(unsafe { bpf_ktime_get_coarse_ns() });
+    let table = Table::new(&FLOWS, cfg.flow_buckets);
+    if let Some((e, slot)) = table.find(hash) {
+        if st.is_up(slot) {
+            flows::touch(e, now);
+            return slot;
         }
         // Its backend is down: the flow moves to the active one for good.
         if active == SLOT_PRIMARY {
             // Without an entry a flow follows the primary anyway; dropping the
             // entry lets the service leave the pinned state sooner.
-            let _ = FLOWS.remove(key);
+            flows::remove(e);
         } else {
-            // SAFETY: as above.
-            unsafe {
-                if (*v).slot != u32::from(active) {
-                    (*v).slot = u32::from(active);
-                }
-                (*v).last_seen_ns = bpf_ktime_get_coarse_ns();
-            }
+            flows::repoint(e, hash, active, now);
         }
         return active;
     }
-    if tcp && !syn && st.is_up(SLOT_PRIMARY) {
-        // An established primary flow (drain, manual flip, load sharing).
-        return SLOT_PRIMARY;
+    let embryos = Table::new(&EMBRYOS, cfg.embryo_buckets);
+    if tcp && !syn {
+        // The handshake completed: the flow now has an entry to keep.
+        if let Some((e, slot)) = embryos.find(hash)
+            && st.is_up(slot)
+        {
+            flows::remove(e);
+            table.insert(hash, key.service, slot, now);
+            count(Counter::FlowInserted);
+            return slot;
+        }
+        return if st.is_up(SLOT_PRIMARY) {
+            SLOT_PRIMARY
+        } else {
+            active
+        };
     }
-    let mut target = active;
-    if active == SLOT_PRIMARY {
-        // Load sharing: a fixed share of new flows, chosen by a hash of the
-        // flow (so every packet of a flow decides alike), goes to the
-        // secondary while both are up and it takes new flows; those get an
-        // entry, so they stay there.
-        let share_ok = st.share > 0 && st.is_up(SLOT_SECONDARY) && st.drained & 0b10 == 0;
-        if !share_ok || flow_hash(key) % 100 >= u32::from(st.share) {
+    let target = new_flow_target(key, st, active);
+    if tcp {
+        let old = embryos.find(hash);
+        if target == SLOT_PRIMARY {
+            // A retransmitted SYN that an earlier state sent to the secondary
+            // now goes to the primary: its handshake's ACK must follow it.
+            if let Some((e, _)) = old {
+                flows::remove(e);
+            }
             return SLOT_PRIMARY;
         }
-        target = SLOT_SECONDARY;
+        match old {
+            Some((e, _)) => flows::repoint(e, hash, target, now),
+            None => embryos.insert(hash, key.service, target, now),
+        }
+        count(Counter::SynEntry);
+        return target;
     }
-    let value = FlowValue {
-        // SAFETY: helper without preconditions.
-        last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
-        slot: u32::from(target),
-        _pad: 0,
-    };
-    // An LRU insert evicts when full; if it still fails, following the active
-    // backend is the documented degradation, never a drop.
-    match FLOWS.insert(key, &value, 0) {
-        Ok(()) => count(Counter::FlowInserted),
-        Err(_) => count(Counter::FlowInsertFailed),
+    if target != SLOT_PRIMARY {
+        table.insert(hash, key.service, target, now);
+        count(Counter::FlowInserted);
     }
     target
+}
+
+/// Where a new flow goes: the active backend, or with load sharing a fixed
+/// share of new flows, chosen by a hash of the flow (so every packet of a flow
+/// decides alike), to the secondary while both are up and it takes new flows.
+#[inline(always)]
+fn new_flow_target(key: &FlowKey, st: &SwitchState, active: u8) -> u8 {
+    if active != SLOT_PRIMARY {
+        return active;
+    }
+    let share_ok = st.share > 0 && st.is_up(SLOT_SECONDARY) && st.drained & 0b10 == 0;
+    if share_ok && flow_hash(key) % 100 < u32::from(st.share) {
+        SLOT_SECONDARY
+    } else {
+        SLOT_PRIMARY
+    }
 }
 
 /// A well-mixed 32-bit hash of the client's address and port and the service

@@ -606,9 +606,13 @@ fn tcp_flow_affinity_across_flip_and_failback() {
         lab.h.dp.set_switch(id, state(s2, 0b10)).unwrap();
         assert_eq!(slot_of(&mut lab, &s, 1000, false), s2);
         assert_eq!(slot_of(&mut lab, &s, 3000, false), s2);
-        // It comes back: flows moved to the secondary stay there.
+        // It comes back: the flows that began on the secondary stay there; a
+        // connection that began on the dead primary has nothing to keep (the
+        // secondary never knew it) and got no entry.
         lab.h.dp.set_switch(id, state(p, 0b11)).unwrap();
-        assert_eq!(slot_of(&mut lab, &s, 1000, false), s2, "{}", s.svc.name);
+        assert_eq!(slot_of(&mut lab, &s, 2000, false), s2, "{}", s.svc.name);
+        assert_eq!(slot_of(&mut lab, &s, 1000, false), p, "{}", s.svc.name);
+        assert_eq!(lab.h.dp.flow(s.client, 1000, id).unwrap(), None);
         assert_eq!(slot_of(&mut lab, &s, 4000, true), p);
     }
 }
@@ -628,7 +632,7 @@ fn udp_flow_affinity_and_backend_down_resteer() {
         lab.h.dp.set_switch(id, state(s2, 0b10)).unwrap();
         assert_eq!(slot_of(&mut lab, &s, 4000, false), s2);
         let pinned = lab.h.dp.flow(s.client, 4000, id).unwrap().unwrap();
-        assert_eq!(pinned.slot, u32::from(s2));
+        assert_eq!(pinned, s2);
         // Failback: the pinned flow finishes on the secondary, a new one goes to the primary.
         lab.h.dp.set_switch(id, state(p, 0b11)).unwrap();
         assert_eq!(slot_of(&mut lab, &s, 4000, false), s2, "{}", s.svc.name);
@@ -799,5 +803,159 @@ fn load_sharing_sends_its_share_of_new_flows_to_the_secondary_and_keeps_them_the
         for sport in 21000..21100u16 {
             assert_eq!(slot_of(&mut lab, &s, sport, true), SLOT_PRIMARY, "{}", s.svc.name);
         }
+    }
+}
+
+#[test]
+fn tcp_entry_is_written_when_the_handshake_completes() {
+    let Some(mut lab) = lab("embryo") else { return };
+    let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
+    for s in lab
+        .svcs
+        .clone()
+        .into_iter()
+        .filter(|s| s.svc.protocol == Protocol::Tcp)
+    {
+        let id = s.id;
+        // Drain of the primary: it is up, new flows go to the secondary.
+        lab.h.dp.set_switch(id, state(s2, 0b11)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 1000, true), s2, "{}", s.svc.name);
+        assert!(lab.h.dp.embryo(s.client, 1000, id).unwrap().is_some());
+        assert_eq!(lab.h.dp.flow(s.client, 1000, id).unwrap(), None);
+        // The ACK moves the entry to the flow table.
+        assert_eq!(slot_of(&mut lab, &s, 1000, false), s2, "{}", s.svc.name);
+        assert_eq!(lab.h.dp.embryo(s.client, 1000, id).unwrap(), None);
+        assert_eq!(lab.h.dp.flow(s.client, 1000, id).unwrap(), Some(s2));
+        // A SYN sent to the secondary, then retransmitted after the primary
+        // became active again: the handshake (and its ACK) belongs to the primary.
+        assert_eq!(slot_of(&mut lab, &s, 1001, true), s2);
+        lab.h.dp.set_switch(id, state(p, 0b11)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 1001, true), p, "{}", s.svc.name);
+        assert_eq!(slot_of(&mut lab, &s, 1001, false), p, "{}", s.svc.name);
+        assert_eq!(lab.h.dp.flow(s.client, 1001, id).unwrap(), None);
+        assert_eq!(slot_of(&mut lab, &s, 1000, false), s2, "{}", s.svc.name);
+    }
+}
+
+#[test]
+fn syn_flood_on_the_secondary_never_evicts_established_flows() {
+    let Some(mut lab) = lab("synflood") else { return };
+    let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
+    for name in ["nat-tcp4", "dsr-tcp6"] {
+        let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
+        let id = s.id;
+        lab.h.dp.set_switch(id, state(s2, 0b10)).unwrap();
+        // Established flows on the secondary (handshake completed).
+        for sport in 1000..1010 {
+            assert_eq!(slot_of(&mut lab, &s, sport, true), s2);
+            assert_eq!(slot_of(&mut lab, &s, sport, false), s2);
+        }
+        let inserted = lab.h.counter(Counter::FlowInserted);
+        let syns = lab.h.counter(Counter::SynEntry);
+        // Three times the flow table's capacity in SYNs of never-seen flows.
+        let flood = 3 * lab.h.dp.sizes().flow_entries;
+        for i in 0..flood {
+            let sport = 10_000 + u16::try_from(i % 50_000).unwrap();
+            let mut req = s.request(sport, true);
+            req.src = match s.client {
+                IpAddr::V4(_) => IpAddr::from([198, 19, (i >> 8) as u8, i as u8]),
+                IpAddr::V6(_) => format!("2001:2:0:9::{i:x}").parse().unwrap(),
+            };
+            assert_eq!(lab.h.run(&req.build()).0, REDIRECT);
+        }
+        assert_eq!(
+            lab.h.counter(Counter::SynEntry) - syns,
+            u64::from(flood),
+            "{name}"
+        );
+        assert_eq!(lab.h.counter(Counter::FlowInserted), inserted, "{name}");
+        // Every established flow kept its entry, and stays on the secondary
+        // after the failback.
+        lab.h.dp.set_switch(id, state(p, 0b11)).unwrap();
+        for sport in 1000..1010 {
+            assert!(
+                lab.h.dp.flow(s.client, sport, id).unwrap().is_some(),
+                "{name} {sport}"
+            );
+            assert_eq!(slot_of(&mut lab, &s, sport, false), s2, "{name} {sport}");
+        }
+        assert_eq!(slot_of(&mut lab, &s, 2000, true), p);
+    }
+}
+
+/// Pins the calling thread to one CPU; test-run executes the program there.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning to CPU {cpu}"
+        );
+    }
+}
+
+#[test]
+fn a_flow_keeps_its_backend_when_its_packets_land_on_different_cpus() {
+    let Some(mut lab) = lab("twocpu") else { return };
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if cpus < 2 {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs two CPUs, and CI=true forbids skipping"
+        );
+        eprintln!("SKIPPED: one CPU");
+        return;
+    }
+    let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
+    for s in lab.svcs.clone() {
+        let id = s.id;
+        // Primary drained: new flows to the secondary, the primary still up.
+        lab.h.dp.set_switch(id, state(s2, 0b11)).unwrap();
+        let syn_cpu0 = lab.h.dp.counter_per_cpu(Counter::SynEntry).unwrap();
+        let ins_cpu1 = lab.h.dp.counter_per_cpu(Counter::FlowInserted).unwrap();
+        pin_to_cpu(0);
+        assert_eq!(slot_of(&mut lab, &s, 3000, true), s2, "{}", s.svc.name);
+        pin_to_cpu(1);
+        assert_eq!(slot_of(&mut lab, &s, 3000, false), s2, "{}", s.svc.name);
+        // The first packet's entry was written on CPU 0 (TCP: the SYN's; UDP:
+        // the flow's), the second packet ran on CPU 1.
+        let (c, first) = if s.svc.protocol == Protocol::Tcp {
+            (Counter::SynEntry, syn_cpu0)
+        } else {
+            (Counter::FlowInserted, ins_cpu1.clone())
+        };
+        assert_eq!(
+            lab.h.dp.counter_per_cpu(c).unwrap()[0],
+            first[0] + 1,
+            "{}",
+            s.svc.name
+        );
+        if s.svc.protocol == Protocol::Tcp {
+            // The handshake completed on CPU 1.
+            assert_eq!(
+                lab.h.dp.counter_per_cpu(Counter::FlowInserted).unwrap()[1],
+                ins_cpu1[1] + 1,
+                "{}",
+                s.svc.name
+            );
+        }
+        // After the failback, packets on either CPU stay on the secondary.
+        lab.h.dp.set_switch(id, state(p, 0b11)).unwrap();
+        for cpu in [0, 1] {
+            pin_to_cpu(cpu);
+            assert_eq!(slot_of(&mut lab, &s, 3000, false), s2, "{} cpu {cpu}", s.svc.name);
+        }
+    }
+    let all: Vec<usize> = (0..cpus).collect();
+    // SAFETY: as in pin_to_cpu.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in all {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }

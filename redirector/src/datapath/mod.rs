@@ -9,14 +9,16 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use redirector_common::{
-    Backend as KBackend, BackendStats, Counter, Endpoint, FlowKey, FlowValue, Ip, NextHop, PORT_BACKEND,
-    PORT_SERVICE, ReverseInfo, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED, ServiceInfo, SwitchState,
-    ip_from_bytes, ip_to_bytes, names, programs,
+    Backend as KBackend, BackendStats, Counter, Endpoint, FLOW_WAYS, FlowKey, FlowSettings, Ip, NextHop,
+    PORT_BACKEND, PORT_SERVICE, ReverseInfo, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED, ServiceInfo,
+    SwitchState, ip_from_bytes, ip_to_bytes, names, programs,
 };
 use thiserror::Error;
 
+mod flows;
 mod hop_maps;
 mod pin;
+pub use flows::{FlowTable, Swept};
 pub use hop_maps::HopMaps;
 use hop_maps::absent_ok;
 pub use pin::{PinDir, PinError};
@@ -74,6 +76,9 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
+    /// No random bytes for the flow tables' hash key.
+    #[error("reading random bytes for the flow tables' hash key: {0}")]
+    Random(#[source] std::io::Error),
     /// A service id beyond the configured maximum.
     #[error("service id {id} exceeds max_services {max}")]
     ServiceId {
@@ -95,6 +100,20 @@ pub struct Sizes {
     pub flow_entries: u32,
 }
 
+impl Sizes {
+    /// Buckets of `FLOWS` ([`FLOW_WAYS`] entries each).
+    pub fn flow_buckets(&self) -> u32 {
+        self.flow_entries.div_ceil(FLOW_WAYS as u32).max(1)
+    }
+
+    /// Buckets of `EMBRYOS`, the SYN entries: a fixed share of the flow table.
+    pub fn embryo_buckets(&self) -> u32 {
+        (self.flow_entries / redirector_common::EMBRYO_SHARE)
+            .div_ceil(FLOW_WAYS as u32)
+            .max(16)
+    }
+}
+
 impl Default for Sizes {
     fn default() -> Self {
         Sizes {
@@ -110,7 +129,8 @@ pub fn max_entries(name: &str, sizes: Sizes) -> Option<u32> {
     match name {
         names::SERVICES | names::SWITCH => Some(services),
         names::BACKENDS | names::REVERSE | names::BACKEND_STATS => Some(services * 2),
-        names::FLOWS => Some(sizes.flow_entries),
+        names::FLOWS => Some(sizes.flow_buckets()),
+        names::EMBRYOS => Some(sizes.embryo_buckets()),
         _ => None,
     }
 }
@@ -178,7 +198,32 @@ impl Datapath {
             })?
             .try_into()?;
         prog.load()?;
-        Ok(Datapath { ebpf, sizes })
+        let mut dp = Datapath { ebpf, sizes };
+        dp.init_flow_settings()?;
+        Ok(dp)
+    }
+
+    /// Writes the flow tables' hash key and sizes before the program can run;
+    /// pinned settings (a restart) are kept, so entries stay findable.
+    fn init_flow_settings(&mut self) -> Result<()> {
+        let (flow_buckets, embryo_buckets) = (self.sizes.flow_buckets(), self.sizes.embryo_buckets());
+        let mut arr = self.array::<FlowSettings>(names::FLOW_SETTINGS)?;
+        let old = arr.get(&0, 0).map_err(map_err(names::FLOW_SETTINGS))?;
+        if old.flow_buckets == flow_buckets && old.embryo_buckets == embryo_buckets {
+            return Ok(());
+        }
+        let mut seed = [0u8; 8];
+        // SAFETY: getrandom writes at most 8 bytes into `seed`.
+        let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+        if n != 8 {
+            return Err(DatapathError::Random(std::io::Error::last_os_error()));
+        }
+        let settings = FlowSettings {
+            seed: u64::from_ne_bytes(seed),
+            flow_buckets,
+            embryo_buckets,
+        };
+        arr.set(0, settings, 0).map_err(map_err(names::FLOW_SETTINGS))
     }
 
     /// The loaded XDP program (attach it, or test-run it).
@@ -340,15 +385,7 @@ impl Datapath {
         for k in stale {
             absent_ok(names::REVERSE, reverse.remove(&k))?;
         }
-        let mut flows = self.hash::<FlowKey, FlowValue>(names::FLOWS)?;
-        let stale: Vec<FlowKey> = flows
-            .keys()
-            .filter_map(std::result::Result::ok)
-            .filter(|k| k.service == id)
-            .collect();
-        for k in stale {
-            absent_ok(names::FLOWS, flows.remove(&k))?;
-        }
+        self.flow_table()?.clear_service(id);
         Ok(())
     }
 
@@ -395,6 +432,18 @@ impl Datapath {
         Ok(out)
     }
 
+    /// One global counter per CPU (tests: which CPU took which path).
+    pub fn counter_per_cpu(&self, c: Counter) -> Result<Vec<u64>> {
+        let arr = PerCpuArray::<_, u64>::try_from(self.map_ref(names::COUNTERS)?)
+            .map_err(map_err(names::COUNTERS))?;
+        Ok(arr
+            .get(&(c as u32), 0)
+            .map_err(map_err(names::COUNTERS))?
+            .iter()
+            .copied()
+            .collect())
+    }
+
     /// Traffic counters of one backend summed over CPUs.
     pub fn backend_stats(&self, id: u32, slot: u8) -> Result<BackendStats> {
         let arr = PerCpuArray::<_, BackendStats>::try_from(self.map_ref(names::BACKEND_STATS)?)
@@ -410,21 +459,15 @@ impl Datapath {
         }))
     }
 
-    /// The flow entry of a client's flow, if one was written.
-    pub fn flow(&self, client: IpAddr, port: u16, service: u32) -> Result<Option<FlowValue>> {
-        let map = HashMap::<_, FlowKey, FlowValue>::try_from(self.map_ref(names::FLOWS)?)
-            .map_err(map_err(names::FLOWS))?;
-        let key = FlowKey {
-            addr: addr16(client),
-            port_be: port.to_be(),
-            _pad: 0,
-            service,
-        };
-        match map.get(&key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(names::FLOWS)(e)),
-        }
+    /// The backend slot a client's flow is pinned to, if an entry was written.
+    pub fn flow(&self, client: IpAddr, port: u16, service: u32) -> Result<Option<u8>> {
+        Ok(self.flow_table()?.flow(&flow_key(client, port, service)))
+    }
+
+    /// The backend slot of the SYN entry of a client's TCP flow whose
+    /// handshake has not completed.
+    pub fn embryo(&self, client: IpAddr, port: u16, service: u32) -> Result<Option<u8>> {
+        Ok(self.flow_table()?.embryo(&flow_key(client, port, service)))
     }
 
     /// Starts forwarding the program's aya-log records to the `log` crate.
@@ -458,9 +501,25 @@ impl Datapath {
     /// A second handle on the flow table, for walking it away from the
     /// caller's thread (the walk costs two syscalls per entry).
     pub fn flow_table(&self) -> Result<FlowTable> {
-        let data = self.dup(names::FLOWS)?;
-        let map = HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err(names::FLOWS))?;
-        Ok(FlowTable { map })
+        let settings = Array::<_, FlowSettings>::try_from(self.map_ref(names::FLOW_SETTINGS)?)
+            .map_err(map_err(names::FLOW_SETTINGS))?
+            .get(&0, 0)
+            .map_err(map_err(names::FLOW_SETTINGS))?;
+        let fd = |name: &'static str| -> Result<std::os::fd::OwnedFd> {
+            let data = match self.map_ref(name)? {
+                aya::maps::Map::Array(d) => d,
+                _ => return Err(DatapathError::Missing { kind: "map", name }),
+            };
+            std::os::fd::AsFd::as_fd(data.fd())
+                .try_clone_to_owned()
+                .map_err(|source| DatapathError::Dup { map: name, source })
+        };
+        FlowTable::new(fd(names::FLOWS)?, fd(names::EMBRYOS)?, settings).map_err(|source| {
+            DatapathError::Dup {
+                map: names::FLOWS,
+                source,
+            }
+        })
     }
 
     /// A second handle on map `name`: its fd duplicated, which needs no
@@ -514,64 +573,17 @@ impl Datapath {
 
     /// Number of flow entries (walks the table; for tests and status).
     pub fn flow_count(&self) -> Result<usize> {
-        let map = HashMap::<_, FlowKey, FlowValue>::try_from(self.map_ref(names::FLOWS)?)
-            .map_err(map_err(names::FLOWS))?;
-        Ok(map.keys().filter(std::result::Result::is_ok).count())
+        Ok(self.flow_table()?.count())
     }
 }
 
-/// An owned handle on the flow table (see [`Datapath::flow_table`]).
-pub struct FlowTable {
-    map: HashMap<MapData, FlowKey, FlowValue>,
-}
-
-/// What a sweep did.
-#[derive(Debug, Default)]
-pub struct Swept {
-    /// Entries removed.
-    pub removed: usize,
-    /// Entries left.
-    pub kept: usize,
-    /// Services that still have entries.
-    pub live: std::collections::HashSet<u32>,
-}
-
-impl FlowTable {
-    /// Removes entries idle longer than their service's `idle[id]` (services
-    /// beyond `idle` count as idle). An entry the program refreshed since the
-    /// walk saw it is kept.
-    pub fn sweep(&mut self, idle: &[std::time::Duration]) -> Swept {
-        let now = monotonic_ns();
-        let limit = |service: u32| {
-            idle.get(service as usize)
-                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        };
-        let stale_at = |k: &FlowKey, v: &FlowValue| now.saturating_sub(v.last_seen_ns) > limit(k.service);
-        let mut swept = Swept::default();
-        let mut stale = Vec::new();
-        for (k, v) in self.map.iter().filter_map(std::result::Result::ok) {
-            if stale_at(&k, &v) {
-                stale.push(k);
-            } else {
-                swept.live.insert(k.service);
-                swept.kept += 1;
-            }
-        }
-        for k in stale {
-            match self.map.get(&k, 0) {
-                Ok(v) if !stale_at(&k, &v) => {
-                    swept.live.insert(k.service);
-                    swept.kept += 1;
-                }
-                Ok(_) => {
-                    if self.map.remove(&k).is_ok() {
-                        swept.removed += 1;
-                    }
-                }
-                Err(_) => {}
-            }
-        }
-        swept
+/// The key of a client's flow to service `service`.
+pub fn flow_key(client: IpAddr, port: u16, service: u32) -> FlowKey {
+    FlowKey {
+        addr: addr16(client),
+        port_be: port.to_be(),
+        _pad: 0,
+        service,
     }
 }
 

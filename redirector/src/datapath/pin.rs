@@ -242,6 +242,16 @@ impl PinDir {
                     def.value_size()
                 )));
             }
+            // The kernel marks device maps read-only for programs itself.
+            const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+            let kernel_flags = if devmap { BPF_F_RDONLY_PROG } else { 0 };
+            if info.map_flags() & !kernel_flags != def.map_flags() {
+                return Err(mismatch(format!(
+                    "map flags {:#x}, expected {:#x}",
+                    info.map_flags(),
+                    def.map_flags()
+                )));
+            }
             if info.max_entries() != max {
                 return Err(mismatch(format!(
                     "capacity {}, but this configuration asks for {max} (max_services / flow_table_size changed?)",

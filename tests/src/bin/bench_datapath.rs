@@ -21,8 +21,8 @@ use redirector::{
     datapath::{Datapath, Sizes, both_up},
 };
 use redirector_common::{
-    BENCH_TEMPLATE_LEN, BenchTemplate, NextHop, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED, SwitchState,
-    VARY_V4_SRC, VARY_V6_SRC,
+    BENCH_TEMPLATE_LEN, BenchTemplate, FLOW_WAYS, NextHop, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED,
+    SwitchState, VARY_V4_SRC, VARY_V6_SRC,
 };
 use redirector_tests::{
     netns::{NetNs, ifindex},
@@ -34,19 +34,23 @@ struct Case {
     frame: Vec<u8>,
     /// Offset of a 32-bit field to vary per run (fresh 5-tuple), 0 = fixed.
     vary_off: u32,
-    /// State the flow table is put in before the measurement.
+    /// State the flow tables are put in before the measurement.
     table: Table,
+    /// Run first (unmeasured) with the same run counters, so every measured
+    /// run finds what this frame left: a SYN before its handshake's ACK.
+    seed: Option<Vec<u8>>,
 }
 
 /// Flow-table state a case is measured in.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Table {
     /// Whatever the previous cases left.
     AsIs,
-    /// Emptied first: the inserts fill it (never full during the measurement).
+    /// Both tables emptied first: the inserts fill them (never full during the measurement).
     Filling,
-    /// Filled to capacity first: every insert evicts.
-    Full,
+    /// The table the case writes filled to capacity first (by this many runs
+    /// of this frame, never-seen flows): every insert evicts.
+    Full(Vec<u8>, u32),
 }
 
 fn ip(s: &str) -> Result<IpAddr> {
@@ -102,6 +106,10 @@ fn run(prog: &Xdp, frame: &[u8], repeat: u32, ingress: u32) -> Result<Duration> 
         ..Default::default()
     })?;
     Ok(r.duration)
+}
+
+fn restore(bench: &Ebpf) -> Result<&Xdp> {
+    Ok(bench.program("restore").context("restore")?.try_into()?)
 }
 
 fn stats(v: &mut [f64]) -> (f64, f64, f64) {
@@ -181,6 +189,15 @@ fn main() -> Result<()> {
             "198.18.2.3",
             "198.18.3.3",
         )?,
+        svc(
+            "standby4udp",
+            "198.18.100.3",
+            53,
+            Protocol::Udp,
+            Mode::Nat,
+            "198.18.2.3",
+            "198.18.3.3",
+        )?,
     ];
     for (id, s) in services.iter().enumerate() {
         dp.set_service(u32::try_from(id)?, s, [hp, hs], both_up(SLOT_PRIMARY))?;
@@ -195,6 +212,7 @@ fn main() -> Result<()> {
         generation: 1,
     };
     dp.set_switch(4, down)?;
+    dp.set_switch(5, down)?;
     let client4 = ip("198.18.1.2")?;
     let client6 = ip("2001:2:0:1::2")?;
     let client_hop = NextHop {
@@ -216,101 +234,157 @@ fn main() -> Result<()> {
         spec.payload = vec![0x5a; 80 - len];
         spec.build()
     };
+    let syn_standby = frame(Spec::new(client4, 40000, services[4].vip, 80, tcp(true)));
+    let ack_standby = frame(Spec::new(client4, 40000, services[4].vip, 80, tcp(false)));
+    let udp_standby = frame(Spec::new(client4, 40000, services[5].vip, 53, L4::Udp));
+    // Entries each table holds; filling one "full" takes a few times that
+    // many never-seen flows, since a bucket fills only by chance.
+    let flow_capacity = Sizes::default().flow_buckets() * FLOW_WAYS as u32;
+    let embryo_capacity = Sizes::default().embryo_buckets() * FLOW_WAYS as u32;
     let cases = vec![
         Case {
             name: "nat ipv4 tcp, new flow (SYN)",
             frame: frame(Spec::new(client4, 40000, services[0].vip, 80, tcp(true))),
             vary_off: v4_src,
             table: Table::AsIs,
+            seed: None,
         },
         Case {
             name: "nat ipv4 tcp, established",
             frame: frame(Spec::new(client4, 40000, services[0].vip, 80, tcp(false))),
             vary_off: 0,
             table: Table::AsIs,
+            seed: None,
         },
         Case {
             name: "nat ipv6 udp, new flow",
             frame: frame(Spec::new(client6, 40000, services[1].vip, 53, L4::Udp)),
             vary_off: v6_src,
             table: Table::AsIs,
+            seed: None,
         },
         Case {
             name: "nat ipv6 udp, established",
             frame: frame(Spec::new(client6, 40000, services[1].vip, 53, L4::Udp)),
             vary_off: 0,
             table: Table::AsIs,
+            seed: None,
         },
         Case {
             name: "dsr ipv4 tcp, new flow (SYN)",
             frame: frame(Spec::new(client4, 40000, services[2].vip, 80, tcp(true))),
             vary_off: v4_src,
             table: Table::AsIs,
+            seed: None,
         },
         Case {
             name: "dsr ipv4 tcp, established",
             frame: frame(Spec::new(client4, 40000, services[2].vip, 80, tcp(false))),
             vary_off: 0,
             table: Table::AsIs,
+            seed: None,
         },
         Case {
             name: "dsr ipv6 udp, new flow",
             frame: frame(Spec::new(client6, 40000, services[3].vip, 53, L4::Udp)),
             vary_off: v6_src,
             table: Table::AsIs,
+            seed: None,
         },
         Case {
             name: "dsr ipv6 udp, established",
             frame: frame(Spec::new(client6, 40000, services[3].vip, 53, L4::Udp)),
             vary_off: 0,
             table: Table::AsIs,
+            seed: None,
         },
         Case {
             name: "nat reply ipv4 tcp",
             frame: frame(Spec::new(ip("198.18.2.2")?, 80, client4, 40000, tcp(false))),
             vary_off: 0,
             table: Table::AsIs,
+            seed: None,
         },
         Case {
             name: "nat reply ipv6 udp",
             frame: frame(Spec::new(ip("2001:2:0:2::2")?, 53, client6, 40000, L4::Udp)),
             vary_off: 0,
             table: Table::AsIs,
+            seed: None,
         },
         Case {
             name: "non-VIP ipv4 tcp, port no service uses",
             frame: frame(Spec::new(client4, 40000, ip("198.18.7.7")?, 9999, tcp(false))),
             vary_off: 0,
             table: Table::AsIs,
+            seed: None,
         },
         Case {
             name: "non-VIP ipv4 tcp, service port",
             frame: frame(Spec::new(client4, 40000, ip("198.18.7.7")?, 80, tcp(false))),
             vary_off: 0,
             table: Table::AsIs,
+            seed: None,
         },
         Case {
-            name: "on standby: new flow, entry written (table filling)",
-            frame: frame(Spec::new(client4, 40000, services[4].vip, 80, tcp(true))),
+            name: "on standby: new TCP flow (SYN), SYN entry written (table filling)",
+            frame: syn_standby.clone(),
             vary_off: v4_src,
             table: Table::Filling,
+            seed: None,
         },
         Case {
-            name: "on standby: new flow, entry written (table full, evicting)",
-            frame: frame(Spec::new(client4, 40000, services[4].vip, 80, tcp(true))),
+            name: "on standby: new TCP flow (SYN), SYN entry written (table full, evicting)",
+            frame: syn_standby.clone(),
             vary_off: v4_src,
-            table: Table::Full,
+            table: Table::Full(syn_standby.clone(), 4 * embryo_capacity),
+            seed: None,
+        },
+        Case {
+            name: "on standby: handshake completes (ACK), entry moved to the flow table (filling)",
+            frame: ack_standby.clone(),
+            vary_off: v4_src,
+            table: Table::Filling,
+            seed: Some(syn_standby.clone()),
+        },
+        Case {
+            name: "on standby: handshake completes (ACK), entry moved to the flow table (full, evicting)",
+            frame: ack_standby.clone(),
+            vary_off: v4_src,
+            table: Table::Full(udp_standby.clone(), 4 * flow_capacity),
+            seed: Some(syn_standby.clone()),
+        },
+        Case {
+            name: "on standby: new UDP flow, entry written (table filling)",
+            frame: udp_standby.clone(),
+            vary_off: v4_src,
+            table: Table::Filling,
+            seed: None,
+        },
+        Case {
+            name: "on standby: new UDP flow, entry written (table full, evicting)",
+            frame: udp_standby.clone(),
+            vary_off: v4_src,
+            table: Table::Full(udp_standby.clone(), 4 * flow_capacity),
+            seed: None,
         },
         Case {
             name: "on standby: established, entry hit",
             frame: frame(Spec::new(client4, 40000, services[4].vip, 80, tcp(false))),
             vary_off: 0,
             table: Table::AsIs,
+            seed: None,
         },
     ];
 
     let mut bench = Ebpf::load(LAB_OBJECT).context("loading the benchmark object")?;
-    for name in ["trivial", "restore", "forward_static", "lru_insert"] {
+    for name in [
+        "trivial",
+        "restore",
+        "forward_static",
+        "lru_insert",
+        "lru_insert_nc",
+    ] {
         let p: &mut Xdp = bench
             .program_mut(name)
             .with_context(|| format!("program {name}"))?
@@ -329,10 +403,13 @@ fn main() -> Result<()> {
             .try_into()?;
         p.fd()?.try_clone()?
     };
-    let lru_fd: ProgramFd = {
-        let p: &Xdp = bench.program("lru_insert").context("lru_insert")?.try_into()?;
-        p.fd()?.try_clone()?
-    };
+    let lru_fds: Vec<(ProgramFd, &str)> = [("lru_insert", "BARE_FLOWS"), ("lru_insert_nc", "BARE_FLOWS_NC")]
+        .into_iter()
+        .map(|(prog, map)| -> Result<_> {
+            let p: &Xdp = bench.program(prog).context("lru_insert")?.try_into()?;
+            Ok((p.fd()?.try_clone()?, map))
+        })
+        .collect::<Result<_>>()?;
     Array::<_, NextHop>::try_from(bench.map_mut("STATIC_HOP").context("STATIC_HOP")?)?.set(0, hp, 0)?;
     DevMapHash::try_from(bench.map_mut("STATIC_EGRESS").context("STATIC_EGRESS")?)?
         .insert(if_p, if_p, None, 0)?;
@@ -363,7 +440,7 @@ fn main() -> Result<()> {
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut forwarder = Vec::new();
     // Bare LRU insert: into a filling table, into a full one.
-    let mut bare: [Vec<f64>; 2] = Default::default();
+    let mut bare: [Vec<f64>; 4] = Default::default();
     eprintln!("{rounds} rounds × {} measurements × {repeat} runs each …", n + 7);
     // The run counter the restore wrapper writes over the source address:
     // never reset, so no two runs of the benchmark share a 5-tuple.
@@ -393,52 +470,75 @@ fn main() -> Result<()> {
             let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
             forwarder.push(run(p, &cases[1].frame, repeat, if_in)?.as_nanos() as f64 - round_overhead[0]);
         }
-        for (k, table) in [Table::Filling, Table::Full].into_iter().enumerate() {
-            let frame = &cases[0].frame;
-            if table == Table::Filling {
-                let mut m = aya::maps::HashMap::<_, redirector_common::FlowKey, redirector_common::FlowValue>::try_from(
-                    bench.map_mut("BARE_FLOWS").context("BARE_FLOWS")?,
-                )?;
-                let keys: Vec<_> = m.keys().filter_map(std::result::Result::ok).collect();
-                for key in keys {
-                    let _ = m.remove(&key);
-                }
-            } else {
-                let capacity = Sizes::default().flow_entries;
-                set_target(&mut bench, &lru_fd, frame, v4_src, fresh)?;
-                fresh = fresh.wrapping_add(capacity + 1);
-                let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
-                run(p, frame, capacity, if_in)?;
-            }
-            set_target(&mut bench, &lru_fd, frame, v4_src, fresh)?;
-            fresh = fresh.wrapping_add(repeat + 1);
-            let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
-            bare[k].push(run(p, frame, repeat, if_in)?.as_nanos() as f64 - round_overhead[1]);
-        }
-        for (i, c) in cases.iter().enumerate() {
-            match c.table {
-                Table::AsIs => {}
-                Table::Filling => {
-                    // Empty the table: every entry is older than 0 ns.
-                    dp.flow_table()?.sweep(&[Duration::ZERO; 8]);
-                }
-                Table::Full => {
-                    // Insert never-seen flows (unmeasured) until the LRU is at capacity.
+        for (m, (lru_fd, map)) in lru_fds.iter().enumerate() {
+            for (k, filling) in [true, false].into_iter().enumerate() {
+                let frame = &cases[0].frame;
+                if filling {
+                    let mut m = aya::maps::HashMap::<
+                        _,
+                        redirector_common::FlowKey,
+                        redirector_common::FlowValue,
+                    >::try_from(bench.map_mut(map).context("bare flows")?)?;
+                    let keys: Vec<_> = m.keys().filter_map(std::result::Result::ok).collect();
+                    for key in keys {
+                        let _ = m.remove(&key);
+                    }
+                } else {
                     let capacity = Sizes::default().flow_entries;
-                    set_target(&mut bench, &redirector_fd, &c.frame, c.vary_off, fresh)?;
+                    set_target(&mut bench, lru_fd, frame, v4_src, fresh)?;
                     fresh = fresh.wrapping_add(capacity + 1);
                     let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
-                    run(p, &c.frame, capacity, if_in)?;
+                    run(p, frame, capacity, if_in)?;
+                }
+                set_target(&mut bench, lru_fd, frame, v4_src, fresh)?;
+                fresh = fresh.wrapping_add(repeat + 1);
+                let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
+                bare[m * 2 + k].push(run(p, frame, repeat, if_in)?.as_nanos() as f64 - round_overhead[1]);
+            }
+        }
+        for (i, c) in cases.iter().enumerate() {
+            match &c.table {
+                Table::AsIs => {}
+                Table::Filling => {
+                    // Empty both tables: every entry is older than 0 ns.
+                    dp.flow_table()?.sweep(&[Duration::ZERO; 8]);
+                }
+                Table::Full(filler, capacity) => {
+                    // Insert never-seen flows (unmeasured) until the LRU is at capacity.
+                    set_target(&mut bench, &redirector_fd, filler, c.vary_off, fresh)?;
+                    fresh = fresh.wrapping_add(capacity + 1);
+                    let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
+                    run(p, filler, *capacity, if_in)?;
                 }
             }
-            set_target(&mut bench, &redirector_fd, &c.frame, c.vary_off, fresh)?;
-            if c.vary_off != 0 {
-                // Every run of the whole benchmark sees a never-seen 5-tuple.
-                fresh = fresh.wrapping_add(repeat + 1);
-            }
-            let p: &Xdp = bench.program("restore").context("restore")?.try_into()?;
             let k = varies.iter().position(|&v| v == c.vary_off).unwrap_or(0);
-            results[i].push(run(p, &c.frame, repeat, if_in)?.as_nanos() as f64 - round_overhead[k]);
+            let ns = match &c.seed {
+                None => {
+                    set_target(&mut bench, &redirector_fd, &c.frame, c.vary_off, fresh)?;
+                    if c.vary_off != 0 {
+                        // Every run of the whole benchmark sees a never-seen 5-tuple.
+                        fresh = fresh.wrapping_add(repeat + 1);
+                    }
+                    run(restore(&bench)?, &c.frame, repeat, if_in)?.as_nanos() as f64
+                }
+                Some(seed) => {
+                    // In chunks that fit the SYN table: seed a chunk of
+                    // handshakes, then measure their ACKs.
+                    let chunk = (embryo_capacity / 2).min(repeat).max(1);
+                    let (mut done, mut total) = (0u32, 0.0);
+                    while done < repeat {
+                        let n = chunk.min(repeat - done);
+                        set_target(&mut bench, &redirector_fd, seed, c.vary_off, fresh)?;
+                        run(restore(&bench)?, seed, n, if_in)?;
+                        set_target(&mut bench, &redirector_fd, &c.frame, c.vary_off, fresh)?;
+                        total += run(restore(&bench)?, &c.frame, n, if_in)?.as_nanos() as f64 * f64::from(n);
+                        fresh = fresh.wrapping_add(n + 1);
+                        done += n;
+                    }
+                    total / f64::from(repeat)
+                }
+            };
+            results[i].push(ns - round_overhead[k]);
         }
     }
     let (t_min, t_med, t_max) = stats(&mut trivial);
@@ -463,8 +563,10 @@ fn main() -> Result<()> {
         f_med / t_med
     );
     let names = [
-        "bare LRU insert, the kernel's floor (table filling)",
-        "bare LRU insert, the kernel's floor (table full, evicting)",
+        "kernel LRU hash insert alone (table filling)",
+        "kernel LRU hash insert alone (table full, evicting)",
+        "kernel LRU hash insert alone, per-CPU LRU lists (table filling)",
+        "kernel LRU hash insert alone, per-CPU LRU lists (table full, evicting)",
     ];
     for (name, v) in names.into_iter().zip(bare.iter_mut()) {
         let (mn, md, mx) = stats(v);
