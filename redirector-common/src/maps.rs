@@ -19,6 +19,13 @@ pub mod names {
     pub const EMBRYOS: &str = "EMBRYOS";
     /// [`crate::FlowSettings`]: the flow tables' hash key and sizes.
     pub const FLOW_SETTINGS: &str = "FLOW_SETTINGS";
+    /// LPM trie of (service, client prefix) → 1: services with an `allow`
+    /// list admit only clients found here ([`super::AclKey`]).
+    pub const ALLOW: &str = "ALLOW";
+    /// LPM trie of (service, client prefix) → 1: refused clients.
+    pub const DENY: &str = "DENY";
+    /// Per-CPU packets refused by a service's allow/deny lists, by service id.
+    pub const REFUSED: &str = "REFUSED";
     /// Client address → [`super::NextHop`] for NAT replies, filled by userspace.
     pub const CLIENT_HOPS: &str = "CLIENT_HOPS";
     /// Addresses of the gateway itself; replies to them are never translated.
@@ -37,7 +44,7 @@ pub mod names {
 
     /// Every map that holds state of the data plane: pinned, so the data
     /// plane outlives the daemon and a restarted daemon adopts them.
-    pub const PINNED: [&str; 14] = [
+    pub const PINNED: [&str; 17] = [
         SERVICES,
         SWITCH,
         BACKENDS,
@@ -45,6 +52,9 @@ pub mod names {
         FLOWS,
         EMBRYOS,
         FLOW_SETTINGS,
+        ALLOW,
+        DENY,
+        REFUSED,
         CLIENT_HOPS,
         LOCAL_ADDRS,
         EGRESS,
@@ -78,6 +88,8 @@ pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
 /// `EMBRYOS` holds a quarter of the flow table's entries: under a SYN flood
 /// at rate R a handshake keeps its entry for about `EMBRYOS / R` seconds.
 pub const EMBRYO_SHARE: u32 = 4;
+/// Allow/deny prefixes, all services together, per list.
+pub const DEFAULT_ACL_ENTRIES: u32 = 65_536;
 /// Reply next-hop cache size.
 pub const DEFAULT_CLIENT_HOPS: u32 = 65_536;
 
@@ -123,8 +135,28 @@ pub struct ServiceInfo {
     pub id: u32,
     /// [`Mode`] as a byte.
     pub mode: u8,
+    /// [`ACL_ALLOW`] | [`ACL_DENY`]: which lists the program must consult
+    /// (none: no lookup at all).
+    pub acl: u8,
     /// Always zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
+}
+
+/// `ServiceInfo::acl`: the service has an allow list.
+pub const ACL_ALLOW: u8 = 1;
+/// `ServiceInfo::acl`: the service has a deny list.
+pub const ACL_DENY: u8 = 2;
+
+/// The data of an `ALLOW`/`DENY` trie key: the service id (all 32 bits are
+/// always matched) then the client address (IPv4-mapped for v4), so one
+/// trie holds every service's prefixes. Prefix length = 32 + address bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AclKey {
+    /// Service id, big-endian (the trie matches bytes in order).
+    pub service_be: u32,
+    /// Client address or prefix ([`Ip`]).
+    pub addr: Ip,
 }
 
 /// A service's whole switching state: one 8-byte value, so every transition
@@ -300,11 +332,13 @@ pub enum Counter {
     /// A SYN's entry was written to `EMBRYOS` (moved to `FLOWS` when the
     /// handshake completes, counted then as [`Counter::FlowInserted`]).
     SynEntry = 10,
+    /// Refused by the service's allow/deny lists: dropped (also per service, `REFUSED`).
+    Refused = 11,
 }
 
 impl Counter {
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     /// All counters, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Passed,
@@ -318,6 +352,7 @@ impl Counter {
         Counter::AllDownDropped,
         Counter::AllDownPassed,
         Counter::SynEntry,
+        Counter::Refused,
     ];
     /// Stable name for output and metrics.
     pub const fn name(self) -> &'static str {
@@ -333,6 +368,7 @@ impl Counter {
             Counter::AllDownDropped => "all_down_dropped",
             Counter::AllDownPassed => "all_down_passed",
             Counter::SynEntry => "syn_entry_written",
+            Counter::Refused => "refused",
         }
     }
 }
@@ -396,6 +432,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 24);
     assert!(core::mem::size_of::<FlowValue>() == 16);
     assert!(core::mem::size_of::<Addr>() == 16);
+    assert!(core::mem::size_of::<AclKey>() == 20);
     assert!(core::mem::size_of::<BackendStats>() == 32);
     assert!(core::mem::size_of::<BenchTemplate>() == 136);
 };
@@ -425,6 +462,8 @@ mod user {
     unsafe impl aya::Pod for NextHop {}
     // SAFETY: as above.
     unsafe impl aya::Pod for BenchTemplate {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AclKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::FlowEntry {}
     // SAFETY: as above.

@@ -11,6 +11,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod acl;
+#[cfg(target_arch = "bpf")]
 mod flows;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -31,9 +33,10 @@ mod program {
     };
 
     use crate::{
+        acl,
         maps::{
             BACKENDS, CLIENT_HOPS, EGRESS, HOP_REQUESTS, LOCAL_ADDRS, PORTS, REVERSE, SERVICES, SWITCH,
-            count, count_backend,
+            count, count_backend, count_refused,
         },
         parse::{Packet, Parsed, parse},
         rewrite::{self, Side},
@@ -58,6 +61,10 @@ mod program {
             };
             // SAFETY: read-only use of a value userspace replaces atomically.
             if let Some(svc) = unsafe { SERVICES.get(&vip) } {
+                if !acl::admits(svc.id, svc.acl, &pkt.src) {
+                    count_refused(svc.id);
+                    return xdp_action::XDP_DROP;
+                }
                 return forward(&ctx, &pkt, svc.id, svc.mode);
             }
         }

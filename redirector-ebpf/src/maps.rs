@@ -1,12 +1,12 @@
 //! Map definitions. Sizes here are defaults; the loader sets the real ones.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use redirector_common::{
-    Addr, Backend, BackendStats, Counter, DEFAULT_CLIENT_HOPS, DEFAULT_FLOW_ENTRIES, DEFAULT_MAX_SERVICES,
-    EMBRYO_SHARE, Endpoint, FLOW_WAYS, FlowBucket, FlowSettings, NextHop, ReverseInfo, ServiceInfo,
-    SwitchState,
+    AclKey, Addr, Backend, BackendStats, Counter, DEFAULT_ACL_ENTRIES, DEFAULT_CLIENT_HOPS,
+    DEFAULT_FLOW_ENTRIES, DEFAULT_MAX_SERVICES, EMBRYO_SHARE, Endpoint, FLOW_WAYS, FlowBucket, FlowSettings,
+    NextHop, ReverseInfo, ServiceInfo, SwitchState,
 };
 
 #[map]
@@ -36,6 +36,16 @@ pub static EMBRYOS: Array<FlowBucket> =
 #[map]
 pub static FLOW_SETTINGS: Array<FlowSettings> = Array::with_max_entries(1, 0);
 
+/// Allow/deny prefixes of every service (see `AclKey`); userspace sizes them.
+#[map]
+pub static ALLOW: LpmTrie<AclKey, u8> = LpmTrie::with_max_entries(DEFAULT_ACL_ENTRIES, 0);
+
+#[map]
+pub static DENY: LpmTrie<AclKey, u8> = LpmTrie::with_max_entries(DEFAULT_ACL_ENTRIES, 0);
+
+#[map]
+pub static REFUSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
 #[map]
 pub static CLIENT_HOPS: LruHashMap<Addr, NextHop> = LruHashMap::with_max_entries(DEFAULT_CLIENT_HOPS, 0);
 
@@ -61,6 +71,15 @@ pub static HOP_REQUESTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 #[inline(always)]
 pub fn count(c: Counter) {
     if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_refused(service: u32) {
+    count(Counter::Refused);
+    if let Some(v) = REFUSED.get_ptr_mut(service) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *v += 1 };
     }

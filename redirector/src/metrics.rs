@@ -290,6 +290,8 @@ pub struct LiveService {
     pub all_down: bool,
     /// An operator override is in force → gauge `redirector_override{service}` 1.
     pub overridden: bool,
+    /// Packets its allow/deny lists refused → counter `redirector_refused_packets_total{service}`.
+    pub refused: u64,
     /// Primary, then secondary.
     pub backends: [LiveBackend; 2],
 }
@@ -357,6 +359,14 @@ impl Collector for LiveCollector {
             live.services
                 .iter()
                 .map(|s| ([("service", s.name.as_str())], gauge(s.overridden))),
+        )?;
+        family(
+            &mut encoder,
+            "redirector_refused_packets_total",
+            "Packets a service's allow/deny lists refused (dropped in XDP)",
+            live.services
+                .iter()
+                .map(|s| ([("service", s.name.as_str())], ConstCounter::new(s.refused))),
         )?;
         family(
             &mut encoder,
@@ -872,6 +882,7 @@ mod tests {
                     active: "secondary",
                     all_down: false,
                     overridden: true,
+                    refused: 3,
                     backends: [
                         backend("primary", "198.18.1.1:80", "down", 10),
                         backend("secondary", "198.18.1.2:80", "up", 20),
@@ -882,6 +893,7 @@ mod tests {
                     active: "primary",
                     all_down: true,
                     overridden: false,
+                    refused: 0,
                     backends: [
                         backend("primary", "198.18.2.1:53", "unknown", 30),
                         backend("secondary", "[2001:db8::2]:53", "down", 40),
@@ -927,6 +939,7 @@ mod tests {
             ("redirector_active_backend", "gauge"),
             ("redirector_all_down", "gauge"),
             ("redirector_override", "gauge"),
+            ("redirector_refused_packets_total", "counter"),
             ("redirector_backend_up", "gauge"),
             ("redirector_backend_drained", "gauge"),
             ("redirector_backend_packets_total", "counter"),
@@ -1064,6 +1077,10 @@ mod tests {
         assert_eq!(e.value("redirector_all_down", &[("service", "dns")]), 1.0);
         assert_eq!(e.value("redirector_override", &[("service", "web")]), 1.0);
         assert_eq!(e.value("redirector_override", &[("service", "dns")]), 0.0);
+        assert_eq!(
+            e.value("redirector_refused_packets_total", &[("service", "web")]),
+            3.0
+        );
         let up = |s, b, a| {
             e.value(
                 "redirector_backend_up",

@@ -111,6 +111,22 @@ fn service(
     }
 }
 
+/// The backends' next hops (inside the lab's namespace).
+fn hops() -> [NextHop; 2] {
+    [
+        NextHop {
+            ifindex: ifindex("p0"),
+            dst_mac: P_MAC,
+            src_mac: GW_P_MAC,
+        },
+        NextHop {
+            ifindex: ifindex("s0"),
+            dst_mac: S_MAC,
+            src_mac: GW_S_MAC,
+        },
+    ]
+}
+
 fn lab(tag: &str) -> Option<Lab> {
     if !require_root(tag) {
         return None;
@@ -204,16 +220,7 @@ fn lab(tag: &str) -> Option<Lab> {
             ("2001:2:0:3::2", None),
         ),
     ];
-    let hop_p = NextHop {
-        ifindex: if_p,
-        dst_mac: P_MAC,
-        src_mac: GW_P_MAC,
-    };
-    let hop_s = NextHop {
-        ifindex: if_s,
-        dst_mac: S_MAC,
-        src_mac: GW_S_MAC,
-    };
+    let [hop_p, hop_s] = hops();
     let mut svcs = Vec::new();
     for (id, svc) in specs.into_iter().enumerate() {
         let id = u32::try_from(id).unwrap();
@@ -958,4 +965,88 @@ fn a_flow_keeps_its_backend_when_its_packets_land_on_different_cpus() {
         }
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
+}
+
+#[test]
+fn allow_and_deny_lists_drop_refused_clients_and_count_them() {
+    let Some(mut lab) = lab("acl") else { return };
+    let prefixes = |list: &[&str]| -> Vec<redirector::config::Prefix> {
+        list.iter().map(|p| p.parse().unwrap()).collect()
+    };
+    let mut s4 = lab
+        .svcs
+        .iter()
+        .find(|s| s.svc.name == "nat-tcp4")
+        .unwrap()
+        .clone();
+    let mut s6 = lab
+        .svcs
+        .iter()
+        .find(|s| s.svc.name == "dsr-udp6")
+        .unwrap()
+        .clone();
+    s4.svc.allow = prefixes(&["198.18.1.0/24"]);
+    s4.svc.deny = prefixes(&["198.18.1.128/25"]);
+    s6.svc.deny = prefixes(&["2001:2:0:1::/64"]);
+    for s in [&s4, &s6] {
+        lab.h.dp.set_acl(s.id, &s.svc.allow, &s.svc.deny).unwrap();
+        lab.h.dp.publish_service(s.id, &s.svc).unwrap();
+    }
+    let verdict = |lab: &mut Lab, s: &Svc, client: &str| {
+        let mut req = s.request(41000, true);
+        req.src = ip(client);
+        let frame = req.build();
+        let (act, out) = lab.h.run(&frame);
+        if act == DROP {
+            // Dropped, so nothing to compare; a drop never rewrites in place either.
+            assert_eq!(out, frame);
+        }
+        act
+    };
+    let refused = lab.h.counter(Counter::Refused);
+    assert_eq!(verdict(&mut lab, &s4, "198.18.1.2"), REDIRECT);
+    assert_eq!(
+        verdict(&mut lab, &s4, "198.18.1.200"),
+        DROP,
+        "denied inside the allowed /24"
+    );
+    assert_eq!(
+        verdict(&mut lab, &s4, "198.19.0.1"),
+        DROP,
+        "outside the allow list"
+    );
+    assert_eq!(verdict(&mut lab, &s6, "2001:2:0:1::2"), DROP);
+    assert_eq!(
+        verdict(&mut lab, &s6, "2001:2:0:7::2"),
+        REDIRECT,
+        "no allow list: everyone else"
+    );
+    assert_eq!(lab.h.counter(Counter::Refused) - refused, 3);
+    assert_eq!(lab.h.dp.refused(s4.id).unwrap(), 2);
+    assert_eq!(lab.h.dp.refused(s6.id).unwrap(), 1);
+    // Another service on the same VIP has no lists.
+    let udp4 = lab
+        .svcs
+        .iter()
+        .find(|s| s.svc.name == "nat-udp4")
+        .unwrap()
+        .clone();
+    assert_eq!(verdict(&mut lab, &udp4, "198.19.0.1"), REDIRECT);
+
+    // A reload's change: the deny list goes, the allow list widens.
+    s4.svc.allow = prefixes(&["198.18.0.0/15"]);
+    s4.svc.deny = Vec::new();
+    lab.h.dp.set_acl(s4.id, &s4.svc.allow, &s4.svc.deny).unwrap();
+    lab.h.dp.publish_service(s4.id, &s4.svc).unwrap();
+    assert_eq!(verdict(&mut lab, &s4, "198.18.1.200"), REDIRECT);
+    assert_eq!(verdict(&mut lab, &s4, "198.19.0.1"), REDIRECT);
+    // Removing the service clears its prefixes: a new service on its id starts open.
+    lab.h.dp.remove_service(s4.id).unwrap();
+    let mut fresh = s4.svc.clone();
+    fresh.allow = Vec::new();
+    lab.h
+        .dp
+        .set_service(s4.id, &fresh, hops(), both_up(SLOT_PRIMARY))
+        .unwrap();
+    assert_eq!(verdict(&mut lab, &s4, "198.19.200.1"), REDIRECT);
 }

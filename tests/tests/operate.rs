@@ -605,6 +605,40 @@ fn reload_applies_by_name_and_refuses_a_bad_file() {
         let (n, _) = pinned.recv_from(&mut buf).unwrap();
         assert!(buf[..n].starts_with(b"secondary"), "the pinned flow moved");
     }
+    // A deny list for the client's network: its datagrams are refused in XDP
+    // (the pinned flow too); taking the list out lets them through again.
+    let ask = |sock_: &UdpSocket| {
+        let _c = s.lab.client.enter();
+        let mut buf = [0u8; 64];
+        sock_.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        (0..3).any(|_| {
+            sock_.send_to(b"hello", vip).unwrap();
+            sock_.recv_from(&mut buf).is_ok()
+        })
+    };
+    std::fs::write(
+        &s.config,
+        new.replace(
+            "name = \"dns4\"\n",
+            "name = \"dns4\"\ndeny = [\"198.18.1.0/24\"]\n",
+        ),
+    )
+    .unwrap();
+    let out = cli_ok(&sock, &["reload"]);
+    assert!(out.contains("allow/deny changed: dns4"), "{out}");
+    assert!(!ask(&pinned), "a denied client was answered");
+    let now: serde_json::Value = serde_json::from_str(&cli_ok(&sock, &["status", "--json"])).unwrap();
+    assert_eq!(
+        find(&now, "dns4")["id"],
+        find(&a, "dns4")["id"],
+        "a list change restarted the service"
+    );
+    std::fs::write(&s.config, &new).unwrap();
+    cli_ok(&sock, &["reload"]);
+    assert!(
+        ask(&pinned),
+        "the client is still refused after the deny list went"
+    );
     // A bad file is refused with its error; the running configuration stays.
     std::fs::write(
         &s.config,

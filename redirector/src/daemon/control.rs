@@ -286,6 +286,7 @@ impl Daemon {
                     },
                     all_down: !view.desired.up[0] && !view.desired.up[1],
                     overridden: view.intent.pin.is_some(),
+                    refused: self.dp.refused(id).unwrap_or_default(),
                     backends: [backend(Slot::Primary), backend(Slot::Secondary)],
                 }
             })

@@ -284,6 +284,12 @@ impl Daemon {
                         let effects = self.services.update(id, s.clone(), now);
                         self.apply(effects);
                     }
+                    if o.allow != s.allow || o.deny != s.deny {
+                        self.dp
+                            .set_acl(id, &s.allow, &s.deny)
+                            .and_then(|()| self.dp.publish_service(id, s))
+                            .with_context(|| format!("writing the allow/deny lists of {:?}", s.name))?;
+                    }
                 }
                 before => {
                     let resolved = hops.get(&s.name).copied().context("next hops of a new service")?;

@@ -5,13 +5,16 @@ use std::net::IpAddr;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{
+        Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, RingBuf,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{ProgramError, Xdp},
 };
 use redirector_common::{
-    Backend as KBackend, BackendStats, Counter, Endpoint, FLOW_WAYS, FlowKey, FlowSettings, Ip, NextHop,
-    PORT_BACKEND, PORT_SERVICE, ReverseInfo, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED, ServiceInfo,
-    SwitchState, ip_from_bytes, ip_to_bytes, names, programs,
+    ACL_ALLOW, ACL_DENY, AclKey, Backend as KBackend, BackendStats, Counter, Endpoint, FLOW_WAYS, FlowKey,
+    FlowSettings, Ip, NextHop, PORT_BACKEND, PORT_SERVICE, ReverseInfo, SLOT_PRIMARY, SLOT_SECONDARY,
+    SWITCH_PINNED, ServiceInfo, SwitchState, ip_from_bytes, ip_to_bytes, names, programs,
 };
 use thiserror::Error;
 
@@ -23,7 +26,7 @@ pub use hop_maps::HopMaps;
 use hop_maps::absent_ok;
 pub use pin::{PinDir, PinError};
 
-use crate::config::{Mode, Service};
+use crate::config::{Mode, Prefix, Service};
 
 /// Errors from loading or writing the data plane.
 #[derive(Debug, Error)]
@@ -79,6 +82,19 @@ pub enum DatapathError {
     /// No random bytes for the flow tables' hash key.
     #[error("reading random bytes for the flow tables' hash key: {0}")]
     Random(#[source] std::io::Error),
+    /// An allow/deny trie refused a prefix (full).
+    #[error(
+        "map {map}: writing a prefix (at most {limit} prefixes per list, all services together): {source}"
+    )]
+    Acl {
+        /// Map name.
+        map: &'static str,
+        /// Its capacity.
+        limit: u32,
+        /// The kernel's answer.
+        #[source]
+        source: MapError,
+    },
     /// A service id beyond the configured maximum.
     #[error("service id {id} exceeds max_services {max}")]
     ServiceId {
@@ -129,6 +145,7 @@ pub fn max_entries(name: &str, sizes: Sizes) -> Option<u32> {
     match name {
         names::SERVICES | names::SWITCH => Some(services),
         names::BACKENDS | names::REVERSE | names::BACKEND_STATS => Some(services * 2),
+        names::REFUSED => Some(services),
         names::FLOWS => Some(sizes.flow_buckets()),
         names::EMBRYOS => Some(sizes.embryo_buckets()),
         _ => None,
@@ -278,8 +295,8 @@ impl Datapath {
         self.publish_service(id, svc)
     }
 
-    /// Writes the backends of service `id` and, for NAT, their reverse
-    /// entries. `hops` are the backends' next hops (primary, secondary).
+    /// Writes the backends of service `id`, for NAT their reverse entries,
+    /// and its allow/deny prefixes. `hops` are the backends' next hops (primary, secondary).
     /// The program does not see the service until [`Datapath::publish_service`].
     pub fn set_backends(&mut self, id: u32, svc: &Service, hops: [NextHop; 2]) -> Result<()> {
         if id >= self.sizes.max_services {
@@ -324,7 +341,46 @@ impl Datapath {
                     .map_err(map_err(names::REVERSE))?;
             }
         }
+        self.set_acl(id, &svc.allow, &svc.deny)
+    }
+
+    /// Makes the `ALLOW`/`DENY` tries hold exactly these prefixes for
+    /// service `id`: new entries first, then stale ones removed, so a change
+    /// never opens a moment with neither list. The program consults a list
+    /// only once [`Datapath::publish_service`] sets its flag.
+    pub fn set_acl(&mut self, id: u32, allow: &[Prefix], deny: &[Prefix]) -> Result<()> {
+        for (name, prefixes) in [(names::ALLOW, allow), (names::DENY, deny)] {
+            let want: std::collections::HashSet<(u32, AclKey)> =
+                prefixes.iter().map(|p| acl_key(id, p)).collect();
+            let mut trie = LpmTrie::<_, AclKey, u8>::try_from(self.map(name)?).map_err(map_err(name))?;
+            let have: Vec<(u32, AclKey)> = trie
+                .keys()
+                .filter_map(std::result::Result::ok)
+                .map(|k| (k.prefix_len(), k.data()))
+                .filter(|(_, k)| k.service_be == id.to_be())
+                .collect();
+            for &(len, key) in &want {
+                trie.insert(&LpmKey::new(len, key), 1, 0)
+                    .map_err(|source| DatapathError::Acl {
+                        map: name,
+                        limit: redirector_common::DEFAULT_ACL_ENTRIES,
+                        source,
+                    })?;
+            }
+            for (len, key) in have {
+                if !want.contains(&(len, key)) {
+                    absent_ok(name, trie.remove(&LpmKey::new(len, key)))?;
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Packets refused by service `id`'s allow/deny lists, summed over CPUs.
+    pub fn refused(&self, id: u32) -> Result<u64> {
+        let arr = PerCpuArray::<_, u64>::try_from(self.map_ref(names::REFUSED)?)
+            .map_err(map_err(names::REFUSED))?;
+        Ok(arr.get(&id, 0).map_err(map_err(names::REFUSED))?.iter().sum())
     }
 
     /// Writes the service key last, so the program never sees a half-written
@@ -343,10 +399,18 @@ impl Datapath {
             Mode::Nat => redirector_common::Mode::Nat,
             Mode::Dsr => redirector_common::Mode::Dsr,
         };
+        let mut acl = 0;
+        if !svc.allow.is_empty() {
+            acl |= ACL_ALLOW;
+        }
+        if !svc.deny.is_empty() {
+            acl |= ACL_DENY;
+        }
         let info = ServiceInfo {
             id,
             mode: mode as u8,
-            _pad: [0; 3],
+            acl,
+            _pad: [0; 2],
         };
         self.hash::<Endpoint, ServiceInfo>(names::SERVICES)?
             .insert(key, info, 0)
@@ -386,7 +450,7 @@ impl Datapath {
             absent_ok(names::REVERSE, reverse.remove(&k))?;
         }
         self.flow_table()?.clear_service(id);
-        Ok(())
+        self.set_acl(id, &[], &[])
     }
 
     /// Marks `port` as used (a superset filter: bits are never cleared while running).
@@ -575,6 +639,18 @@ impl Datapath {
     pub fn flow_count(&self) -> Result<usize> {
         Ok(self.flow_table()?.count())
     }
+}
+
+/// The trie key (prefix length, data) of a prefix of service `id`.
+fn acl_key(id: u32, p: &Prefix) -> (u32, AclKey) {
+    let (addr, len) = p.mapped();
+    (
+        32 + u32::from(len),
+        AclKey {
+            service_be: id.to_be(),
+            addr: ip_from_bytes(addr),
+        },
+    )
 }
 
 /// The key of a client's flow to service `service`.
