@@ -1,4 +1,4 @@
-//! The flow tables' layout and hashing, shared by the program (which reads
+//! The flow tables' layout and hashing (`FLOWS`, `EMBRYOS`, `DIRECT`), shared by the program (which reads
 //! and writes them per packet) and userspace (which maps them to sweep).
 //!
 //! A flow table is an array of buckets, each [`FLOW_WAYS`] entries in one
@@ -53,6 +53,10 @@ pub struct FlowSettings {
     pub flow_buckets: u32,
     /// Buckets of `EMBRYOS`.
     pub embryo_buckets: u32,
+    /// Buckets of `DIRECT`.
+    pub direct_buckets: u32,
+    /// Always zero.
+    pub _pad: u32,
 }
 
 /// `seen` ticks: `CLOCK_MONOTONIC` ns >> 30, about 1.07 s; wraps after
@@ -117,7 +121,7 @@ impl FlowEntry {
 const _: () = {
     assert!(core::mem::size_of::<FlowEntry>() == 16);
     assert!(core::mem::size_of::<FlowBucket>() == 64);
-    assert!(core::mem::size_of::<FlowSettings>() == 16);
+    assert!(core::mem::size_of::<FlowSettings>() == 24);
 };
 
 #[cfg(test)]

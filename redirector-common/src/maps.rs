@@ -17,6 +17,10 @@ pub mod names {
     /// handshake completes (then the entry moves to `FLOWS`): a SYN flood
     /// churns this table, never the established flows'. Same layout as `FLOWS`.
     pub const EMBRYOS: &str = "EMBRYOS";
+    /// Direct flows: clients talking to a NAT backend's service port without
+    /// a VIP, keyed (client addr, client port, backend index); their replies
+    /// are not translated. Same layout as `FLOWS`.
+    pub const DIRECT: &str = "DIRECT";
     /// [`crate::FlowSettings`]: the flow tables' hash key and sizes.
     pub const FLOW_SETTINGS: &str = "FLOW_SETTINGS";
     /// LPM trie of (service, client prefix) → 1: services with an `allow`
@@ -44,13 +48,14 @@ pub mod names {
 
     /// Every map that holds state of the data plane: pinned, so the data
     /// plane outlives the daemon and a restarted daemon adopts them.
-    pub const PINNED: [&str; 17] = [
+    pub const PINNED: [&str; 18] = [
         SERVICES,
         SWITCH,
         BACKENDS,
         REVERSE,
         FLOWS,
         EMBRYOS,
+        DIRECT,
         FLOW_SETTINGS,
         ALLOW,
         DENY,
@@ -252,8 +257,10 @@ pub struct ReverseInfo {
     pub port_be: u16,
     /// Backend slot the endpoint belongs to.
     pub slot: u8,
-    /// Always zero.
-    pub _pad: u8,
+    /// Set by the program once a client talked to this endpoint directly
+    /// (not through a VIP): its replies then consult `DIRECT`. Userspace
+    /// keeps it when it rewrites the entry.
+    pub direct: u8,
 }
 
 /// Key of `FLOWS`: a client's flow to a service.
@@ -334,11 +341,14 @@ pub enum Counter {
     SynEntry = 10,
     /// Refused by the service's allow/deny lists: dropped (also per service, `REFUSED`).
     Refused = 11,
+    /// Traffic to or from a NAT backend's service port that did not go through
+    /// a VIP (a direct flow): passed untouched.
+    Direct = 12,
 }
 
 impl Counter {
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     /// All counters, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Passed,
@@ -353,6 +363,7 @@ impl Counter {
         Counter::AllDownPassed,
         Counter::SynEntry,
         Counter::Refused,
+        Counter::Direct,
     ];
     /// Stable name for output and metrics.
     pub const fn name(self) -> &'static str {
@@ -369,6 +380,7 @@ impl Counter {
             Counter::AllDownPassed => "all_down_passed",
             Counter::SynEntry => "syn_entry_written",
             Counter::Refused => "refused",
+            Counter::Direct => "direct",
         }
     }
 }

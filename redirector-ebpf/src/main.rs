@@ -3,8 +3,10 @@
 //! 1. parse (`parse.rs`) → not ours / malformed / unsupported: pass untouched;
 //! 2. VIP traffic: look up the service, choose a backend (`select.rs`), rewrite
 //!    (`rewrite.rs`: NAT destination, or nothing at L3 for DSR), then send;
-//! 3. a reply from a NAT backend to a client: rewrite the source back to the
-//!    VIP, then send toward the client;
+//! 3. a client talking to a NAT backend's service port directly: recorded
+//!    (`direct.rs`) and passed untouched, and so are the backend's replies;
+//!    any other reply from a NAT backend to a client: rewrite the source back
+//!    to the VIP, then send toward the client;
 //! 4. send: TTL −1, MACs from the cached next hop, `XDP_TX` or
 //!    `bpf_redirect_map`; no next hop yet → the kernel stack delivers it.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -12,6 +14,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod acl;
+#[cfg(target_arch = "bpf")]
+mod direct;
 #[cfg(target_arch = "bpf")]
 mod flows;
 #[cfg(target_arch = "bpf")]
@@ -33,7 +37,7 @@ mod program {
     };
 
     use crate::{
-        acl,
+        acl, direct,
         maps::{
             BACKENDS, CLIENT_HOPS, EGRESS, HOP_REQUESTS, LOCAL_ADDRS, PORTS, REVERSE, SERVICES, SWITCH,
             count, count_backend, count_refused,
@@ -68,6 +72,19 @@ mod program {
                 return forward(&ctx, &pkt, svc.id, svc.mode);
             }
         }
+        if port_flags(pkt.dport_be) & PORT_BACKEND != 0 {
+            let backend = Endpoint {
+                addr: pkt.dst,
+                port_be: pkt.dport_be,
+                proto: pkt.proto,
+                _pad: 0,
+            };
+            if let Some(rev) = REVERSE.get_ptr_mut(&backend) {
+                // A client talking to a NAT backend itself: not ours to touch.
+                direct::record(&pkt.src, pkt.sport_be, rev);
+                return pass(Counter::Direct);
+            }
+        }
         if port_flags(pkt.sport_be) & PORT_BACKEND != 0 {
             let backend = Endpoint {
                 addr: pkt.src,
@@ -77,6 +94,9 @@ mod program {
             };
             // SAFETY: as above.
             if let Some(rev) = unsafe { REVERSE.get(&backend) } {
+                if direct::is_reply(&pkt.dst, pkt.dport_be, rev) {
+                    return pass(Counter::Direct);
+                }
                 let index = rev.service * 2 + u32::from(rev.slot & 1);
                 return reply(&ctx, &pkt, index, &rev.vip, rev.port_be);
             }

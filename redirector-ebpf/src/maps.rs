@@ -34,6 +34,10 @@ pub static EMBRYOS: Array<FlowBucket> =
     Array::with_max_entries(DEFAULT_FLOW_ENTRIES / EMBRYO_SHARE / FLOW_WAYS as u32, MMAPABLE);
 
 #[map]
+pub static DIRECT: Array<FlowBucket> =
+    Array::with_max_entries(DEFAULT_FLOW_ENTRIES / EMBRYO_SHARE / FLOW_WAYS as u32, MMAPABLE);
+
+#[map]
 pub static FLOW_SETTINGS: Array<FlowSettings> = Array::with_max_entries(1, 0);
 
 /// Allow/deny prefixes of every service (see `AclKey`); userspace sizes them.

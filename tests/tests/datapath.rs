@@ -1050,3 +1050,57 @@ fn allow_and_deny_lists_drop_refused_clients_and_count_them() {
         .unwrap();
     assert_eq!(verdict(&mut lab, &s4, "198.19.200.1"), REDIRECT);
 }
+
+#[test]
+fn direct_traffic_to_a_nat_backend_is_never_translated() {
+    let Some(mut lab) = lab("direct") else { return };
+    let client_hop = NextHop {
+        ifindex: lab.if_in,
+        dst_mac: CLIENT_MAC,
+        src_mac: GW_IN_MAC,
+    };
+    for s in lab.svcs.clone().into_iter().filter(|s| s.svc.mode == Mode::Nat) {
+        lab.h
+            .dp
+            .hop_maps()
+            .unwrap()
+            .set_client_hop(s.client, client_hop)
+            .unwrap();
+        let be = s.svc.primary;
+        let bport = be.port.unwrap_or(s.svc.port);
+        let direct = lab.h.counter(Counter::Direct);
+        // A VIP flow and a direct flow from the same client to the same backend endpoint.
+        let vip_req = s.request(42000, true);
+        assert_eq!(lab.h.run(&vip_req.build()).0, REDIRECT, "{}", s.svc.name);
+        let to_backend = Spec::new(s.client, 42001, be.addr, bport, s.l4(true)).build();
+        let (act, out) = lab.h.run(&to_backend);
+        assert_eq!(
+            (act, &out),
+            (PASS, &to_backend),
+            "{}: direct request touched",
+            s.svc.name
+        );
+        // The backend's replies: the VIP flow's is translated, the direct one's is not.
+        let reply = |cport| {
+            let mut r = Spec::new(be.addr, bport, s.client, cport, s.l4(false));
+            (r.smac, r.dmac) = (P_MAC, GW_P_MAC);
+            r
+        };
+        let (act, out) = lab.h.run(&reply(42000).build());
+        let mut want = reply(42000);
+        (want.src, want.sport, want.ttl) = (s.svc.vip, s.svc.port, 63);
+        (want.dmac, want.smac) = (CLIENT_MAC, GW_IN_MAC);
+        assert_eq!((act, out), (TX, want.build()), "{}: VIP reply", s.svc.name);
+        let direct_reply = reply(42001).build();
+        let (act, out) = lab.h.run(&direct_reply);
+        assert_eq!(
+            (act, &out),
+            (PASS, &direct_reply),
+            "{}: direct reply translated",
+            s.svc.name
+        );
+        assert_eq!(lab.h.counter(Counter::Direct) - direct, 2, "{}", s.svc.name);
+        // Steady state on the primary: the VIP flow wrote no flow entry.
+        assert_eq!(lab.h.counter(Counter::FlowInserted), 0);
+    }
+}

@@ -130,3 +130,76 @@ fn real_traffic_nat_and_dsr_ipv4_and_ipv6() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn direct_traffic_to_a_backend_works_beside_vip_traffic() {
+    if !require_root("direct_traffic_to_a_backend_works_beside_vip_traffic") {
+        return;
+    }
+    let run = Running::start("direct");
+    let lab = &run.lab;
+    let _client = lab.client.enter();
+    let u4 = UdpSocket::bind("0.0.0.0:0").unwrap();
+    u4.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let u6 = UdpSocket::bind("[::]:0").unwrap();
+    u6.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    // Other sockets (client ports) for the direct exchanges: one client port
+    // talking to a backend both ways would be one flow at the backend.
+    let d4 = UdpSocket::bind("0.0.0.0:0").unwrap();
+    d4.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let d6 = UdpSocket::bind("[::]:0").unwrap();
+    d6.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    // Warm up the neighbours and the client's next hop through the VIPs.
+    assert_eq!(tcp_request("198.18.100.1:80".parse().unwrap()), "primary");
+    udp_request(&u4, "198.18.100.1:53".parse().unwrap());
+    udp_request(&u6, "[2001:2::100]:53".parse().unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    let before = live_counters(&lab.gw, "g-c");
+    for round in 0..20 {
+        // The same backend endpoints, through the VIP and directly, interleaved.
+        for (vip, direct) in [
+            ("198.18.100.1:80", "198.18.2.2:8080"),
+            ("[2001:2::100]:80", "[2001:2:0:2::2]:8080"),
+        ] {
+            assert_eq!(
+                tcp_request(vip.parse().unwrap()),
+                "primary",
+                "round {round} {vip}"
+            );
+            assert_eq!(
+                tcp_request(direct.parse().unwrap()),
+                "primary",
+                "round {round} {direct}"
+            );
+        }
+        for (sock, dsock, vip, direct) in [
+            (&u4, &d4, "198.18.100.1:53", "198.18.2.2:53"),
+            (&u6, &d6, "[2001:2::100]:53", "[2001:2:0:2::2]:53"),
+        ] {
+            let (vip, direct): (SocketAddr, SocketAddr) = (vip.parse().unwrap(), direct.parse().unwrap());
+            assert_eq!(
+                udp_request(sock, vip),
+                ("primary".to_owned(), vip),
+                "round {round}"
+            );
+            assert_eq!(
+                udp_request(dsock, direct),
+                ("primary".to_owned(), direct),
+                "round {round}: a direct answer must come from the backend itself"
+            );
+        }
+    }
+    let after = live_counters(&lab.gw, "g-c");
+    let delta = |c: Counter| after[c as usize] - before[c as usize];
+    assert!(
+        delta(Counter::Direct) >= 20 * 4,
+        "direct requests seen: {}",
+        delta(Counter::Direct)
+    );
+    assert_eq!(
+        delta(Counter::FlowInserted),
+        0,
+        "VIP steady state wrote flow entries"
+    );
+    assert_eq!(delta(Counter::SynEntry), 0, "VIP steady state wrote SYN entries");
+}

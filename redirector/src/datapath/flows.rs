@@ -1,5 +1,5 @@
-//! The flow tables seen from userspace: both arrays (`FLOWS`, `EMBRYOS`)
-//! memory-mapped, so a sweep reads them at memory speed and clears an entry
+//! The flow tables seen from userspace: the arrays (`FLOWS`, `EMBRYOS`,
+//! `DIRECT`) memory-mapped, so a sweep reads them at memory speed and clears an entry
 //! with one aligned store, as the program does (`redirector_common::flow`).
 use std::{
     collections::HashSet,
@@ -105,10 +105,11 @@ impl Drop for Mapped {
     }
 }
 
-/// Both flow tables (see [`super::Datapath::flow_table`]).
+/// The flow tables (see [`super::Datapath::flow_table`]).
 pub struct FlowTable {
     flows: Mapped,
     embryos: Mapped,
+    direct: Mapped,
     seed: u64,
 }
 
@@ -124,13 +125,21 @@ pub struct Swept {
 }
 
 impl FlowTable {
-    /// Maps both tables; `fds` are duplicates the table owns.
-    pub(super) fn new(flows: OwnedFd, embryos: OwnedFd, settings: FlowSettings) -> std::io::Result<Self> {
+    /// Maps `FLOWS`, `EMBRYOS`, `DIRECT` (duplicated fds the table owns).
+    pub(super) fn new(fds: [OwnedFd; 3], settings: FlowSettings) -> std::io::Result<Self> {
+        let [flows, embryos, direct] = fds;
         Ok(FlowTable {
             flows: Mapped::new(flows, settings.flow_buckets)?,
             embryos: Mapped::new(embryos, settings.embryo_buckets)?,
+            direct: Mapped::new(direct, settings.direct_buckets)?,
             seed: settings.seed,
         })
+    }
+
+    /// Is there a direct flow from `client:port` to backend `index`
+    /// (`service * 2 + slot`)?
+    pub fn direct(&self, key: &FlowKey) -> bool {
+        self.direct.find(key, self.seed).is_some()
     }
 
     /// The backend slot `FLOWS` pins `key` to.
@@ -148,9 +157,9 @@ impl FlowTable {
         self.flows.entries().count()
     }
 
-    /// Removes every entry of service `id` (both tables).
+    /// Removes every entry of service `id` (every table).
     pub fn clear_service(&self, id: u32) {
-        for t in [&self.flows, &self.embryos] {
+        for t in [&self.flows, &self.embryos, &self.direct] {
             for (b, w, _) in t.entries().filter(|(_, _, e)| u32::from(e.service) == id) {
                 t.clear(b, w);
             }
@@ -174,6 +183,13 @@ impl FlowTable {
             idle.is_zero() || u64::from(now.wrapping_sub(e.seen)) > ticks.saturating_add(1)
         };
         let mut swept = Swept::default();
+        // Direct flows age like the service's flows but pin nothing.
+        let direct: Vec<_> = self.direct.entries().collect();
+        for (b, w, e) in direct {
+            if stale(&e) && self.direct.read(b, w) == e {
+                self.direct.clear(b, w);
+            }
+        }
         for t in [&self.flows, &self.embryos] {
             let all: Vec<_> = t.entries().collect();
             for (b, w, e) in all {

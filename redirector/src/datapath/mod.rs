@@ -122,6 +122,11 @@ impl Sizes {
         self.flow_entries.div_ceil(FLOW_WAYS as u32).max(1)
     }
 
+    /// Buckets of `DIRECT`, the direct flows' entries: as many as `EMBRYOS`.
+    pub fn direct_buckets(&self) -> u32 {
+        self.embryo_buckets()
+    }
+
     /// Buckets of `EMBRYOS`, the SYN entries: a fixed share of the flow table.
     pub fn embryo_buckets(&self) -> u32 {
         (self.flow_entries / redirector_common::EMBRYO_SHARE)
@@ -148,6 +153,7 @@ pub fn max_entries(name: &str, sizes: Sizes) -> Option<u32> {
         names::REFUSED => Some(services),
         names::FLOWS => Some(sizes.flow_buckets()),
         names::EMBRYOS => Some(sizes.embryo_buckets()),
+        names::DIRECT => Some(sizes.direct_buckets()),
         _ => None,
     }
 }
@@ -223,10 +229,16 @@ impl Datapath {
     /// Writes the flow tables' hash key and sizes before the program can run;
     /// pinned settings (a restart) are kept, so entries stay findable.
     fn init_flow_settings(&mut self) -> Result<()> {
-        let (flow_buckets, embryo_buckets) = (self.sizes.flow_buckets(), self.sizes.embryo_buckets());
+        let sizes = self.sizes;
         let mut arr = self.array::<FlowSettings>(names::FLOW_SETTINGS)?;
         let old = arr.get(&0, 0).map_err(map_err(names::FLOW_SETTINGS))?;
-        if old.flow_buckets == flow_buckets && old.embryo_buckets == embryo_buckets {
+        if (old.flow_buckets, old.embryo_buckets, old.direct_buckets)
+            == (
+                sizes.flow_buckets(),
+                sizes.embryo_buckets(),
+                sizes.direct_buckets(),
+            )
+        {
             return Ok(());
         }
         let mut seed = [0u8; 8];
@@ -237,8 +249,10 @@ impl Datapath {
         }
         let settings = FlowSettings {
             seed: u64::from_ne_bytes(seed),
-            flow_buckets,
-            embryo_buckets,
+            flow_buckets: sizes.flow_buckets(),
+            embryo_buckets: sizes.embryo_buckets(),
+            direct_buckets: sizes.direct_buckets(),
+            _pad: 0,
         };
         arr.set(0, settings, 0).map_err(map_err(names::FLOW_SETTINGS))
     }
@@ -329,16 +343,21 @@ impl Datapath {
                     proto,
                     _pad: 0,
                 };
+                let mut reverse = self.hash::<Endpoint, ReverseInfo>(names::REVERSE)?;
+                // Keep what the program learnt: clients of this endpoint that
+                // talk to it directly (their replies are not translated).
+                let direct = match reverse.get(&key, 0) {
+                    Ok(old) if (old.service, old.slot) == (id, slot) => old.direct,
+                    _ => 0,
+                };
                 let info = ReverseInfo {
                     service: id,
                     vip,
                     port_be: svc.port.to_be(),
                     slot,
-                    _pad: 0,
+                    direct,
                 };
-                self.hash::<Endpoint, ReverseInfo>(names::REVERSE)?
-                    .insert(key, info, 0)
-                    .map_err(map_err(names::REVERSE))?;
+                reverse.insert(key, info, 0).map_err(map_err(names::REVERSE))?;
             }
         }
         self.set_acl(id, &svc.allow, &svc.deny)
@@ -578,11 +597,13 @@ impl Datapath {
                 .try_clone_to_owned()
                 .map_err(|source| DatapathError::Dup { map: name, source })
         };
-        FlowTable::new(fd(names::FLOWS)?, fd(names::EMBRYOS)?, settings).map_err(|source| {
-            DatapathError::Dup {
-                map: names::FLOWS,
-                source,
-            }
+        FlowTable::new(
+            [fd(names::FLOWS)?, fd(names::EMBRYOS)?, fd(names::DIRECT)?],
+            settings,
+        )
+        .map_err(|source| DatapathError::Dup {
+            map: names::FLOWS,
+            source,
         })
     }
 
