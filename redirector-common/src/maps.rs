@@ -30,6 +30,9 @@ pub mod names {
     pub const DENY: &str = "DENY";
     /// Per-CPU packets refused by a service's allow/deny lists, by service id.
     pub const REFUSED: &str = "REFUSED";
+    /// VIP address → [`super::VIP_ECHO_ANSWER`] flags: every address some
+    /// service uses, for ICMP echo to a VIP.
+    pub const VIPS: &str = "VIPS";
     /// Client address → [`super::NextHop`] for NAT replies, filled by userspace.
     pub const CLIENT_HOPS: &str = "CLIENT_HOPS";
     /// Addresses of the gateway itself; replies to them are never translated.
@@ -48,7 +51,7 @@ pub mod names {
 
     /// Every map that holds state of the data plane: pinned, so the data
     /// plane outlives the daemon and a restarted daemon adopts them.
-    pub const PINNED: [&str; 18] = [
+    pub const PINNED: [&str; 19] = [
         SERVICES,
         SWITCH,
         BACKENDS,
@@ -60,6 +63,7 @@ pub mod names {
         ALLOW,
         DENY,
         REFUSED,
+        VIPS,
         CLIENT_HOPS,
         LOCAL_ADDRS,
         EGRESS,
@@ -199,6 +203,10 @@ pub const SWITCH_DROP: u8 = 2;
 /// `SwitchState::flags`: both backends are down and the service's policy is
 /// `all_down = "pass"`: its packets go to the kernel stack untouched (counted).
 pub const SWITCH_PASS: u8 = 4;
+
+/// `VIPS` value bit: answer ICMP echo requests to this VIP in XDP
+/// (`icmp_echo = "answer"`); clear: pass them to the stack.
+pub const VIP_ECHO_ANSWER: u8 = 1;
 
 /// `PORTS` bit: some service listens on this destination port.
 pub const PORT_SERVICE: u8 = 1;
@@ -344,11 +352,22 @@ pub enum Counter {
     /// Traffic to or from a NAT backend's service port that did not go through
     /// a VIP (a direct flow): passed untouched.
     Direct = 12,
+    /// ICMP / ICMPv6 echo request to a VIP answered in XDP.
+    EchoAnswered = 13,
+    /// An ICMP error about a VIP flow sent to the party that owns the flow
+    /// (translated in NAT mode).
+    IcmpErrorForwarded = 14,
+    /// A packet too big for its egress link answered with ICMP
+    /// "fragmentation needed" / ICMPv6 "packet too big".
+    TooBig = 15,
+    /// An IPv4 packet too big for its egress link without "don't fragment":
+    /// handed to the stack (after the NAT rewrite), which fragments it.
+    Fragmented = 16,
 }
 
 impl Counter {
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 17;
     /// All counters, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Passed,
@@ -364,6 +383,10 @@ impl Counter {
         Counter::SynEntry,
         Counter::Refused,
         Counter::Direct,
+        Counter::EchoAnswered,
+        Counter::IcmpErrorForwarded,
+        Counter::TooBig,
+        Counter::Fragmented,
     ];
     /// Stable name for output and metrics.
     pub const fn name(self) -> &'static str {
@@ -381,6 +404,10 @@ impl Counter {
             Counter::SynEntry => "syn_entry_written",
             Counter::Refused => "refused",
             Counter::Direct => "direct",
+            Counter::EchoAnswered => "echo_answered",
+            Counter::IcmpErrorForwarded => "icmp_error_forwarded",
+            Counter::TooBig => "too_big_sent",
+            Counter::Fragmented => "fragmented_by_stack",
         }
     }
 }

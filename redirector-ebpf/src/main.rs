@@ -19,6 +19,8 @@ mod direct;
 #[cfg(target_arch = "bpf")]
 mod flows;
 #[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
@@ -38,11 +40,12 @@ mod program {
 
     use crate::{
         acl, direct,
+        icmp::{self, Verdict},
         maps::{
             BACKENDS, CLIENT_HOPS, EGRESS, HOP_REQUESTS, LOCAL_ADDRS, PORTS, REVERSE, SERVICES, SWITCH,
             count, count_backend, count_refused,
         },
-        parse::{Packet, Parsed, parse},
+        parse::{ETH_LEN, Icmp, Packet, Parsed, parse},
         rewrite::{self, Side},
         select,
     };
@@ -51,6 +54,7 @@ mod program {
     pub fn redirector(ctx: XdpContext) -> u32 {
         let pkt = match parse(&ctx) {
             Parsed::Packet(p) => p,
+            Parsed::Icmp(m) => return icmp_path(&ctx, &m),
             Parsed::Other => return pass(Counter::Passed),
             Parsed::Unsupported => return pass(Counter::Unsupported),
             Parsed::Malformed => return pass(Counter::Malformed),
@@ -105,6 +109,29 @@ mod program {
     }
 
     #[inline(always)]
+    fn icmp_path(ctx: &XdpContext, m: &Icmp) -> u32 {
+        match icmp::handle(ctx, m) {
+            Verdict::Done(action) => action,
+            Verdict::ToBackend(index) => match BACKENDS.get(index) {
+                Some(be) => send(ctx, m.v6, &be.hop),
+                None => pass(Counter::Passed),
+            },
+            Verdict::ToClient(client) => match icmp::client_hop(&client) {
+                Some(hop) => send(ctx, m.v6, hop),
+                None => pass(Counter::Unresolved),
+            },
+        }
+    }
+
+    /// Below this frame size no link can be too small (IPv4's minimum
+    /// datagram every link carries is 576, IPv6's MTU 1280): no MTU check.
+    #[inline(always)]
+    fn may_be_too_big(ctx: &XdpContext, v6: bool) -> bool {
+        let len = (ctx.data_end() - ctx.data()) - ETH_LEN;
+        len > if v6 { 1280 } else { 576 }
+    }
+
+    #[inline(always)]
     fn port_flags(port_be: u16) -> u8 {
         PORTS.get(u32::from(u16::from_be(port_be))).copied().unwrap_or(0)
     }
@@ -143,10 +170,25 @@ mod program {
         let Some(be) = BACKENDS.get(index) else {
             return pass(Counter::Passed);
         };
+        let too_big = if may_be_too_big(ctx, pkt.v6) {
+            icmp::too_big_for(ctx, be.hop.ifindex)
+        } else {
+            None
+        };
+        if let Some(mtu) = too_big
+            && (pkt.v6 || pkt.df)
+        {
+            // The sender learns the path MTU of the VIP from the VIP.
+            return icmp::send_too_big(ctx, pkt.v6, mtu);
+        }
         if mode == Mode::Nat as u8
             && !rewrite::endpoint(ctx, pkt.v6, pkt.proto, Side::Dst, &be.addr, be.port_be)
         {
             return pass(Counter::Malformed);
+        }
+        if too_big.is_some() {
+            // IPv4 that may be fragmented: the stack does it (NAT: rewritten already).
+            return pass(Counter::Fragmented);
         }
         count_backend(index, frame_len(ctx), false);
         send(ctx, pkt.v6, &be.hop)
@@ -167,8 +209,21 @@ mod program {
         if pkt.ttl <= 1 {
             return pass(Counter::TtlExpired);
         }
+        let too_big = match hop {
+            Some(hop) if may_be_too_big(ctx, pkt.v6) => icmp::too_big_for(ctx, hop.ifindex),
+            _ => None,
+        };
+        if let Some(mtu) = too_big
+            && (pkt.v6 || pkt.df)
+        {
+            // The backend learns it, about its own (untranslated) packet.
+            return icmp::send_too_big(ctx, pkt.v6, mtu);
+        }
         if !rewrite::endpoint(ctx, pkt.v6, pkt.proto, Side::Src, vip, port_be) {
             return pass(Counter::Malformed);
+        }
+        if too_big.is_some() {
+            return pass(Counter::Fragmented);
         }
         count_backend(index, frame_len(ctx), true);
         match hop {

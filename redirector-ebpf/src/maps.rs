@@ -51,6 +51,9 @@ pub static DENY: LpmTrie<AclKey, u8> = LpmTrie::with_max_entries(DEFAULT_ACL_ENT
 pub static REFUSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 #[map]
+pub static VIPS: HashMap<Addr, u8> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
 pub static CLIENT_HOPS: LruHashMap<Addr, NextHop> = LruHashMap::with_max_entries(DEFAULT_CLIENT_HOPS, 0);
 
 #[map]

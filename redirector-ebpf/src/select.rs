@@ -98,6 +98,38 @@ pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
     target
 }
 
+/// Where the packets of an existing flow go, written nowhere: for ICMP
+/// errors about the flow (`icmp.rs`), which must reach the same backend.
+#[inline(always)]
+pub fn lookup(key: &FlowKey, st: &SwitchState, tcp: bool) -> u8 {
+    let active = st.active & 1;
+    if active == SLOT_PRIMARY && !st.pinned() {
+        return SLOT_PRIMARY;
+    }
+    let Some(cfg) = FLOW_SETTINGS.get(0) else {
+        return active;
+    };
+    let hash = key_hash(key, cfg.seed);
+    if let Some((_, slot)) = Table::new(&FLOWS, cfg.flow_buckets).find(hash)
+        && st.is_up(slot)
+    {
+        return slot;
+    }
+    if tcp {
+        if let Some((_, slot)) = Table::new(&EMBRYOS, cfg.embryo_buckets).find(hash)
+            && st.is_up(slot)
+        {
+            return slot;
+        }
+        return if st.is_up(SLOT_PRIMARY) {
+            SLOT_PRIMARY
+        } else {
+            active
+        };
+    }
+    new_flow_target(key, st, active)
+}
+
 /// Where a new flow goes: the active backend, or with load sharing a fixed
 /// share of new flows, chosen by a hash of the flow (so every packet of a flow
 /// decides alike), to the secondary while both are up and it takes new flows.

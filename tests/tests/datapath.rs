@@ -1104,3 +1104,346 @@ fn direct_traffic_to_a_nat_backend_is_never_translated() {
         assert_eq!(lab.h.counter(Counter::FlowInserted), 0);
     }
 }
+
+/// ICMP errors, built by etherparse.
+#[derive(Clone, Copy)]
+enum IcmpErr {
+    /// IPv4 "fragmentation needed" / IPv6 "packet too big".
+    TooBig(u16),
+    /// Port unreachable.
+    Port,
+}
+
+fn icmp_error(
+    src: IpAddr,
+    dst: IpAddr,
+    macs: ([u8; 6], [u8; 6]),
+    ttl: u8,
+    e: IcmpErr,
+    quote: &[u8],
+) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4::DestUnreachableHeader, icmpv6};
+    let eth = PacketBuilder::ethernet2(macs.0, macs.1);
+    let mut out = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let t = match e {
+                IcmpErr::TooBig(mtu) => DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+                IcmpErr::Port => DestUnreachableHeader::Port,
+            };
+            eth.ipv4(s.octets(), d.octets(), ttl)
+                .icmpv4(Icmpv4Type::DestinationUnreachable(t))
+                .write(&mut out, quote)
+                .unwrap();
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let t = match e {
+                IcmpErr::TooBig(mtu) => Icmpv6Type::PacketTooBig { mtu: u32::from(mtu) },
+                IcmpErr::Port => Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port),
+            };
+            eth.ipv6(s.octets(), d.octets(), ttl)
+                .icmpv6(t)
+                .write(&mut out, quote)
+                .unwrap();
+        }
+        _ => panic!("mixed families"),
+    }
+    out
+}
+
+/// The IP packet of a frame (what an ICMP error quotes).
+fn ip_packet(spec: &Spec) -> Vec<u8> {
+    spec.build()[14..].to_vec()
+}
+
+#[test]
+fn icmp_errors_about_vip_flows_reach_the_party_that_owns_the_flow() {
+    let Some(mut lab) = lab("icmperr") else { return };
+    let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
+    let client_hop = NextHop {
+        ifindex: lab.if_in,
+        dst_mac: CLIENT_MAC,
+        src_mac: GW_IN_MAC,
+    };
+    for s in lab.svcs.clone() {
+        let name = &s.svc.name;
+        lab.h
+            .dp
+            .hop_maps()
+            .unwrap()
+            .set_client_hop(s.client, client_hop)
+            .unwrap();
+        let router: IpAddr = if s.client.is_ipv4() {
+            ip("198.18.1.254")
+        } else {
+            ip("2001:2:0:1::fe")
+        };
+        // A flow that began while the secondary was active, then a failback:
+        // it stays pinned to the (now non-active) secondary.
+        lab.h.dp.set_switch(s.id, state(s2, 0b10)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 43000, true), s2);
+        assert_eq!(slot_of(&mut lab, &s, 43000, false), s2);
+        lab.h.dp.set_switch(s.id, state(p, 0b11)).unwrap();
+        for (cport, slot) in [(43000, s2), (43001, p)] {
+            // A router on the client's side reports a reply too big: the error
+            // goes to the flow's backend, about the packet that backend sent.
+            let be = *s.backend(slot);
+            let bport = be.port.unwrap_or(s.svc.port);
+            let reply = Spec::new(s.svc.vip, s.svc.port, s.client, cport, s.l4(false));
+            let err = icmp_error(
+                router,
+                s.svc.vip,
+                (CLIENT_MAC, GW_IN_MAC),
+                64,
+                IcmpErr::TooBig(1400),
+                &ip_packet(&reply),
+            );
+            let (act, out) = lab.h.run(&err);
+            let (dmac, smac) = if slot == p {
+                (P_MAC, GW_P_MAC)
+            } else {
+                (S_MAC, GW_S_MAC)
+            };
+            let want = if s.svc.mode == Mode::Nat {
+                let own = Spec::new(be.addr, bport, s.client, cport, s.l4(false));
+                icmp_error(
+                    router,
+                    be.addr,
+                    (smac, dmac),
+                    63,
+                    IcmpErr::TooBig(1400),
+                    &ip_packet(&own),
+                )
+            } else {
+                icmp_error(
+                    router,
+                    s.svc.vip,
+                    (smac, dmac),
+                    63,
+                    IcmpErr::TooBig(1400),
+                    &ip_packet(&reply),
+                )
+            };
+            assert_eq!(act, REDIRECT, "{name} cport {cport}");
+            assert_eq!(out, want, "{name} cport {cport}: error about a reply");
+            redirector_tests::packets::frame_checksums(&out).unwrap();
+        }
+        if s.svc.mode == Mode::Dsr {
+            continue;
+        }
+        // The backend itself reports its port unreachable about a translated
+        // request: the client gets it from the VIP, about its own packet.
+        let be = s.svc.primary;
+        let bport = be.port.unwrap_or(s.svc.port);
+        let translated = Spec::new(s.client, 43002, be.addr, bport, s.l4(false));
+        let err = icmp_error(
+            be.addr,
+            s.client,
+            (P_MAC, GW_P_MAC),
+            64,
+            IcmpErr::Port,
+            &ip_packet(&translated),
+        );
+        let (act, out) = lab.h.run(&err);
+        let sent = Spec::new(s.client, 43002, s.svc.vip, s.svc.port, s.l4(false));
+        let want = icmp_error(
+            s.svc.vip,
+            s.client,
+            (GW_IN_MAC, CLIENT_MAC),
+            63,
+            IcmpErr::Port,
+            &ip_packet(&sent),
+        );
+        assert_eq!(act, TX, "{name}");
+        assert_eq!(out, want, "{name}: error about a request");
+        redirector_tests::packets::frame_checksums(&out).unwrap();
+        // The same from a router between the gateway and the backend: its source stays.
+        let hop: IpAddr = if s.client.is_ipv4() {
+            ip("198.18.2.254")
+        } else {
+            ip("2001:2:0:2::fe")
+        };
+        let err = icmp_error(
+            hop,
+            s.client,
+            (P_MAC, GW_P_MAC),
+            64,
+            IcmpErr::TooBig(1280),
+            &ip_packet(&translated),
+        );
+        let want = icmp_error(
+            hop,
+            s.client,
+            (GW_IN_MAC, CLIENT_MAC),
+            63,
+            IcmpErr::TooBig(1280),
+            &ip_packet(&sent),
+        );
+        assert_eq!(lab.h.run(&err), (TX, want), "{name}: router's error");
+    }
+    assert!(lab.h.counter(Counter::IcmpErrorForwarded) > 0);
+}
+
+#[test]
+fn icmp_echo_to_a_vip_is_answered_or_passed_never_forwarded() {
+    use etherparse::PacketBuilder;
+    let Some(mut lab) = lab("echo") else { return };
+    for (client, vip, other) in [
+        (ip("198.18.1.2"), ip("198.18.100.1"), ip("198.18.7.7")),
+        (ip("2001:2:0:1::2"), ip("2001:2::100"), ip("2001:2:0:7::7")),
+    ] {
+        let echo = |from: IpAddr, to: IpAddr, reply: bool, macs: ([u8; 6], [u8; 6]), ttl: u8| {
+            let eth = PacketBuilder::ethernet2(macs.0, macs.1);
+            let mut out = Vec::new();
+            match (from, to) {
+                (IpAddr::V4(f), IpAddr::V4(t)) => {
+                    let b = eth.ipv4(f.octets(), t.octets(), ttl);
+                    if reply {
+                        b.icmpv4_echo_reply(7, 9)
+                    } else {
+                        b.icmpv4_echo_request(7, 9)
+                    }
+                    .write(&mut out, b"ping payload")
+                    .unwrap();
+                }
+                (IpAddr::V6(f), IpAddr::V6(t)) => {
+                    let b = eth.ipv6(f.octets(), t.octets(), ttl);
+                    if reply {
+                        b.icmpv6_echo_reply(7, 9)
+                    } else {
+                        b.icmpv6_echo_request(7, 9)
+                    }
+                    .write(&mut out, b"ping payload")
+                    .unwrap();
+                }
+                _ => unreachable!(),
+            }
+            out
+        };
+        let req = echo(client, vip, false, (CLIENT_MAC, GW_IN_MAC), 60);
+        let (act, out) = lab.h.run(&req);
+        assert_eq!(act, TX, "{vip}");
+        assert_eq!(out, echo(vip, client, true, (GW_IN_MAC, CLIENT_MAC), 64), "{vip}");
+        redirector_tests::packets::frame_checksums(&out).unwrap();
+        // Not a VIP: the stack's.
+        let req = echo(client, other, false, (CLIENT_MAC, GW_IN_MAC), 60);
+        assert_eq!(lab.h.run(&req), (PASS, req.clone()));
+        // icmp_echo = "pass": untouched to the stack.
+        lab.h.dp.set_icmp_echo(false).unwrap();
+        let req = echo(client, vip, false, (CLIENT_MAC, GW_IN_MAC), 60);
+        assert_eq!(lab.h.run(&req), (PASS, req.clone()));
+        lab.h.dp.set_icmp_echo(true).unwrap();
+    }
+    assert_eq!(lab.h.counter(Counter::EchoAnswered), 2);
+}
+
+/// "Fragmentation needed" / "packet too big" as the program builds it: from
+/// `from` to `to`, TTL 64, IPv4 without DF and id 0, quoting `quote`.
+fn too_big(from: IpAddr, to: IpAddr, macs: ([u8; 6], [u8; 6]), mtu: u16, quote: &[u8]) -> Vec<u8> {
+    use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder};
+    match (from, to) {
+        (IpAddr::V4(f), IpAddr::V4(t)) => {
+            let mut h = Ipv4Header::new(0, 64, IpNumber::ICMP, f.octets(), t.octets()).unwrap();
+            h.dont_fragment = false;
+            h.identification = 0;
+            let mut out = Vec::new();
+            PacketBuilder::ethernet2(macs.0, macs.1)
+                .ip(IpHeaders::Ipv4(h, Default::default()))
+                .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                    etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+                ))
+                .write(&mut out, &quote[..84])
+                .unwrap();
+            out
+        }
+        _ => icmp_error(from, to, macs, 64, IcmpErr::TooBig(mtu), &quote[..128]),
+    }
+}
+
+#[test]
+fn packets_too_big_for_their_link_get_icmp_and_ipv4_without_df_goes_to_the_stack() {
+    let Some(mut lab) = lab("toobig") else { return };
+    redirector_tests::netns::sh(&["ip", "link", "set", "p0", "mtu", "1400"]);
+    redirector_tests::netns::sh(&["ip", "link", "set", "in0", "mtu", "1400"]);
+    let client_hop = NextHop {
+        ifindex: lab.if_in,
+        dst_mac: CLIENT_MAC,
+        src_mac: GW_IN_MAC,
+    };
+    let big = |mut spec: Spec| {
+        // 1450-byte IP packets: over the 1400-byte links.
+        let hdr = spec.build().len() - spec.payload.len() - 14;
+        spec.payload = vec![0x5a; 1450 - hdr];
+        spec
+    };
+    for s in lab.svcs.clone() {
+        let name = &s.svc.name;
+        lab.h
+            .dp
+            .hop_maps()
+            .unwrap()
+            .set_client_hop(s.client, client_hop)
+            .unwrap();
+        // A request to the VIP (primary link MTU 1400): the client hears it from the VIP.
+        let req = big(s.request(44000, false));
+        let (act, out) = lab.h.run(&req.build());
+        let want = too_big(
+            s.svc.vip,
+            s.client,
+            (GW_IN_MAC, CLIENT_MAC),
+            1400,
+            &ip_packet(&req),
+        );
+        assert_eq!(act, TX, "{name}");
+        assert_eq!(out, want, "{name}: too big toward the backend");
+        redirector_tests::packets::frame_checksums(&out).unwrap();
+        if s.svc.mode == Mode::Nat {
+            // A NAT reply too big for the client's link: the backend hears it,
+            // about its own packet.
+            let be = s.svc.primary;
+            let bport = be.port.unwrap_or(s.svc.port);
+            let mut reply = big(Spec::new(be.addr, bport, s.client, 44000, s.l4(false)));
+            (reply.smac, reply.dmac) = (P_MAC, GW_P_MAC);
+            let (act, out) = lab.h.run(&reply.build());
+            let want = too_big(s.client, be.addr, (GW_P_MAC, P_MAC), 1400, &ip_packet(&reply));
+            assert_eq!(act, TX, "{name}");
+            assert_eq!(out, want, "{name}: too big toward the client");
+        }
+    }
+    assert!(lab.h.counter(Counter::TooBig) >= 8);
+
+    // IPv4 without "don't fragment": rewritten, then the stack fragments it.
+    let s = lab
+        .svcs
+        .iter()
+        .find(|s| s.svc.name == "nat-udp4")
+        .unwrap()
+        .clone();
+    let mut frame = big(s.request(44001, false)).build();
+    frame[14 + 6] &= !0x40; // clear DF
+    fix_ipv4_header_checksum(&mut frame);
+    let (act, out) = lab.h.run(&frame);
+    assert_eq!(act, PASS);
+    let p = etherparse::SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip4)) = p.net else {
+        panic!("not IPv4")
+    };
+    assert_eq!(
+        ip4.header().destination(),
+        [198, 18, 2, 2],
+        "NAT rewrite before the stack"
+    );
+    assert_eq!(ip4.header().ttl(), 64, "the stack decrements the TTL");
+    redirector_tests::packets::frame_checksums(&out).unwrap();
+    assert_eq!(lab.h.counter(Counter::Fragmented), 1);
+}
+
+fn fix_ipv4_header_checksum(frame: &mut [u8]) {
+    let mut h = etherparse::Ipv4HeaderSlice::from_slice(&frame[14..])
+        .unwrap()
+        .to_header();
+    h.header_checksum = h.calc_header_checksum();
+    let mut bytes = Vec::new();
+    h.write(&mut bytes).unwrap();
+    frame[14..14 + bytes.len()].copy_from_slice(&bytes);
+}

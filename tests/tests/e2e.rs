@@ -203,3 +203,63 @@ fn direct_traffic_to_a_backend_works_beside_vip_traffic() {
     );
     assert_eq!(delta(Counter::SynEntry), 0, "VIP steady state wrote SYN entries");
 }
+
+/// `ip route get` in a namespace: where the path MTU cache shows.
+fn route_get(ns: &NetNs, dst: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "ip", "route", "get", dst])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `bulk:N` to `to`: N bytes each way over one TCP connection.
+fn bulk(to: SocketAddr, n: usize) -> usize {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(format!("bulk:{n}\n").as_bytes()).unwrap();
+    c.write_all(&vec![b'y'; n]).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    got.len()
+}
+
+#[test]
+fn path_mtu_discovery_works_through_the_vip() {
+    if !require_root("path_mtu_discovery_works_through_the_vip") {
+        return;
+    }
+    let run = Running::start("pmtu");
+    let lab = &run.lab;
+    // The link between the gateway and the primary carries 1400 bytes.
+    in_ns(&lab.gw.name, &["ip", "link", "set", "g-p", "mtu", "1400"]);
+    in_ns(&lab.primary.name, &["ip", "link", "set", "p0", "mtu", "1400"]);
+    let _client = lab.client.enter();
+    for (bind, vip, payload) in [
+        ("0.0.0.0:0", "198.18.100.1:53", 1472),
+        ("[::]:0", "[2001:2::100]:53", 1452),
+    ] {
+        let vip: SocketAddr = vip.parse().unwrap();
+        let sock = UdpSocket::bind(bind).unwrap();
+        // Linux sets DF on UDP by default (IP_PMTUDISC_WANT); a 1500-byte
+        // packet leaves the client, and the gateway must answer "too big".
+        let host = vip.ip().to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !route_get(&lab.client, &host).contains("mtu 1400") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no path MTU of 1400 for {host}: {}",
+                route_get(&lab.client, &host)
+            );
+            let _ = sock.send_to(&vec![0x5a; payload], vip);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Larger than the path MTU both ways, IPv4 and IPv6.
+    for vip in ["198.18.100.1:80", "[2001:2::100]:80"] {
+        assert_eq!(bulk(vip.parse().unwrap(), 200_000), 200_000, "{vip}");
+    }
+    let c = live_counters(&lab.gw, "g-c");
+    assert!(c[Counter::TooBig as usize] >= 2, "{c:?}");
+}

@@ -223,6 +223,8 @@ impl Daemon {
         let resolver = Resolver::subscribe()?;
         let links_monitor = netlink::Monitor::links().context("subscribing to link changes")?;
         let mut dp = Datapath::load_pinned(sizes, &pins).context("loading the XDP program")?;
+        dp.set_icmp_echo(cfg.gateway.icmp_echo == crate::config::IcmpEcho::Answer)
+            .context("writing icmp_echo")?;
         // Services the pinned data plane already carries, by id.
         let published: HashMap<u32, redirector_common::Endpoint> = if adopting {
             dp.published()?.into_iter().map(|(k, i)| (i.id, k)).collect()

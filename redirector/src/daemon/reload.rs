@@ -246,6 +246,11 @@ impl Daemon {
         hops: &HashMap<String, [NextHop; 2]>,
         diff: &Diff,
     ) -> Result<String> {
+        if let Some(echo) = diff.icmp_echo {
+            self.dp
+                .set_icmp_echo(echo == IcmpEcho::Answer)
+                .context("writing icmp_echo")?;
+        }
         let now = Nanos(monotonic_ns());
         let old: HashMap<String, (u32, Service)> = self
             .services

@@ -12,9 +12,10 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use redirector_common::{
-    ACL_ALLOW, ACL_DENY, AclKey, Backend as KBackend, BackendStats, Counter, Endpoint, FLOW_WAYS, FlowKey,
-    FlowSettings, Ip, NextHop, PORT_BACKEND, PORT_SERVICE, ReverseInfo, SLOT_PRIMARY, SLOT_SECONDARY,
-    SWITCH_PINNED, ServiceInfo, SwitchState, ip_from_bytes, ip_to_bytes, names, programs,
+    ACL_ALLOW, ACL_DENY, AclKey, Addr, Backend as KBackend, BackendStats, Counter, Endpoint, FLOW_WAYS,
+    FlowKey, FlowSettings, Ip, NextHop, PORT_BACKEND, PORT_SERVICE, ReverseInfo, SLOT_PRIMARY,
+    SLOT_SECONDARY, SWITCH_PINNED, ServiceInfo, SwitchState, VIP_ECHO_ANSWER, ip_from_bytes, ip_to_bytes,
+    names, programs,
 };
 use thiserror::Error;
 
@@ -170,6 +171,8 @@ pub fn addr16(addr: IpAddr) -> Ip {
 pub struct Datapath {
     ebpf: Ebpf,
     sizes: Sizes,
+    /// `VIPS` flags every published VIP gets (`icmp_echo`).
+    vip_flags: u8,
 }
 
 pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -221,7 +224,11 @@ impl Datapath {
             })?
             .try_into()?;
         prog.load()?;
-        let mut dp = Datapath { ebpf, sizes };
+        let mut dp = Datapath {
+            ebpf,
+            sizes,
+            vip_flags: VIP_ECHO_ANSWER,
+        };
         dp.init_flow_settings()?;
         Ok(dp)
     }
@@ -431,9 +438,26 @@ impl Datapath {
             acl,
             _pad: [0; 2],
         };
+        let flags = self.vip_flags;
+        self.hash::<Addr, u8>(names::VIPS)?
+            .insert(Addr { addr: vip }, flags, 0)
+            .map_err(map_err(names::VIPS))?;
         self.hash::<Endpoint, ServiceInfo>(names::SERVICES)?
             .insert(key, info, 0)
             .map_err(map_err(names::SERVICES))
+    }
+
+    /// Answer ICMP echo to VIPs in XDP (`true`) or pass it to the stack:
+    /// applies to every VIP, published now or later.
+    pub fn set_icmp_echo(&mut self, answer: bool) -> Result<()> {
+        self.vip_flags = if answer { VIP_ECHO_ANSWER } else { 0 };
+        let flags = self.vip_flags;
+        let mut vips = self.hash::<Addr, u8>(names::VIPS)?;
+        let all: Vec<Addr> = vips.keys().filter_map(std::result::Result::ok).collect();
+        for vip in all {
+            vips.insert(vip, flags, 0).map_err(map_err(names::VIPS))?;
+        }
+        Ok(())
     }
 
     /// Every published service: (VIP, port, protocol) key and its id and mode.
@@ -455,8 +479,15 @@ impl Datapath {
             .map(|(k, _)| k)
             .collect();
         let mut services = self.hash::<Endpoint, ServiceInfo>(names::SERVICES)?;
-        for k in keys {
-            absent_ok(names::SERVICES, services.remove(&k))?;
+        for k in &keys {
+            absent_ok(names::SERVICES, services.remove(k))?;
+        }
+        // A VIP no other service uses any more is no VIP (ICMP echo).
+        let still: std::collections::HashSet<Ip> =
+            self.published()?.into_iter().map(|(k, _)| k.addr).collect();
+        let mut vips = self.hash::<Addr, u8>(names::VIPS)?;
+        for k in keys.iter().filter(|k| !still.contains(&k.addr)) {
+            absent_ok(names::VIPS, vips.remove(&Addr { addr: k.addr }))?;
         }
         let mut reverse = self.hash::<Endpoint, ReverseInfo>(names::REVERSE)?;
         let stale: Vec<Endpoint> = reverse

@@ -36,6 +36,26 @@ fn seq_of(payload: &[u8]) -> Option<u64> {
         .ok()
 }
 
+/// `bulk:N\n` then N bytes: the server reads them all, answers N bytes.
+fn bulk_of(payload: &[u8]) -> Option<(usize, usize)> {
+    let rest = payload.strip_prefix(b"bulk:")?;
+    let nl = rest.iter().position(|&b| b == b'\n')?;
+    let total = std::str::from_utf8(&rest[..nl]).ok()?.parse().ok()?;
+    Some((total, 5 + nl + 1))
+}
+
+/// A large transfer each way (path MTU tests); bounded by the read timeout.
+fn bulk(c: &mut std::net::TcpStream, total: usize, mut got: usize) {
+    let mut chunk = [0u8; 16384];
+    while got < total {
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(k) => got += k,
+        }
+    }
+    let _ = c.write_all(&vec![b'x'; total]);
+}
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let name = args
@@ -96,6 +116,10 @@ fn main() -> Result<()> {
                 if let Ok(n) = c.read(&mut buf)
                     && n > 0
                 {
+                    if let Some((total, head)) = bulk_of(&buf[..n]) {
+                        bulk(&mut c, total, n - head);
+                        continue;
+                    }
                     if log && let Some(seq) = seq_of(&buf[..n]) {
                         writeln!(out, "tcp {seq} {}", monotonic_ns())?;
                         out.flush()?;
