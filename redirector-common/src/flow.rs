@@ -1,4 +1,4 @@
-//! The flow tables' layout and hashing (`FLOWS`, `EMBRYOS`, `DIRECT`), shared by the program (which reads
+//! The flow tables' layout and hashing (`FLOWS`, `EMBRYOS`, `DIRECT`, `FRAGS`), shared by the program (which reads
 //! and writes them per packet) and userspace (which maps them to sweep).
 //!
 //! A flow table is an array of buckets, each [`FLOW_WAYS`] entries in one
@@ -55,8 +55,8 @@ pub struct FlowSettings {
     pub embryo_buckets: u32,
     /// Buckets of `DIRECT`.
     pub direct_buckets: u32,
-    /// Always zero.
-    pub _pad: u32,
+    /// Buckets of `FRAGS`.
+    pub frag_buckets: u32,
 }
 
 /// `seen` ticks: `CLOCK_MONOTONIC` ns >> 30, about 1.07 s; wraps after
@@ -86,6 +86,22 @@ pub const fn key_hash(key: &FlowKey, seed: u64) -> u64 {
     h = mix(h, a[0] as u64 | (a[1] as u64) << 32);
     h = mix(h, a[2] as u64 | (a[3] as u64) << 32);
     h = mix(h, key.port_be as u64 | (key.service as u64) << 32);
+    h ^= h >> 29;
+    h = h.wrapping_mul(K1);
+    h ^ (h >> 32)
+}
+
+/// Keyed 64-bit hash of an IP datagram's identity (RFC 791 / 8200: source,
+/// destination, protocol, identification), for `FRAGS`; `reply` keeps the
+/// two directions of a NAT flow apart.
+#[inline(always)]
+pub const fn frag_hash(src: &crate::Ip, dst: &crate::Ip, id: u32, proto: u8, reply: bool, seed: u64) -> u64 {
+    let mut h = seed ^ K2;
+    h = mix(h, src[0] as u64 | (src[1] as u64) << 32);
+    h = mix(h, src[2] as u64 | (src[3] as u64) << 32);
+    h = mix(h, dst[0] as u64 | (dst[1] as u64) << 32);
+    h = mix(h, dst[2] as u64 | (dst[3] as u64) << 32);
+    h = mix(h, id as u64 | (proto as u64) << 32 | (reply as u64) << 40);
     h ^= h >> 29;
     h = h.wrapping_mul(K1);
     h ^ (h >> 32)

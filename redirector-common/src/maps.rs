@@ -21,6 +21,12 @@ pub mod names {
     /// a VIP, keyed (client addr, client port, backend index); their replies
     /// are not translated. Same layout as `FLOWS`.
     pub const DIRECT: &str = "DIRECT";
+    /// IP datagrams being fragmented, keyed by [`crate::flow::frag_hash`]:
+    /// the first fragment's service and backend slot, so every later
+    /// fragment (no ports) goes where the first went. Same layout as `FLOWS`.
+    pub const FRAGS: &str = "FRAGS";
+    /// Service id → [`super::ServiceVip`]: a fragment's service's VIP and mode.
+    pub const SERVICE_VIPS: &str = "SERVICE_VIPS";
     /// [`crate::FlowSettings`]: the flow tables' hash key and sizes.
     pub const FLOW_SETTINGS: &str = "FLOW_SETTINGS";
     /// LPM trie of (service, client prefix) → 1: services with an `allow`
@@ -51,7 +57,7 @@ pub mod names {
 
     /// Every map that holds state of the data plane: pinned, so the data
     /// plane outlives the daemon and a restarted daemon adopts them.
-    pub const PINNED: [&str; 19] = [
+    pub const PINNED: [&str; 21] = [
         SERVICES,
         SWITCH,
         BACKENDS,
@@ -59,6 +65,8 @@ pub mod names {
         FLOWS,
         EMBRYOS,
         DIRECT,
+        FRAGS,
+        SERVICE_VIPS,
         FLOW_SETTINGS,
         ALLOW,
         DENY,
@@ -150,6 +158,21 @@ pub struct ServiceInfo {
     /// Always zero.
     pub _pad: [u8; 2],
 }
+
+/// Value of `SERVICE_VIPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServiceVip {
+    /// The VIP (IPv4-mapped for v4).
+    pub vip: Ip,
+    /// [`Mode`] as a byte.
+    pub mode: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+
+/// `FRAGS` buckets (fixed: 16 384 datagrams in flight).
+pub const FRAG_BUCKETS: u32 = 4096;
 
 /// `ServiceInfo::acl`: the service has an allow list.
 pub const ACL_ALLOW: u8 = 1;
@@ -363,11 +386,14 @@ pub enum Counter {
     /// An IPv4 packet too big for its egress link without "don't fragment":
     /// handed to the stack (after the NAT rewrite), which fragments it.
     Fragmented = 16,
+    /// A fragment of a VIP datagram whose first fragment was not seen (or
+    /// was forgotten): dropped; the datagram is lost, its sender resends.
+    FragmentDropped = 17,
 }
 
 impl Counter {
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     /// All counters, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Passed,
@@ -387,6 +413,7 @@ impl Counter {
         Counter::IcmpErrorForwarded,
         Counter::TooBig,
         Counter::Fragmented,
+        Counter::FragmentDropped,
     ];
     /// Stable name for output and metrics.
     pub const fn name(self) -> &'static str {
@@ -408,6 +435,7 @@ impl Counter {
             Counter::IcmpErrorForwarded => "icmp_error_forwarded",
             Counter::TooBig => "too_big_sent",
             Counter::Fragmented => "fragmented_by_stack",
+            Counter::FragmentDropped => "fragment_dropped",
         }
     }
 }
@@ -472,6 +500,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowValue>() == 16);
     assert!(core::mem::size_of::<Addr>() == 16);
     assert!(core::mem::size_of::<AclKey>() == 20);
+    assert!(core::mem::size_of::<ServiceVip>() == 20);
     assert!(core::mem::size_of::<BackendStats>() == 32);
     assert!(core::mem::size_of::<BenchTemplate>() == 136);
 };
@@ -503,6 +532,8 @@ mod user {
     unsafe impl aya::Pod for BenchTemplate {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AclKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceVip {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::FlowEntry {}
     // SAFETY: as above.

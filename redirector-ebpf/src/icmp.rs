@@ -41,9 +41,9 @@ use crate::{
 pub enum Verdict {
     /// Return this action.
     Done(u32),
-    /// Counted already; send toward this backend (`BACKENDS` index).
+    /// Translated; send toward this backend (`BACKENDS` index).
     ToBackend(u32),
-    /// Counted already; send toward the client `Ip` (a `CLIENT_HOPS` key).
+    /// Translated; send toward the client `Ip` (a `CLIENT_HOPS` key).
     ToClient(Ip),
 }
 
@@ -120,6 +120,11 @@ fn echo(ctx: &XdpContext, m: &Icmp) -> u32 {
 
 #[inline(always)]
 fn error(ctx: &XdpContext, m: &Icmp) -> Verdict {
+    // An error about a packet is sent to that packet's source; anything
+    // else (e.g. addressed to the gateway itself) is not about a flow here.
+    if m.dst != m.inner_src {
+        return pass(Counter::Passed);
+    }
     let tcp = m.inner_proto == PROTO_TCP;
     // About a reply: the quoted packet came from a VIP.
     let from_vip = Endpoint {
@@ -175,7 +180,6 @@ fn error(ctx: &XdpContext, m: &Icmp) -> Verdict {
                 return pass(Counter::Malformed);
             }
         }
-        count(Counter::IcmpErrorForwarded);
         return Verdict::ToBackend(index);
     }
     // About a translated request: the quoted packet went to a NAT backend.
@@ -211,7 +215,6 @@ fn error(ctx: &XdpContext, m: &Icmp) -> Verdict {
     if !ok {
         return pass(Counter::Malformed);
     }
-    count(Counter::IcmpErrorForwarded);
     Verdict::ToClient(m.dst)
 }
 
@@ -261,9 +264,13 @@ fn translate<const V6: bool>(
     else {
         return false;
     };
-    // The quoted L4 checksum, if the quote holds it.
+    // The quoted L4 checksum, if the quote (not just the frame) holds it.
     let l4_csum_off = l4_off + if m.inner_proto == PROTO_TCP { 16 } else { 6 };
-    let l4_csum = ptr_at::<u16>(ctx, l4_csum_off);
+    let l4_csum = if l4_csum_off + 2 <= icmp_off + m.len {
+        ptr_at::<u16>(ctx, l4_csum_off)
+    } else {
+        None
+    };
     // SAFETY: every pointer is bounds-checked and 2-byte aligned.
     unsafe {
         let mut icmp_acc = csum::start((*icmp).csum);
@@ -359,11 +366,31 @@ fn translate<const V6: bool>(
     true
 }
 
-/// `bpf_check_mtu`: the MTU of `ifindex` if this packet exceeds it.
+/// The MTU of `ifindex` if this packet's IP datagram exceeds it
+/// (`bpf_check_mtu`). Below 576 (IPv4) / 1280 (IPv6) bytes every link
+/// carries it: no check. A big frame with bytes after its IP packet (not
+/// Ethernet padding, which only small frames have) is trimmed first, so it
+/// is judged, and sent, by its IP length.
 #[inline(always)]
-pub fn too_big_for(ctx: &XdpContext, ifindex: u32) -> Option<u32> {
-    let mut mtu: u32 = 0;
-    // SAFETY: ctx is the program's context; mtu is a valid out-pointer.
+pub fn too_big_for(ctx: &XdpContext, v6: bool, ifindex: u32) -> Option<u32> {
+    let frame = ctx.data_end() - ctx.data();
+    if frame - ETH_LEN <= if v6 { 1280 } else { 576 } {
+        return None;
+    }
+    let ip_len = if v6 {
+        // SAFETY: bounds-checked, 2-byte aligned header (validated by parse).
+        IPV6_LEN + u16::from_be(unsafe { (*ptr_at::<Ipv6Hdr>(ctx, ETH_LEN)?).payload_len }) as usize
+    } else {
+        // SAFETY: as above.
+        u16::from_be(unsafe { (*ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)?).tot_len }) as usize
+    };
+    if frame > ETH_LEN + ip_len {
+        // SAFETY: shrinking by less than the frame (parse checked ip_len fits).
+        let _ = unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((frame - ETH_LEN - ip_len) as i32)) };
+    }
+    let mut mtu = ip_len as u32;
+    // SAFETY: ctx is the program's context; mtu is a valid in/out pointer
+    // (in: the L3 length to judge; out: the device MTU).
     let r = unsafe { bpf_check_mtu(ctx.ctx.cast(), ifindex, &mut mtu, 0, 0) };
     // 1 = BPF_MTU_CHK_RET_FRAG_NEEDED; errors (no such device) decide nothing.
     (r == 1).then_some(mtu)
@@ -377,8 +404,9 @@ const QUOTE6: usize = IPV6_LEN + 88;
 
 /// Turns the packet into ICMP "fragmentation needed" (IPv4) / "packet too
 /// big" (IPv6) from its destination to its source, quoting its start, and
-/// sends it back where it came from.
-#[inline(always)]
+/// sends it back where it came from. Its own BPF function: rare, and kept
+/// out of the forwarding path's code.
+#[inline(never)]
 pub fn send_too_big(ctx: &XdpContext, v6: bool, mtu: u32) -> u32 {
     count(Counter::TooBig);
     let (ip_len, quote) = if v6 {

@@ -5,8 +5,8 @@ use aya_ebpf::{
 };
 use redirector_common::{
     AclKey, Addr, Backend, BackendStats, Counter, DEFAULT_ACL_ENTRIES, DEFAULT_CLIENT_HOPS,
-    DEFAULT_FLOW_ENTRIES, DEFAULT_MAX_SERVICES, EMBRYO_SHARE, Endpoint, FLOW_WAYS, FlowBucket, FlowSettings,
-    NextHop, ReverseInfo, ServiceInfo, SwitchState,
+    DEFAULT_FLOW_ENTRIES, DEFAULT_MAX_SERVICES, EMBRYO_SHARE, Endpoint, FLOW_WAYS, FRAG_BUCKETS, FlowBucket,
+    FlowSettings, NextHop, ReverseInfo, ServiceInfo, ServiceVip, SwitchState,
 };
 
 #[map]
@@ -36,6 +36,12 @@ pub static EMBRYOS: Array<FlowBucket> =
 #[map]
 pub static DIRECT: Array<FlowBucket> =
     Array::with_max_entries(DEFAULT_FLOW_ENTRIES / EMBRYO_SHARE / FLOW_WAYS as u32, MMAPABLE);
+
+#[map]
+pub static FRAGS: Array<FlowBucket> = Array::with_max_entries(FRAG_BUCKETS, 0);
+
+#[map]
+pub static SERVICE_VIPS: Array<ServiceVip> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 #[map]
 pub static FLOW_SETTINGS: Array<FlowSettings> = Array::with_max_entries(1, 0);

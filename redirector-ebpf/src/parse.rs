@@ -18,6 +18,7 @@ pub const IPV4_LEN: usize = size_of::<Ipv4Hdr>();
 pub const IPV6_LEN: usize = size_of::<Ipv6Hdr>();
 pub const TCP_LEN: usize = size_of::<TcpHdr>();
 pub const UDP_LEN: usize = size_of::<UdpHdr>();
+pub const FRAG_LEN: usize = size_of::<FragHdr>();
 
 const ETH_P_IPV4: u16 = 0x0800_u16.to_be();
 const ETH_P_IPV6: u16 = 0x86dd_u16.to_be();
@@ -109,14 +110,88 @@ pub const INNER6_OFF: usize = ETH_LEN + IPV6_LEN + ICMP_LEN;
 pub enum Parsed {
     /// A complete IPv4/IPv6 TCP/UDP packet.
     Packet(Packet),
-    /// An ICMP / ICMPv6 message this program may handle.
-    Icmp(Icmp),
+    /// An ICMP / ICMPv6 message, parsed further by [`icmp`] (kept out of
+    /// this enum so the common path moves less).
+    Icmp(Deferred),
+    /// A non-first fragment (no ports): goes where its first fragment went;
+    /// parsed further by [`fragment`].
+    Fragment(Deferred),
     /// Not IP, or IP with a transport we do not touch: pass untouched.
     Other,
     /// IPv4 fragment or options, IPv6 extension header: pass untouched.
     Unsupported,
     /// Truncated or inconsistent headers: pass untouched and count.
     Malformed,
+}
+
+/// A packet whose IP header is validated (no IPv4 options; for an IPv6
+/// fragment, the fragment header right after the IPv6 header) and whose
+/// parsing continues on its own path.
+#[derive(Clone, Copy)]
+pub struct Deferred {
+    pub v6: bool,
+    /// IP payload bytes.
+    pub len: usize,
+}
+
+/// What [`icmp`] found.
+pub enum IcmpParsed {
+    Icmp(Icmp),
+    /// An ICMP message this program leaves to the stack.
+    Other,
+    Malformed,
+}
+
+/// Reads an ICMP message's IP header (validated by [`parse`]) and the message.
+#[inline(always)]
+pub fn icmp(ctx: &XdpContext, d: Deferred) -> IcmpParsed {
+    if d.v6 {
+        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_LEN) else {
+            return IcmpParsed::Malformed;
+        };
+        // SAFETY: bounds-checked, 2-byte aligned header.
+        let h = unsafe { &*ip };
+        parse_icmp(ctx, true, h.src, h.dst, h.hop, d.len)
+    } else {
+        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+            return IcmpParsed::Malformed;
+        };
+        // SAFETY: bounds-checked, 2-byte aligned header.
+        let h = unsafe { &*ip };
+        let (src, dst) = ([0, 0, V4_MAPPED_WORD, h.src], [0, 0, V4_MAPPED_WORD, h.dst]);
+        parse_icmp(ctx, false, src, dst, h.ttl, d.len)
+    }
+}
+
+/// Reads a non-first fragment's identity (headers validated by [`parse`]).
+#[inline(always)]
+pub fn fragment(ctx: &XdpContext, d: Deferred) -> Option<Fragment> {
+    if d.v6 {
+        let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_LEN)?;
+        let fh = ptr_at::<FragHdr>(ctx, ETH_LEN + IPV6_LEN)?;
+        // SAFETY: bounds-checked, 2-byte aligned headers.
+        let (h, f) = unsafe { (&*ip, &*fh) };
+        Some(Fragment {
+            v6: true,
+            proto: f.next,
+            src: h.src,
+            dst: h.dst,
+            id: u32::from_be(f.id),
+            ttl: h.hop,
+        })
+    } else {
+        let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)?;
+        // SAFETY: bounds-checked, 2-byte aligned header.
+        let h = unsafe { &*ip };
+        Some(Fragment {
+            v6: false,
+            proto: h.proto,
+            src: [0, 0, V4_MAPPED_WORD, h.src],
+            dst: [0, 0, V4_MAPPED_WORD, h.dst],
+            id: u32::from(u16::from_be(h.id)),
+            ttl: h.ttl,
+        })
+    }
 }
 
 /// What an ICMP message is.
@@ -134,6 +209,8 @@ pub enum IcmpKind {
 /// IPv6 header followed directly by TCP/UDP).
 pub struct Icmp {
     pub v6: bool,
+    /// ICMP message bytes (header and quote): the IP payload length.
+    pub len: usize,
     pub kind: IcmpKind,
     pub src: Ip,
     pub dst: Ip,
@@ -144,6 +221,26 @@ pub struct Icmp {
     pub inner_dst: Ip,
     pub inner_sport_be: u16,
     pub inner_dport_be: u16,
+}
+
+/// A non-first IPv4 fragment, or IPv6 fragment (fragment header right
+/// after the IPv6 header) with a non-zero offset.
+pub struct Fragment {
+    pub v6: bool,
+    pub proto: u8,
+    pub src: Ip,
+    pub dst: Ip,
+    pub id: u32,
+    pub ttl: u8,
+}
+
+#[repr(C, packed(2))]
+pub struct FragHdr {
+    pub next: u8,
+    pub reserved: u8,
+    /// Offset (13 bits, in 8-byte units) << 3 | M flag.
+    pub off_m: u16,
+    pub id: u32,
 }
 
 /// Fields of a validated packet. Header offsets are constants per family
@@ -163,6 +260,12 @@ pub struct Packet {
     pub ttl: u8,
     /// IPv4 "don't fragment" (IPv6: always true, routers never fragment).
     pub df: bool,
+    /// An IPv6 fragment header sits between the IPv6 and the transport header.
+    pub frag6: bool,
+    /// The first fragment of a datagram (the later ones follow it), and the
+    /// datagram's identification.
+    pub first_fragment: bool,
+    pub frag_id: u32,
 }
 
 #[inline(always)]
@@ -197,20 +300,34 @@ fn parse_v4(ctx: &XdpContext, frame_len: usize) -> Parsed {
     }
     let proto = h.proto;
     if proto == PROTO_ICMP && ihl == IPV4_LEN && u16::from_be(h.frag) & 0x3fff == 0 {
-        let (src, dst) = ([0, 0, V4_MAPPED_WORD, h.src], [0, 0, V4_MAPPED_WORD, h.dst]);
-        return parse_icmp(ctx, false, src, dst, h.ttl, tot_len - IPV4_LEN);
+        return Parsed::Icmp(Deferred {
+            v6: false,
+            len: tot_len - IPV4_LEN,
+        });
     }
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Parsed::Other;
     }
-    // MF set or a fragment offset: no (or no reliable) L4 header.
-    if u16::from_be(h.frag) & 0x3fff != 0 || ihl != IPV4_LEN {
+    if ihl != IPV4_LEN {
         return Parsed::Unsupported;
     }
     let src = [0, 0, V4_MAPPED_WORD, h.src];
     let dst = [0, 0, V4_MAPPED_WORD, h.dst];
-    let df = u16::from_be(h.frag) & 0x4000 != 0;
-    parse_l4(ctx, false, proto, src, dst, h.ttl, tot_len - IPV4_LEN, df)
+    let frag = u16::from_be(h.frag);
+    if frag & 0x1fff != 0 {
+        return Parsed::Fragment(Deferred {
+            v6: false,
+            len: tot_len - IPV4_LEN,
+        });
+    }
+    let id = u32::from(u16::from_be(h.id));
+    let l4 = L4At {
+        off: ETH_LEN + IPV4_LEN,
+        len: tot_len - IPV4_LEN,
+        first_fragment: frag & 0x2000 != 0,
+        frag_id: id,
+    };
+    parse_l4(ctx, false, proto, src, dst, h.ttl, l4, frag & 0x4000 != 0)
 }
 
 #[inline(always)]
@@ -226,11 +343,16 @@ fn parse_v6(ctx: &XdpContext, frame_len: usize) -> Parsed {
     }
     let next = h.next;
     if next == PROTO_ICMPV6 {
-        let (src, dst) = (h.src, h.dst);
-        return parse_icmp(ctx, true, src, dst, h.hop, payload_len);
+        return Parsed::Icmp(Deferred {
+            v6: true,
+            len: payload_len,
+        });
+    }
+    if next == 44 {
+        return parse_v6_fragment(ctx, h, payload_len);
     }
     if next != PROTO_TCP && next != PROTO_UDP {
-        // Extension headers (hop-by-hop 0, routing 43, fragment 44, dst opts 60, ...)
+        // Extension headers (hop-by-hop 0, routing 43, dst opts 60, ...)
         // would hide the port; everything else is not ours.
         return match next {
             0 | 43 | 44 | 60 | 51 | 50 | 135 | 139 | 140 => Parsed::Unsupported,
@@ -238,29 +360,76 @@ fn parse_v6(ctx: &XdpContext, frame_len: usize) -> Parsed {
         };
     }
     let (src, dst) = (h.src, h.dst);
-    parse_l4(ctx, true, next, src, dst, h.hop, payload_len, true)
+    let l4 = L4At {
+        off: ETH_LEN + IPV6_LEN,
+        len: payload_len,
+        first_fragment: false,
+        frag_id: 0,
+    };
+    parse_l4(ctx, true, next, src, dst, h.hop, l4, true)
+}
+
+/// An IPv6 packet whose first extension header is a fragment header.
+#[inline(always)]
+fn parse_v6_fragment(ctx: &XdpContext, h: &Ipv6Hdr, payload_len: usize) -> Parsed {
+    let Some(fh) = ptr_at::<FragHdr>(ctx, ETH_LEN + IPV6_LEN) else {
+        return Parsed::Malformed;
+    };
+    if payload_len < FRAG_LEN {
+        return Parsed::Malformed;
+    }
+    // SAFETY: bounds-checked, 2-byte aligned header.
+    let (next, off_m, id) = unsafe { ((*fh).next, u16::from_be((*fh).off_m), u32::from_be((*fh).id)) };
+    if next != PROTO_TCP && next != PROTO_UDP {
+        return Parsed::Unsupported;
+    }
+    if off_m & 0xfff8 != 0 {
+        return Parsed::Fragment(Deferred {
+            v6: true,
+            len: payload_len,
+        });
+    }
+    let (src, dst) = (h.src, h.dst);
+    let l4 = L4At {
+        off: ETH_LEN + IPV6_LEN + FRAG_LEN,
+        len: payload_len - FRAG_LEN,
+        // M clear with offset 0: an atomic fragment (RFC 6946), a whole packet.
+        first_fragment: off_m & 1 != 0,
+        frag_id: id,
+    };
+    parse_l4(ctx, true, next, src, dst, h.hop, l4, true)
+}
+
+/// Where the transport header is and what follows from the IP layer.
+struct L4At {
+    off: usize,
+    /// Bytes from `off` to the end of this packet's IP payload.
+    len: usize,
+    first_fragment: bool,
+    frag_id: u32,
 }
 
 /// ICMP echo requests and errors quoting a TCP/UDP packet; every other
-/// ICMP message is [`Parsed::Other`] (the stack's).
+/// ICMP message is [`IcmpParsed::Other`] (the stack's).
 #[inline(always)]
-fn parse_icmp(ctx: &XdpContext, v6: bool, src: Ip, dst: Ip, ttl: u8, l4_len: usize) -> Parsed {
+fn parse_icmp(ctx: &XdpContext, v6: bool, src: Ip, dst: Ip, ttl: u8, l4_len: usize) -> IcmpParsed {
     let off = if v6 {
         ETH_LEN + IPV6_LEN
     } else {
         ETH_LEN + IPV4_LEN
     };
     let Some(icmp) = ptr_at::<IcmpHdr>(ctx, off) else {
-        return Parsed::Malformed;
+        return IcmpParsed::Malformed;
     };
     if l4_len < ICMP_LEN {
-        return Parsed::Malformed;
+        return IcmpParsed::Malformed;
     }
     // SAFETY: bounds-checked, 2-byte aligned header.
     let (kind, code) = unsafe { ((*icmp).kind, (*icmp).code) };
     let echo = if v6 { kind == 128 } else { kind == 8 };
     let mut out = Icmp {
         v6,
+        len: l4_len,
         kind: IcmpKind::Echo,
         src,
         dst,
@@ -272,7 +441,7 @@ fn parse_icmp(ctx: &XdpContext, v6: bool, src: Ip, dst: Ip, ttl: u8, l4_len: usi
         inner_dport_be: 0,
     };
     if echo && code == 0 {
-        return Parsed::Icmp(out);
+        return IcmpParsed::Icmp(out);
     }
     // Errors: IPv4 destination unreachable 3, time exceeded 11, parameter
     // problem 12; IPv6 destination unreachable 1, packet too big 2, time
@@ -283,25 +452,25 @@ fn parse_icmp(ctx: &XdpContext, v6: bool, src: Ip, dst: Ip, ttl: u8, l4_len: usi
         kind == 3 || kind == 11 || kind == 12
     };
     if !error {
-        return Parsed::Other;
+        return IcmpParsed::Other;
     }
     out.kind = IcmpKind::Error;
     // The quote must hold the inner IP header and the inner ports.
     if v6 {
         let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, INNER6_OFF) else {
-            return Parsed::Other;
+            return IcmpParsed::Other;
         };
         let Some(ports) = ptr_at::<[u16; 2]>(ctx, INNER6_OFF + IPV6_LEN) else {
-            return Parsed::Other;
+            return IcmpParsed::Other;
         };
         if l4_len < ICMP_LEN + IPV6_LEN + 4 {
-            return Parsed::Malformed;
+            return IcmpParsed::Malformed;
         }
         // SAFETY: bounds-checked, 2-byte aligned.
         unsafe {
             let h = &*ip;
-            if h.next != PROTO_TCP && h.next != PROTO_UDP {
-                return Parsed::Other;
+            if u32::from_be(h.vtc_flow) >> 28 != 6 || (h.next != PROTO_TCP && h.next != PROTO_UDP) {
+                return IcmpParsed::Other;
             }
             out.inner_proto = h.next;
             out.inner_src = h.src;
@@ -311,13 +480,13 @@ fn parse_icmp(ctx: &XdpContext, v6: bool, src: Ip, dst: Ip, ttl: u8, l4_len: usi
         }
     } else {
         let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, INNER4_OFF) else {
-            return Parsed::Other;
+            return IcmpParsed::Other;
         };
         let Some(ports) = ptr_at::<[u16; 2]>(ctx, INNER4_OFF + IPV4_LEN) else {
-            return Parsed::Other;
+            return IcmpParsed::Other;
         };
         if l4_len < ICMP_LEN + IPV4_LEN + 4 {
-            return Parsed::Malformed;
+            return IcmpParsed::Malformed;
         }
         // SAFETY: bounds-checked, 2-byte aligned.
         unsafe {
@@ -325,10 +494,10 @@ fn parse_icmp(ctx: &XdpContext, v6: bool, src: Ip, dst: Ip, ttl: u8, l4_len: usi
             // A quoted header with options, or a non-first fragment (no ports):
             // not one this program translates.
             if h.vihl != 0x45 || u16::from_be(h.frag) & 0x1fff != 0 {
-                return Parsed::Other;
+                return IcmpParsed::Other;
             }
             if h.proto != PROTO_TCP && h.proto != PROTO_UDP {
-                return Parsed::Other;
+                return IcmpParsed::Other;
             }
             out.inner_proto = h.proto;
             out.inner_src = [0, 0, V4_MAPPED_WORD, h.src];
@@ -337,7 +506,7 @@ fn parse_icmp(ctx: &XdpContext, v6: bool, src: Ip, dst: Ip, ttl: u8, l4_len: usi
             out.inner_dport_be = (*ports)[1];
         }
     }
-    Parsed::Icmp(out)
+    IcmpParsed::Icmp(out)
 }
 
 #[inline(always)]
@@ -345,21 +514,9 @@ fn parse_icmp(ctx: &XdpContext, v6: bool, src: Ip, dst: Ip, ttl: u8, l4_len: usi
     clippy::too_many_arguments,
     reason = "kept flat so the verifier sees constants"
 )]
-fn parse_l4(
-    ctx: &XdpContext,
-    v6: bool,
-    proto: u8,
-    src: Ip,
-    dst: Ip,
-    ttl: u8,
-    l4_len: usize,
-    df: bool,
-) -> Parsed {
-    let off = if v6 {
-        ETH_LEN + IPV6_LEN
-    } else {
-        ETH_LEN + IPV4_LEN
-    };
+fn parse_l4(ctx: &XdpContext, v6: bool, proto: u8, src: Ip, dst: Ip, ttl: u8, at: L4At, df: bool) -> Parsed {
+    let off = at.off;
+    let l4_len = at.len;
     let (sport_be, dport_be, syn) = if proto == PROTO_TCP {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, off) else {
             return Parsed::Malformed;
@@ -383,8 +540,14 @@ fn parse_l4(
         let u = unsafe { &*udp };
         let len = u16::from_be(u.len) as usize;
         // IPv6 UDP must carry a checksum (RFC 8200 §8.1); a zero one cannot be
-        // patched incrementally into a valid one.
-        if len < UDP_LEN || len > l4_len || (v6 && u.csum == 0) {
+        // patched incrementally into a valid one. A first fragment holds only
+        // the start of the datagram its length field counts.
+        let short = if at.first_fragment {
+            len < l4_len
+        } else {
+            len > l4_len
+        };
+        if len < UDP_LEN || short || (v6 && u.csum == 0) {
             return Parsed::Malformed;
         }
         (u.sport, u.dport, false)
@@ -399,5 +562,8 @@ fn parse_l4(
         syn,
         ttl,
         df,
+        frag6: v6 && off != ETH_LEN + IPV6_LEN,
+        first_fragment: at.first_fragment,
+        frag_id: at.frag_id,
     })
 }

@@ -3,7 +3,7 @@
 use aya_ebpf::programs::XdpContext;
 use redirector_common::{Ip, NextHop, PROTO_TCP, csum};
 
-use crate::parse::{ETH_LEN, EthHdr, IPV4_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ptr_at};
+use crate::parse::{ETH_LEN, EthHdr, FRAG_LEN, IPV4_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ptr_at};
 
 /// Which side of the packet to rewrite.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -16,15 +16,43 @@ pub enum Side {
 
 /// Rewrites one endpoint (address and, when `port_be != 0`, port) and patches
 /// the IPv4 header checksum and the TCP/UDP checksum (pseudo-header included).
-/// Returns `false` (nothing written) if the headers are not in bounds.
+/// `frag6`: an IPv6 fragment header precedes the transport header. Returns
+/// `false` (nothing written) if the headers are not in bounds.
 #[inline(always)]
-pub fn endpoint(ctx: &XdpContext, v6: bool, proto: u8, side: Side, addr: &Ip, port_be: u16) -> bool {
-    // Check every header before writing any, so `false` really means untouched.
-    let l4_off = if v6 {
-        ETH_LEN + IPV6_LEN
+#[expect(
+    clippy::too_many_arguments,
+    reason = "kept flat so the verifier sees constants"
+)]
+pub fn endpoint(
+    ctx: &XdpContext,
+    v6: bool,
+    frag6: bool,
+    proto: u8,
+    side: Side,
+    addr: &Ip,
+    port_be: u16,
+) -> bool {
+    // One copy per transport offset: every access below is at a constant.
+    if !v6 {
+        endpoint_at::<{ ETH_LEN + IPV4_LEN }>(ctx, false, proto, side, addr, port_be)
+    } else if !frag6 {
+        endpoint_at::<{ ETH_LEN + IPV6_LEN }>(ctx, true, proto, side, addr, port_be)
     } else {
-        ETH_LEN + IPV4_LEN
-    };
+        endpoint_at::<{ ETH_LEN + IPV6_LEN + FRAG_LEN }>(ctx, true, proto, side, addr, port_be)
+    }
+}
+
+#[inline(always)]
+fn endpoint_at<const L4_OFF: usize>(
+    ctx: &XdpContext,
+    v6: bool,
+    proto: u8,
+    side: Side,
+    addr: &Ip,
+    port_be: u16,
+) -> bool {
+    let l4_off = L4_OFF;
+    // Check every header before writing any, so `false` really means untouched.
     let l4_ok = if proto == PROTO_TCP {
         ptr_at::<TcpHdr>(ctx, l4_off).is_some()
     } else {
@@ -48,7 +76,7 @@ pub fn endpoint(ctx: &XdpContext, v6: bool, proto: u8, side: Side, addr: &Ip, po
             Side::Dst => h.dst = new,
             Side::Src => h.src = new,
         }
-        l4(ctx, ETH_LEN + IPV6_LEN, proto, side, &old, &new, port_be, true)
+        l4(ctx, l4_off, proto, side, &old, &new, port_be, true)
     } else {
         let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
             return false;
@@ -65,17 +93,41 @@ pub fn endpoint(ctx: &XdpContext, v6: bool, proto: u8, side: Side, addr: &Ip, po
             Side::Src => h.src = new,
         }
         h.csum = csum::replace_words(h.csum, &[old], &[new]);
-        l4(
-            ctx,
-            ETH_LEN + IPV4_LEN,
-            proto,
-            side,
-            &[old],
-            &[new],
-            port_be,
-            false,
-        )
+        l4(ctx, l4_off, proto, side, &[old], &[new], port_be, false)
     }
+}
+
+/// Rewrites one address of a packet without a transport header in reach
+/// (a non-first fragment): the IPv4 header checksum is the only one to patch.
+#[inline(always)]
+pub fn address(ctx: &XdpContext, v6: bool, side: Side, addr: &Ip) -> bool {
+    if v6 {
+        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_LEN) else {
+            return false;
+        };
+        // SAFETY: bounds-checked, 2-byte aligned header.
+        let h = unsafe { &mut *ip };
+        match side {
+            Side::Dst => h.dst = *addr,
+            Side::Src => h.src = *addr,
+        }
+    } else {
+        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+            return false;
+        };
+        // SAFETY: bounds-checked, 2-byte aligned header.
+        let h = unsafe { &mut *ip };
+        let old = match side {
+            Side::Dst => h.dst,
+            Side::Src => h.src,
+        };
+        match side {
+            Side::Dst => h.dst = addr[3],
+            Side::Src => h.src = addr[3],
+        }
+        h.csum = csum::replace_words(h.csum, &[old], &[addr[3]]);
+    }
+    true
 }
 
 #[inline(always)]

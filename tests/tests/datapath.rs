@@ -1447,3 +1447,201 @@ fn fix_ipv4_header_checksum(frame: &mut [u8]) {
     h.write(&mut bytes).unwrap();
     frame[14..14 + bytes.len()].copy_from_slice(&bytes);
 }
+
+/// Splits a whole Ethernet + IP frame into IP fragments of `chunk` payload
+/// bytes (a multiple of 8), datagram id `id`: built here from etherparse's
+/// whole packet, byte by byte as RFC 791 / RFC 8200 lay them out.
+fn fragments(frame: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
+    let v6 = frame[12..14] == [0x86, 0xdd];
+    let hdr = if v6 { 40 } else { 20 };
+    let (eth, ip, payload) = (&frame[..14], &frame[14..14 + hdr], &frame[14 + hdr..]);
+    let mut out = Vec::new();
+    for (i, part) in payload.chunks(chunk).enumerate() {
+        let off = i * chunk;
+        let more = off + part.len() < payload.len();
+        let mut f = eth.to_vec();
+        if v6 {
+            let mut h = ip.to_vec();
+            let next = h[6];
+            h[6] = 44;
+            h[4..6].copy_from_slice(&u16::try_from(8 + part.len()).unwrap().to_be_bytes());
+            f.extend_from_slice(&h);
+            f.extend_from_slice(&[next, 0]);
+            f.extend_from_slice(&(u16::try_from(off).unwrap() | u16::from(more)).to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+        } else {
+            let mut h = etherparse::Ipv4HeaderSlice::from_slice(ip).unwrap().to_header();
+            h.total_len = u16::try_from(20 + part.len()).unwrap();
+            h.identification = u16::try_from(id).unwrap();
+            h.dont_fragment = false;
+            h.more_fragments = more;
+            h.fragment_offset = etherparse::IpFragOffset::try_new(u16::try_from(off / 8).unwrap()).unwrap();
+            h.header_checksum = h.calc_header_checksum();
+            h.write(&mut f).unwrap();
+        }
+        f.extend_from_slice(part);
+        out.push(f);
+    }
+    out
+}
+
+#[test]
+fn every_fragment_of_a_datagram_goes_where_its_first_went() {
+    let Some(mut lab) = lab("frags") else { return };
+    let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
+    let client_hop = NextHop {
+        ifindex: lab.if_in,
+        dst_mac: CLIENT_MAC,
+        src_mac: GW_IN_MAC,
+    };
+    let mut id = 100;
+    for name in ["nat-udp4", "nat-udp6", "dsr-udp6", "nat-tcp4"] {
+        let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
+        lab.h
+            .dp
+            .hop_maps()
+            .unwrap()
+            .set_client_hop(s.client, client_hop)
+            .unwrap();
+        let big = |mut spec: Spec| {
+            spec.payload = (0..3000u32).map(|i| i as u8).collect();
+            spec
+        };
+        // Steady state, then a flow pinned to the non-active secondary.
+        lab.h.dp.set_switch(s.id, state(s2, 0b10)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 45001, true), s2);
+        assert_eq!(slot_of(&mut lab, &s, 45001, false), s2);
+        lab.h.dp.set_switch(s.id, state(p, 0b11)).unwrap();
+        for (sport, slot) in [(45000, p), (45001, s2)] {
+            id += 1;
+            let req = big(s.request(sport, false));
+            let sent = fragments(&req.build(), 1448, id);
+            let want = fragments(&s.forwarded(&req, slot).build(), 1448, id);
+            for (k, (f, w)) in sent.iter().zip(&want).enumerate() {
+                let (act, out) = lab.h.run(f);
+                assert_eq!(act, REDIRECT, "{name} sport {sport} fragment {k}");
+                assert_eq!(&out, w, "{name} sport {sport} fragment {k}");
+                redirector_tests::packets::frame_checksums(&out).unwrap();
+            }
+        }
+        // A later fragment before its first: nowhere to go, dropped.
+        id += 1;
+        let sent = fragments(&big(s.request(45002, false)).build(), 1448, id);
+        let dropped = lab.h.counter(Counter::FragmentDropped);
+        assert_eq!(lab.h.run(&sent[1]).0, DROP, "{name}");
+        assert_eq!(lab.h.counter(Counter::FragmentDropped), dropped + 1);
+        if s.svc.mode == Mode::Nat {
+            // A fragmented NAT reply: every fragment from the VIP.
+            id += 1;
+            let be = s.svc.primary;
+            let bport = be.port.unwrap_or(s.svc.port);
+            let mut reply = big(Spec::new(be.addr, bport, s.client, 45000, s.l4(false)));
+            (reply.smac, reply.dmac) = (P_MAC, GW_P_MAC);
+            let mut back = reply.clone();
+            (back.src, back.sport, back.ttl) = (s.svc.vip, s.svc.port, reply.ttl - 1);
+            (back.dmac, back.smac) = (CLIENT_MAC, GW_IN_MAC);
+            let sent = fragments(&reply.build(), 1448, id);
+            let want = fragments(&back.build(), 1448, id);
+            for (k, (f, w)) in sent.iter().zip(&want).enumerate() {
+                assert_eq!(lab.h.run(f), (TX, w.clone()), "{name} reply fragment {k}");
+            }
+        }
+    }
+    // Fragments that are not ours pass untouched.
+    let other = Spec::new(ip("198.18.1.2"), 1000, ip("198.18.7.7"), 53, L4::Udp);
+    let mut other = other.clone();
+    other.payload = vec![1; 3000];
+    for f in fragments(&other.build(), 1448, 9) {
+        assert_eq!(lab.h.run(&f), (PASS, f.clone()));
+    }
+}
+
+/// What `cargo xtask fuzz datapath` found, pinned down.
+#[test]
+fn fuzzer_findings_stay_fixed() {
+    let Some(mut lab) = lab("fuzzfound") else { return };
+    let client_hop = NextHop {
+        ifindex: lab.if_in,
+        dst_mac: CLIENT_MAC,
+        src_mac: GW_IN_MAC,
+    };
+    redirector_tests::netns::sh(&["ip", "link", "set", "p0", "mtu", "1280"]);
+    for name in ["nat-udp4", "nat-tcp6"] {
+        let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
+        lab.h
+            .dp
+            .hop_maps()
+            .unwrap()
+            .set_client_hop(s.client, client_hop)
+            .unwrap();
+        let router: IpAddr = if s.client.is_ipv4() {
+            ip("198.18.1.254")
+        } else {
+            ip("2001:2:0:1::fe")
+        };
+        let reply = Spec::new(s.svc.vip, s.svc.port, s.client, 46000, s.l4(false));
+        // 1. Bytes after the IP packet: the quoted L4 checksum is judged by
+        //    the message's end, not the frame's; checksums stay valid.
+        let short_quote = &ip_packet(&reply)[..if s.client.is_ipv4() { 28 } else { 48 }];
+        let mut err = icmp_error(
+            router,
+            s.svc.vip,
+            (CLIENT_MAC, GW_IN_MAC),
+            64,
+            IcmpErr::TooBig(1400),
+            short_quote,
+        );
+        err.extend_from_slice(&[0xee; 24]);
+        let (act, out) = lab.h.run(&err);
+        assert_eq!(act, REDIRECT, "{name}");
+        redirector_tests::packets::frame_checksums(&out).unwrap();
+        assert_eq!(
+            &out[out.len() - 24..],
+            &[0xee; 24],
+            "{name}: trailing bytes changed"
+        );
+        // 4. An error about a reply addressed elsewhere than the VIP (here the
+        //    gateway): not about a flow of ours, passed untouched.
+        let gw: IpAddr = if s.client.is_ipv4() {
+            ip("198.18.2.1")
+        } else {
+            ip("2001:2:0:2::1")
+        };
+        let err = icmp_error(
+            router,
+            gw,
+            (CLIENT_MAC, GW_IN_MAC),
+            64,
+            IcmpErr::TooBig(1400),
+            &ip_packet(&reply),
+        );
+        assert_eq!(lab.h.run(&err), (PASS, err.clone()), "{name}");
+        // 3. A packet that fits its link, in a frame with bytes after it: forwarded
+        //    (trimmed to its IP packet), not answered "too big".
+        let mut req = s.request(46001, false);
+        req.payload = vec![7; 1200];
+        let mut frame = req.build();
+        frame.extend_from_slice(&[0xee; 100]);
+        let (act, out) = lab.h.run(&frame);
+        assert_eq!(act, REDIRECT, "{name}");
+        assert_eq!(out, s.forwarded(&req, SLOT_PRIMARY).build(), "{name}");
+    }
+    // 2. An ICMPv6 error whose quote is not IPv6: not translated.
+    let s = lab
+        .svcs
+        .iter()
+        .find(|s| s.svc.name == "nat-tcp6")
+        .unwrap()
+        .clone();
+    let mut quote = ip_packet(&Spec::new(s.svc.vip, s.svc.port, s.client, 46002, s.l4(false)));
+    quote[0] = 0x45;
+    let err = icmp_error(
+        ip("2001:2:0:1::fe"),
+        s.svc.vip,
+        (CLIENT_MAC, GW_IN_MAC),
+        64,
+        IcmpErr::TooBig(1400),
+        &quote,
+    );
+    assert_eq!(lab.h.run(&err), (PASS, err.clone()));
+}

@@ -263,3 +263,94 @@ fn path_mtu_discovery_works_through_the_vip() {
     let c = live_counters(&lab.gw, "g-c");
     assert!(c[Counter::TooBig as usize] >= 2, "{c:?}");
 }
+
+/// Sends `payload` (with an `echo:` prefix, so the server sends it all back)
+/// and returns the answer, retrying a few times.
+fn echo_big(sock: &UdpSocket, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut msg = b"echo:".to_vec();
+    msg.extend_from_slice(payload);
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..5 {
+        sock.send_to(&msg, to).unwrap();
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            assert_eq!(from, to, "answered from elsewhere");
+            return buf[..n].to_vec();
+        }
+    }
+    panic!("no answer from {to} to a {}-byte datagram", msg.len());
+}
+
+#[test]
+fn fragmented_datagrams_reach_one_backend_whole_also_when_pinned_to_the_standby() {
+    if !require_root("fragmented_datagrams_reach_one_backend_whole_also_when_pinned_to_the_standby") {
+        return;
+    }
+    let mut run = Running::start("frag");
+    let payload: Vec<u8> = (0..4000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let answer = |who: &str| {
+        let mut a = format!("{who} echo:").into_bytes();
+        a.extend_from_slice(&payload);
+        a
+    };
+    let vips: [(&str, SocketAddr); 2] = [
+        ("0.0.0.0:0", "198.18.100.1:53".parse().unwrap()),
+        ("[::]:0", "[2001:2::100]:53".parse().unwrap()),
+    ];
+    let socket = |bind: &str| {
+        let _c = run.lab.client.enter();
+        let s = UdpSocket::bind(bind).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s
+    };
+    // 4000 bytes each way: fragmented by the client and by the backend.
+    for (bind, vip) in vips {
+        let s = socket(bind);
+        let _c = run.lab.client.enter();
+        let got = echo_big(&s, vip, &payload);
+        assert!(
+            got == answer("primary"),
+            "{vip}: {} bytes: {:?}…",
+            got.len(),
+            String::from_utf8_lossy(&got[..got.len().min(20)])
+        );
+    }
+    // Pinned to the secondary: the primary dies, these flows move there and
+    // get entries; it comes back, they stay.
+    let pinned: Vec<UdpSocket> = vips.iter().map(|(b, _)| socket(b)).collect();
+    run.primary.kill();
+    for (s, (_, vip)) in pinned.iter().zip(vips) {
+        let _c = run.lab.client.enter();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !echo_big(s, vip, b"x").starts_with(b"secondary") {
+            assert!(std::time::Instant::now() < deadline, "no failover");
+        }
+    }
+    run.primary = redirector_tests::lab::Server::start(
+        &run.lab.primary,
+        "primary",
+        "198.18.2.2",
+        "2001:2:0:2::2",
+        false,
+    );
+    for (bind, vip) in vips {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // A new client port each time: one asked while the secondary is
+        // still active would be pinned there.
+        while !echo_big(&socket(bind), vip, b"x").starts_with(b"primary") {
+            assert!(std::time::Instant::now() < deadline, "no failback");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for (s, (_, vip)) in pinned.iter().zip(vips) {
+        let _c = run.lab.client.enter();
+        let got = echo_big(s, vip, &payload);
+        assert!(
+            got == answer("secondary"),
+            "{vip}: pinned flow: {} bytes: {:?}…",
+            got.len(),
+            String::from_utf8_lossy(&got[..got.len().min(20)])
+        );
+    }
+    let c = live_counters(&run.lab.gw, "g-c");
+    assert_eq!(c[Counter::FragmentDropped as usize], 0, "{c:?}");
+}

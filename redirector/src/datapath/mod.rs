@@ -14,8 +14,8 @@ use aya::{
 use redirector_common::{
     ACL_ALLOW, ACL_DENY, AclKey, Addr, Backend as KBackend, BackendStats, Counter, Endpoint, FLOW_WAYS,
     FlowKey, FlowSettings, Ip, NextHop, PORT_BACKEND, PORT_SERVICE, ReverseInfo, SLOT_PRIMARY,
-    SLOT_SECONDARY, SWITCH_PINNED, ServiceInfo, SwitchState, VIP_ECHO_ANSWER, ip_from_bytes, ip_to_bytes,
-    names, programs,
+    SLOT_SECONDARY, SWITCH_PINNED, ServiceInfo, ServiceVip, SwitchState, VIP_ECHO_ANSWER, ip_from_bytes,
+    ip_to_bytes, names, programs,
 };
 use thiserror::Error;
 
@@ -151,7 +151,7 @@ pub fn max_entries(name: &str, sizes: Sizes) -> Option<u32> {
     match name {
         names::SERVICES | names::SWITCH => Some(services),
         names::BACKENDS | names::REVERSE | names::BACKEND_STATS => Some(services * 2),
-        names::REFUSED => Some(services),
+        names::REFUSED | names::SERVICE_VIPS => Some(services),
         names::FLOWS => Some(sizes.flow_buckets()),
         names::EMBRYOS => Some(sizes.embryo_buckets()),
         names::DIRECT => Some(sizes.direct_buckets()),
@@ -237,15 +237,16 @@ impl Datapath {
     /// pinned settings (a restart) are kept, so entries stay findable.
     fn init_flow_settings(&mut self) -> Result<()> {
         let sizes = self.sizes;
+        let mut want = FlowSettings {
+            seed: 0,
+            flow_buckets: sizes.flow_buckets(),
+            embryo_buckets: sizes.embryo_buckets(),
+            direct_buckets: sizes.direct_buckets(),
+            frag_buckets: redirector_common::FRAG_BUCKETS,
+        };
         let mut arr = self.array::<FlowSettings>(names::FLOW_SETTINGS)?;
         let old = arr.get(&0, 0).map_err(map_err(names::FLOW_SETTINGS))?;
-        if (old.flow_buckets, old.embryo_buckets, old.direct_buckets)
-            == (
-                sizes.flow_buckets(),
-                sizes.embryo_buckets(),
-                sizes.direct_buckets(),
-            )
-        {
+        if (FlowSettings { seed: 0, ..old }) == want {
             return Ok(());
         }
         let mut seed = [0u8; 8];
@@ -254,14 +255,8 @@ impl Datapath {
         if n != 8 {
             return Err(DatapathError::Random(std::io::Error::last_os_error()));
         }
-        let settings = FlowSettings {
-            seed: u64::from_ne_bytes(seed),
-            flow_buckets: sizes.flow_buckets(),
-            embryo_buckets: sizes.embryo_buckets(),
-            direct_buckets: sizes.direct_buckets(),
-            _pad: 0,
-        };
-        arr.set(0, settings, 0).map_err(map_err(names::FLOW_SETTINGS))
+        want.seed = u64::from_ne_bytes(seed);
+        arr.set(0, want, 0).map_err(map_err(names::FLOW_SETTINGS))
     }
 
     /// The loaded XDP program (attach it, or test-run it).
@@ -438,6 +433,17 @@ impl Datapath {
             acl,
             _pad: [0; 2],
         };
+        self.array::<ServiceVip>(names::SERVICE_VIPS)?
+            .set(
+                id,
+                ServiceVip {
+                    vip,
+                    mode: mode as u8,
+                    _pad: [0; 3],
+                },
+                0,
+            )
+            .map_err(map_err(names::SERVICE_VIPS))?;
         let flags = self.vip_flags;
         self.hash::<Addr, u8>(names::VIPS)?
             .insert(Addr { addr: vip }, flags, 0)

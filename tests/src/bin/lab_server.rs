@@ -101,7 +101,7 @@ fn main() -> Result<()> {
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(max_secs);
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65536];
     while Instant::now() < deadline {
         // SAFETY: fds is a valid, correctly sized array of pollfd.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
@@ -131,6 +131,13 @@ fn main() -> Result<()> {
         for s in &sockets {
             while let Ok((n, from)) = s.recv_from(&mut buf) {
                 let payload = &buf[..n];
+                if payload.starts_with(b"echo:") {
+                    // Large datagrams (fragment tests): the whole payload back.
+                    let mut reply = format!("{name} ").into_bytes();
+                    reply.extend_from_slice(payload);
+                    let _ = s.send_to(&reply, from);
+                    continue;
+                }
                 match seq_of(payload) {
                     Some(seq) => {
                         if log {
