@@ -1,8 +1,8 @@
-//! `cargo xtask`: bootstrap, build, run, test and bench redirector.
+//! `cargo xtask`: bootstrap, build, run, test, bench and fuzz redirector.
 mod bootstrap;
 mod cmd;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
@@ -43,6 +43,28 @@ enum Command {
         #[command(subcommand)]
         which: Bench,
     },
+    /// Fuzzers: generated and mutated inputs against invariants; a violation fails.
+    Fuzz {
+        #[command(subcommand)]
+        which: Fuzz,
+    },
+}
+
+#[derive(Subcommand)]
+enum Fuzz {
+    /// The compiled XDP program in the kernel (BPF_PROG_TEST_RUN): VIP traffic, NAT replies,
+    /// ICMP errors, fragments, options, echo, foreign and broken frames, changing backend states.
+    Datapath {
+        /// Number of cases.
+        #[arg(long, default_value_t = 100_000)]
+        cases: u64,
+        /// Seed of the run (default: from the clock; printed, so a failure can be replayed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Go on after a violation (one report per kind) and fail at the end.
+        #[arg(long)]
+        keep_going: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -82,6 +104,30 @@ fn lab_prerequisites(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs the datapath fuzzer (release build: it runs ~40k cases per second).
+fn fuzz_datapath(root: &Path, cases: u64, seed: Option<u64>, keep_going: bool) -> Result<()> {
+    let cases = cases.to_string();
+    let seed = seed.map(|s| s.to_string());
+    let mut args = vec![
+        "run",
+        "--release",
+        "-p",
+        "redirector-tests",
+        "--bin",
+        "fuzz-datapath",
+        "--",
+        "--cases",
+        &cases,
+    ];
+    if let Some(s) = seed.as_deref() {
+        args.extend(["--seed", s]);
+    }
+    if keep_going {
+        args.push("--keep-going");
+    }
+    cmd::cargo(root, &args)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
@@ -114,7 +160,16 @@ fn main() -> Result<()> {
             if let Some(f) = filter.as_deref() {
                 args.push(f);
             }
-            cmd::cargo(&root, &args)
+            cmd::cargo(&root, &args)?;
+            // The whole suite also fuzzes the data plane (a filter selects tests only).
+            if filter.is_none() {
+                if bootstrap::is_root() {
+                    fuzz_datapath(&root, 100_000, None, false)?;
+                } else {
+                    eprintln!("SKIPPED the datapath fuzzer: needs root (run `cargo xtask test` as root)");
+                }
+            }
+            Ok(())
         }
         Command::Demo => {
             lab_prerequisites("the demo")?;
@@ -199,5 +254,15 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Command::Fuzz { which } => match which {
+            Fuzz::Datapath {
+                cases,
+                seed,
+                keep_going,
+            } => {
+                lab_prerequisites("the datapath fuzzer")?;
+                fuzz_datapath(&root, cases, seed, keep_going)
+            }
+        },
     }
 }
