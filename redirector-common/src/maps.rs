@@ -52,12 +52,16 @@ pub mod names {
     /// Port → [`super::PORT_SERVICE`] | [`super::PORT_BACKEND`]: a one-load
     /// filter so most traffic that is not ours skips the hash lookups.
     pub const PORTS: &str = "PORTS";
+    /// [`super::addr_bucket`] of an address → 1 if some NAT backend might
+    /// have it: a one-load filter before the direct-flow lookup (superset:
+    /// never cleared while running).
+    pub const BACKEND_ADDRS: &str = "BACKEND_ADDRS";
     /// Ring buffer of client addresses whose reply next hop is unknown.
     pub const HOP_REQUESTS: &str = "HOP_REQUESTS";
 
     /// Every map that holds state of the data plane: pinned, so the data
     /// plane outlives the daemon and a restarted daemon adopts them.
-    pub const PINNED: [&str; 21] = [
+    pub const PINNED: [&str; 22] = [
         SERVICES,
         SWITCH,
         BACKENDS,
@@ -78,6 +82,7 @@ pub mod names {
         COUNTERS,
         BACKEND_STATS,
         PORTS,
+        BACKEND_ADDRS,
         HOP_REQUESTS,
     ];
 }
@@ -100,7 +105,8 @@ pub const SLOT_SECONDARY: u8 = 1;
 
 /// Default sizes; userspace may set others at load time.
 pub const DEFAULT_MAX_SERVICES: u32 = 1024;
-/// Default flow table size: sized so a SYN flood evicts old entries instead of failing.
+/// Default flow table size (16 bytes per entry; set-associative, so sized
+/// well above the flows expected to be pinned: see docs/operations.md).
 pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
 /// `EMBRYOS` holds a quarter of the flow table's entries: under a SYN flood
 /// at rate R a handshake keeps its entry for about `EMBRYOS / R` seconds.
@@ -230,6 +236,13 @@ pub const SWITCH_PASS: u8 = 4;
 /// `VIPS` value bit: answer ICMP echo requests to this VIP in XDP
 /// (`icmp_echo = "answer"`); clear: pass them to the stack.
 pub const VIP_ECHO_ANSWER: u8 = 1;
+
+/// Index of an address in `BACKEND_ADDRS`: its four words folded to 16 bits.
+#[inline(always)]
+pub const fn addr_bucket(ip: &Ip) -> u32 {
+    let x = ip[0] ^ ip[1] ^ ip[2] ^ ip[3];
+    (x ^ (x >> 16)) & 0xffff
+}
 
 /// `PORTS` bit: some service listens on this destination port.
 pub const PORT_SERVICE: u8 = 1;

@@ -54,9 +54,11 @@ pub fn record(client: &Ip, port_be: u16, rev: *mut ReverseInfo) {
 /// a direct flow?
 #[inline(always)]
 pub fn is_reply(client: &Ip, port_be: u16, rev: &ReverseInfo) -> bool {
-    if rev.direct == 0 {
-        return false;
-    }
+    rev.direct != 0 && is_direct_reply(client, port_be, rev)
+}
+
+#[inline(always)]
+fn is_direct_reply(client: &Ip, port_be: u16, rev: &ReverseInfo) -> bool {
     let Some(cfg) = FLOW_SETTINGS.get(0) else {
         return false;
     };

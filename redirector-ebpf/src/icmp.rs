@@ -377,12 +377,26 @@ pub fn too_big_for(ctx: &XdpContext, v6: bool, ifindex: u32) -> Option<u32> {
     if frame - ETH_LEN <= if v6 { 1280 } else { 576 } {
         return None;
     }
+    let mtu = check_mtu(ctx, v6, ifindex);
+    (mtu != 0).then_some(mtu)
+}
+
+/// The big-packet part of [`too_big_for`]: the MTU, or 0 when the packet fits.
+#[inline(always)]
+fn check_mtu(ctx: &XdpContext, v6: bool, ifindex: u32) -> u32 {
+    let frame = ctx.data_end() - ctx.data();
     let ip_len = if v6 {
+        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_LEN) else {
+            return 0;
+        };
         // SAFETY: bounds-checked, 2-byte aligned header (validated by parse).
-        IPV6_LEN + u16::from_be(unsafe { (*ptr_at::<Ipv6Hdr>(ctx, ETH_LEN)?).payload_len }) as usize
+        IPV6_LEN + u16::from_be(unsafe { (*ip).payload_len }) as usize
     } else {
+        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+            return 0;
+        };
         // SAFETY: as above.
-        u16::from_be(unsafe { (*ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)?).tot_len }) as usize
+        u16::from_be(unsafe { (*ip).tot_len }) as usize
     };
     if frame > ETH_LEN + ip_len {
         // SAFETY: shrinking by less than the frame (parse checked ip_len fits).
@@ -393,7 +407,7 @@ pub fn too_big_for(ctx: &XdpContext, v6: bool, ifindex: u32) -> Option<u32> {
     // (in: the L3 length to judge; out: the device MTU).
     let r = unsafe { bpf_check_mtu(ctx.ctx.cast(), ifindex, &mut mtu, 0, 0) };
     // 1 = BPF_MTU_CHK_RET_FRAG_NEEDED; errors (no such device) decide nothing.
-    (r == 1).then_some(mtu)
+    if r == 1 { mtu.max(1) } else { 0 }
 }
 
 /// Bytes of the offending packet an IPv4 "fragmentation needed" quotes:

@@ -26,8 +26,8 @@ mod program {
     };
 
     use redirector_common::{
-        BENCH_TEMPLATE_LEN as TEMPLATE_LEN, BenchTemplate, DEFAULT_FLOW_ENTRIES, FlowKey, FlowValue, NextHop,
-        VARY_V4_SRC, VARY_V6_SRC,
+        BENCH_TEMPLATE_LEN as TEMPLATE_LEN, BenchTemplate, FlowKey, FlowValue, NextHop, VARY_V4_SRC,
+        VARY_V6_SRC,
     };
 
     const BPF_F_NO_COMMON_LRU: u32 = 2;
@@ -72,14 +72,16 @@ mod program {
 
     /// What a kernel LRU flow table costs at least: one LRU hash insert of a
     /// flow-table-shaped entry keyed by the IPv4 source address, nothing else.
+    /// The benchmark sizes these maps like the flow table; the lab, which
+    /// loads this object for `pass`, keeps them small.
     #[map]
-    static BARE_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+    static BARE_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(1024, 0);
 
     /// The same with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): one shared
     /// table, each CPU evicting from its own list.
     #[map]
     static BARE_FLOWS_NC: LruHashMap<FlowKey, FlowValue> =
-        LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, BPF_F_NO_COMMON_LRU);
+        LruHashMap::with_max_entries(1024, BPF_F_NO_COMMON_LRU);
 
     #[xdp]
     pub fn lru_insert(ctx: XdpContext) -> u32 {

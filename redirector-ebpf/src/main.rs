@@ -37,7 +37,7 @@ mod program {
     use aya_log_ebpf::debug;
     use redirector_common::{
         Addr, Counter, Endpoint, FlowKey, Ip, Mode, NextHop, PORT_BACKEND, PORT_SERVICE, PROTO_TCP,
-        SWITCH_DROP, SWITCH_PASS,
+        SWITCH_DROP, SWITCH_PASS, addr_bucket,
     };
 
     use crate::{
@@ -45,8 +45,8 @@ mod program {
         frags::{self, Datagram},
         icmp::{self, Verdict},
         maps::{
-            BACKENDS, CLIENT_HOPS, EGRESS, HOP_REQUESTS, LOCAL_ADDRS, PORTS, REVERSE, SERVICE_VIPS, SERVICES,
-            SWITCH, VIPS, count, count_backend, count_refused,
+            BACKEND_ADDRS, BACKENDS, CLIENT_HOPS, EGRESS, HOP_REQUESTS, LOCAL_ADDRS, PORTS, REVERSE,
+            SERVICE_VIPS, SERVICES, SWITCH, VIPS, count, count_backend, count_refused,
         },
         parse::{self, Deferred, IcmpParsed, Packet, Parsed, parse},
         rewrite::{self, Side},
@@ -81,7 +81,8 @@ mod program {
                 return forward(&ctx, &pkt, svc.id, svc.mode);
             }
         }
-        if to_port & PORT_BACKEND != 0 {
+        if to_port & PORT_BACKEND != 0 && BACKEND_ADDRS.get(addr_bucket(&pkt.dst)).copied().unwrap_or(0) != 0
+        {
             let backend = Endpoint {
                 addr: pkt.dst,
                 port_be: pkt.dport_be,

@@ -79,6 +79,9 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> =
 pub static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 
 #[map]
+pub static BACKEND_ADDRS: Array<u8> = Array::with_max_entries(65536, 0);
+
+#[map]
 pub static HOP_REQUESTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 #[inline(always)]

@@ -339,6 +339,9 @@ impl Datapath {
                 .map_err(map_err(names::BACKENDS))?;
             if svc.mode == Mode::Nat {
                 self.add_port_flag(be.port.unwrap_or(svc.port), PORT_BACKEND)?;
+                self.array::<u8>(names::BACKEND_ADDRS)?
+                    .set(redirector_common::addr_bucket(&addr16(be.addr)), 1, 0)
+                    .map_err(map_err(names::BACKEND_ADDRS))?;
                 let key = Endpoint {
                     addr: addr16(be.addr),
                     port_be: be.port.unwrap_or(svc.port).to_be(),
