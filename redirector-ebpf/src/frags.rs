@@ -9,6 +9,7 @@ use redirector_common::{Ip, flow::frag_hash};
 use crate::{
     flows::Table,
     maps::{FLOW_SETTINGS, FRAGS},
+    parse::Packet,
 };
 
 /// A datagram's identity.
@@ -19,6 +20,20 @@ pub struct Datagram<'a> {
     pub proto: u8,
     /// A NAT reply (backend → client) rather than VIP traffic.
     pub reply: bool,
+}
+
+impl<'a> Datagram<'a> {
+    /// The datagram a first fragment belongs to.
+    #[inline(always)]
+    pub fn of(pkt: &'a Packet, reply: bool) -> Datagram<'a> {
+        Datagram {
+            src: &pkt.src,
+            dst: &pkt.dst,
+            id: pkt.frag_id,
+            proto: pkt.proto,
+            reply,
+        }
+    }
 }
 
 #[inline(always)]

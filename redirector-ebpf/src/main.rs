@@ -197,13 +197,7 @@ mod program {
             return pass(Counter::Malformed);
         }
         if pkt.first_fragment {
-            let d = Datagram {
-                src: &pkt.src,
-                dst: &pkt.dst,
-                id: pkt.frag_id,
-                proto: pkt.proto,
-                reply: false,
-            };
+            let d = Datagram::of(pkt, false);
             frags::record(&d, id, slot & 1, now_tick());
         }
         if too_big.is_some() {
@@ -242,13 +236,7 @@ mod program {
             return pass(Counter::Malformed);
         }
         if pkt.first_fragment {
-            let d = Datagram {
-                src: &pkt.src,
-                dst: &pkt.dst,
-                id: pkt.frag_id,
-                proto: pkt.proto,
-                reply: true,
-            };
+            let d = Datagram::of(pkt, true);
             frags::record(&d, index / 2, (index & 1) as u8, now_tick());
         }
         if too_big.is_some() {

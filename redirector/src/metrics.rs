@@ -896,7 +896,7 @@ mod tests {
                     refused: 0,
                     backends: [
                         backend("primary", "198.18.2.1:53", "unknown", 30),
-                        backend("secondary", "[2001:db8::2]:53", "down", 40),
+                        backend("secondary", "[2001:2:0:3::2]:53", "down", 40),
                     ],
                 },
             ],
@@ -1090,7 +1090,7 @@ mod tests {
         assert_eq!(up("web", "primary", "198.18.1.1:80"), 0.0);
         assert_eq!(up("web", "secondary", "198.18.1.2:80"), 1.0);
         assert_eq!(up("dns", "primary", "198.18.2.1:53"), -1.0);
-        assert_eq!(up("dns", "secondary", "[2001:db8::2]:53"), 0.0);
+        assert_eq!(up("dns", "secondary", "[2001:2:0:3::2]:53"), 0.0);
         let drained = |s, b| e.value("redirector_backend_drained", &[("service", s), ("backend", b)]);
         assert_eq!(drained("web", "primary"), 0.0);
         assert_eq!(drained("web", "secondary"), 1.0);

@@ -111,6 +111,46 @@ fn service(
     }
 }
 
+impl Lab {
+    /// The next hop toward the clients: behind the ingress interface.
+    fn client_hop(&self) -> NextHop {
+        NextHop {
+            ifindex: self.if_in,
+            dst_mac: CLIENT_MAC,
+            src_mac: GW_IN_MAC,
+        }
+    }
+
+    /// Makes the clients of `s` reachable through the ingress interface.
+    fn serve(&mut self, s: &Svc) {
+        let hop = self.client_hop();
+        self.h
+            .dp
+            .hop_maps()
+            .unwrap()
+            .set_client_hop(s.client, hop)
+            .unwrap();
+    }
+
+    /// The services of one protocol.
+    fn of(&self, proto: Protocol) -> Vec<Svc> {
+        self.svcs
+            .iter()
+            .filter(|s| s.svc.protocol == proto)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A router on the client's side (the source of ICMP errors about replies).
+fn client_side_router(client: IpAddr) -> IpAddr {
+    if client.is_ipv4() {
+        ip("198.18.1.254")
+    } else {
+        ip("2001:2:0:1::fe")
+    }
+}
+
 /// The backends' next hops (inside the lab's namespace).
 fn hops() -> [NextHop; 2] {
     [
@@ -283,11 +323,7 @@ fn ipv4_udp_zero_checksum_stays_zero() {
 #[test]
 fn replies_from_nat_backends_are_translated_back() {
     let Some(mut lab) = lab("rev") else { return };
-    let client_hop = NextHop {
-        ifindex: lab.if_in,
-        dst_mac: CLIENT_MAC,
-        src_mac: GW_IN_MAC,
-    };
+    let client_hop = lab.client_hop();
     for s in lab.svcs.clone().into_iter().filter(|s| s.svc.mode == Mode::Nat) {
         for slot in [SLOT_PRIMARY, SLOT_SECONDARY] {
             let be = *s.backend(slot);
@@ -588,12 +624,7 @@ fn state(active: u8, up: u8) -> SwitchState {
 fn tcp_flow_affinity_across_flip_and_failback() {
     let Some(mut lab) = lab("affin") else { return };
     let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
-    for s in lab
-        .svcs
-        .clone()
-        .into_iter()
-        .filter(|s| s.svc.protocol == Protocol::Tcp)
-    {
+    for s in lab.of(Protocol::Tcp) {
         let id = s.id;
         // Steady state: new flows to the primary, no flow entry written.
         assert_eq!(slot_of(&mut lab, &s, 1000, true), p);
@@ -628,12 +659,7 @@ fn tcp_flow_affinity_across_flip_and_failback() {
 fn udp_flow_affinity_and_backend_down_resteer() {
     let Some(mut lab) = lab("udpaff") else { return };
     let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
-    for s in lab
-        .svcs
-        .clone()
-        .into_iter()
-        .filter(|s| s.svc.protocol == Protocol::Udp)
-    {
+    for s in lab.of(Protocol::Udp) {
         let id = s.id;
         // Primary down: flows go to the secondary and are pinned there.
         lab.h.dp.set_switch(id, state(s2, 0b10)).unwrap();
@@ -817,12 +843,7 @@ fn load_sharing_sends_its_share_of_new_flows_to_the_secondary_and_keeps_them_the
 fn tcp_entry_is_written_when_the_handshake_completes() {
     let Some(mut lab) = lab("embryo") else { return };
     let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
-    for s in lab
-        .svcs
-        .clone()
-        .into_iter()
-        .filter(|s| s.svc.protocol == Protocol::Tcp)
-    {
+    for s in lab.of(Protocol::Tcp) {
         let id = s.id;
         // Drain of the primary: it is up, new flows go to the secondary.
         lab.h.dp.set_switch(id, state(s2, 0b11)).unwrap();
@@ -1054,18 +1075,8 @@ fn allow_and_deny_lists_drop_refused_clients_and_count_them() {
 #[test]
 fn direct_traffic_to_a_nat_backend_is_never_translated() {
     let Some(mut lab) = lab("direct") else { return };
-    let client_hop = NextHop {
-        ifindex: lab.if_in,
-        dst_mac: CLIENT_MAC,
-        src_mac: GW_IN_MAC,
-    };
     for s in lab.svcs.clone().into_iter().filter(|s| s.svc.mode == Mode::Nat) {
-        lab.h
-            .dp
-            .hop_maps()
-            .unwrap()
-            .set_client_hop(s.client, client_hop)
-            .unwrap();
+        lab.serve(&s);
         let be = s.svc.primary;
         let bport = be.port.unwrap_or(s.svc.port);
         let direct = lab.h.counter(Counter::Direct);
@@ -1160,24 +1171,10 @@ fn ip_packet(spec: &Spec) -> Vec<u8> {
 fn icmp_errors_about_vip_flows_reach_the_party_that_owns_the_flow() {
     let Some(mut lab) = lab("icmperr") else { return };
     let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
-    let client_hop = NextHop {
-        ifindex: lab.if_in,
-        dst_mac: CLIENT_MAC,
-        src_mac: GW_IN_MAC,
-    };
     for s in lab.svcs.clone() {
         let name = &s.svc.name;
-        lab.h
-            .dp
-            .hop_maps()
-            .unwrap()
-            .set_client_hop(s.client, client_hop)
-            .unwrap();
-        let router: IpAddr = if s.client.is_ipv4() {
-            ip("198.18.1.254")
-        } else {
-            ip("2001:2:0:1::fe")
-        };
+        lab.serve(&s);
+        let router = client_side_router(s.client);
         // A flow that began while the secondary was active, then a failback:
         // it stays pinned to the (now non-active) secondary.
         lab.h.dp.set_switch(s.id, state(s2, 0b10)).unwrap();
@@ -1365,11 +1362,6 @@ fn packets_too_big_for_their_link_get_icmp_and_ipv4_without_df_goes_to_the_stack
     let Some(mut lab) = lab("toobig") else { return };
     redirector_tests::netns::sh(&["ip", "link", "set", "p0", "mtu", "1400"]);
     redirector_tests::netns::sh(&["ip", "link", "set", "in0", "mtu", "1400"]);
-    let client_hop = NextHop {
-        ifindex: lab.if_in,
-        dst_mac: CLIENT_MAC,
-        src_mac: GW_IN_MAC,
-    };
     let big = |mut spec: Spec| {
         // 1450-byte IP packets: over the 1400-byte links.
         let hdr = spec.build().len() - spec.payload.len() - 14;
@@ -1378,12 +1370,7 @@ fn packets_too_big_for_their_link_get_icmp_and_ipv4_without_df_goes_to_the_stack
     };
     for s in lab.svcs.clone() {
         let name = &s.svc.name;
-        lab.h
-            .dp
-            .hop_maps()
-            .unwrap()
-            .set_client_hop(s.client, client_hop)
-            .unwrap();
+        lab.serve(&s);
         // A request to the VIP (primary link MTU 1400): the client hears it from the VIP.
         let req = big(s.request(44000, false));
         let (act, out) = lab.h.run(&req.build());
@@ -1489,20 +1476,10 @@ fn fragments(frame: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
 fn every_fragment_of_a_datagram_goes_where_its_first_went() {
     let Some(mut lab) = lab("frags") else { return };
     let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
-    let client_hop = NextHop {
-        ifindex: lab.if_in,
-        dst_mac: CLIENT_MAC,
-        src_mac: GW_IN_MAC,
-    };
     let mut id = 100;
     for name in ["nat-udp4", "nat-udp6", "dsr-udp6", "nat-tcp4"] {
         let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
-        lab.h
-            .dp
-            .hop_maps()
-            .unwrap()
-            .set_client_hop(s.client, client_hop)
-            .unwrap();
+        lab.serve(&s);
         let big = |mut spec: Spec| {
             spec.payload = (0..3000u32).map(|i| i as u8).collect();
             spec
@@ -1560,25 +1537,11 @@ fn every_fragment_of_a_datagram_goes_where_its_first_went() {
 #[test]
 fn fuzzer_findings_stay_fixed() {
     let Some(mut lab) = lab("fuzzfound") else { return };
-    let client_hop = NextHop {
-        ifindex: lab.if_in,
-        dst_mac: CLIENT_MAC,
-        src_mac: GW_IN_MAC,
-    };
     redirector_tests::netns::sh(&["ip", "link", "set", "p0", "mtu", "1280"]);
     for name in ["nat-udp4", "nat-tcp6"] {
         let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
-        lab.h
-            .dp
-            .hop_maps()
-            .unwrap()
-            .set_client_hop(s.client, client_hop)
-            .unwrap();
-        let router: IpAddr = if s.client.is_ipv4() {
-            ip("198.18.1.254")
-        } else {
-            ip("2001:2:0:1::fe")
-        };
+        lab.serve(&s);
+        let router = client_side_router(s.client);
         let reply = Spec::new(s.svc.vip, s.svc.port, s.client, 46000, s.l4(false));
         // 1. Bytes after the IP packet: the quoted L4 checksum is judged by
         //    the message's end, not the frame's; checksums stay valid.

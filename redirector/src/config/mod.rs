@@ -3625,11 +3625,11 @@ probe_budget = 100000
         );
         assert_eq!(web.deny, prefixes(&["198.18.1.128/25"]));
         let cfg = parse(&with_lists_v6(
-            "allow = [\"2001:2::/48\", \"2001:db8::1\"]\ndeny = []\n",
+            "allow = [\"2001:2::/48\", \"2001:2:0:7::1\"]\ndeny = []\n",
         ));
         assert_eq!(
             cfg.services[0].allow,
-            prefixes(&["2001:2::/48", "2001:db8::1/128"])
+            prefixes(&["2001:2::/48", "2001:2:0:7::1/128"])
         );
         assert!(cfg.services[0].deny.is_empty());
         // Absent lists are empty: every client.
