@@ -317,7 +317,12 @@ mod program {
         }
         // SAFETY: as above.
         if unsafe { VIPS.get(&Addr { addr: f.dst }) }.is_some() {
-            // Its first fragment was not seen: nowhere to send it.
+            // Its first fragment was not seen: nowhere to send it. (The
+            // program's one log line: off the forwarding paths' stack.)
+            debug!(
+                ctx,
+                "a fragment of datagram {} to a VIP without its first: dropped", f.id
+            );
             count(Counter::FragmentDropped);
             return xdp_action::XDP_DROP;
         }
@@ -342,10 +347,9 @@ mod program {
         } else {
             match EGRESS.redirect(hop.ifindex, u64::from(xdp_action::XDP_PASS)) {
                 Ok(a) => a,
-                Err(_) => {
-                    debug!(ctx, "redirect to ifindex {} refused", hop.ifindex);
-                    return pass(Counter::RedirectFailed);
-                }
+                // Counted, not logged: a log record here cost every path an
+                // out-of-line frame on a tight stack.
+                Err(_) => return pass(Counter::RedirectFailed),
             }
         };
         rewrite::dec_ttl(ctx, v6);
