@@ -56,12 +56,15 @@ pub mod names {
     /// have it: a one-load filter before the direct-flow lookup (superset:
     /// never cleared while running).
     pub const BACKEND_ADDRS: &str = "BACKEND_ADDRS";
+    /// Program array: the programs the forwarding path goes on in by tail
+    /// call, indexed by [`super::paths`].
+    pub const PATHS: &str = "PATHS";
     /// Ring buffer of client addresses whose reply next hop is unknown.
     pub const HOP_REQUESTS: &str = "HOP_REQUESTS";
 
     /// Every map that holds state of the data plane: pinned, so the data
     /// plane outlives the daemon and a restarted daemon adopts them.
-    pub const PINNED: [&str; 22] = [
+    pub const PINNED: [&str; 23] = [
         SERVICES,
         SWITCH,
         BACKENDS,
@@ -83,14 +86,34 @@ pub mod names {
         BACKEND_STATS,
         PORTS,
         BACKEND_ADDRS,
+        PATHS,
         HOP_REQUESTS,
     ];
 }
 
 /// Names of the programs in the eBPF object.
 pub mod programs {
-    /// The redirector itself.
+    /// The redirector itself: the forwarding path.
     pub const REDIRECTOR: &str = "redirector";
+    /// Tail-called from it, with their `PATHS` index: ICMP, later
+    /// fragments, IPv4 options / IPv6 extension headers.
+    pub const PATHS: [(&str, u32); 3] = [
+        ("redirector_icmp", super::paths::ICMP),
+        ("redirector_fragment", super::paths::FRAGMENT),
+        ("redirector_options", super::paths::OPTIONS),
+    ];
+}
+
+/// Indexes of `PATHS`.
+pub mod paths {
+    /// ICMP / ICMPv6.
+    pub const ICMP: u32 = 0;
+    /// IP fragments after the first.
+    pub const FRAGMENT: u32 = 1;
+    /// TCP/UDP behind IPv4 options or IPv6 extension headers.
+    pub const OPTIONS: u32 = 2;
+    /// Entries.
+    pub const COUNT: u32 = 3;
 }
 
 /// IANA protocol numbers we handle.

@@ -1,7 +1,7 @@
 //! Map definitions. Sizes here are defaults; the loader sets the real ones.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use redirector_common::{
     AclKey, Addr, Backend, BackendStats, Counter, DEFAULT_ACL_ENTRIES, DEFAULT_CLIENT_HOPS,
@@ -80,6 +80,10 @@ pub static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 
 #[map]
 pub static BACKEND_ADDRS: Array<u8> = Array::with_max_entries(65536, 0);
+
+/// The programs the forwarding path goes on in, by `redirector_common::paths`.
+#[map]
+pub static PATHS: ProgramArray = ProgramArray::with_max_entries(redirector_common::paths::COUNT, 0);
 
 #[map]
 pub static HOP_REQUESTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);

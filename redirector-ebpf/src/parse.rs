@@ -116,6 +116,9 @@ pub enum Parsed {
     /// A non-first fragment (no ports): goes where its first fragment went;
     /// parsed further by [`fragment`].
     Fragment(Deferred),
+    /// TCP/UDP behind IPv4 options or IPv6 extension headers: for
+    /// [`with_options`], in a program of its own.
+    Options,
     /// Not IP, or IP with a transport we do not touch: pass untouched.
     Other,
     /// IPv4 fragment or options, IPv6 extension header: pass untouched.
@@ -260,8 +263,9 @@ pub struct Packet {
     pub ttl: u8,
     /// IPv4 "don't fragment" (IPv6: always true, routers never fragment).
     pub df: bool,
-    /// An IPv6 fragment header sits between the IPv6 and the transport header.
-    pub frag6: bool,
+    /// Where the transport header starts (after IPv4 options, IPv6
+    /// extension or fragment headers, when there are).
+    pub l4_off: u16,
     /// The first fragment of a datagram (the later ones follow it), and the
     /// datagram's identification.
     pub first_fragment: bool,
@@ -309,7 +313,7 @@ fn parse_v4(ctx: &XdpContext, frame_len: usize) -> Parsed {
         return Parsed::Other;
     }
     if ihl != IPV4_LEN {
-        return Parsed::Unsupported;
+        return Parsed::Options;
     }
     let src = [0, 0, V4_MAPPED_WORD, h.src];
     let dst = [0, 0, V4_MAPPED_WORD, h.dst];
@@ -355,7 +359,8 @@ fn parse_v6(ctx: &XdpContext, frame_len: usize) -> Parsed {
         // Extension headers (hop-by-hop 0, routing 43, dst opts 60, ...)
         // would hide the port; everything else is not ours.
         return match next {
-            0 | 43 | 44 | 60 | 51 | 50 | 135 | 139 | 140 => Parsed::Unsupported,
+            0 | 43 | 60 => Parsed::Options,
+            44 | 51 | 50 | 135 | 139 | 140 => Parsed::Unsupported,
             _ => Parsed::Other,
         };
     }
@@ -367,6 +372,192 @@ fn parse_v6(ctx: &XdpContext, frame_len: usize) -> Parsed {
         frag_id: 0,
     };
     parse_l4(ctx, true, next, src, dst, h.hop, l4, true)
+}
+
+/// Parses a TCP/UDP packet behind IPv4 options or IPv6 extension headers
+/// that no router acts on; everything else is [`Parsed::Unsupported`]. The
+/// transport offset varies here, so this runs in a program of its own
+/// (`redirector_options`), off the main program's stack and verification.
+///
+/// IPv4: forwarded unless an option asks routers for work — record route 7,
+/// timestamp 68, loose and strict source route 131 and 137, router alert
+/// 148 — or is malformed. IPv6: hop-by-hop options made of padding only
+/// (first), destination options, a routing header with no segments left;
+/// at most [`MAX_EXT`] headers of at most [`MAX_EXT_LEN`] bytes each.
+#[inline(always)]
+pub fn with_options(ctx: &XdpContext) -> Parsed {
+    let frame_len = ctx.data_end() - ctx.data();
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: eth is bounds-checked and 2-byte aligned.
+    match unsafe { (*eth).proto } {
+        ETH_P_IPV4 => v4_with_options(ctx, frame_len),
+        ETH_P_IPV6 => v6_with_extensions(ctx, frame_len),
+        _ => Parsed::Unsupported,
+    }
+}
+
+#[inline(always)]
+fn v4_with_options(ctx: &XdpContext, frame_len: usize) -> Parsed {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: ip is bounds-checked and 2-byte aligned.
+    let h = unsafe { &*ip };
+    let ihl = usize::from(h.vihl & 0xf) * 4;
+    let tot_len = u16::from_be(h.tot_len) as usize;
+    let proto = h.proto;
+    if h.vihl >> 4 != 4 || ihl <= IPV4_LEN || tot_len < ihl || ETH_LEN + tot_len > frame_len {
+        return Parsed::Malformed;
+    }
+    if proto != PROTO_TCP && proto != PROTO_UDP || !ipv4_options_ok(ctx, ihl) {
+        return Parsed::Unsupported;
+    }
+    let frag = u16::from_be(h.frag);
+    if frag & 0x1fff != 0 {
+        // A later fragment: the fragment path handles it.
+        return Parsed::Unsupported;
+    }
+    let l4 = L4At {
+        off: ETH_LEN + ihl,
+        len: tot_len - ihl,
+        first_fragment: frag & 0x2000 != 0,
+        frag_id: u32::from(u16::from_be(h.id)),
+    };
+    let (src, dst) = ([0, 0, V4_MAPPED_WORD, h.src], [0, 0, V4_MAPPED_WORD, h.dst]);
+    parse_l4(ctx, false, proto, src, dst, h.ttl, l4, frag & 0x4000 != 0)
+}
+
+/// Are these IPv4 options forwardable as they are? Only a boolean comes
+/// out: a walk result the verifier tracked precisely would make it verify
+/// the rest of the program once per possible length.
+#[inline(never)]
+fn ipv4_options_ok(ctx: &XdpContext, ihl: usize) -> bool {
+    let end = ETH_LEN + (ihl & 0x3c);
+    let mut at = ETH_LEN + IPV4_LEN;
+    let mut n = 0;
+    while n < 40 && at < end {
+        // Two bytes (kind, length) at a time: a transport header follows the
+        // options, so they exist; a 1-byte read at a variable offset loses
+        // the verifier's packet range.
+        let Some(t) = ptr_at::<[u8; 2]>(ctx, at & 0x7f) else {
+            return false;
+        };
+        // SAFETY: bounds-checked bytes.
+        let [kind, len] = unsafe { *t };
+        match kind {
+            0 => return true,
+            1 => at += 1,
+            7 | 68 | 131 | 137 | 148 => return false,
+            _ => {
+                let len = usize::from(len);
+                if len < 2 || at + len > end {
+                    return false;
+                }
+                at += len;
+            }
+        }
+        n += 1;
+    }
+    at == end
+}
+
+/// Extension headers a walk may cross, and their largest size.
+const MAX_EXT: usize = 4;
+const MAX_EXT_LEN: usize = 64;
+
+#[inline(always)]
+fn v6_with_extensions(ctx: &XdpContext, frame_len: usize) -> Parsed {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_LEN) else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: ip is bounds-checked and 2-byte aligned.
+    let h = unsafe { &*ip };
+    let payload_len = u16::from_be(h.payload_len) as usize;
+    if u32::from_be(h.vtc_flow) >> 28 != 6 || ETH_LEN + IPV6_LEN + payload_len > frame_len {
+        return Parsed::Malformed;
+    }
+    let walked = ipv6_extensions(ctx, h.next);
+    // Clamped; and the result stays imprecise for the verifier (see above).
+    let ext_len = (walked & 0xffff) as usize & 0x1f8;
+    let next = (walked >> 16) as u8;
+    if walked == 0 || ext_len == 0 || ext_len > MAX_EXT * MAX_EXT_LEN || ext_len > payload_len {
+        return Parsed::Unsupported;
+    }
+    let l4 = L4At {
+        off: ETH_LEN + IPV6_LEN + ext_len,
+        len: payload_len - ext_len,
+        first_fragment: false,
+        frag_id: 0,
+    };
+    let (src, dst) = (h.src, h.dst);
+    parse_l4(ctx, true, next, src, dst, h.hop, l4, true)
+}
+
+/// Walks the extension headers after the IPv6 header: `next << 16 |
+/// their length` when TCP/UDP follows headers no router acts on, else 0.
+#[inline(never)]
+fn ipv6_extensions(ctx: &XdpContext, first: u8) -> u32 {
+    let mut next = first;
+    let mut len = 0usize;
+    let mut k = 0;
+    while k < MAX_EXT {
+        if next == PROTO_TCP || next == PROTO_UDP {
+            break;
+        }
+        let off = ETH_LEN + IPV6_LEN + (len & 0x1f8);
+        let Some(h) = ptr_at::<[u8; 4]>(ctx, off) else {
+            return 0;
+        };
+        // SAFETY: bounds-checked bytes.
+        let h = unsafe { *h };
+        let this = (usize::from(h[1]) + 1) * 8;
+        if this > MAX_EXT_LEN {
+            return 0;
+        }
+        let ok = match next {
+            0 => k == 0 && padding_only(ctx, off, this),
+            60 => true,
+            43 => h[3] == 0,
+            _ => false,
+        };
+        if !ok {
+            return 0;
+        }
+        next = h[0];
+        len += this;
+        k += 1;
+    }
+    if next == PROTO_TCP || next == PROTO_UDP {
+        (u32::from(next) << 16) | len as u32
+    } else {
+        0
+    }
+}
+
+/// Are the options of the hop-by-hop header at `off` (`len` bytes) only
+/// Pad1 and PadN?
+#[inline(always)]
+fn padding_only(ctx: &XdpContext, off: usize, len: usize) -> bool {
+    let mut at = 2;
+    let mut n = 0;
+    while n < MAX_EXT_LEN && at < len {
+        // Two bytes at a time (see the IPv4 walk): a Pad1 in the header's
+        // last byte still has the next header's first byte after it.
+        let Some(o) = ptr_at::<[u8; 2]>(ctx, (off + at) & 0x1ff) else {
+            return false;
+        };
+        // SAFETY: bounds-checked bytes.
+        let o = unsafe { *o };
+        match o[0] {
+            0 => at += 1,
+            1 => at += 2 + usize::from(o[1]),
+            _ => return false,
+        }
+        n += 1;
+    }
+    at == len
 }
 
 /// An IPv6 packet whose first extension header is a fragment header.
@@ -562,7 +753,7 @@ fn parse_l4(ctx: &XdpContext, v6: bool, proto: u8, src: Ip, dst: Ip, ttl: u8, at
         syn,
         ttl,
         df,
-        frag6: v6 && off != ETH_LEN + IPV6_LEN,
+        l4_off: off as u16,
         first_fragment: at.first_fragment,
         frag_id: at.frag_id,
     })

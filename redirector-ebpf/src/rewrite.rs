@@ -16,8 +16,8 @@ pub enum Side {
 
 /// Rewrites one endpoint (address and, when `port_be != 0`, port) and patches
 /// the IPv4 header checksum and the TCP/UDP checksum (pseudo-header included).
-/// `frag6`: an IPv6 fragment header precedes the transport header. Returns
-/// `false` (nothing written) if the headers are not in bounds.
+/// `l4_off`: where the transport header starts. Returns `false` (nothing
+/// written) if the headers are not in bounds.
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
@@ -26,32 +26,40 @@ pub enum Side {
 pub fn endpoint(
     ctx: &XdpContext,
     v6: bool,
-    frag6: bool,
+    l4_off: u16,
     proto: u8,
     side: Side,
     addr: &Ip,
     port_be: u16,
 ) -> bool {
-    // One copy per transport offset: every access below is at a constant.
-    if !v6 {
-        endpoint_at::<{ ETH_LEN + IPV4_LEN }>(ctx, false, proto, side, addr, port_be)
-    } else if !frag6 {
-        endpoint_at::<{ ETH_LEN + IPV6_LEN }>(ctx, true, proto, side, addr, port_be)
-    } else {
-        endpoint_at::<{ ETH_LEN + IPV6_LEN + FRAG_LEN }>(ctx, true, proto, side, addr, port_be)
+    // One copy per common transport offset, so every access there is at a
+    // constant; options and extension headers (their own program) take the
+    // general copy.
+    const V4: usize = ETH_LEN + IPV4_LEN;
+    const V6: usize = ETH_LEN + IPV6_LEN;
+    const V6_FRAG: usize = ETH_LEN + IPV6_LEN + FRAG_LEN;
+    match (v6, usize::from(l4_off)) {
+        (false, V4) => endpoint_at(ctx, false, proto, side, addr, port_be, V4),
+        (true, V6) => endpoint_at(ctx, true, proto, side, addr, port_be, V6),
+        (true, V6_FRAG) => endpoint_at(ctx, true, proto, side, addr, port_be, V6_FRAG),
+        (v6, off) => endpoint_at(ctx, v6, proto, side, addr, port_be, off & 0x1ff),
     }
 }
 
 #[inline(always)]
-fn endpoint_at<const L4_OFF: usize>(
+#[expect(
+    clippy::too_many_arguments,
+    reason = "kept flat so the verifier sees constants"
+)]
+fn endpoint_at(
     ctx: &XdpContext,
     v6: bool,
     proto: u8,
     side: Side,
     addr: &Ip,
     port_be: u16,
+    l4_off: usize,
 ) -> bool {
-    let l4_off = L4_OFF;
     // Check every header before writing any, so `false` really means untouched.
     let l4_ok = if proto == PROTO_TCP {
         ptr_at::<TcpHdr>(ctx, l4_off).is_some()

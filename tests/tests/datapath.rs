@@ -1608,3 +1608,101 @@ fn fuzzer_findings_stay_fixed() {
     );
     assert_eq!(lab.h.run(&err), (PASS, err.clone()));
 }
+
+/// `frame` (Ethernet + IPv4, no options) with IPv4 options `opts` (a multiple
+/// of 4 bytes) after its header; the L4 checksum does not cover them.
+fn with_v4_options(frame: &[u8], opts: &[u8]) -> Vec<u8> {
+    let mut h = etherparse::Ipv4HeaderSlice::from_slice(&frame[14..])
+        .unwrap()
+        .to_header();
+    h.options = etherparse::Ipv4Options::try_from(opts).unwrap();
+    h.total_len += u16::try_from(opts.len()).unwrap();
+    h.header_checksum = h.calc_header_checksum();
+    let mut out = frame[..14].to_vec();
+    h.write(&mut out).unwrap();
+    out.extend_from_slice(&frame[34..]);
+    out
+}
+
+/// `frame` (Ethernet + IPv6, no extension headers) with one 8-byte extension
+/// header of type `kind` and body `body` in front of its transport header.
+fn with_v6_extension(frame: &[u8], kind: u8, body: [u8; 6]) -> Vec<u8> {
+    let mut out = frame[..54].to_vec();
+    let next = out[14 + 6];
+    out[14 + 6] = kind;
+    let len = u16::from_be_bytes([out[18], out[19]]) + 8;
+    out[18..20].copy_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[next, 0]);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&frame[54..]);
+    out
+}
+
+#[test]
+fn ipv4_options_and_ipv6_extension_headers_routers_need_not_act_on_are_forwarded() {
+    let Some(mut lab) = lab("options") else { return };
+    let unsupported = lab.h.counter(Counter::Unsupported);
+    let mut passed = 0;
+    for name in ["nat-tcp4", "nat-udp4", "dsr-tcp4"] {
+        let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
+        let req = s.request(47000, true);
+        // NOP NOP NOP EOL: forwarded with its options, rewritten as usual.
+        let opts = [1, 1, 1, 0];
+        let (act, out) = lab.h.run(&with_v4_options(&req.build(), &opts));
+        assert_eq!(act, REDIRECT, "{name}");
+        assert_eq!(
+            out,
+            with_v4_options(&s.forwarded(&req, SLOT_PRIMARY).build(), &opts),
+            "{name}"
+        );
+        assert_checksums(&out);
+        // Record route, router alert: the stack's, untouched.
+        for opts in [[7, 7, 4, 0, 0, 0, 0, 0], [148, 4, 0, 0, 1, 1, 1, 0]] {
+            let frame = with_v4_options(&req.build(), &opts);
+            assert_eq!(lab.h.run(&frame), (PASS, frame.clone()), "{name} {opts:?}");
+            passed += 1;
+        }
+    }
+    for name in ["nat-udp6", "nat-tcp6", "dsr-udp6"] {
+        let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
+        let req = s.request(47001, true);
+        let want = s.forwarded(&req, SLOT_PRIMARY).build();
+        // Destination options; hop-by-hop of padding only; a routing header
+        // with no segments left.
+        for (kind, body) in [
+            (60, [1, 4, 0, 0, 0, 0]),
+            (0, [1, 4, 0, 0, 0, 0]),
+            (43, [0, 0, 0, 0, 0, 0]),
+        ] {
+            let (act, out) = lab.h.run(&with_v6_extension(&req.build(), kind, body));
+            assert_eq!(act, REDIRECT, "{name} {kind}");
+            assert_eq!(out, with_v6_extension(&want, kind, body), "{name} {kind}");
+            assert_checksums(&out);
+        }
+        // Hop-by-hop router alert, a routing header with a segment left.
+        for (kind, body) in [(0, [5, 2, 0, 0, 1, 0]), (43, [0, 1, 0, 0, 0, 0])] {
+            let frame = with_v6_extension(&req.build(), kind, body);
+            assert_eq!(lab.h.run(&frame), (PASS, frame.clone()), "{name} {kind}");
+            passed += 1;
+        }
+    }
+    assert_eq!(lab.h.counter(Counter::Unsupported) - unsupported, passed);
+    // A NAT reply with options: translated back like any reply.
+    let s = lab
+        .svcs
+        .iter()
+        .find(|s| s.svc.name == "nat-udp4")
+        .unwrap()
+        .clone();
+    lab.serve(&s);
+    let mut reply = Spec::new(s.svc.primary.addr, 53, s.client, 47000, s.l4(false));
+    (reply.smac, reply.dmac) = (P_MAC, GW_P_MAC);
+    let mut back = reply.clone();
+    (back.src, back.sport, back.ttl) = (s.svc.vip, s.svc.port, 63);
+    (back.dmac, back.smac) = (CLIENT_MAC, GW_IN_MAC);
+    let opts = [1, 1, 1, 0];
+    assert_eq!(
+        lab.h.run(&with_v4_options(&reply.build(), &opts)),
+        (TX, with_v4_options(&back.build(), &opts))
+    );
+}

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, RingBuf,
+        Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, ProgramArray, RingBuf,
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{ProgramError, Xdp},
@@ -224,6 +224,27 @@ impl Datapath {
             })?
             .try_into()?;
         prog.load()?;
+        // The paths it tail-calls, loaded and put in `PATHS` before it can run
+        // (a pinned array keeps them there after the daemon exits).
+        for (name, index) in programs::PATHS {
+            let path: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::Missing {
+                    kind: "program",
+                    name,
+                })?
+                .try_into()?;
+            path.load()?;
+            let fd = path.fd()?.try_clone().map_err(ProgramError::from)?;
+            let map = ebpf.map_mut(names::PATHS).ok_or(DatapathError::Missing {
+                kind: "map",
+                name: names::PATHS,
+            })?;
+            ProgramArray::try_from(map)
+                .map_err(map_err(names::PATHS))?
+                .set(index, &fd, 0)
+                .map_err(map_err(names::PATHS))?;
+        }
         let mut dp = Datapath {
             ebpf,
             sizes,

@@ -311,6 +311,30 @@ fn main() -> Result<()> {
         };
         (part(0, &data[..48], true)?, part(48, &data[48..], false)?)
     };
+    // IPv4 options (NOP NOP NOP EOL) and an IPv6 destination-options header:
+    // the tail-called options path.
+    let v4_options = {
+        let f = frame(Spec::new(client4, 40000, services[0].vip, 80, tcp(false)));
+        let mut h = etherparse::Ipv4HeaderSlice::from_slice(&f[14..])?.to_header();
+        h.options = etherparse::Ipv4Options::try_from(&[1u8, 1, 1, 0][..])?;
+        h.total_len += 4;
+        h.header_checksum = h.calc_header_checksum();
+        let mut out = f[..14].to_vec();
+        h.write(&mut out)?;
+        out.extend_from_slice(&f[34..]);
+        pad8(out)
+    };
+    let v6_extension = {
+        let f = frame(Spec::new(client6, 40000, services[1].vip, 53, L4::Udp));
+        let mut out = f[..54].to_vec();
+        let next = out[20];
+        out[20] = 60;
+        let len = u16::from_be_bytes([out[18], out[19]]) + 8;
+        out[18..20].copy_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+        out.extend_from_slice(&f[54..]);
+        pad8(out)
+    };
     let reply_quote =
         Spec::new(services[0].vip, 80, client4, 40000, tcp(false)).build()[14..14 + 28].to_vec();
     let embryo_capacity = Sizes::default().embryo_buckets() * FLOW_WAYS as u32;
@@ -455,6 +479,20 @@ fn main() -> Result<()> {
         Case {
             name: "icmp error about a nat reply, to its backend (translated)",
             frame: icmp_frame(ip("198.18.1.254")?, services[0].vip, &reply_quote)?,
+            vary_off: 0,
+            table: Table::AsIs,
+            seed: None,
+        },
+        Case {
+            name: "nat ipv4 tcp with IPv4 options (options path)",
+            frame: v4_options,
+            vary_off: 0,
+            table: Table::AsIs,
+            seed: None,
+        },
+        Case {
+            name: "nat ipv6 udp behind a destination-options header (options path)",
+            frame: v6_extension,
             vary_off: 0,
             table: Table::AsIs,
             seed: None,
