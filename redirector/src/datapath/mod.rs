@@ -159,6 +159,24 @@ pub fn max_entries(name: &str, sizes: Sizes) -> Option<u32> {
     }
 }
 
+/// Loads an XDP program, retrying when the kernel answers EAGAIN: the
+/// verifier gives up with it when a signal reaches the loading thread, which
+/// the longer verifications (the options path, ~1.5 s) make likely enough
+/// to have been seen in tests.
+fn load_xdp(prog: &mut Xdp) -> std::result::Result<(), ProgramError> {
+    let mut tries = 0;
+    loop {
+        match prog.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The form every key uses ([`Ip`]): IPv4 is IPv4-mapped.
 pub fn addr16(addr: IpAddr) -> Ip {
     match addr {
@@ -223,7 +241,7 @@ impl Datapath {
                 name: programs::REDIRECTOR,
             })?
             .try_into()?;
-        prog.load()?;
+        load_xdp(prog)?;
         // The paths it tail-calls, loaded and put in `PATHS` before it can run
         // (a pinned array keeps them there after the daemon exits).
         for (name, index) in programs::PATHS {
@@ -234,7 +252,7 @@ impl Datapath {
                     name,
                 })?
                 .try_into()?;
-            path.load()?;
+            load_xdp(path)?;
             let fd = path.fd()?.try_clone().map_err(ProgramError::from)?;
             let map = ebpf.map_mut(names::PATHS).ok_or(DatapathError::Missing {
                 kind: "map",
