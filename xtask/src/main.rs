@@ -108,24 +108,21 @@ fn lab_prerequisites(what: &str) -> Result<()> {
 fn fuzz_datapath(root: &Path, cases: u64, seed: Option<u64>, keep_going: bool) -> Result<()> {
     let cases = cases.to_string();
     let seed = seed.map(|s| s.to_string());
-    let mut args = vec![
-        "run",
-        "--release",
-        "-p",
-        "redirector-tests",
-        "--bin",
-        "fuzz-datapath",
-        "--",
-        "--cases",
-        &cases,
-    ];
+    let mut args = vec!["--cases", &cases];
     if let Some(s) = seed.as_deref() {
         args.extend(["--seed", s]);
     }
     if keep_going {
         args.push("--keep-going");
     }
-    cmd::cargo(root, &args)
+    run_tool(root, "fuzz-datapath", &args)
+}
+
+/// Runs one of the lab's binaries (`tests/src/bin`), release-built, with `args`.
+fn run_tool(root: &Path, bin: &str, args: &[&str]) -> Result<()> {
+    let mut all = vec!["run", "--release", "-p", "redirector-tests", "--bin", bin, "--"];
+    all.extend_from_slice(args);
+    cmd::cargo(root, &all)
 }
 
 fn main() -> Result<()> {
@@ -186,26 +183,11 @@ fn main() -> Result<()> {
                     "--bins",
                 ],
             )?;
-            cmd::cargo(
-                &root,
-                &["run", "--release", "-p", "redirector-tests", "--bin", "demo"],
-            )
+            run_tool(&root, "demo", &[])
         }
         Command::Lab { action } => {
             lab_prerequisites("the lab")?;
-            cmd::cargo(
-                &root,
-                &[
-                    "run",
-                    "--release",
-                    "-p",
-                    "redirector-tests",
-                    "--bin",
-                    "lab",
-                    "--",
-                    &action,
-                ],
-            )
+            run_tool(&root, "lab", &[&action])
         }
         Command::Bench { which } => {
             bootstrap::ensure()?;
@@ -215,42 +197,12 @@ fn main() -> Result<()> {
                     // The lab's server processes are a binary of their own.
                     cmd::cargo(&root, &["build", "--release", "-p", "redirector-tests", "--bins"])?;
                     let (r, b) = (runs.to_string(), busy_secs.to_string());
-                    cmd::cargo(
-                        &root,
-                        &[
-                            "run",
-                            "--release",
-                            "-p",
-                            "redirector-tests",
-                            "--bin",
-                            "bench-failover",
-                            "--",
-                            "--runs",
-                            &r,
-                            "--busy-secs",
-                            &b,
-                        ],
-                    )
+                    run_tool(&root, "bench-failover", &["--runs", &r, "--busy-secs", &b])
                 }
                 Bench::Datapath { rounds, repeat } => {
                     let r = rounds.to_string();
                     let n = repeat.to_string();
-                    cmd::cargo(
-                        &root,
-                        &[
-                            "run",
-                            "--release",
-                            "-p",
-                            "redirector-tests",
-                            "--bin",
-                            "bench-datapath",
-                            "--",
-                            "--rounds",
-                            &r,
-                            "--repeat",
-                            &n,
-                        ],
-                    )
+                    run_tool(&root, "bench-datapath", &["--rounds", &r, "--repeat", &n])
                 }
             }
         }
