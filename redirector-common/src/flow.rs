@@ -28,8 +28,10 @@ pub struct FlowEntry {
     pub fp: u64,
     /// Service id (userspace sweeps by service; matching uses `fp` alone).
     pub service: u16,
-    /// Always zero.
-    pub _pad: u16,
+    /// TCP: the [`syn_tag`] of the SYN that opened the connection, so a
+    /// retransmitted SYN keeps its backend and a new connection from the same
+    /// client port does not; 0 for UDP.
+    pub tag: u16,
     /// [`seen`] of the last packet (refreshed at most once per tick).
     pub seen: u32,
 }
@@ -105,6 +107,15 @@ pub const fn frag_hash(src: &crate::Ip, dst: &crate::Ip, id: u32, proto: u8, rep
     h ^= h >> 29;
     h = h.wrapping_mul(K1);
     h ^ (h >> 32)
+}
+
+/// A SYN's tag: 16 bits of its initial sequence number, never 0. A
+/// retransmitted SYN repeats it; a new connection from the same client port
+/// has a new random ISN (RFC 6528), so its tag differs but for a 1-in-32768
+/// chance, where it keeps the earlier choice (a backend that is up).
+#[inline(always)]
+pub const fn syn_tag(seq: u32) -> u16 {
+    ((seq ^ (seq >> 16)) as u16) | 1
 }
 
 /// The bucket a hash falls in (multiply-shift: no division, any bucket count).

@@ -51,6 +51,12 @@ impl Table {
     /// eviction). The caller found no entry for the key.
     #[inline(always)]
     pub fn insert(&self, hash: u64, service: u32, slot: u8, now: u32) {
+        self.insert_tagged(hash, service, slot, 0, now);
+    }
+
+    /// [`Table::insert`] with a TCP connection's [`syn_tag`](redirector_common::flow::syn_tag).
+    #[inline(always)]
+    pub fn insert_tagged(&self, hash: u64, service: u32, slot: u8, tag: u16, now: u32) {
         let Some(b) = self.bucket(hash) else {
             return;
         };
@@ -83,6 +89,7 @@ impl Table {
             // `seen` only between two equal reads of `fp`.
             core::ptr::write_volatile(&raw mut (*e).fp, 0);
             core::ptr::write_volatile(&raw mut (*e).service, service as u16);
+            core::ptr::write_volatile(&raw mut (*e).tag, tag);
             core::ptr::write_volatile(&raw mut (*e).seen, now);
             core::ptr::write_volatile(&raw mut (*e).fp, fingerprint(hash, slot));
         }
@@ -97,6 +104,21 @@ pub fn repoint(e: *mut FlowEntry, hash: u64, slot: u8, now: u32) {
         core::ptr::write_volatile(&raw mut (*e).seen, now);
         core::ptr::write_volatile(&raw mut (*e).fp, fingerprint(hash, slot));
     }
+}
+
+/// Re-points an entry to `slot` for a new TCP connection with `tag`.
+#[inline(always)]
+pub fn repoint_tagged(e: *mut FlowEntry, hash: u64, slot: u8, tag: u16, now: u32) {
+    // SAFETY: e points into a map value (from `Table::find`).
+    unsafe { core::ptr::write_volatile(&raw mut (*e).tag, tag) };
+    repoint(e, hash, slot, now);
+}
+
+/// An entry's TCP tag (0: none).
+#[inline(always)]
+pub fn tag(e: *mut FlowEntry) -> u16 {
+    // SAFETY: e points into a map value (from `Table::find`).
+    unsafe { core::ptr::read_volatile(&raw const (*e).tag) }
 }
 
 /// Refreshes an entry's `seen` (one aligned store; last writer wins).

@@ -11,7 +11,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use redirector_common::{Ip, PROTO_TCP, PROTO_UDP, V4_MAPPED_WORD};
+use redirector_common::{Ip, PROTO_TCP, PROTO_UDP, V4_MAPPED_WORD, flow::syn_tag};
 
 pub const ETH_LEN: usize = size_of::<EthHdr>();
 pub const IPV4_LEN: usize = size_of::<Ipv4Hdr>();
@@ -257,8 +257,10 @@ pub struct Packet {
     pub dst: Ip,
     pub sport_be: u16,
     pub dport_be: u16,
-    /// TCP SYN without ACK: the first packet of a connection.
-    pub syn: bool,
+    /// TCP SYN without ACK (the first packet of a connection): its
+    /// [`syn_tag`](redirector_common::flow::syn_tag), which a retransmission
+    /// repeats; 0 for every other packet.
+    pub syn: u16,
     /// TTL or hop limit.
     pub ttl: u8,
     /// IPv4 "don't fragment" (IPv6: always true, routers never fragment).
@@ -721,7 +723,11 @@ fn parse_l4(ctx: &XdpContext, v6: bool, proto: u8, src: Ip, dst: Ip, ttl: u8, at
         (
             t.sport,
             t.dport,
-            t.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
+            if t.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+                syn_tag(u32::from_be(t.seq))
+            } else {
+                0
+            },
         )
     } else {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, off) else {
@@ -741,7 +747,7 @@ fn parse_l4(ctx: &XdpContext, v6: bool, proto: u8, src: Ip, dst: Ip, ttl: u8, at
         if len < UDP_LEN || short || (v6 && u.csum == 0) {
             return Parsed::Malformed;
         }
-        (u.sport, u.dport, false)
+        (u.sport, u.dport, 0)
     };
     Parsed::Packet(Packet {
         v6,

@@ -13,9 +13,16 @@
 //! entry. Both tables are set-associative arrays (`flows.rs`): an insert is
 //! a hash and a 16-byte write in one cache line.
 //!
-//! A TCP non-SYN with neither entry is an established flow that began elsewhere: on the primary while it is up (a drain, a manual flip, the
+//! A TCP non-SYN with neither entry is an established flow that began
+//! elsewhere: on the primary while it is up (a drain, a manual flip, the
 //! unshared part of load sharing), else it follows the active backend without
 //! an entry (a connection that began on a dead primary has nothing to keep).
+//!
+//! A SYN is a new connection and never follows an older connection's entry:
+//! client ports are reused (behind a NAT within seconds), and an entry lives
+//! until `tcp_flow_idle`. Entries carry the opening SYN's tag (16 bits of its
+//! sequence number), so a retransmitted SYN keeps its backend, as Katran's
+//! consistent hash gives it the same one.
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use redirector_common::{
     Counter, FlowKey, SLOT_PRIMARY, SLOT_SECONDARY, SwitchState,
@@ -28,7 +35,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
+pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: u16) -> u8 {
     let active = st.active & 1;
     if active == SLOT_PRIMARY && !st.pinned() {
         // No flow entry can exist: skip the tables entirely (steady state).
@@ -41,6 +48,10 @@ pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
     // SAFETY: helper without preconditions.
     let now = seen(unsafe { bpf_ktime_get_coarse_ns() });
     let table = Table::new(&FLOWS, cfg.flow_buckets);
+    let embryos = Table::new(&EMBRYOS, cfg.embryo_buckets);
+    if syn != 0 {
+        return choose_syn(key, st, active, hash, syn, now, &table, &embryos);
+    }
     if let Some((e, slot)) = table.find(hash) {
         if st.is_up(slot) {
             flows::touch(e, now);
@@ -56,14 +67,14 @@ pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
         }
         return active;
     }
-    let embryos = Table::new(&EMBRYOS, cfg.embryo_buckets);
-    if tcp && !syn {
+    if tcp {
         // The handshake completed: the flow now has an entry to keep.
         if let Some((e, slot)) = embryos.find(hash)
             && st.is_up(slot)
         {
+            let tag = flows::tag(e);
             flows::remove(e);
-            table.insert(hash, key.service, slot, now);
+            table.insert_tagged(hash, key.service, slot, tag, now);
             count(Counter::FlowInserted);
             return slot;
         }
@@ -74,27 +85,59 @@ pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: bool) -> u8 {
         };
     }
     let target = new_flow_target(key, st, active);
-    if tcp {
-        let old = embryos.find(hash);
-        if target == SLOT_PRIMARY {
-            // A retransmitted SYN that an earlier state sent to the secondary
-            // now goes to the primary: its handshake's ACK must follow it.
-            if let Some((e, _)) = old {
-                flows::remove(e);
-            }
-            return SLOT_PRIMARY;
-        }
-        match old {
-            Some((e, _)) => flows::repoint(e, hash, target, now),
-            None => embryos.insert(hash, key.service, target, now),
-        }
-        count(Counter::SynEntry);
-        return target;
-    }
     if target != SLOT_PRIMARY {
         table.insert(hash, key.service, target, now);
         count(Counter::FlowInserted);
     }
+    target
+}
+
+/// A SYN opens a new connection, chosen afresh as the state stands now. An
+/// entry it meets is either its own handshake's (the same tag: a
+/// retransmission, which keeps its backend while that is up) or a finished
+/// connection's from the same client port (a reused port: the entry is
+/// replaced, or a failback and a drain would not hold for that port).
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "kept flat so the verifier sees scalars")]
+fn choose_syn(
+    key: &FlowKey,
+    st: &SwitchState,
+    active: u8,
+    hash: u64,
+    syn: u16,
+    now: u32,
+    table: &Table,
+    embryos: &Table,
+) -> u8 {
+    if let Some((e, slot)) = table.find(hash) {
+        if flows::tag(e) == syn && st.is_up(slot) {
+            flows::touch(e, now);
+            return slot;
+        }
+        flows::remove(e);
+    }
+    let old = embryos.find(hash);
+    if let Some((e, slot)) = old
+        && flows::tag(e) == syn
+        && st.is_up(slot)
+    {
+        flows::touch(e, now);
+        return slot;
+    }
+    let target = new_flow_target(key, st, active);
+    if target == SLOT_PRIMARY {
+        // A flow without an entry goes to the primary: the handshake's ACK
+        // follows the SYN there.
+        if let Some((e, _)) = old {
+            flows::remove(e);
+        }
+        return SLOT_PRIMARY;
+    }
+    match old {
+        Some((e, _)) => flows::repoint_tagged(e, hash, target, syn, now),
+        None => embryos.insert_tagged(hash, key.service, target, syn, now),
+    }
+    count(Counter::SynEntry);
     target
 }
 

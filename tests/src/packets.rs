@@ -37,6 +37,8 @@ pub struct Spec {
     pub l4: L4,
     /// Source port.
     pub sport: u16,
+    /// TCP sequence number (a new connection from a reused port has a new one).
+    pub seq: u32,
     /// Destination port.
     pub dport: u16,
     /// Payload bytes.
@@ -57,6 +59,7 @@ impl Spec {
             l4,
             sport,
             dport,
+            seq: 1000,
             payload: b"redirector test payload".to_vec(),
             udp_zero_csum: false,
         }
@@ -73,7 +76,7 @@ impl Spec {
         let mut out = Vec::new();
         match self.l4 {
             L4::Tcp { syn, ack } => {
-                let mut b = ip.tcp(self.sport, self.dport, 1000, 64240);
+                let mut b = ip.tcp(self.sport, self.dport, self.seq, 64240);
                 if syn {
                     b = b.syn();
                 }

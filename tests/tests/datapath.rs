@@ -595,7 +595,19 @@ fn egress_equal_to_ingress_uses_xdp_tx() {
 
 /// Sends `sport`'s packet and returns the backend slot it went to.
 fn slot_of(lab: &mut Lab, s: &Svc, sport: u16, syn: bool) -> u8 {
-    let req = s.request(sport, syn);
+    slot_of_req(lab, s, s.request(sport, syn))
+}
+
+/// Sends a TCP packet of the connection whose SYN carried `isn` (a new
+/// connection from the same client port has another) and returns its slot.
+fn slot_of_conn(lab: &mut Lab, s: &Svc, sport: u16, isn: u32, syn: bool) -> u8 {
+    let mut req = s.request(sport, syn);
+    req.seq = if syn { isn } else { isn.wrapping_add(1) };
+    slot_of_req(lab, s, req)
+}
+
+fn slot_of_req(lab: &mut Lab, s: &Svc, req: Spec) -> u8 {
+    let sport = req.sport;
     let (act, out) = lab.h.run(&req.build());
     assert_eq!(act, REDIRECT, "{} sport {sport}", s.svc.name);
     for slot in [SLOT_PRIMARY, SLOT_SECONDARY] {
@@ -855,13 +867,89 @@ fn tcp_entry_is_written_when_the_handshake_completes() {
         assert_eq!(lab.h.dp.embryo(s.client, 1000, id).unwrap(), None);
         assert_eq!(lab.h.dp.flow(s.client, 1000, id).unwrap(), Some(s2));
         // A SYN sent to the secondary, then retransmitted after the primary
-        // became active again: the handshake (and its ACK) belongs to the primary.
+        // became active again: the handshake keeps its backend (its ACK follows).
         assert_eq!(slot_of(&mut lab, &s, 1001, true), s2);
         lab.h.dp.set_switch(id, state(p, 0b11)).unwrap();
-        assert_eq!(slot_of(&mut lab, &s, 1001, true), p, "{}", s.svc.name);
-        assert_eq!(slot_of(&mut lab, &s, 1001, false), p, "{}", s.svc.name);
-        assert_eq!(lab.h.dp.flow(s.client, 1001, id).unwrap(), None);
+        assert_eq!(slot_of(&mut lab, &s, 1001, true), s2, "{}", s.svc.name);
+        assert_eq!(slot_of(&mut lab, &s, 1001, false), s2, "{}", s.svc.name);
+        assert_eq!(lab.h.dp.flow(s.client, 1001, id).unwrap(), Some(s2));
         assert_eq!(slot_of(&mut lab, &s, 1000, false), s2, "{}", s.svc.name);
+        // A retransmission whose backend went down meanwhile moves.
+        lab.h.dp.set_switch(id, state(s2, 0b11)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 1002, true), s2);
+        lab.h.dp.set_switch(id, state(p, 0b01)).unwrap();
+        assert_eq!(slot_of(&mut lab, &s, 1002, true), p, "{}", s.svc.name);
+        assert_eq!(slot_of(&mut lab, &s, 1002, false), p, "{}", s.svc.name);
+    }
+}
+
+/// Issue 10, fault 0: a client port reused for a new connection (as behind a
+/// busy NAT) is chosen afresh; a finished connection's entry never decides it.
+#[test]
+fn a_syn_from_a_reused_client_port_is_a_new_connection() {
+    let Some(mut lab) = lab("synreuse") else { return };
+    let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
+    for s in lab.of(Protocol::Tcp) {
+        let id = s.id;
+        let name = s.svc.name.clone();
+        // The primary is down: connections from ports 3000.. go to the
+        // secondary and get entries there.
+        lab.h.dp.set_switch(id, state(s2, 0b10)).unwrap();
+        for port in 3000..3020u16 {
+            assert_eq!(slot_of_conn(&mut lab, &s, port, 7, true), s2, "{name}");
+            assert_eq!(slot_of_conn(&mut lab, &s, port, 7, false), s2, "{name}");
+            assert_eq!(lab.h.dp.flow(s.client, port, id).unwrap(), Some(s2));
+        }
+        // Failback: the old connections finish on the secondary ...
+        lab.h.dp.set_switch(id, state(p, 0b11)).unwrap();
+        for port in 3000..3010u16 {
+            assert_eq!(slot_of_conn(&mut lab, &s, port, 7, false), s2, "{name}");
+        }
+        // ... new connections from the same ports go to the primary, and so
+        // do their later packets: the stale entry is gone.
+        for port in 3000..3010u16 {
+            assert_eq!(slot_of_conn(&mut lab, &s, port, 8, true), p, "{name} port {port}");
+            assert_eq!(
+                slot_of_conn(&mut lab, &s, port, 8, false),
+                p,
+                "{name} port {port}"
+            );
+            assert_eq!(lab.h.dp.flow(s.client, port, id).unwrap(), None, "{name}");
+            assert_eq!(lab.h.dp.embryo(s.client, port, id).unwrap(), None, "{name}");
+        }
+        // A drained secondary takes no new connection from a reused port
+        // (active primary, secondary drained, its old flows still pinned).
+        let mut drained = state(p, 0b11);
+        drained.drained = 0b10;
+        lab.h.dp.set_switch(id, drained).unwrap();
+        for port in 3010..3020u16 {
+            assert_eq!(
+                slot_of_conn(&mut lab, &s, port, 7, false),
+                s2,
+                "{name}: established stays"
+            );
+            assert_eq!(slot_of_conn(&mut lab, &s, port, 9, true), p, "{name} port {port}");
+            assert_eq!(
+                slot_of_conn(&mut lab, &s, port, 9, false),
+                p,
+                "{name} port {port}"
+            );
+        }
+        // While the secondary is active, a reused port's new connection is
+        // chosen afresh too: same backend, new entry with the new tag.
+        lab.h.dp.set_switch(id, state(s2, 0b10)).unwrap();
+        assert_eq!(slot_of_conn(&mut lab, &s, 3100, 1, true), s2, "{name}");
+        assert_eq!(slot_of_conn(&mut lab, &s, 3100, 1, false), s2, "{name}");
+        assert_eq!(lab.h.dp.flow(s.client, 3100, id).unwrap(), Some(s2));
+        assert_eq!(slot_of_conn(&mut lab, &s, 3100, 2, true), s2, "{name}");
+        assert_eq!(
+            lab.h.dp.flow(s.client, 3100, id).unwrap(),
+            None,
+            "{name}: replaced"
+        );
+        assert!(lab.h.dp.embryo(s.client, 3100, id).unwrap().is_some());
+        assert_eq!(slot_of_conn(&mut lab, &s, 3100, 2, false), s2, "{name}");
+        assert_eq!(lab.h.dp.flow(s.client, 3100, id).unwrap(), Some(s2));
     }
 }
 

@@ -63,7 +63,7 @@ use redirector::{
 };
 use redirector_common::{
     BackendStats, Counter, NextHop, PROTO_TCP, PROTO_UDP, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_DROP,
-    SWITCH_PASS, SWITCH_PINNED, SwitchState,
+    SWITCH_PASS, SWITCH_PINNED, SwitchState, flow::syn_tag,
 };
 use redirector_tests::{
     Harness,
@@ -372,6 +372,9 @@ enum Rel {
         cport: u16,
         /// TCP SYN without ACK, or UDP: what a new flow starts with.
         opens: bool,
+        /// A TCP SYN's tag (`syn_tag` of its sequence number): another tag
+        /// from the same client port is a new connection.
+        syn: Option<u16>,
         at: At,
     },
     /// TCP/UDP from a NAT backend's service endpoint to a client.
@@ -560,14 +563,14 @@ impl Model {
                 (src, t.source_port()),
                 (dst, t.destination_port()),
                 PROTO_TCP,
-                t.syn() && !t.ack(),
+                (t.syn() && !t.ack()).then(|| syn_tag(t.sequence_number())),
                 at(t.slice(), true),
             ),
             Some(TransportSlice::Udp(u)) => self.l4_relation(
                 (src, u.source_port()),
                 (dst, u.destination_port()),
                 PROTO_UDP,
-                true,
+                None,
                 at(u.slice(), false),
             ),
             Some(TransportSlice::Icmpv4(i)) => self.icmp_relation(
@@ -586,13 +589,21 @@ impl Model {
         }
     }
 
-    fn l4_relation(&self, src: (IpAddr, u16), dst: (IpAddr, u16), proto: u8, opens: bool, at: At) -> Rel {
+    fn l4_relation(
+        &self,
+        src: (IpAddr, u16),
+        dst: (IpAddr, u16),
+        proto: u8,
+        syn: Option<u16>,
+        at: At,
+    ) -> Rel {
         if let Some(&svc) = self.services.get(&(dst.0, dst.1, proto)) {
             return Rel::Service {
                 svc,
                 client: src.0,
                 cport: src.1,
-                opens,
+                opens: proto == PROTO_UDP || syn.is_some(),
+                syn,
                 at,
             };
         }
@@ -755,6 +766,9 @@ struct Case {
 #[derive(Default)]
 struct History {
     seen: HashSet<(IpAddr, u16, usize)>,
+    /// SYN tags sent per flow key: a SYN with a tag not among them opens a
+    /// new connection from a reused port.
+    syns: HashSet<(IpAddr, u16, usize, u16)>,
     recent: VecDeque<(usize, IpAddr, u16)>,
 }
 
@@ -1002,6 +1016,11 @@ impl Model {
             (true, false)
         };
         let mut spec = Spec::new(c, cport, s.vip, s.port, tcp_or_udp(s.proto, syn, ack));
+        // Half the SYNs repeat the default sequence number (retransmissions
+        // of a flow's first SYN); the others open a new connection.
+        if syn && chance(r, 50) {
+            spec.seq = r.next_u64() as u32;
+        }
         spec.ttl = ttl(r);
         spec.payload = big_or_small(r);
         spec.udp_zero_csum = s.proto == PROTO_UDP && s.vip.is_ipv4() && chance(r, 5);
@@ -2426,8 +2445,15 @@ fn fuzz(args: &Args) -> Result<()> {
         }
         let fresh = match rel {
             Rel::Service {
-                svc, client, cport, ..
-            } => !hist.seen.contains(&(client, cport, svc)),
+                svc,
+                client,
+                cport,
+                syn,
+                ..
+            } => {
+                !hist.seen.contains(&(client, cport, svc))
+                    || syn.is_some_and(|t| !hist.syns.contains(&(client, cport, svc, t)))
+            }
             _ => false,
         };
 
@@ -2491,10 +2517,17 @@ fn fuzz(args: &Args) -> Result<()> {
 
         // Bookkeeping for later cases and the tables.
         if let Rel::Service {
-            svc, client, cport, ..
+            svc,
+            client,
+            cport,
+            syn,
+            ..
         } = rel
         {
             hist.seen.insert((client, cport, svc));
+            if let Some(t) = syn {
+                hist.syns.insert((client, cport, svc, t));
+            }
             if hist.recent.len() == RECENT {
                 hist.recent.pop_front();
             }
