@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod health;
+pub mod lock;
 pub mod metrics;
 pub mod netlink;
 pub mod offline;

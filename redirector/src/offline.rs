@@ -156,6 +156,19 @@ pub fn detach(ctl: &Control) -> Result<String> {
             pins.dir().display()
         ));
     }
+    // A daemon holds this lock for its lifetime: its data plane is never
+    // removed behind its back (its socket may simply be elsewhere).
+    let _lock = crate::lock::InstanceLock::acquire(&[&ctl.bpffs_dir], &[]).map_err(|e| match e {
+        crate::lock::LockError::Held { pid, .. } => anyhow::anyhow!(
+            "refusing to detach: a redirector daemon{} is running on {} but does not answer on {}; \
+             detach through its own socket (`redirector --socket PATH detach`, or `--config FILE detach`), or \
+             stop it and run detach again",
+            pid.map_or(String::new(), |p| format!(" (pid {p})")),
+            ctl.bpffs_dir.display(),
+            ctl.socket.display()
+        ),
+        e => e.into(),
+    })?;
     pins.remove()?;
     Ok(format!(
         "detached: removed the XDP links and maps pinned in {}",

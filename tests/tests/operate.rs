@@ -9,8 +9,8 @@
 use std::{
     collections::HashSet,
     net::{SocketAddr, UdpSocket},
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -20,88 +20,11 @@ use std::{
 };
 
 use redirector_tests::{
-    lab::{DsrVips, LAB_CONFIG, Lab, Leftovers, Server},
+    daemon::{Daemon, Setup, binary, cli, cli_ok, xdp_attached},
+    lab::Server,
     netns::NetNs,
     require_root,
 };
-
-/// target/<profile>/redirector, built by `cargo xtask test` beside this test.
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("redirector");
-    assert!(
-        bin.exists(),
-        "{} not built: run `cargo xtask test`",
-        bin.display()
-    );
-    bin
-}
-
-struct Daemon(Child);
-
-impl Daemon {
-    /// `nsenter --net`: the gateway's network namespace, the host's mounts.
-    fn start(gw: &NetNs, config: &Path, socket: &Path) -> Daemon {
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", gw.name))
-            .arg(binary())
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Daemon(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            let out = cli(socket, &["status"]);
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("(pid ") {
-                return d;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the daemon did not answer on {} within 20 s", socket.display());
-    }
-
-    fn signal(&mut self, sig: i32) {
-        // SAFETY: kill(2) of our own child.
-        unsafe { libc::kill(i32::try_from(self.0.id()).unwrap(), sig) };
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn cli(socket: &Path, args: &[&str]) -> Output {
-    Command::new(binary())
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn cli_ok(socket: &Path, args: &[&str]) -> String {
-    let out = cli(socket, args);
-    assert!(
-        out.status.success(),
-        "redirector {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn xdp_attached(ns: &NetNs, dev: &str) -> bool {
-    let out = Command::new("ip")
-        .args(["-n", &ns.name, "link", "show", dev])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-}
 
 /// One UDP flow, one `seq:N` per ms, in the client namespace until stopped;
 /// returns (sent, answered seqs, answers by server name).
@@ -164,38 +87,8 @@ fn no_request_lost(client: &NetNs, during: impl FnOnce()) -> std::collections::B
     by
 }
 
-struct Setup {
-    lab: Lab,
-    primary: Server,
-    secondary: Server,
-    left: Leftovers,
-    config: PathBuf,
-}
-
 fn setup(tag: &str) -> Setup {
-    let lab = Lab::new(
-        tag,
-        &DsrVips {
-            v4: &["198.18.100.2"],
-            v6: &["2001:2::200"],
-        },
-    );
-    let primary = Server::start(&lab.primary, "primary", "198.18.2.2", "2001:2:0:2::2", false);
-    let secondary = Server::start(&lab.secondary, "secondary", "198.18.3.2", "2001:2:0:3::2", false);
-    let left = Leftovers::new(&lab.gw);
-    let config = std::env::temp_dir().join(format!("{}.toml", lab.gw.name));
-    let text = format!(
-        "{LAB_CONFIG}\n[control]\nsocket = {:?}\nstate_dir = {:?}\nbpffs_dir = {:?}\nmetrics = \"198.18.1.1:9630\"\n",
-        left.socket, left.state_dir, left.bpffs_dir
-    );
-    std::fs::write(&config, text).unwrap();
-    Setup {
-        lab,
-        primary,
-        secondary,
-        left,
-        config,
-    }
+    Setup::new(tag)
 }
 
 #[test]

@@ -43,7 +43,9 @@ use crate::{
     config::{Config, Mode},
     control::{proto::Response, server::Server},
     datapath::{Datapath, PinDir, Sizes, Swept, monotonic_ns},
-    health, netlink,
+    health,
+    lock::InstanceLock,
+    netlink,
     policy::{AllDown, Desired, Effect, Event, Intent, Nanos, Seed, Slot},
     state::State,
 };
@@ -140,6 +142,8 @@ pub struct Daemon {
     _metrics_server: Option<crate::metrics::Server>,
     /// Flow entries counted by the last sweep.
     flow_entries: Option<u64>,
+    /// One daemon per pin directory, state directory and socket.
+    _lock: InstanceLock,
 }
 
 /// The decision a pinned switch state stands for.
@@ -177,9 +181,10 @@ impl Daemon {
             None => None,
         };
         let pins = PinDir::new(&cfg.control.bpffs_dir);
-        pins.prepare()?;
+        // One daemon per data plane, before anything is read or written.
+        let lock = instance_lock(&cfg.control, &pins)?;
         let adopting = pins.exists();
-        match Self::start_with(cfg, config_path, pins.clone(), adopting) {
+        match Self::start_with(cfg, config_path, pins.clone(), adopting, lock) {
             Ok(mut d) => {
                 d.scrapes = scrapes;
                 d._metrics_server = metrics_server;
@@ -196,7 +201,13 @@ impl Daemon {
         }
     }
 
-    fn start_with(cfg: Config, config_path: Option<PathBuf>, pins: PinDir, adopting: bool) -> Result<Daemon> {
+    fn start_with(
+        cfg: Config,
+        config_path: Option<PathBuf>,
+        pins: PinDir,
+        adopting: bool,
+        lock: InstanceLock,
+    ) -> Result<Daemon> {
         let sizes = Sizes {
             max_services: cfg.gateway.max_services,
             flow_entries: cfg.gateway.flow_table_size,
@@ -408,6 +419,7 @@ impl Daemon {
             scrapes: mpsc::channel(1).1,
             _metrics_server: None,
             flow_entries: None,
+            _lock: lock,
         })
     }
 
@@ -621,6 +633,26 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Takes the instance lock on the state directory (created, mode 0700, if
+/// missing) and the control socket, then prepares the pin directory (bpffs
+/// mounted if missing) and locks it too.
+pub fn instance_lock(ctl: &crate::config::Control, pins: &PinDir) -> Result<InstanceLock> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&ctl.state_dir)
+        .with_context(|| format!("creating the state directory {}", ctl.state_dir.display()))?;
+    if let Some(dir) = ctl.socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let socket_lock = crate::lock::socket_lock(&ctl.socket);
+    let mut lock = InstanceLock::acquire(&[&ctl.state_dir], &[&socket_lock])?;
+    pins.prepare()?;
+    lock.extend(InstanceLock::acquire(&[&ctl.bpffs_dir], &[])?);
+    Ok(lock)
 }
 
 /// The SERVICES key of a configured service.

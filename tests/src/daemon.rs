@@ -1,0 +1,177 @@
+//! The real `redirector` binary as an operator runs it: the daemon as its own
+//! process (only its network namespace switched, so its bpffs pins are the
+//! host's) and the CLI over its control socket.
+#![expect(clippy::unwrap_used, reason = "test helpers: a failed setup is a failed test")]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    lab::{DsrVips, LAB_CONFIG, Lab, Leftovers, Server},
+    netns::NetNs,
+};
+
+/// target/<profile>/redirector, built by `cargo xtask test` beside the tests.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("redirector");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+/// A daemon process; killed when dropped.
+pub struct Daemon(pub Child);
+
+impl Daemon {
+    /// Starts `redirector run --config` in `gw`'s network namespace
+    /// (`nsenter --net`) and waits until it answers on `socket`.
+    pub fn start(gw: &NetNs, config: &Path, socket: &Path) -> Daemon {
+        let d = Daemon::spawn(gw, config, Stdio::null());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let out = cli(socket, &["status"]);
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("(pid ") {
+                return d;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the daemon did not answer on {} within 20 s", socket.display());
+    }
+
+    /// Starts it without waiting; its stderr goes to `stderr`.
+    pub fn spawn(gw: &NetNs, config: &Path, stderr: impl Into<Stdio>) -> Daemon {
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", gw.name))
+            .arg(binary())
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Daemon(child)
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Sends `sig` and waits for the process to end.
+    pub fn signal(&mut self, sig: i32) {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(i32::try_from(self.0.id()).unwrap(), sig) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `redirector --socket SOCKET ARGS…`.
+pub fn cli(socket: &Path, args: &[&str]) -> Output {
+    Command::new(binary())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// [`cli`], which must succeed; its stdout.
+pub fn cli_ok(socket: &Path, args: &[&str]) -> String {
+    let out = cli(socket, args);
+    assert!(
+        out.status.success(),
+        "redirector {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether an XDP program is attached to `dev` in `ns`.
+pub fn xdp_attached(ns: &NetNs, dev: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-n", &ns.name, "link", "show", dev])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+/// The lab with servers on both backends and a config file for a daemon
+/// process, its socket, state and pins in private places.
+pub struct Setup {
+    /// The namespaces.
+    pub lab: Lab,
+    /// The primary's server process.
+    pub primary: Server,
+    /// The secondary's server process.
+    pub secondary: Server,
+    /// Socket, state and pins (removed on drop).
+    pub left: Leftovers,
+    /// The config file.
+    pub config: PathBuf,
+}
+
+impl Setup {
+    /// [`LAB_CONFIG`] with a `[control]` table pointing at private places.
+    pub fn new(tag: &str) -> Setup {
+        Self::with_config(tag, LAB_CONFIG)
+    }
+
+    /// `services` (a config without `[control]`) plus private places.
+    pub fn with_config(tag: &str, services: &str) -> Setup {
+        let lab = Lab::new(
+            tag,
+            &DsrVips {
+                v4: &["198.18.100.2"],
+                v6: &["2001:2::200"],
+            },
+        );
+        let primary = Server::start(&lab.primary, "primary", "198.18.2.2", "2001:2:0:2::2", false);
+        let secondary = Server::start(&lab.secondary, "secondary", "198.18.3.2", "2001:2:0:3::2", false);
+        let left = Leftovers::new(&lab.gw);
+        let config = std::env::temp_dir().join(format!("{}.toml", lab.gw.name));
+        let s = Setup {
+            lab,
+            primary,
+            secondary,
+            left,
+            config,
+        };
+        s.write_config(services);
+        s
+    }
+
+    /// Rewrites the config file with `services` and the private `[control]` table.
+    pub fn write_config(&self, services: &str) {
+        let text = format!(
+            "{services}\n[control]\nsocket = {:?}\nstate_dir = {:?}\nbpffs_dir = {:?}\nmetrics = \"198.18.1.1:9630\"\n",
+            self.left.socket, self.left.state_dir, self.left.bpffs_dir
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Starts the daemon on it.
+    pub fn daemon(&self) -> Daemon {
+        Daemon::start(&self.lab.gw, &self.config, &self.left.socket)
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
