@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod fault;
 pub mod health;
 pub mod lock;
 pub mod metrics;

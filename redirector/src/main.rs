@@ -120,8 +120,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // `run` must survive a SIGHUP from its first instruction (the documented
+    // unit reloads with `kill -HUP`): ignored until the daemon's handler takes
+    // it over. Other commands keep the default.
+    // SAFETY: signal(2) with SIG_IGN / SIG_DFL installs no code of ours.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run) {
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_DFL) };
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -157,14 +157,15 @@ impl Metrics {
 
     /// A probe verdict: histogram `redirector_probe_duration_seconds{service,backend,kind}`
     /// (buckets 50 µs .. 1 s) and counter
-    /// `redirector_probes_total{service,backend,result="pass"|"fail",reason}`.
+    /// `redirector_probes_total{service,backend,result="pass"|"fail"|"local",reason}`
+    /// ("local": the probe could not run on this host, no verdict).
     /// `backend` is the role, `"primary"` or `"secondary"`.
     pub fn probe(
         &mut self,
         service: &str,
         backend: &str,
         kind: &str,
-        ok: bool,
+        result: &str,
         reason: &str,
         latency: Duration,
     ) {
@@ -176,7 +177,7 @@ impl Metrics {
         let verdict = ProbeVerdict {
             service: service.to_owned(),
             backend: backend.to_owned(),
-            result: if ok { "pass" } else { "fail" }.to_owned(),
+            result: result.to_owned(),
             reason: reason.to_owned(),
         };
         if self.probe_duration.get(&timing).is_none() {
@@ -909,15 +910,22 @@ mod tests {
 
     fn sample_metrics() -> Metrics {
         let mut m = Metrics::new();
-        m.probe("web", "primary", "tcp", true, "ok", Duration::from_micros(70));
-        m.probe("web", "primary", "tcp", true, "ok", Duration::from_millis(3));
-        m.probe("web", "primary", "tcp", false, "timeout", Duration::from_secs(2));
-        m.probe("web", "secondary", "http", true, "ok", Duration::from_millis(20));
+        m.probe("web", "primary", "tcp", "pass", "ok", Duration::from_micros(70));
+        m.probe("web", "primary", "tcp", "pass", "ok", Duration::from_millis(3));
+        m.probe("web", "primary", "tcp", "fail", "timeout", Duration::from_secs(2));
+        m.probe(
+            "web",
+            "secondary",
+            "http",
+            "pass",
+            "ok",
+            Duration::from_millis(20),
+        );
         m.probe(
             "dns",
             "primary",
             "udp",
-            false,
+            "fail",
             "refused",
             Duration::from_micros(40),
         );
@@ -1175,7 +1183,7 @@ mod tests {
             "a\"b\\c",
             "primary",
             "http",
-            false,
+            "fail",
             "status\n500",
             Duration::from_millis(1),
         );

@@ -85,6 +85,7 @@ pub fn status(ctl: &Control) -> Result<Status> {
                 .into(),
                 since_s: None,
                 reason: None,
+                local_error: None,
                 drained: st.drained & (1 << slot.index()) != 0,
                 probe_interval_ms: None,
                 packets: s.fwd_packets,
@@ -267,6 +268,13 @@ pub fn render(st: &Status) -> String {
                 let _ = write!(line, "; probed every {ms:.1} ms");
             }
             let _ = writeln!(out, "{line}");
+            if let Some(e) = &b.local_error {
+                let _ = writeln!(
+                    out,
+                    "    PROBE CANNOT RUN ON THIS HOST: {e} (the gateway's own trouble: no verdict, health \
+                     held as it was)"
+                );
+            }
         }
         if let Some(f) = s.flows {
             let _ = writeln!(out, "  flow entries: {f}");

@@ -139,16 +139,23 @@ impl State {
         })
         .map_err(|e| io(&path)(std::io::Error::other(e)))?;
         body.push(b'\n');
-        let mut f = fs::OpenOptions::new()
+        let written = fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(&body).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
+            .and_then(|mut f| {
+                f.write_all(&body)?;
+                f.sync_all()
+            })
+            .map_err(io(&tmp))
+            .and_then(|()| fs::rename(&tmp, &path).map_err(io(&path)));
+        if written.is_err() {
+            // A full or read-only disk must not fill up with temporary files.
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
         fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
         Ok(())
     }
@@ -287,6 +294,24 @@ mod tests {
         fs::write(dir.join(STATE_FILE), "{ not json").unwrap();
         let e = State::load(&dir).unwrap_err().to_string();
         assert!(e.contains("state.json") && e.contains("move it away"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file_and_the_old_state() {
+        let dir = std::env::temp_dir().join(format!("redirector-state-fail-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        // state.json is a directory: the rename over it fails.
+        fs::create_dir_all(dir.join(STATE_FILE)).unwrap();
+        let mut s = State::default();
+        s.assign(["web"], 8).unwrap();
+        assert!(s.save(&dir).is_err());
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(STATE_FILE)]);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

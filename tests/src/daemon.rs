@@ -34,7 +34,12 @@ impl Daemon {
     /// Starts `redirector run --config` in `gw`'s network namespace
     /// (`nsenter --net`) and waits until it answers on `socket`.
     pub fn start(gw: &NetNs, config: &Path, socket: &Path) -> Daemon {
-        let d = Daemon::spawn(gw, config, Stdio::null());
+        Self::start_with(gw, config, socket, &[])
+    }
+
+    /// [`Daemon::start`] with environment variables (fault hooks).
+    pub fn start_with(gw: &NetNs, config: &Path, socket: &Path, env: &[(&str, &str)]) -> Daemon {
+        let d = Daemon::spawn_with(gw, config, Stdio::null(), env);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             let out = cli(socket, &["status"]);
@@ -48,7 +53,13 @@ impl Daemon {
 
     /// Starts it without waiting; its stderr goes to `stderr`.
     pub fn spawn(gw: &NetNs, config: &Path, stderr: impl Into<Stdio>) -> Daemon {
+        Self::spawn_with(gw, config, stderr, &[])
+    }
+
+    /// [`Daemon::spawn`] with environment variables (fault hooks).
+    pub fn spawn_with(gw: &NetNs, config: &Path, stderr: impl Into<Stdio>, env: &[(&str, &str)]) -> Daemon {
         let child = Command::new("nsenter")
+            .envs(env.iter().copied())
             .arg(format!("--net=/var/run/netns/{}", gw.name))
             .arg(binary())
             .args(["run", "--config"])

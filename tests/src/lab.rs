@@ -469,6 +469,7 @@ impl Leftovers {
     fn remove(&self) {
         let _ = std::fs::remove_dir_all(&self.state_dir);
         let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(redirector::lock::socket_lock(&self.socket));
         // Pins: files in versioned directories (bpffs has no recursive rmdir).
         if let Ok(dirs) = std::fs::read_dir(&self.bpffs_dir) {
             for d in dirs.flatten() {

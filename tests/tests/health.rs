@@ -532,6 +532,19 @@ fn exec_passed_exit_timeout() {
             !alive(kid),
             "the check's own child is killed with its process group"
         );
+
+        // A check that passes but leaves a process behind: the group goes too.
+        let script = format!("sleep 30 & echo $! > {}; exit 0", dir.join("sleep.pid").display());
+        assert_reason(&probe_ms(&sh(&script), target, 2000).await, Reason::Passed);
+        let kid = pid_in(&dir.join("sleep.pid"));
+        let until = Instant::now() + Duration::from_secs(2);
+        while alive(kid) && Instant::now() < until {
+            tokio::time::sleep(10 * MS).await;
+        }
+        assert!(
+            !alive(kid),
+            "a finished check's background child is killed (issue 10, fault 11)"
+        );
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }

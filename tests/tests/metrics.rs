@@ -99,7 +99,7 @@ async fn read_reply(stream: &mut TcpStream) -> Reply {
 /// A rendering with a little of everything.
 fn rendering() -> String {
     let mut m = Metrics::new();
-    m.probe("web", "primary", "tcp", true, "ok", Duration::from_millis(1));
+    m.probe("web", "primary", "tcp", "pass", "ok", Duration::from_millis(1));
     m.transition("web", "failover", Some(Duration::from_millis(40)));
     m.render(&Live {
         datapath: vec![("passed", 3)],

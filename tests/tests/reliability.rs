@@ -12,7 +12,7 @@ use std::{
 };
 
 use redirector_tests::{
-    daemon::{Setup, binary, cli_ok, xdp_attached},
+    daemon::{Daemon, Setup, binary, cli, cli_ok, xdp_attached},
     lab::{LAB_CONFIG, Server, lab_config_with},
     netns::NetNs,
     require_root,
@@ -206,4 +206,312 @@ fn a_second_daemon_and_an_offline_detach_are_refused_while_one_runs() {
     }
     let _ = std::fs::remove_dir_all(&elsewhere);
     let _ = std::fs::remove_dir(format!("/sys/fs/bpf/{}-elsewhere", s.lab.gw.name));
+}
+
+/// Fault 11: SIGHUP during start-up (the documented unit reloads with
+/// `kill -HUP`) neither kills the daemon nor is lost: it reloads once started.
+#[test]
+fn sighup_during_start_up_is_kept_not_fatal() {
+    if !require_root("sighup_during_start_up_is_kept_not_fatal") {
+        return;
+    }
+    let s = Setup::new("hupstart");
+    let stderr = std::fs::File::create(s.config.with_extension("log")).unwrap();
+    let mut d = Daemon::spawn(&s.lab.gw, &s.config, stderr);
+    let pid = d.pid();
+    // nsenter execs the daemon in place: wait until the daemon's own code
+    // runs (it ignores or catches SIGHUP from the first line of main; no
+    // program can do anything before that).
+    let handles_hup = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|st| {
+            st.lines()
+                .filter(|l| l.starts_with("SigIgn:") || l.starts_with("SigCgt:"))
+                .any(|l| u64::from_str_radix(l[7..].trim(), 16).is_ok_and(|m| m & 1 != 0))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !handles_hup() {
+        assert!(Instant::now() < deadline, "the daemon never took SIGHUP over");
+        thread::sleep(Duration::from_micros(200));
+    }
+    let mut sent = 0;
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(i32::try_from(pid).unwrap(), libc::SIGHUP) };
+        sent += 1;
+        assert!(
+            d.0.try_wait().unwrap().is_none(),
+            "SIGHUP {sent} killed the starting daemon"
+        );
+        thread::sleep(Duration::from_millis(25));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cli(&s.left.socket, &["status"]).status.success() {
+        assert!(
+            d.0.try_wait().unwrap().is_none(),
+            "the daemon died after {sent} SIGHUPs"
+        );
+        assert!(Instant::now() < deadline, "the daemon never answered");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The queued SIGHUP reloads once the start is done.
+    let log_path = s.config.with_extension("log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap()
+        .contains("SIGHUP: reloading")
+    {
+        assert!(Instant::now() < deadline, "no reload after the start");
+        thread::sleep(Duration::from_millis(50));
+    }
+    wait_for(&s.lab.client, "primary");
+    d.signal(libc::SIGTERM);
+    let _ = std::fs::remove_file(&log_path);
+}
+
+/// Fault 11a: an operator's action is answered only once it is saved. The
+/// state file's writes are slowed (a debug-build fault hook): "done" must
+/// still mean on disk, so a crash right after it loses nothing.
+#[test]
+fn an_operator_action_is_on_disk_before_it_is_acknowledged() {
+    if !require_root("an_operator_action_is_on_disk_before_it_is_acknowledged") {
+        return;
+    }
+    let s = Setup::new("acksave");
+    let sock = &s.left.socket;
+    let mut d = Daemon::start_with(&s.lab.gw, &s.config, sock, &[("REDIRECTOR_FAULT_SAVE_MS", "300")]);
+    cli_ok(sock, &["flip", "web4", "secondary", "--reason", "ack test"]);
+    let state = std::fs::read_to_string(s.left.state_dir.join("state.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert!(
+        json["intents"]["web4"].to_string().contains("ack test"),
+        "acknowledged but not saved: {state}"
+    );
+    // A crash right after the answer, a restart: the flip holds.
+    d.signal(libc::SIGKILL);
+    let _d = s.daemon();
+    let status = cli_ok(sock, &["status"]);
+    assert!(status.contains("pinned to the secondary"), "{status}");
+    wait_for(&s.lab.client, "secondary");
+}
+
+/// Services probed by UDP, ICMP and a command, for the local-trouble test.
+const LOCAL_TROUBLE: &str = r#"
+[gateway]
+interfaces = ["g-c", "g-p", "g-s"]
+xdp_mode = "driver"
+
+[[service]]
+name = "dns4"
+vip = "198.18.100.1"
+port = 53
+protocol = "udp"
+primary = "198.18.2.2"
+secondary = "198.18.3.2"
+
+[[service]]
+name = "ping4"
+vip = "198.18.100.1"
+port = 54
+protocol = "udp"
+primary = "198.18.2.2"
+secondary = "198.18.3.2"
+[service.health]
+kind = "icmp"
+
+[[service]]
+name = "exec4"
+vip = "198.18.100.1"
+port = 55
+protocol = "udp"
+primary = "198.18.2.2"
+secondary = "198.18.3.2"
+[service.health]
+kind = "exec"
+command = ["/bin/true"]
+interval = "20ms"
+"#;
+
+fn status_json(sock: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&cli_ok(sock, &["status", "--json"])).unwrap()
+}
+
+fn all_up(st: &serde_json::Value) -> bool {
+    st["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["backends"].as_array().unwrap().iter())
+        .all(|b| b["health"] == "up")
+}
+
+/// Fault 8: the gateway's own trouble — a local firewall refusing its probes
+/// (EPERM), its fd limit exhausted (EMFILE) — is reported and never becomes
+/// a down verdict: no transition, a clear error in status and in the log.
+#[test]
+fn the_gateways_own_trouble_is_reported_never_blamed_on_the_backends() {
+    if !require_root("the_gateways_own_trouble_is_reported_never_blamed_on_the_backends") {
+        return;
+    }
+    let s = Setup::with_config("local", LOCAL_TROUBLE);
+    let sock = &s.left.socket;
+    let log_path = s.config.with_extension("log");
+    let d = Daemon::spawn(&s.lab.gw, &s.config, std::fs::File::create(&log_path).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cli(sock, &["status"]).status.success() || !all_up(&status_json(sock)) {
+        assert!(Instant::now() < deadline, "not every backend came up");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let events = cli_ok(sock, &["events"]).lines().count();
+
+    // A local firewall drops the gateway's own packets to the primary: its
+    // UDP and ICMP probes get EPERM.
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &s.lab.gw.name, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(b"table inet rdrlocal {\n chain out {\n  type filter hook output priority 0;\n  ip daddr 198.18.2.2 drop\n }\n}\n")
+        .unwrap();
+    assert!(nft.wait().unwrap().success());
+    thread::sleep(Duration::from_millis(1000));
+    let st = status_json(sock);
+    for svc in ["dns4", "ping4"] {
+        let primary = st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == svc)
+            .map(|x| x["backends"][0].clone())
+            .unwrap();
+        assert_eq!(primary["health"], "up", "{svc}: {primary}");
+        let e = primary["local_error"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            e.contains("not permitted"),
+            "{svc}: no local error in status: {primary}"
+        );
+    }
+    let text = cli_ok(sock, &["status"]);
+    assert!(text.contains("PROBE CANNOT RUN ON THIS HOST"), "{text}");
+    let status = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &s.lab.gw.name,
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            "rdrlocal",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // The daemon's fd limit exhausted: no socket, no fork for any probe.
+    let pid = i32::try_from(d.pid()).unwrap();
+    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
+    let mut was = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit(2) on our own child, reading into a valid rlimit.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut was) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let limit = |n: u64| {
+        let new = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: was.rlim_max,
+        };
+        // SAFETY: prlimit(2) on our own child with a valid rlimit.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    limit(lowest_free);
+    thread::sleep(Duration::from_millis(1500));
+    limit(was.rlim_cur);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for svc in ["dns4", "ping4", "exec4"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("service {svc}")) && l.contains("Too many open files")),
+            "{svc}: the fd exhaustion is not reported:\n{log}"
+        );
+    }
+    // Neither fault moved anything.
+    thread::sleep(Duration::from_millis(300));
+    assert!(all_up(&status_json(sock)));
+    assert_eq!(
+        cli_ok(sock, &["events"]).lines().count(),
+        events,
+        "a transition during the gateway's own trouble"
+    );
+    let _ = std::fs::remove_file(&log_path);
+}
+
+/// Fault 3: a reload that restarts a service (here: the secondary's port
+/// edited) keeps the drain of its unchanged primary and the primary's known
+/// death; traffic stays on the secondary.
+#[test]
+fn a_reload_that_restarts_a_service_keeps_intent_and_known_health() {
+    if !require_root("a_reload_that_restarts_a_service_keeps_intent_and_known_health") {
+        return;
+    }
+    let mut s = Setup::new("rldkeep");
+    let sock = s.left.socket.clone();
+    let _d = s.daemon();
+    let client = &s.lab.client;
+    wait_for(client, "primary");
+    cli_ok(&sock, &["drain", "web4", "primary", "--reason", "patching"]);
+    wait_for(client, "secondary");
+    s.primary.kill();
+    // Known down (the TCP probe is refused, confirmed at once).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cli_ok(&sock, &["status"])
+        .lines()
+        .any(|l| l.trim_start().starts_with("primary   198.18.2.2:8080") && l.contains(" down"))
+    {
+        assert!(Instant::now() < deadline, "the primary never went down");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The secondary now serves on port 80 (the lab server listens there too).
+    let text = LAB_CONFIG.replacen(
+        "secondary = \"198.18.3.2:8080\"",
+        "secondary = \"198.18.3.2:80\"",
+        1,
+    );
+    assert_ne!(text, LAB_CONFIG);
+    s.write_config(&text);
+    let out = cli_ok(&sock, &["reload"]);
+    assert!(out.contains("1 restarted"), "{out}");
+    let status = cli_ok(&sock, &["status"]);
+    let web4: Vec<&str> = status
+        .split("\n\n")
+        .find(|b| b.starts_with("web4 "))
+        .unwrap()
+        .lines()
+        .collect();
+    let primary = web4
+        .iter()
+        .find(|l| l.trim_start().starts_with("primary"))
+        .unwrap();
+    assert!(
+        primary.contains(" down") && primary.contains("DRAINED"),
+        "{status}"
+    );
+    assert!(web4[0].contains("active secondary"), "{status}");
+    for _ in 0..20 {
+        assert_eq!(connect_from(client, 0, WEB4).as_deref(), Ok("secondary"));
+    }
+    // The operator's command still reaches the restarted service by name.
+    cli_ok(&sock, &["undrain", "web4", "primary"]);
 }

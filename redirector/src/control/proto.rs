@@ -152,6 +152,10 @@ pub struct BackendStatus {
     pub since_s: Option<f64>,
     /// Last probe reason.
     pub reason: Option<String>,
+    /// Why its probe cannot run on this host right now (the gateway's own
+    /// trouble; no verdict meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_error: Option<String>,
     /// Takes no new flows.
     pub drained: bool,
     /// Effective probe interval in ms.

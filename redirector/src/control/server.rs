@@ -74,7 +74,15 @@ impl Server {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
-        let listener = UnixListener::bind(path).map_err(io)?;
+        // Created 0600, not with the umask's bits until a chmod: nobody can
+        // connect in between. (The umask is the process's: any file another
+        // thread creates in this instant only gets narrower permissions.)
+        // SAFETY: umask(2) only swaps the process's file mode mask.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above, restoring the previous mask.
+        unsafe { libc::umask(old) };
+        let listener = bound.map_err(io)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         let task = tokio::spawn(async move {
             loop {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use log::info;
 use tokio::sync::mpsc;
 
-use super::Daemon;
+use super::{Daemon, persist::Ack};
 use crate::{
     control::{
         proto::{BackendStatus, EventRecord, Request, Response, ServiceStatus, Status},
@@ -53,17 +53,22 @@ impl Daemon {
             // The CLI may have gone; nothing to do about it.
             let _ = reply.try_send(r);
         };
-        let operator = |daemon: &mut Daemon, service: &str, input: Input, done: String| -> Response {
-            match daemon.services.operator(service, now, input) {
-                Ok(effects) => {
-                    daemon.apply(effects);
-                    info!("operator {}: {done}", who(&peer));
-                    Response::Done { message: done }
-                }
-                Err(e) => Response::Error {
-                    message: e.to_string(),
-                },
+        // Applied at once; answered once the state file holding it is on disk.
+        let operator = |daemon: &mut Daemon, service: &str, input: Input, done: String| match daemon
+            .services
+            .operator(service, now, input)
+        {
+            Ok(effects) => {
+                info!("operator {}: {done}", who(&peer));
+                let ack = Ack {
+                    reply: reply.clone(),
+                    response: Response::Done { message: done },
+                };
+                daemon.apply_acked(effects, ack);
             }
+            Err(e) => answer(Response::Error {
+                message: e.to_string(),
+            }),
         };
         match request {
             Request::Status => answer(Response::Status(self.status())),
@@ -89,11 +94,11 @@ impl Daemon {
                     who: who(&peer),
                     why: reason,
                 };
-                answer(operator(self, &service, input, done));
+                operator(self, &service, input, done);
             }
             Request::Auto { service, .. } => {
                 let done = format!("{service}: automatic control");
-                answer(operator(self, &service, Input::Auto { who: who(&peer) }, done));
+                operator(self, &service, Input::Auto { who: who(&peer) }, done);
             }
             Request::Drain {
                 service,
@@ -111,7 +116,7 @@ impl Daemon {
                     who: who(&peer),
                     why: reason,
                 };
-                answer(operator(self, &service, input, done));
+                operator(self, &service, input, done);
             }
             Request::Events { follow } => {
                 // The backlog can exceed the connection's queue: a task sends it
@@ -181,6 +186,7 @@ impl Daemon {
                         .into(),
                         since_s: Some(now.saturating_sub(b.since).as_secs_f64()),
                         reason: b.reason.as_ref().map(ToString::to_string),
+                        local_error: svc.local_error[slot.index()].clone(),
                         drained: view.desired.drained[slot.index()],
                         probe_interval_ms: self
                             .services

@@ -18,6 +18,7 @@ mod apply;
 mod attach;
 mod control;
 mod hops;
+mod persist;
 mod reload;
 mod resolver;
 mod services;
@@ -52,6 +53,7 @@ use crate::{
 use apply::Switches;
 use attach::Held;
 use hops::Hops;
+use persist::{Ack, Saver};
 use resolver::{EgressUpdate, Resolver};
 use services::Services;
 
@@ -62,6 +64,11 @@ const EVENT_LOG: usize = 1024;
 
 /// Runs the daemon with the configuration at `path` until SIGINT/SIGTERM.
 pub fn run(path: &Path) -> Result<()> {
+    // The documented unit reloads with `kill -HUP`, whose default action
+    // ends the process: ignored (also by `main`, earlier) until the handler
+    // below takes it over.
+    // SAFETY: signal(2) with SIG_IGN installs no code of ours.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let cfg = Config::from_file(path)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -70,7 +77,11 @@ pub fn run(path: &Path) -> Result<()> {
     rt.block_on(async {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
-        let daemon = Daemon::start(cfg, Some(path.to_path_buf())).await?;
+        // Before the (slow) start: a SIGHUP meanwhile must not kill the
+        // daemon; it is kept and reloads once the start is done.
+        let hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let mut daemon = Daemon::start(cfg, Some(path.to_path_buf())).await?;
+        daemon.hup = Some(hup);
         let stop = daemon
             .run(async {
                 tokio::select! {
@@ -131,8 +142,8 @@ pub struct Daemon {
     ),
     reloading: bool,
     state: State,
-    /// Writes of the state file asked for, and the last one done.
-    persisted: (u64, std::sync::Arc<std::sync::Mutex<u64>>),
+    /// Writes of the state file, in order.
+    saver: Saver,
     cfg: Config,
     /// The file SIGHUP reloads (none when started from a parsed config).
     config_path: Option<PathBuf>,
@@ -144,6 +155,8 @@ pub struct Daemon {
     flow_entries: Option<u64>,
     /// One daemon per pin directory, state directory and socket.
     _lock: InstanceLock,
+    /// SIGHUP, when installed before the start (else `run` installs it).
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 /// The decision a pinned switch state stands for.
@@ -385,8 +398,9 @@ impl Daemon {
         hops.commit();
         let (resolver, egress_updates) = resolver.run(hops, hop_maps, hop_requests)?;
         state.stopped_unix_ms = None;
-        if let Err(e) = state.save(&cfg.control.state_dir) {
-            warn!("saving the state file: {e:#}; service ids may change on the next start");
+        let mut saver = Saver::new(cfg.control.state_dir.clone());
+        if let Err(e) = saver.save_now(&state) {
+            warn!("saving the state file: {e}; service ids may change on the next start");
         }
         let (report_tx, reports) = mpsc::channel(4096);
         services.start_probing(
@@ -412,7 +426,7 @@ impl Daemon {
             reloads: mpsc::unbounded_channel(),
             reloading: false,
             state,
-            persisted: (0, std::sync::Arc::default()),
+            saver,
             cfg,
             config_path,
             metrics: crate::metrics::Metrics::new(),
@@ -420,6 +434,7 @@ impl Daemon {
             _metrics_server: None,
             flow_entries: None,
             _lock: lock,
+            hup: None,
         })
     }
 
@@ -430,7 +445,10 @@ impl Daemon {
     /// goes on.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Stopped> {
         let mut sweep = tokio::time::interval(SWEEP);
-        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let mut hup = match self.hup.take() {
+            Some(h) => h,
+            None => signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        };
         tokio::pin!(shutdown);
         let mut sweeping: Option<(HashMap<u32, SwitchState>, tokio::task::JoinHandle<Swept>)> = None;
         let mut detached = false;
@@ -540,8 +558,8 @@ impl Daemon {
         if !detached {
             self.state.intents = self.services.intents();
             self.state.stopped_unix_ms = Some(unix_ms());
-            if let Err(e) = self.state.save(&self.cfg.control.state_dir) {
-                warn!("saving the state file: {e:#}");
+            if let Err(e) = self.saver.save_now(&self.state) {
+                warn!("saving the state file: {e}");
             }
         }
         Ok(Stopped {
@@ -554,6 +572,21 @@ impl Daemon {
     /// Writes decisions and records events. A failed write is logged; the
     /// machine's next write for that service carries the whole state again.
     fn apply(&mut self, effects: Vec<(u32, Effect)>) {
+        if self.record(effects) {
+            self.persist();
+        }
+    }
+
+    /// [`Daemon::apply`] for an operator's action: `ack` is answered once
+    /// the state holding the action is on disk.
+    fn apply_acked(&mut self, effects: Vec<(u32, Effect)>, ack: Ack) {
+        self.record(effects);
+        self.saver.save(self.state.clone(), Some(ack));
+    }
+
+    /// Writes decisions, records events and intents; true when the state
+    /// file must be written.
+    fn record(&mut self, effects: Vec<(u32, Effect)>) -> bool {
         let mut persist = false;
         for (id, effect) in effects {
             match effect {
@@ -585,30 +618,12 @@ impl Daemon {
             self.state.intents = intents;
             persist = true;
         }
-        if persist {
-            self.persist();
-        }
+        persist
     }
 
-    /// Writes the state file off the loop. Each write carries the whole
-    /// state; writes are numbered and one that finds a newer one already
-    /// written gives up, so the file never goes back in time.
+    /// Writes the state file off the loop ([`Saver`]).
     fn persist(&mut self) {
-        self.persisted.0 += 1;
-        let generation = self.persisted.0;
-        let written = self.persisted.1.clone();
-        let state = self.state.clone();
-        let dir = self.cfg.control.state_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let Ok(mut last) = written.lock() else { return };
-            if *last > generation {
-                return;
-            }
-            match state.save(&dir) {
-                Ok(()) => *last = generation,
-                Err(e) => warn!("saving the state file: {e:#}"),
-            }
-        });
+        self.saver.save(self.state.clone(), None);
     }
 
     /// Carrier changes: a backend whose egress link lost its carrier is down

@@ -301,7 +301,11 @@ impl Daemon {
                     self.dp
                         .set_backends(id, s, resolved)
                         .with_context(|| format!("writing service {:?}", s.name))?;
-                    let machine = self.services.add(id, s.clone(), None, now);
+                    let machine = match before {
+                        // Health and intent of the backends that stayed go on.
+                        Some((old_id, _)) => self.services.restart(*old_id, id, s.clone(), now),
+                        None => self.services.add(id, s.clone(), None, now),
+                    };
                     let desired = machine.desired();
                     self.switches
                         .write(&mut self.dp, id, &desired)
@@ -340,6 +344,7 @@ impl Daemon {
         }
         self.services.set_budget(cfg.control.probe_budget);
         self.cfg = cfg;
+        self.state.intents = self.services.intents();
         self.persist();
         Ok(summary(diff, self.cfg.services.len()))
     }

@@ -30,6 +30,15 @@ fn target_id(id: u32, what: Probed) -> TargetId {
     TargetId(u64::from(id) * 4 + k)
 }
 
+impl Probed {
+    fn index(self) -> usize {
+        match self {
+            Probed::Backend(s) => s.index(),
+            Probed::Gate => 2,
+        }
+    }
+}
+
 fn from_target(t: TargetId) -> Option<(u32, Probed)> {
     let id = u32::try_from(t.0 / 4).ok()?;
     let what = match t.0 % 4 {
@@ -97,6 +106,9 @@ pub struct Svc {
     pub cfg: Service,
     /// Its decisions.
     pub machine: Machine,
+    /// Why the probes of the primary, the secondary and the gate cannot
+    /// run on this host, while they cannot (no verdict meanwhile).
+    pub local_error: [Option<String>; 3],
 }
 
 /// Every service, by id.
@@ -126,14 +138,52 @@ impl Services {
         if let Some(s) = &self.scheduler {
             set_targets(s, id, &cfg);
         }
-        let svc = self.by_id.entry(id).insert_entry(Svc { cfg, machine }).into_mut();
+        let svc = self
+            .by_id
+            .entry(id)
+            .insert_entry(Svc {
+                cfg,
+                machine,
+                local_error: Default::default(),
+            })
+            .into_mut();
+        &svc.machine
+    }
+
+    /// A reload restarted the service `old_id` (an address changed) as
+    /// `id`: its new machine keeps the health and intent of the backends
+    /// whose address stayed ([`Machine::carry_over`]). Returns it.
+    pub fn restart(&mut self, old_id: u32, id: u32, cfg: Service, now: Nanos) -> &Machine {
+        let Some(old) = self.by_id.get(&old_id) else {
+            return self.add(id, cfg, None, now);
+        };
+        let was = [&old.cfg.primary, &old.cfg.secondary];
+        let from =
+            [&cfg.primary, &cfg.secondary].map(|be| Slot::ALL.into_iter().find(|s| was[s.index()] == be));
+        let machine = old.machine.carry_over(policy_of(&cfg), now, from);
+        self.by_name.insert(cfg.name.clone(), id);
+        if let Some(s) = &self.scheduler {
+            set_targets(s, id, &cfg);
+        }
+        let svc = self
+            .by_id
+            .entry(id)
+            .insert_entry(Svc {
+                cfg,
+                machine,
+                local_error: Default::default(),
+            })
+            .into_mut();
         &svc.machine
     }
 
     /// Removes a service: its machine and its probe targets.
     pub fn remove(&mut self, id: u32) -> Option<Svc> {
         let svc = self.by_id.remove(&id)?;
-        self.by_name.remove(&svc.cfg.name);
+        // A restarted service's name already names its new id.
+        if self.by_name.get(&svc.cfg.name) == Some(&id) {
+            self.by_name.remove(&svc.cfg.name);
+        }
         if let Some(s) = &self.scheduler {
             for what in [
                 Probed::Backend(Slot::Primary),
@@ -210,19 +260,52 @@ impl Services {
     }
 
     /// A probe report (recorded in `metrics`, then judged).
+    ///
+    /// A probe that could not run on this host (no fd, a local firewall, a
+    /// missing command …) says nothing about the backend: it is reported
+    /// (log, status, metric) and never reaches the machine, so the gateway's
+    /// own trouble cannot fail every service over.
     pub fn report(&mut self, r: Report, metrics: &mut crate::metrics::Metrics) -> Tagged {
         let Some((id, what)) = from_target(r.id) else {
             return Vec::new();
         };
-        if let (Some(svc), Probed::Backend(slot)) = (self.by_id.get(&id), what) {
+        let local = r.outcome.reason.is_local();
+        let Some(svc) = self.by_id.get_mut(&id) else {
+            return Vec::new();
+        };
+        if let Probed::Backend(slot) = what {
             metrics.probe(
                 &svc.cfg.name,
                 &slot.to_string(),
                 svc.cfg.health.kind.as_str(),
-                r.outcome.ok,
+                match (local, r.outcome.ok) {
+                    (true, _) => "local",
+                    (false, true) => "pass",
+                    (false, false) => "fail",
+                },
                 &r.outcome.reason.to_string(),
                 r.outcome.latency,
             );
+        }
+        let probed = match what {
+            Probed::Backend(slot) => slot.to_string(),
+            Probed::Gate => "failback gate".to_owned(),
+        };
+        let last = &mut svc.local_error[what.index()];
+        if local {
+            let text = r.outcome.reason.to_string();
+            if last.as_deref() != Some(text.as_str()) {
+                log::warn!(
+                    "service {}: the {probed}'s probe cannot run on this host ({text}): the gateway's own \
+                     trouble, not counted against the backend; no verdict until it runs again",
+                    svc.cfg.name
+                );
+            }
+            *last = Some(text);
+            return Vec::new();
+        }
+        if last.take().is_some() {
+            log::info!("service {}: the {probed}'s probe runs again", svc.cfg.name);
         }
         let sent = Nanos(r.sent);
         let ok = r.outcome.ok;

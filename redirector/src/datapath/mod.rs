@@ -159,11 +159,14 @@ pub fn max_entries(name: &str, sizes: Sizes) -> Option<u32> {
     }
 }
 
-/// Loads an XDP program, retrying when the kernel answers EAGAIN: the
-/// verifier gives up with it when a signal reaches the loading thread, which
-/// the longer verifications (the options path, ~1.5 s) make likely enough
-/// to have been seen in tests.
+/// Loads an XDP program. The verifier gives up with EAGAIN when a signal
+/// is pending for the loading thread, and verifying the options path takes
+/// ~1.5 s: a `kill -HUP` during a start (queued by the daemon's handler)
+/// made the start fail. The asynchronous signals are blocked on this thread
+/// while it loads (they stay pending, or another thread takes them; none is
+/// lost), and an EAGAIN is still retried.
 fn load_xdp(prog: &mut Xdp) -> std::result::Result<(), ProgramError> {
+    let _held = SignalsHeld::new();
     let mut tries = 0;
     loop {
         match prog.load() {
@@ -174,6 +177,42 @@ fn load_xdp(prog: &mut Xdp) -> std::result::Result<(), ProgramError> {
             }
             other => return other,
         }
+    }
+}
+
+/// The asynchronous signals blocked on the calling thread until dropped.
+struct SignalsHeld(libc::sigset_t);
+
+impl SignalsHeld {
+    fn new() -> SignalsHeld {
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset before use;
+        // pthread_sigmask only changes this thread's mask.
+        unsafe {
+            let mut block: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut block);
+            for sig in [
+                libc::SIGHUP,
+                libc::SIGINT,
+                libc::SIGTERM,
+                libc::SIGCHLD,
+                libc::SIGUSR1,
+                libc::SIGUSR2,
+                libc::SIGALRM,
+                libc::SIGPIPE,
+            ] {
+                libc::sigaddset(&mut block, sig);
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
+            SignalsHeld(old)
+        }
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `new` on the same thread.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
     }
 }
 

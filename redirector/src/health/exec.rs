@@ -10,8 +10,8 @@ use super::{Outcome, Reason};
 const REAP_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs `command` with the backend in `REDIRECTOR_BACKEND_ADDR` and
-/// `REDIRECTOR_BACKEND_PORT`; passed on exit status 0. At the timeout its
-/// whole process group is killed and the command reaped.
+/// `REDIRECTOR_BACKEND_PORT`; passed on exit status 0. Its whole process
+/// group is killed when it ends or at the timeout, and the command reaped.
 pub(super) async fn probe(command: &[String], target: SocketAddr, timeout: Duration) -> Outcome {
     let start = Instant::now();
     let result = run(command, target, start + timeout).await;
@@ -34,7 +34,8 @@ async fn run(command: &[String], target: SocketAddr, deadline: Instant) -> Resul
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Reason::Error(format!("{program}: {e}")))?;
-    // Kills the group if this probe is dropped (scheduler stopped) before the command ended.
+    // Kills the group when the command ended, or if this probe is dropped
+    // (scheduler stopped) before.
     let mut group = Group(child.id());
 
     let status = match tokio::time::timeout_at(deadline, child.wait()).await {
@@ -50,7 +51,12 @@ async fn run(command: &[String], target: SocketAddr, deadline: Instant) -> Resul
             }
         },
     };
-    group.0 = None;
+    // The group is killed when `group` drops, also after a normal exit: a
+    // check that left something running in the background (`daemon &`)
+    // must not leak one process per probe. A member alive keeps the group
+    // id from being reused; with none, the id would have to come round the
+    // whole pid space within this instant to name anyone else's group.
+    drop(group);
     let status = status.map_err(|e| Reason::Error(format!("{program}: {e}")))?;
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(()),

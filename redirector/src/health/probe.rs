@@ -36,7 +36,9 @@ pub enum Reason {
     BadReply,
     /// An exec probe exited non-zero (`128 + N` when killed by signal N).
     Exit(i32),
-    /// The probe could not run (socket, spawn …); the text says why.
+    /// The probe could not run here (no fd, no buffer, no source address,
+    /// a local firewall's EPERM, a missing exec binary …); the text says why.
+    /// The gateway's own trouble: never a verdict about the backend.
     Error(String),
 }
 
@@ -46,6 +48,11 @@ impl Reason {
     /// while several in a row are not.
     pub fn is_hard(&self) -> bool {
         matches!(self, Reason::Refused | Reason::Reset | Reason::Unreachable)
+    }
+
+    /// The probe could not run on this host: no verdict about the backend.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Reason::Error(_))
     }
 }
 

@@ -89,8 +89,9 @@ pub(super) fn reason_of(err: &io::Error) -> Reason {
     match err.raw_os_error() {
         Some(libc::ECONNREFUSED) => Reason::Refused,
         Some(libc::ECONNRESET | libc::ECONNABORTED | libc::EPIPE) => Reason::Reset,
-        Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => Reason::Unreachable,
+        Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN) => Reason::Unreachable,
         Some(libc::ETIMEDOUT) => Reason::Timeout,
+        // EPERM (a local firewall), EMFILE, ENOBUFS, EADDRNOTAVAIL …: ours.
         _ => Reason::Error(err.to_string()),
     }
 }
@@ -112,5 +113,8 @@ mod tests {
         assert_eq!(r(libc::EHOSTUNREACH), Reason::Unreachable);
         assert_eq!(r(libc::ENETUNREACH), Reason::Unreachable);
         assert!(matches!(r(libc::EINVAL), Reason::Error(_)));
+        for local in [libc::EPERM, libc::EMFILE, libc::ENOBUFS, libc::EADDRNOTAVAIL] {
+            assert!(r(local).is_local(), "{local}");
+        }
     }
 }

@@ -514,6 +514,36 @@ impl Machine {
         }
     }
 
+    /// A reload restarted the service (an address changed): the new
+    /// machine keeps what is still true of the old one. `from[i]` is the old
+    /// slot whose backend (address and port) the new slot `i` has, if any:
+    /// such a backend keeps its health (state, counters, flap history) and
+    /// its drain, and an override that names it stays; a new address starts
+    /// unknown. The caller writes [`Machine::desired`] once.
+    pub fn carry_over(&self, policy: Policy, now: Nanos, from: [Option<Slot>; 2]) -> Machine {
+        let mut m = Machine::new(self.name.clone(), policy, now.max(self.now));
+        for slot in Slot::ALL {
+            if let Some(old) = from[slot.index()] {
+                m.backends[slot.index()] = self.backends[old.index()].clone();
+                m.drained[slot.index()] = self.drained[old.index()];
+            }
+        }
+        let new_slot = |old: Slot| Slot::ALL.into_iter().find(|s| from[s.index()] == Some(old));
+        m.pin = self.pin.clone().and_then(|o| {
+            let to = new_slot(o.to)?;
+            Some(Override { to, ..o })
+        });
+        m.active = match &m.pin {
+            Some(o) => o.to,
+            None => {
+                m.active = new_slot(self.active).unwrap_or(Slot::Primary);
+                m.choose()
+            }
+        };
+        m.written = m.desired();
+        m
+    }
+
     /// Service name.
     pub fn name(&self) -> &str {
         &self.name

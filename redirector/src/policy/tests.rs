@@ -963,3 +963,38 @@ fn intent_and_events_survive_serialization() {
         view
     );
 }
+
+/// Issue 10, fault 3: a reload that restarts a service (one address
+/// changed) keeps the health and intent of the backends that stayed.
+#[test]
+fn a_restart_by_reload_keeps_health_and_intent_of_unchanged_backends() {
+    let mut m = machine(policy());
+    probes(&mut m, 0, P, true, 1);
+    probes(&mut m, 0, S, true, 1);
+    m.step(ms(10), drain(P, true)).unwrap();
+    // The primary dies too.
+    probes(&mut m, 20, P, false, 2);
+    assert_eq!(m.view().backends[0].state, State::Down);
+    // The secondary's address changes: the primary keeps down and drained,
+    // the new secondary starts unknown; traffic stays off the primary.
+    let n = m.carry_over(policy(), ms(30), [Some(P), None]);
+    let v = n.view();
+    assert_eq!(v.backends[0].state, State::Down);
+    assert_eq!(v.backends[1].state, State::Unknown);
+    assert!(v.desired.drained[0] && !v.desired.drained[1]);
+    assert_eq!(v.desired.active, S);
+    assert!(!v.desired.up[0], "a dead primary is not counted up");
+    // An override follows its backend; one naming a changed backend goes.
+    let mut m = machine(policy());
+    probes(&mut m, 0, P, true, 1);
+    probes(&mut m, 0, S, true, 1);
+    m.step(ms(5), flip(S, None, false)).unwrap();
+    let kept = m.carry_over(policy(), ms(6), [Some(P), Some(S)]);
+    assert_eq!(kept.view().intent.pin.map(|o| o.to), Some(S));
+    assert_eq!(kept.view().desired.active, S);
+    let swapped = m.carry_over(policy(), ms(6), [Some(S), Some(P)]);
+    assert_eq!(swapped.view().intent.pin.map(|o| o.to), Some(P));
+    let gone = m.carry_over(policy(), ms(6), [Some(P), None]);
+    assert_eq!(gone.view().intent.pin, None);
+    assert_eq!(gone.view().desired.active, P);
+}
