@@ -2,6 +2,24 @@
 //! (release builds, which operators run, have none): `REDIRECTOR_FAULT_<NAME>_MS`
 //! in the daemon's environment delays the named step by that many ms.
 
+/// `REDIRECTOR_FAULT_STALL_MS` every `REDIRECTOR_FAULT_STALL_EVERY_MS`: how
+/// long and how often the daemon's event loop blocks its thread (debug
+/// builds only; `None` otherwise).
+pub fn stall() -> Option<(std::time::Duration, std::time::Duration)> {
+    #[cfg(debug_assertions)]
+    {
+        let ms = |name: &str| {
+            std::env::var(format!("REDIRECTOR_FAULT_{name}_MS"))
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(std::time::Duration::from_millis)
+        };
+        Some((ms("STALL")?, ms("STALL_EVERY")?))
+    }
+    #[cfg(not(debug_assertions))]
+    None
+}
+
 /// Sleeps for `REDIRECTOR_FAULT_<name>_MS` ms, if set (debug builds only).
 #[inline]
 pub fn delay(name: &str) {

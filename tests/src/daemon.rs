@@ -134,6 +134,8 @@ pub struct Setup {
     pub left: Leftovers,
     /// The config file.
     pub config: PathBuf,
+    /// Extra `[control]` lines.
+    control: String,
 }
 
 impl Setup {
@@ -144,6 +146,11 @@ impl Setup {
 
     /// `services` (a config without `[control]`) plus private places.
     pub fn with_config(tag: &str, services: &str) -> Setup {
+        Self::with_control(tag, services, "")
+    }
+
+    /// [`Setup::with_config`] with more `[control]` keys (`key = value` lines).
+    pub fn with_control(tag: &str, services: &str, control: &str) -> Setup {
         let lab = Lab::new(
             tag,
             &DsrVips {
@@ -161,6 +168,7 @@ impl Setup {
             secondary,
             left,
             config,
+            control: control.to_owned(),
         };
         s.write_config(services);
         s
@@ -169,8 +177,8 @@ impl Setup {
     /// Rewrites the config file with `services` and the private `[control]` table.
     pub fn write_config(&self, services: &str) {
         let text = format!(
-            "{services}\n[control]\nsocket = {:?}\nstate_dir = {:?}\nbpffs_dir = {:?}\nmetrics = \"198.18.1.1:9630\"\n",
-            self.left.socket, self.left.state_dir, self.left.bpffs_dir
+            "{services}\n[control]\nsocket = {:?}\nstate_dir = {:?}\nbpffs_dir = {:?}\nmetrics = \"198.18.1.1:9630\"\n{}\n",
+            self.left.socket, self.left.state_dir, self.left.bpffs_dir, self.control
         );
         std::fs::write(&self.config, text).unwrap();
     }

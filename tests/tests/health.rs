@@ -368,6 +368,49 @@ fn an_answer_that_arrived_while_starved_counts() {
     });
 }
 
+/// Issue 10, fault 1: a verdict is about the backend, never the prober's
+/// timing. An HTTP probe whose connection was up before the runtime stalled
+/// sends its request late and still passes; a silent backend seen only long
+/// after the deadline gives no verdict rather than a timeout.
+#[test]
+fn a_stalled_prober_gives_no_false_verdict() {
+    if !require_root("a_stalled_prober_gives_no_false_verdict") {
+        return;
+    }
+    let ns = lab("hstall");
+    run_in(&ns, || async {
+        let _requests = http_server(addr(V4, 8090)).await;
+        static GET: std::sync::LazyLock<ProbeKind> = std::sync::LazyLock::new(|| ProbeKind::Http {
+            path: "/ok".into(),
+            expect: vec![200],
+        });
+        for _ in 0..5 {
+            let probe = tokio::spawn(probe_ms(&GET, addr(V4, 8090), 30));
+            // Let it connect (a local handshake takes microseconds), then
+            // stall the runtime far past the timeout.
+            tokio::task::yield_now().await;
+            std::thread::sleep(MS);
+            tokio::task::yield_now().await;
+            std::thread::sleep(200 * MS);
+            assert_reason(&probe.await.unwrap(), Reason::Passed);
+        }
+        assert_reason(&probe_ms(&GET, addr(V4, 8090), 30).await, Reason::Passed);
+
+        static UDP: std::sync::LazyLock<ProbeKind> = std::sync::LazyLock::new(|| ProbeKind::Udp {
+            send: b"ping".to_vec(),
+            expect: None,
+        });
+        let silent = tokio::spawn(probe_ms(&UDP, addr(SILENT_V4, 9002), 20));
+        tokio::time::sleep(MS).await;
+        std::thread::sleep(200 * MS);
+        let outcome = silent.await.unwrap();
+        assert!(matches!(outcome.reason, Reason::Late(_)), "{outcome:?}");
+        assert!(!outcome.ok);
+        // Seen on time, the same silence is a timeout.
+        assert_reason(&probe_ms(&UDP, addr(SILENT_V4, 9002), 20).await, Reason::Timeout);
+    });
+}
+
 #[test]
 fn icmp_passed_unreachable_timeout() {
     if !require_root("icmp_passed_unreachable_timeout") {

@@ -515,3 +515,95 @@ fn a_reload_that_restarts_a_service_keeps_intent_and_known_health() {
     // The operator's command still reaches the restarted service by name.
     cli_ok(&sock, &["undrain", "web4", "primary"]);
 }
+
+/// 100 HTTP and 100 UDP services (DSR, so they may share the backends'
+/// servers), every probe failure fatal (`fall = 1`).
+fn many_services() -> String {
+    let mut c = String::from("[gateway]\ninterfaces = [\"g-c\", \"g-p\", \"g-s\"]\nxdp_mode = \"driver\"\n");
+    for i in 1..=100 {
+        c.push_str(&format!(
+            "\n[[service]]\nname = \"http{i}\"\nvip = \"198.18.101.{i}\"\nport = 80\nprotocol = \"tcp\"\n\
+             mode = \"dsr\"\nprimary = \"198.18.2.2\"\nsecondary = \"198.18.3.2\"\n\
+             [service.health]\nkind = \"http\"\ninterval = \"20ms\"\nfall = 1\n\
+             \n[[service]]\nname = \"udp{i}\"\nvip = \"198.18.102.{i}\"\nport = 53\nprotocol = \"udp\"\n\
+             mode = \"dsr\"\nprimary = \"198.18.2.2\"\nsecondary = \"198.18.3.2\"\n\
+             [service.health]\ninterval = \"50ms\"\nfall = 1\n"
+        ));
+    }
+    c
+}
+
+/// Fault 1: a stalled decision loop delays decisions, never invents
+/// failures. The daemon's loop blocks its thread for 200 ms ten times
+/// (a debug-build fault hook) while `status --json` and `/metrics` are
+/// hammered: no transition of any of 200 services whose probes all fail
+/// the backend at the first failure.
+#[test]
+fn a_stalled_loop_and_busy_control_socket_invent_no_failures() {
+    if !require_root("a_stalled_loop_and_busy_control_socket_invent_no_failures") {
+        return;
+    }
+    let s = Setup::with_control("stall", &many_services(), "probe_budget = 20000");
+    let sock = s.left.socket.clone();
+    let d = Daemon::start_with(
+        &s.lab.gw,
+        &s.config,
+        &sock,
+        &[
+            ("REDIRECTOR_FAULT_STALL_MS", "200"),
+            ("REDIRECTOR_FAULT_STALL_EVERY_MS", "600"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !all_up(&status_json(&sock)) {
+        assert!(Instant::now() < deadline, "not every backend came up");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let events = cli_ok(&sock, &["events"]).lines().count();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let status = {
+        let (stop, sock) = (stop.clone(), sock.clone());
+        thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 10_000 {
+                cli_ok(&sock, &["status", "--json"]);
+                n += 1;
+            }
+            n
+        })
+    };
+    let metrics = {
+        let (stop, gw) = (stop.clone(), s.lab.gw.name.clone());
+        thread::spawn(move || {
+            let _in = redirector_tests::netns::enter(&gw);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 10_000 {
+                let mut c = std::net::TcpStream::connect("198.18.1.1:9630").unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                c.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                let mut body = String::new();
+                let _ = c.read_to_string(&mut body);
+                assert!(
+                    body.starts_with("HTTP/1.1 200"),
+                    "{}",
+                    &body[..body.len().min(200)]
+                );
+                n += 1;
+            }
+            n
+        })
+    };
+    // Ten stalls.
+    thread::sleep(Duration::from_millis(6000));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (statuses, scrapes) = (status.join().unwrap(), metrics.join().unwrap());
+    assert!(
+        statuses > 10 && scrapes > 10,
+        "{statuses} status, {scrapes} scrapes"
+    );
+    let after = cli_ok(&sock, &["events"]);
+    assert_eq!(after.lines().count(), events, "transitions:\n{after}");
+    assert!(all_up(&status_json(&sock)));
+    drop(d);
+}

@@ -451,6 +451,12 @@ impl Daemon {
         };
         tokio::pin!(shutdown);
         let mut sweeping: Option<(HashMap<u32, SwitchState>, tokio::task::JoinHandle<Swept>)> = None;
+        // Test builds only: the loop blocks its thread now and then, as
+        // control work or a starved CPU would (issue 10, fault 1).
+        let mut stall = crate::fault::stall().map(|(len, every)| {
+            let first = tokio::time::Instant::now() + every;
+            (len, tokio::time::interval_at(first, every))
+        });
         let mut detached = false;
         loop {
             let deadline = self.services.next_deadline();
@@ -508,6 +514,16 @@ impl Daemon {
                     }
                     Err(e) => warn!("program log ring: {e}"),
                 },
+                _ = async {
+                    match stall.as_mut() {
+                        Some((_, every)) => every.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some((len, _)) = &stall {
+                        std::thread::sleep(*len);
+                    }
+                }
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading the configuration");
                     self.begin_reload(None);

@@ -97,6 +97,7 @@ fn reason(r: health::Reason) -> policy::Reason {
         health::Reason::BadReply => policy::Reason::BadReply,
         health::Reason::Exit(c) => policy::Reason::Exit(c),
         health::Reason::Error(e) => policy::Reason::Error(e),
+        late @ health::Reason::Late(_) => policy::Reason::Error(late.to_string()),
     }
 }
 
@@ -294,7 +295,8 @@ impl Services {
         let last = &mut svc.local_error[what.index()];
         if local {
             let text = r.outcome.reason.to_string();
-            if last.as_deref() != Some(text.as_str()) {
+            // Once per episode (a stalled host makes many late probes at once).
+            if last.is_none() {
                 log::warn!(
                     "service {}: the {probed}'s probe cannot run on this host ({text}): the gateway's own \
                      trouble, not counted against the backend; no verdict until it runs again",

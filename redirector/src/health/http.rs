@@ -1,9 +1,11 @@
 //! HTTP/1.1 probe: `GET path`, judged on the status line alone.
-use std::{
-    io::{self, Read},
-    net::SocketAddr,
-    time::Duration,
-};
+//!
+//! The timeout bounds the backend's time: its handshake (the kernel's RTT
+//! measurement) plus the time from our request to its status line (the
+//! kernel's receive time). The prober's own delay between the two — this
+//! host busy, the daemon's loop stalled — is not counted: a request sent late
+//! gets its full budget, so a stall cannot fail a healthy backend.
+use std::{net::SocketAddr, os::fd::AsRawFd as _, time::Duration};
 
 use socket2::Socket;
 use tokio::{
@@ -13,7 +15,7 @@ use tokio::{
 
 use super::{
     Outcome, Reason,
-    sock::{reason_of, until},
+    sock::{answered, reason_of, recv_stamped, set_timestamps, until},
     tcp,
 };
 
@@ -25,12 +27,43 @@ const MAX_STATUS_LINE: usize = 1024;
 /// (see `tcp::connect`), as soon as the status line is read.
 pub(super) async fn probe(target: SocketAddr, path: &str, expect: &[u16], timeout: Duration) -> Outcome {
     let start = Instant::now();
-    let deadline = start + timeout;
-    let result = match tcp::connect(target, deadline).await {
-        Ok(fd) => get(&fd, target, path, expect, deadline).await,
+    let result = match tcp::connect(target, start + timeout).await {
+        Ok(fd) => {
+            // What is left of the backend's budget once it has answered the
+            // handshake, counted from the moment the request goes out.
+            let left = timeout.saturating_sub(handshake(&fd).min(start.elapsed()));
+            match set_timestamps(fd.get_ref()) {
+                Ok(()) => get(&fd, target, path, expect, left).await,
+                Err(reason) => Err(reason),
+            }
+        }
         Err(reason) => Err(reason),
     };
     Outcome::finish(result, start)
+}
+
+/// The handshake's round trip as the kernel measured it (`tcpi_rtt`, the
+/// SYN → SYN-ACK sample on a fresh connection); 0 if it cannot tell.
+fn handshake(fd: &AsyncFd<Socket>) -> Duration {
+    // SAFETY: tcp_info is plain data; zeroed is a valid value to overwrite.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid TCP socket fd; `info` and `len` describe a writable
+    // buffer that outlives the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.get_ref().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 {
+        Duration::from_micros(u64::from(info.tcpi_rtt))
+    } else {
+        Duration::ZERO
+    }
 }
 
 async fn get(
@@ -38,8 +71,9 @@ async fn get(
     target: SocketAddr,
     path: &str,
     expect: &[u16],
-    deadline: Instant,
+    left: Duration,
 ) -> Result<(), Reason> {
+    let deadline = Instant::now() + left;
     // SocketAddr's Display brackets IPv6 addresses, as a Host header needs.
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: redirector\r\nConnection: close\r\n\r\n"
@@ -48,21 +82,19 @@ async fn get(
     while sent < request.len() {
         // MSG_NOSIGNAL: a reset peer must not SIGPIPE the daemon.
         let rest = &request.as_bytes()[sent..];
-        match until(fd, Interest::WRITABLE, deadline, |s| {
+        sent += until(fd, Interest::WRITABLE, deadline, |s| {
             s.send_with_flags(rest, libc::MSG_NOSIGNAL)
         })
-        .await
-        {
-            None => return Err(Reason::Timeout),
-            Some(Err(e)) => return Err(reason_of(&e)),
-            Some(Ok(n)) => sent += n,
-        }
+        .await?
+        .map_err(|e| reason_of(&e))?;
     }
 
     let mut buf = [0u8; MAX_STATUS_LINE];
     let mut len = 0;
+    let mut arrived = None;
     loop {
         if let Some(end) = buf[..len].iter().position(|&b| b == b'\n') {
+            answered(arrived, deadline)?;
             return match status_code(&buf[..end]) {
                 Some(code) if expect.contains(&code) => Ok(()),
                 Some(code) => Err(Reason::BadStatus(code)),
@@ -73,18 +105,16 @@ async fn get(
             return Err(Reason::BadReply);
         }
         let free = &mut buf[len..];
-        match until(fd, Interest::READABLE, deadline, |s| read(s, free)).await {
-            None => return Err(Reason::Timeout),
-            Some(Err(e)) => return Err(reason_of(&e)),
+        let (n, at) = until(fd, Interest::READABLE, deadline, |s| recv_stamped(s, free))
+            .await?
+            .map_err(|e| reason_of(&e))?;
+        if n == 0 {
             // Closed before a whole status line.
-            Some(Ok(0)) => return Err(Reason::BadReply),
-            Some(Ok(n)) => len += n,
+            return Err(Reason::BadReply);
         }
+        len += n;
+        arrived = at;
     }
-}
-
-fn read(mut sock: &Socket, buf: &mut [u8]) -> io::Result<usize> {
-    sock.read(buf)
 }
 
 /// The code of a status line `HTTP/1.x NNN [reason]` (line end excluded).

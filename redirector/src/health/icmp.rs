@@ -6,7 +6,6 @@
 //! target (the kernel then drops packets from other sources) and matches the
 //! reply on identifier, sequence and a payload token.
 use std::{
-    io::Read,
     net::{IpAddr, SocketAddr},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
@@ -17,7 +16,7 @@ use tokio::{io::Interest, time::Instant};
 
 use super::{
     Outcome, Reason, monotonic_ns,
-    sock::{reason_of, register, set_recverr, socket, until},
+    sock::{answered, reason_of, recv_stamped, register, set_recverr, set_timestamps, socket, until},
 };
 
 const V4_ECHO_REPLY: u8 = 0;
@@ -144,22 +143,21 @@ async fn echo(target: IpAddr, deadline: Instant) -> Result<(), Reason> {
     let proto = if v6 { Protocol::ICMPV6 } else { Protocol::ICMPV4 };
     let sock = socket(addr, Type::RAW, proto)?;
     set_recverr(&sock, v6)?;
+    set_timestamps(&sock)?;
     sock.connect(&addr.into()).map_err(|e| reason_of(&e))?;
     let echo = Echo::next();
     sock.send(&echo.request(v6)).map_err(|e| reason_of(&e))?;
     let fd = register(sock)?;
     let mut buf = [0u8; 2048];
     loop {
-        match until(&fd, Interest::READABLE, deadline, |s| (&*s).read(&mut buf)).await {
-            None => return Err(Reason::Timeout),
-            Some(Err(e)) => return Err(reason_of(&e)),
-            Some(Ok(n)) => {
-                if let Some(verdict) = echo.judge(v6, &buf[..n]) {
-                    return verdict;
-                }
-                // Someone else's echo (or our own request, looped back): keep waiting.
-            }
+        let (n, at) = until(&fd, Interest::READABLE, deadline, |s| recv_stamped(s, &mut buf))
+            .await?
+            .map_err(|e| reason_of(&e))?;
+        if let Some(verdict) = echo.judge(v6, &buf[..n]) {
+            answered(at, deadline)?;
+            return verdict;
         }
+        // Someone else's echo (or our own request, looped back): keep waiting.
     }
 }
 

@@ -40,6 +40,10 @@ pub enum Reason {
     /// a local firewall's EPERM, a missing exec binary …); the text says why.
     /// The gateway's own trouble: never a verdict about the backend.
     Error(String),
+    /// No answer, but the prober first looked this long after its deadline:
+    /// this host was too busy to tell a silent backend from its own delay.
+    /// No verdict.
+    Late(Duration),
 }
 
 impl Reason {
@@ -50,9 +54,10 @@ impl Reason {
         matches!(self, Reason::Refused | Reason::Reset | Reason::Unreachable)
     }
 
-    /// The probe could not run on this host: no verdict about the backend.
+    /// The probe could not run, or could not judge, on this host: no
+    /// verdict about the backend.
     pub fn is_local(&self) -> bool {
-        matches!(self, Reason::Error(_))
+        matches!(self, Reason::Error(_) | Reason::Late(_))
     }
 }
 
@@ -68,6 +73,7 @@ impl fmt::Display for Reason {
             Reason::BadReply => f.write_str("bad reply"),
             Reason::Exit(code) => write!(f, "exit status {code}"),
             Reason::Error(text) => write!(f, "error: {text}"),
+            Reason::Late(d) => write!(f, "prober late by {:.1} ms", d.as_secs_f64() * 1e3),
         }
     }
 }

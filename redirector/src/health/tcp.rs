@@ -34,11 +34,10 @@ pub(super) async fn connect(target: SocketAddr, deadline: Instant) -> Result<Asy
         Err(e) => return Err(reason_of(&e)),
     }
     let fd = register(sock)?;
-    match until(&fd, Interest::WRITABLE, deadline, established).await {
-        Some(Ok(())) => Ok(fd),
-        Some(Err(e)) => Err(reason_of(&e)),
-        None => Err(Reason::Timeout),
-    }
+    until(&fd, Interest::WRITABLE, deadline, established)
+        .await?
+        .map_err(|e| reason_of(&e))?;
+    Ok(fd)
 }
 
 /// Whether a non-blocking connect finished: its error, if it failed;

@@ -1,12 +1,12 @@
 //! UDP probe: one datagram, one reply.
-use std::{io::Read, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use socket2::{Protocol, Type};
 use tokio::{io::Interest, time::Instant};
 
 use super::{
     Outcome, Reason,
-    sock::{reason_of, register, set_recverr, socket, until},
+    sock::{answered, reason_of, recv_stamped, register, set_recverr, set_timestamps, socket, until},
 };
 
 /// Sends `send` from a fresh connected socket; passed on a reply (equal to
@@ -31,18 +31,19 @@ async fn exchange(
 ) -> Result<(), Reason> {
     let sock = socket(target, Type::DGRAM, Protocol::UDP)?;
     set_recverr(&sock, target.is_ipv6())?;
+    set_timestamps(&sock)?;
     // Connected: the kernel drops datagrams from anyone else and reports ICMP errors.
     sock.connect(&target.into()).map_err(|e| reason_of(&e))?;
     sock.send(send).map_err(|e| reason_of(&e))?;
     let fd = register(sock)?;
     // One byte more than expected, so a longer reply is seen as different.
     let mut buf = vec![0u8; expect.map_or(1, |e| e.len() + 1)];
-    match until(&fd, Interest::READABLE, deadline, |s| (&*s).read(&mut buf)).await {
-        None => Err(Reason::Timeout),
-        Some(Err(e)) => Err(reason_of(&e)),
-        Some(Ok(n)) => match expect {
-            Some(expect) if buf.get(..n) != Some(expect) => Err(Reason::BadReply),
-            _ => Ok(()),
-        },
+    let (n, at) = until(&fd, Interest::READABLE, deadline, |s| recv_stamped(s, &mut buf))
+        .await?
+        .map_err(|e| reason_of(&e))?;
+    answered(at, deadline)?;
+    match expect {
+        Some(expect) if buf.get(..n) != Some(expect) => Err(Reason::BadReply),
+        _ => Ok(()),
     }
 }

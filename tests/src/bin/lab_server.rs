@@ -56,6 +56,37 @@ fn bulk(c: &mut std::net::TcpStream, total: usize, mut got: usize) {
     let _ = c.write_all(&vec![b'x'; total]);
 }
 
+/// One TCP connection: a bulk transfer, an HTTP health check, or a request
+/// answered with the server's name.
+fn serve_tcp(mut c: std::net::TcpStream, name: &str, log: bool) {
+    let mut buf = vec![0u8; 65536];
+    // Health probes connect and reset at once: never wait long for them.
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+    let Ok(n) = c.read(&mut buf) else { return };
+    if n == 0 {
+        return;
+    }
+    if let Some((total, head)) = bulk_of(&buf[..n]) {
+        bulk(&mut c, total, n - head);
+        return;
+    }
+    if buf[..n].starts_with(b"GET ") {
+        let _ = write!(
+            c,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+            name.len()
+        );
+        return;
+    }
+    if log && let Some(seq) = seq_of(&buf[..n]) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "tcp {seq} {}", monotonic_ns());
+        let _ = out.flush();
+    }
+    let _ = c.write_all(name.as_bytes());
+}
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let name = args
@@ -87,9 +118,11 @@ fn main() -> Result<()> {
             Ok(s)
         })
         .collect::<Result<_>>()?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "ready")?;
-    out.flush()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
     let mut fds: Vec<libc::pollfd> = listeners
         .iter()
         .map(AsRawFd::as_raw_fd)
@@ -109,23 +142,11 @@ fn main() -> Result<()> {
             continue;
         }
         for l in &listeners {
-            while let Ok((mut c, _)) = l.accept() {
-                // Health probes connect and reset at once: never block on them.
-                let _ = c.set_nonblocking(false);
-                let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
-                if let Ok(n) = c.read(&mut buf)
-                    && n > 0
-                {
-                    if let Some((total, head)) = bulk_of(&buf[..n]) {
-                        bulk(&mut c, total, n - head);
-                        continue;
-                    }
-                    if log && let Some(seq) = seq_of(&buf[..n]) {
-                        writeln!(out, "tcp {seq} {}", monotonic_ns())?;
-                        out.flush()?;
-                    }
-                    let _ = c.write_all(name.as_bytes());
-                }
+            while let Ok((c, _)) = l.accept() {
+                // A thread per connection: one slow client (or a prober that
+                // sends its request late) never holds up the others or UDP.
+                let name = name.clone();
+                std::thread::spawn(move || serve_tcp(c, &name, log));
             }
         }
         for s in &sockets {
@@ -141,6 +162,7 @@ fn main() -> Result<()> {
                 match seq_of(payload) {
                     Some(seq) => {
                         if log {
+                            let mut out = std::io::stdout().lock();
                             writeln!(out, "udp {seq} {}", monotonic_ns())?;
                             out.flush()?;
                         }
