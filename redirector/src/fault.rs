@@ -20,6 +20,22 @@ pub fn stall() -> Option<(std::time::Duration, std::time::Duration)> {
     None
 }
 
+/// Completes `REDIRECTOR_FAULT_<name>_MS` ms from now if set (debug
+/// builds only); never otherwise.
+pub async fn after(name: &str) {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var(format!("REDIRECTOR_FAULT_{name}_MS"))
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        return;
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+    std::future::pending::<()>().await;
+}
+
 /// Sleeps for `REDIRECTOR_FAULT_<name>_MS` ms, if set (debug builds only).
 #[inline]
 pub fn delay(name: &str) {

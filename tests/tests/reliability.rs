@@ -607,3 +607,38 @@ fn a_stalled_loop_and_busy_control_socket_invent_no_failures() {
     assert!(all_up(&status_json(&sock)));
     drop(d);
 }
+
+/// Fault 10: a dead internal thread or task (here the prober, by a
+/// debug-build fault hook) ends the daemon with a non-zero status, for its
+/// supervisor to restart it; the data plane keeps forwarding meanwhile.
+#[test]
+fn a_dead_prober_ends_the_daemon_for_its_supervisor_and_forwarding_goes_on() {
+    if !require_root("a_dead_prober_ends_the_daemon_for_its_supervisor_and_forwarding_goes_on") {
+        return;
+    }
+    let s = Setup::new("deadprober");
+    let log_path = s.config.with_extension("log");
+    let mut d = Daemon::spawn_with(
+        &s.lab.gw,
+        &s.config,
+        std::fs::File::create(&log_path).unwrap(),
+        &[("REDIRECTOR_FAULT_PROBER_EXIT_MS", "1500")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = d.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the daemon went on without its prober");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "{status}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("the prober stopped unexpectedly"), "{log}");
+    assert!(xdp_attached(&s.lab.gw, "g-c"));
+    assert_eq!(connect_from(&s.lab.client, 0, WEB4).as_deref(), Ok("primary"));
+    // The supervisor's restart adopts the data plane.
+    let _d = s.daemon();
+    wait_for(&s.lab.client, "primary");
+    let _ = std::fs::remove_file(&log_path);
+}

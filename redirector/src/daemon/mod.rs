@@ -404,7 +404,8 @@ impl Daemon {
         }
         let (report_tx, reports) = mpsc::channel(4096);
         services.start_probing(
-            health::Scheduler::spawn(cfg.control.probe_budget, report_tx).context("starting the prober")?,
+            health::Scheduler::spawn_thread(cfg.control.probe_budget, report_tx)
+                .context("starting the prober")?,
         );
         Ok(Daemon {
             dp,
@@ -472,7 +473,13 @@ impl Daemon {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(report) = self.reports.recv() => {
+                report = self.reports.recv() => {
+                    // The prober's thread is gone: without verdicts nothing
+                    // fails over. Exit for the supervisor to restart us (the
+                    // data plane keeps forwarding meanwhile).
+                    let Some(report) = report else {
+                        bail!("{}", stopped("the prober"));
+                    };
                     let mut effects = self.services.report(report, &mut self.metrics);
                     // Take what else is queued: one pass, in arrival order.
                     while let Ok(r) = self.reports.try_recv() {
@@ -480,7 +487,10 @@ impl Daemon {
                     }
                     self.apply(effects);
                 }
-                Some(scrape) = self.scrapes.recv() => {
+                scrape = self.scrapes.recv(), if self._metrics_server.is_some() => {
+                    let Some(scrape) = scrape else {
+                        bail!("{}", stopped("the metrics endpoint"));
+                    };
                     let text = self.metrics.render(&self.live());
                     let _ = scrape.reply.send(text);
                 }
@@ -492,7 +502,10 @@ impl Daemon {
                     let effects = self.services.tick(Nanos(monotonic_ns()));
                     self.apply(effects);
                 }
-                Some(incoming) = self.requests.recv() => {
+                incoming = self.requests.recv() => {
+                    let Some(incoming) = incoming else {
+                        bail!("{}", stopped("the control socket"));
+                    };
                     if let Some(reply) = self.request(incoming) {
                         detached = true;
                         // Let the answer reach the operator before the runtime goes.
@@ -500,7 +513,10 @@ impl Daemon {
                         break;
                     }
                 }
-                Some((key, ifindex)) = self.egress_updates.recv() => {
+                update = self.egress_updates.recv() => {
+                    let Some((key, ifindex)) = update else {
+                        bail!("{}", stopped("the next-hop resolver"));
+                    };
                     if ifindex == 0 {
                         self.egress.remove(&key);
                     } else {
@@ -664,6 +680,16 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Why the daemon exits when one of its own tasks or threads ended: it
+/// cannot do its job without it, and a supervisor's restart brings it back
+/// (the pinned data plane forwards meanwhile).
+fn stopped(what: &str) -> String {
+    format!(
+        "{what} stopped unexpectedly; exiting so the supervisor restarts the daemon (the data plane keeps \
+         forwarding on the last decision meanwhile)"
+    )
 }
 
 /// Takes the instance lock on the state directory (created, mode 0700, if

@@ -74,6 +74,9 @@ pub enum SchedulerError {
     /// [`Scheduler::spawn`] was called outside a tokio runtime.
     #[error("the health scheduler must be started inside a tokio runtime: {0}")]
     NoRuntime(#[from] tokio::runtime::TryCurrentError),
+    /// Its own thread or runtime could not be started.
+    #[error("starting the prober thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// The floor on every target's interval that keeps all of them together
@@ -216,6 +219,35 @@ impl Scheduler {
         let runtime = tokio::runtime::Handle::try_current()?;
         let (commands, rx) = mpsc::unbounded_channel();
         runtime.spawn(Run::new(budget, reports).run(rx));
+        Ok(Scheduler {
+            commands,
+            table: Mutex::new(Table::new(budget)),
+        })
+    }
+
+    /// Starts the scheduler and its probes on a thread of their own (with its
+    /// own runtime), so nothing the caller's loop does — rendering a status,
+    /// walking maps, a stall — delays a probe. It runs until the returned
+    /// handle or `reports`' receiver is dropped; if it ends otherwise (a
+    /// panic), `reports` closes, which the receiver can see.
+    pub fn spawn_thread(budget: u32, reports: mpsc::Sender<Report>) -> Result<Scheduler, SchedulerError> {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(SchedulerError::Thread)?;
+        std::thread::Builder::new()
+            .name("redirector-probes".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    tokio::select! {
+                        () = Run::new(budget, reports).run(rx) => {}
+                        // Test builds: the prober dies (issue 10, fault 10).
+                        () = crate::fault::after("PROBER_EXIT") => {}
+                    }
+                });
+            })
+            .map_err(SchedulerError::Thread)?;
         Ok(Scheduler {
             commands,
             table: Mutex::new(Table::new(budget)),
