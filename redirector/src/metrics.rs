@@ -106,6 +106,7 @@ pub struct Metrics {
     probes: Family<ProbeVerdict, Counter>,
     transitions: Family<Transition, Counter>,
     detection: HistogramFamily<ServiceLabel>,
+    drift: Counter,
     series: HashMap<String, Series>,
 }
 
@@ -123,6 +124,7 @@ impl Metrics {
         let probes = Family::default();
         let transitions = Family::default();
         let detection = HistogramFamily::new_with_constructor(detection_histogram as fn() -> Histogram);
+        let drift = Counter::default();
         let mut registry = Registry::default();
         // The registry appends the final full stop to each help text.
         registry.register(
@@ -132,7 +134,7 @@ impl Metrics {
         );
         registry.register(
             "redirector_probes",
-            "Health probe verdicts, by result (pass or fail) and reason",
+            "Health probe verdicts, by result (pass, fail, or local: no verdict, the probe could not run or judge on this host) and reason",
             probes.clone(),
         );
         registry.register(
@@ -145,14 +147,25 @@ impl Metrics {
             "Time from the first probe that saw a health change to the transition that followed, in seconds",
             detection.clone(),
         );
+        registry.register(
+            "redirector_switch_drift",
+            "Switch states found different from the decision and rewritten (a failed write retried, or another writer)",
+            drift.clone(),
+        );
         Metrics {
             registry,
             probe_duration,
             probes,
             transitions,
             detection,
+            drift,
             series: HashMap::new(),
         }
+    }
+
+    /// Switch states repaired by a reconciliation.
+    pub fn drift(&mut self, repaired: usize) {
+        self.drift.inc_by(repaired as u64);
     }
 
     /// A probe verdict: histogram `redirector_probe_duration_seconds{service,backend,kind}`
@@ -944,6 +957,7 @@ mod tests {
             ("redirector_probes_total", "counter"),
             ("redirector_transitions_total", "counter"),
             ("redirector_detection_seconds", "histogram"),
+            ("redirector_switch_drift_total", "counter"),
             ("redirector_active_backend", "gauge"),
             ("redirector_all_down", "gauge"),
             ("redirector_override", "gauge"),
@@ -1173,7 +1187,14 @@ mod tests {
         m.remove_service("dns");
         let e = Exposition::parse(&m.render(&Live::default()));
         let left: Vec<_> = e.types.keys().map(String::as_str).collect();
-        assert_eq!(left, ["redirector_probe_budget", "redirector_probe_rate"]);
+        assert_eq!(
+            left,
+            [
+                "redirector_probe_budget",
+                "redirector_probe_rate",
+                "redirector_switch_drift_total"
+            ]
+        );
     }
 
     #[test]

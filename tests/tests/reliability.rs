@@ -642,3 +642,54 @@ fn a_dead_prober_ends_the_daemon_for_its_supervisor_and_forwarding_goes_on() {
     wait_for(&s.lab.client, "primary");
     let _ = std::fs::remove_file(&log_path);
 }
+
+/// Fault 10: the switch state is reconciled with the decision. Another
+/// writer flips a service's pinned switch entry: within a couple of seconds
+/// the daemon rewrites it, counts the drift, and traffic is back.
+#[test]
+fn a_switch_state_changed_behind_the_daemons_back_is_repaired() {
+    if !require_root("a_switch_state_changed_behind_the_daemons_back_is_repaired") {
+        return;
+    }
+    use aya::maps::{Array, MapData};
+    use redirector_common::SwitchState;
+    let s = Setup::new("drift");
+    let sock = &s.left.socket;
+    let _d = s.daemon();
+    let client = &s.lab.client;
+    wait_for(client, "primary");
+    let id = status_json(sock)["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "web4")
+        .and_then(|x| x["id"].as_u64())
+        .unwrap();
+    let pins = redirector::datapath::PinDir::new(&s.left.bpffs_dir);
+    let map = MapData::from_pin(pins.map("SWITCH")).unwrap();
+    let mut switch: Array<MapData, SwitchState> = Array::try_from(aya::maps::Map::Array(map)).unwrap();
+    let id = u32::try_from(id).unwrap();
+    let mut st = switch.get(&id, 0).unwrap();
+    st.active = redirector_common::SLOT_SECONDARY;
+    switch.set(id, st, 0).unwrap();
+    assert_eq!(
+        connect_from(client, 0, WEB4).as_deref(),
+        Ok("secondary"),
+        "the forged write took"
+    );
+    wait_for(client, "primary");
+    assert_eq!(
+        switch.get(&id, 0).unwrap().active,
+        redirector_common::SLOT_PRIMARY
+    );
+    let metrics = {
+        let _in = s.lab.gw.enter();
+        let mut c = std::net::TcpStream::connect("198.18.1.1:9630").unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).unwrap();
+        body
+    };
+    assert!(metrics.contains("redirector_switch_drift_total 1"), "{metrics}");
+}

@@ -4,6 +4,10 @@
 //! is a read-modify-write that only lands if the generation is still the one
 //! the sweep started from, so a failover that happens meanwhile is never
 //! undone.
+//!
+//! What [`Switches`] remembers is what the map must hold, written or not: a
+//! write that failed, or a map changed by another writer, is repaired by
+//! [`Switches::reconcile`], which the loop runs every second.
 use std::collections::{HashMap, HashSet};
 
 use redirector_common::{SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_DROP, SWITCH_PASS, SWITCH_PINNED, SwitchState};
@@ -13,7 +17,8 @@ use crate::{
     policy::{AllDown, Desired, Slot},
 };
 
-/// The switch states this process wrote (or adopted), by service id.
+/// The switch states the map must hold (written, adopted, or still to be
+/// written after a failure), by service id.
 #[derive(Default)]
 pub struct Switches {
     last: HashMap<u32, SwitchState>,
@@ -71,9 +76,27 @@ impl Switches {
             _pad: 0,
             generation: prev.map_or(1, |p| p.generation.wrapping_add(1)),
         };
-        dp.set_switch(id, st)?;
+        // The decision is what the map must hold, even if this write fails.
         self.last.insert(id, st);
+        dp.set_switch(id, st)?;
         Ok(st)
+    }
+
+    /// Compares every service's map entry with the decision and rewrites
+    /// the ones that differ (a failed write, another writer), with a new
+    /// generation. Returns the services repaired.
+    pub fn reconcile(&mut self, dp: &mut Datapath) -> Result<Vec<u32>, DatapathError> {
+        let mut repaired = Vec::new();
+        for (&id, want) in &mut self.last {
+            if dp.switch(id)? == *want {
+                continue;
+            }
+            want.generation = want.generation.wrapping_add(1);
+            dp.set_switch(id, *want)?;
+            repaired.push(id);
+        }
+        repaired.sort_unstable();
+        Ok(repaired)
     }
 
     /// The states a flow sweep starts from (only pinned services matter).

@@ -59,6 +59,8 @@ use services::Services;
 
 /// How often idle flow entries are swept.
 const SWEEP: Duration = Duration::from_secs(10);
+/// How often every switch state is compared with the decision.
+const RECONCILE: Duration = Duration::from_secs(1);
 /// Transitions kept for `redirector events`.
 const EVENT_LOG: usize = 1024;
 
@@ -446,6 +448,8 @@ impl Daemon {
     /// goes on.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Stopped> {
         let mut sweep = tokio::time::interval(SWEEP);
+        let mut reconcile = tokio::time::interval(RECONCILE);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut hup = match self.hup.take() {
             Some(h) => h,
             None => signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
@@ -540,6 +544,14 @@ impl Daemon {
                         std::thread::sleep(*len);
                     }
                 }
+                _ = reconcile.tick() => match self.switches.reconcile(&mut self.dp) {
+                    Ok(repaired) if !repaired.is_empty() => {
+                        warn!("switch state of service ids {repaired:?} differed from the decision: rewritten");
+                        self.metrics.drift(repaired.len());
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("reconciling switch states: {e:#}"),
+                },
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading the configuration");
                     self.begin_reload(None);

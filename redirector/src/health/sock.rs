@@ -59,8 +59,10 @@ pub(super) fn set_recverr(sock: &Socket, v6: bool) -> Result<(), Reason> {
 }
 
 /// How long after its deadline a prober may first look and still call a
-/// silence a timeout. Later, this host was too busy to vouch for it.
-pub(super) const LATE: Duration = Duration::from_millis(2);
+/// silence a timeout. Later, this host was too busy to vouch for it. A
+/// timer on an idle host fires well within 1 ms; 5 ms leaves room for a busy
+/// one (a 4 ms scheduler tick here) before a silence goes unjudged.
+pub(super) const LATE: Duration = Duration::from_millis(5);
 
 /// What no answer by `deadline` means, seen now: a timeout, or, when the
 /// prober looks more than [`LATE`] after it, no verdict ([`Reason::Late`]).
