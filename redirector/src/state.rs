@@ -19,7 +19,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{control::proto::EventRecord, policy::Intent};
+use crate::{
+    control::proto::EventRecord,
+    policy::{Intent, Nanos},
+};
 
 /// File name inside the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -68,6 +71,11 @@ pub struct State {
     /// Service name → its last transition (what `status` shows with the daemon down).
     #[serde(default)]
     pub last: BTreeMap<String, EventRecord>,
+    /// Service name → each backend's flap history (`Up` → `Down` times,
+    /// CLOCK_MONOTONIC: meaningful while the pins survive, i.e. until a
+    /// reboot), so a restart does not reset flap damping.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub flaps: BTreeMap<String, [Vec<Nanos>; 2]>,
     /// When the daemon last stopped cleanly (ms since the Unix epoch).
     #[serde(default)]
     pub stopped_unix_ms: Option<u64>,

@@ -20,6 +20,14 @@ use redirector_tests::{
 
 const WEB4: &str = "198.18.100.1:80";
 
+/// These tests run one at a time: each runs a lab with real servers and a
+/// daemon, and timing-sensitive checks must not share two CPUs with another.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One TCP connection from the client's `port` (0: any) to `to`, its source
 /// port reusable at once (as behind a busy NAT); returns who answered.
 fn connect_from(client: &NetNs, port: u16, to: &str) -> Result<String, String> {
@@ -75,6 +83,7 @@ fn new_connections_from_reused_client_ports_follow_failback_and_drain() {
     if !require_root("new_connections_from_reused_client_ports_follow_failback_and_drain") {
         return;
     }
+    let _serial = serial();
     let config = lab_config_with("[service.failover]\nfailback_delay = \"0s\"\nflap_hold = \"0s\"");
     let mut s = Setup::with_config("reuse", &config);
     let sock = s.left.socket.clone();
@@ -145,6 +154,7 @@ fn a_second_daemon_and_an_offline_detach_are_refused_while_one_runs() {
     if !require_root("a_second_daemon_and_an_offline_detach_are_refused_while_one_runs") {
         return;
     }
+    let _serial = serial();
     let s = Setup::new("lock");
     let d = s.daemon();
     let client = &s.lab.client;
@@ -215,6 +225,7 @@ fn sighup_during_start_up_is_kept_not_fatal() {
     if !require_root("sighup_during_start_up_is_kept_not_fatal") {
         return;
     }
+    let _serial = serial();
     let s = Setup::new("hupstart");
     let stderr = std::fs::File::create(s.config.with_extension("log")).unwrap();
     let mut d = Daemon::spawn(&s.lab.gw, &s.config, stderr);
@@ -278,6 +289,7 @@ fn an_operator_action_is_on_disk_before_it_is_acknowledged() {
     if !require_root("an_operator_action_is_on_disk_before_it_is_acknowledged") {
         return;
     }
+    let _serial = serial();
     let s = Setup::new("acksave");
     let sock = &s.left.socket;
     let mut d = Daemon::start_with(&s.lab.gw, &s.config, sock, &[("REDIRECTOR_FAULT_SAVE_MS", "300")]);
@@ -354,6 +366,7 @@ fn the_gateways_own_trouble_is_reported_never_blamed_on_the_backends() {
     if !require_root("the_gateways_own_trouble_is_reported_never_blamed_on_the_backends") {
         return;
     }
+    let _serial = serial();
     let s = Setup::with_config("local", LOCAL_TROUBLE);
     let sock = &s.left.socket;
     let log_path = s.config.with_extension("log");
@@ -466,6 +479,7 @@ fn a_reload_that_restarts_a_service_keeps_intent_and_known_health() {
     if !require_root("a_reload_that_restarts_a_service_keeps_intent_and_known_health") {
         return;
     }
+    let _serial = serial();
     let mut s = Setup::new("rldkeep");
     let sock = s.left.socket.clone();
     let _d = s.daemon();
@@ -517,17 +531,17 @@ fn a_reload_that_restarts_a_service_keeps_intent_and_known_health() {
 }
 
 /// 100 HTTP and 100 UDP services (DSR, so they may share the backends'
-/// servers), every probe failure fatal (`fall = 1`).
+/// servers) with the default timeouts and `fall`.
 fn many_services() -> String {
     let mut c = String::from("[gateway]\ninterfaces = [\"g-c\", \"g-p\", \"g-s\"]\nxdp_mode = \"driver\"\n");
     for i in 1..=100 {
         c.push_str(&format!(
             "\n[[service]]\nname = \"http{i}\"\nvip = \"198.18.101.{i}\"\nport = 80\nprotocol = \"tcp\"\n\
              mode = \"dsr\"\nprimary = \"198.18.2.2\"\nsecondary = \"198.18.3.2\"\n\
-             [service.health]\nkind = \"http\"\ninterval = \"20ms\"\nfall = 1\n\
+             [service.health]\nkind = \"http\"\ninterval = \"50ms\"\n\
              \n[[service]]\nname = \"udp{i}\"\nvip = \"198.18.102.{i}\"\nport = 53\nprotocol = \"udp\"\n\
              mode = \"dsr\"\nprimary = \"198.18.2.2\"\nsecondary = \"198.18.3.2\"\n\
-             [service.health]\ninterval = \"50ms\"\nfall = 1\n"
+             [service.health]\ninterval = \"50ms\"\n"
         ));
     }
     c
@@ -536,13 +550,14 @@ fn many_services() -> String {
 /// Fault 1: a stalled decision loop delays decisions, never invents
 /// failures. The daemon's loop blocks its thread for 200 ms ten times
 /// (a debug-build fault hook) while `status --json` and `/metrics` are
-/// hammered: no transition of any of 200 services whose probes all fail
-/// the backend at the first failure.
+/// hammered: no transition of any of 200 services (default timeouts and
+/// `fall`; the HTTP probe's own stall case is `a_stalled_prober_gives_no_false_verdict`).
 #[test]
 fn a_stalled_loop_and_busy_control_socket_invent_no_failures() {
     if !require_root("a_stalled_loop_and_busy_control_socket_invent_no_failures") {
         return;
     }
+    let _serial = serial();
     let s = Setup::with_control("stall", &many_services(), "probe_budget = 20000");
     let sock = s.left.socket.clone();
     let d = Daemon::start_with(
@@ -616,6 +631,7 @@ fn a_dead_prober_ends_the_daemon_for_its_supervisor_and_forwarding_goes_on() {
     if !require_root("a_dead_prober_ends_the_daemon_for_its_supervisor_and_forwarding_goes_on") {
         return;
     }
+    let _serial = serial();
     let s = Setup::new("deadprober");
     let log_path = s.config.with_extension("log");
     let mut d = Daemon::spawn_with(
@@ -651,6 +667,7 @@ fn a_switch_state_changed_behind_the_daemons_back_is_repaired() {
     if !require_root("a_switch_state_changed_behind_the_daemons_back_is_repaired") {
         return;
     }
+    let _serial = serial();
     use aya::maps::{Array, MapData};
     use redirector_common::SwitchState;
     let s = Setup::new("drift");
@@ -692,4 +709,80 @@ fn a_switch_state_changed_behind_the_daemons_back_is_repaired() {
         body
     };
     assert!(metrics.contains("redirector_switch_drift_total 1"), "{metrics}");
+}
+
+/// `health` of `service`'s backend `slot` (0 primary, 1 secondary) and the
+/// service's active backend, from `status --json`.
+fn health_of(sock: &std::path::Path, service: &str, slot: usize) -> (String, String) {
+    let st = status_json(sock);
+    let svc = st["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == service)
+        .unwrap()
+        .clone();
+    (
+        svc["backends"][slot]["health"].as_str().unwrap().to_owned(),
+        svc["active"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn wait_health(sock: &std::path::Path, service: &str, slot: usize, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health_of(sock, service, slot).0 != want {
+        assert!(
+            Instant::now() < deadline,
+            "{service} backend {slot} never became {want}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Fault 6: a restart is no shortcut back into traffic. A primary held down
+/// for flapping stays held across a daemon restart (flap history is in the
+/// state file; an adopted backend the data plane had down must pass `rise`
+/// probes and flap damping again).
+#[test]
+fn a_flapping_primary_stays_held_across_a_restart() {
+    if !require_root("a_flapping_primary_stays_held_across_a_restart") {
+        return;
+    }
+    let _serial = serial();
+    let mut s = Setup::new("flaprestart");
+    let sock = s.left.socket.clone();
+    let mut d = s.daemon();
+    wait_for(&s.lab.client, "primary");
+    // Four times down within the flap window: held on the fourth rise.
+    for round in 0..4 {
+        s.primary.kill();
+        wait_health(&sock, "web4", 0, "down");
+        s.primary = Server::start(&s.lab.primary, "primary", "198.18.2.2", "2001:2:0:2::2", false);
+        if round < 3 {
+            wait_health(&sock, "web4", 0, "up");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cli_ok(&sock, &["events"]).contains("web4: primary → primary: primary held down")
+        && !cli_ok(&sock, &["events"]).contains("web4: secondary → secondary: primary held down")
+    {
+        assert!(Instant::now() < deadline, "{}", cli_ok(&sock, &["events"]));
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        health_of(&sock, "web4", 0),
+        ("down".to_owned(), "secondary".to_owned())
+    );
+    // Restart the daemon (as the unit does on any exit).
+    d.signal(libc::SIGTERM);
+    let _d = s.daemon();
+    // The hold (5 s) outlives the restart: no failback after one probe plus
+    // failback_delay (1 s).
+    thread::sleep(Duration::from_millis(2500));
+    let (health, active) = health_of(&sock, "web4", 0);
+    assert_eq!(
+        active, "secondary",
+        "the flapping primary got traffic back after the restart ({health})"
+    );
+    assert_eq!(connect_from(&s.lab.client, 0, WEB4).as_deref(), Ok("secondary"));
 }

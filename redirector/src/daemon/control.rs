@@ -186,7 +186,7 @@ impl Daemon {
                         .into(),
                         since_s: Some(now.saturating_sub(b.since).as_secs_f64()),
                         reason: b.reason.as_ref().map(ToString::to_string),
-                        local_error: svc.local_error[slot.index()].clone(),
+                        local_error: svc.local_error[slot.index()].as_ref().map(ToString::to_string),
                         drained: view.desired.drained[slot.index()],
                         probe_interval_ms: self
                             .services

@@ -339,6 +339,9 @@ impl Daemon {
                         Some(Seed {
                             desired: desired_of(st),
                             intent,
+                            // Same boot (the pins survived): the monotonic
+                            // flap times are still meaningful.
+                            flaps: state.flaps.get(&svc.name).cloned().unwrap_or_default(),
                         }),
                         now,
                     );
@@ -353,6 +356,7 @@ impl Daemon {
                             share: svc.failover.share,
                         },
                         intent,
+                        flaps: Default::default(),
                     });
                     let machine = services.add(id, svc.clone(), seed, now);
                     switches
@@ -648,14 +652,18 @@ impl Daemon {
                         .retain(|f| f.try_send(Response::Event(record.clone())).is_ok() || !f.is_closed());
                     if ev.from != ev.to {
                         self.state.last.insert(ev.service.clone(), record);
-                        persist = true;
                     }
+                    // Health changes move flap history: kept across restarts.
+                    persist = true;
                     if self.events.len() == EVENT_LOG {
                         self.events.pop_front();
                     }
                     self.events.push_back(ev);
                 }
             }
+        }
+        if persist {
+            self.state.flaps = self.services.flaps();
         }
         let intents = self.services.intents();
         if intents != self.state.intents {

@@ -109,7 +109,7 @@ pub struct Svc {
     pub machine: Machine,
     /// Why the probes of the primary, the secondary and the gate cannot
     /// run on this host, while they cannot (no verdict meanwhile).
-    pub local_error: [Option<String>; 3],
+    pub local_error: [Option<health::Reason>; 3],
 }
 
 /// Every service, by id.
@@ -294,16 +294,21 @@ impl Services {
         };
         let last = &mut svc.local_error[what.index()];
         if local {
-            let text = r.outcome.reason.to_string();
-            // Once per episode (a stalled host makes many late probes at once).
-            if last.is_none() {
+            // Once per kind of trouble (a stalled host makes many late probes
+            // at once, each late by another amount).
+            let same = last.as_ref().is_some_and(|l| match (l, &r.outcome.reason) {
+                (health::Reason::Late(_), health::Reason::Late(_)) => true,
+                (a, b) => a == b,
+            });
+            if !same {
                 log::warn!(
-                    "service {}: the {probed}'s probe cannot run on this host ({text}): the gateway's own \
+                    "service {}: the {probed}'s probe cannot run on this host ({}): the gateway's own \
                      trouble, not counted against the backend; no verdict until it runs again",
-                    svc.cfg.name
+                    svc.cfg.name,
+                    r.outcome.reason
                 );
             }
-            *last = Some(text);
+            *last = Some(r.outcome.reason);
             return Vec::new();
         }
         if last.take().is_some() {
@@ -415,6 +420,15 @@ impl Services {
     /// The probing budget.
     pub fn budget(&self) -> u32 {
         self.scheduler.as_ref().map_or(0, Scheduler::budget)
+    }
+
+    /// Flap history of every service that has some.
+    pub fn flaps(&self) -> BTreeMap<String, [Vec<Nanos>; 2]> {
+        self.by_id
+            .values()
+            .map(|s| (s.cfg.name.clone(), s.machine.flaps()))
+            .filter(|(_, f)| f.iter().any(|v| !v.is_empty()))
+            .collect()
     }
 
     /// Operator intent of every service that has one.

@@ -167,6 +167,18 @@ pub(super) struct Backend {
 impl Backend {
     /// An undecided backend whose data-plane up bit is `up`.
     pub(super) fn unknown(now: Nanos, up: bool) -> Backend {
+        Self::adopted(now, up, Vec::new())
+    }
+
+    /// An undecided backend of an adopted data plane, with its flap history
+    /// (the `Up` → `Down` times a previous daemon saw). One the data plane
+    /// had down must pass `rise` probes, and flap damping, like any down
+    /// backend: a restart is no shortcut back into traffic.
+    pub(super) fn adopted(now: Nanos, up: bool, flaps: Vec<Nanos>) -> Backend {
+        let mut flaps = VecDeque::from(flaps);
+        while flaps.len() > MAX_FLAPS_KEPT {
+            flaps.pop_front();
+        }
         Backend {
             health: Health::Unknown { up },
             since: now,
@@ -175,8 +187,13 @@ impl Backend {
             latency: None,
             newest_sent: None,
             streak: Streak::None,
-            flaps: VecDeque::new(),
+            flaps,
         }
+    }
+
+    /// Times of its `Up` → `Down` transitions still remembered (to persist).
+    pub(super) fn flap_times(&self) -> Vec<Nanos> {
+        self.flaps.iter().copied().collect()
     }
 
     /// Counts as up in the data plane.
@@ -234,8 +251,10 @@ impl Backend {
             };
             self.streak = Streak::Passing(passes);
             match self.health {
-                Health::Unknown { .. } => self.enter(Health::Up, now),
-                Health::Down { held_until: None } if passes >= policy.rise_n() => {
+                Health::Unknown { up: true } => self.enter(Health::Up, now),
+                Health::Down { held_until: None } | Health::Unknown { up: false }
+                    if passes >= policy.rise_n() =>
+                {
                     match self.hold(now, &policy.flap) {
                         Some((until, flaps)) => {
                             // Still down: `since` keeps the time it went down.
@@ -247,7 +266,7 @@ impl Backend {
                         None => self.enter(Health::Up, now),
                     }
                 }
-                Health::Up | Health::Down { .. } => Change::Same,
+                Health::Up | Health::Down { .. } | Health::Unknown { up: false } => Change::Same,
             }
         } else {
             let (count, first_sent) = match self.streak {

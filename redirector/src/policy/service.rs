@@ -390,6 +390,9 @@ pub struct Seed {
     /// The operator intent from the state file. Its drains win over the data
     /// plane's drained bits (a difference is written at the first step).
     pub intent: Intent,
+    /// Each backend's flap history from the state file (`Up` → `Down` times).
+    #[serde(default)]
+    pub flaps: [Vec<Nanos>; 2],
 }
 
 /// The latest `failback_gate` verdict.
@@ -500,10 +503,11 @@ impl Machine {
     /// first pass.
     pub fn adopt(name: String, policy: Policy, now: Nanos, seed: Seed) -> Machine {
         let up = seed.desired.up;
+        let [f0, f1] = seed.flaps;
         Machine {
             name,
             policy,
-            backends: [Backend::unknown(now, up[0]), Backend::unknown(now, up[1])],
+            backends: [Backend::adopted(now, up[0], f0), Backend::adopted(now, up[1], f1)],
             active: seed.desired.active,
             pin: seed.intent.pin,
             drained: seed.intent.drained,
@@ -559,6 +563,11 @@ impl Machine {
             all_down: (all_down && self.policy.all_down != AllDown::Keep).then_some(self.policy.all_down),
             share: self.policy.share_pct(),
         }
+    }
+
+    /// Each backend's flap history, to persist (empty when none).
+    pub fn flaps(&self) -> [Vec<Nanos>; 2] {
+        [self.backends[0].flap_times(), self.backends[1].flap_times()]
     }
 
     /// The operator intent to persist.

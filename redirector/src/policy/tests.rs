@@ -798,6 +798,7 @@ fn adopt_failed_over_does_not_flap() {
     let seed = Seed {
         desired: desired(S, [false, true]),
         intent: Intent::default(),
+        flaps: Default::default(),
     };
     let mut m = Machine::adopt("web".into(), policy(), ms(0), seed.clone());
     assert_eq!(m.view().desired, seed.desired);
@@ -819,8 +820,11 @@ fn adopt_failed_over_does_not_flap() {
     assert_eq!(m.next_deadline(), Some(ms(1102)));
     assert_eq!(causes(&tick(&mut m, 1102)), [Cause::Failback]);
 
-    // The primary's first verdict is a pass: up at once, but no failback before the delay.
+    // The primary the data plane had down must pass `rise` probes, as any
+    // down backend (a restart is no shortcut back into traffic, issue 10,
+    // fault 6); then no failback before the delay.
     let mut m = Machine::adopt("web".into(), policy(), ms(0), seed);
+    assert!(probes(&mut m, 98, P, true, 2).is_empty());
     let fx = probe(&mut m, 100, P, true);
     assert_eq!(writes(&fx), [desired(S, [true, true])]);
     assert!(matches!(
@@ -841,6 +845,7 @@ fn adopt_failed_over_up_primary_waits_for_its_first_pass_and_delay() {
     let seed = Seed {
         desired: desired(S, [true, true]),
         intent: Intent::default(),
+        flaps: Default::default(),
     };
     let mut m = Machine::adopt("web".into(), policy(), ms(0), seed);
     assert!(tick(&mut m, 5000).is_empty());
@@ -868,6 +873,7 @@ fn adopt_failed_over_and_drained_does_not_flap() {
             pin: Some(pin),
             drained: [true, false],
         },
+        flaps: Default::default(),
     };
     let mut m = Machine::adopt("web".into(), policy(), ms(10_000), seed.clone());
     assert_eq!(m.intent(), seed.intent);
@@ -889,6 +895,7 @@ fn adopt_rewrites_drains_that_differ_from_the_intent_at_the_first_step() {
             pin: None,
             drained: [false, true],
         },
+        flaps: Default::default(),
     };
     let mut m = Machine::adopt("web".into(), policy(), ms(0), seed);
     let fx = probe(&mut m, 1, P, true);
@@ -997,4 +1004,25 @@ fn a_restart_by_reload_keeps_health_and_intent_of_unchanged_backends() {
     let gone = m.carry_over(policy(), ms(6), [Some(P), None]);
     assert_eq!(gone.view().intent.pin, None);
     assert_eq!(gone.view().desired.active, P);
+}
+
+/// Issue 10, fault 6: flap history survives a restart. A primary that
+/// flapped before the daemon restarted is held down after its `rise` passes,
+/// as it would have been without the restart.
+#[test]
+fn an_adopted_flapping_backend_is_held_as_before_the_restart() {
+    let flaps: Vec<Nanos> = (1..=4).map(|i| ms(i * 1000)).collect();
+    let seed = Seed {
+        desired: desired(S, [false, true]),
+        intent: Intent::default(),
+        flaps: [flaps, Vec::new()],
+    };
+    let mut m = Machine::adopt("web".into(), policy(), ms(5000), seed);
+    assert_eq!(m.flaps()[0].len(), 4);
+    let fx = probes(&mut m, 5001, P, true, 3);
+    assert!(writes(&fx).is_empty(), "{fx:?}");
+    assert!(m.view().backends[0].held_until.is_some());
+    // No failback while held.
+    assert!(tick(&mut m, 7000).is_empty());
+    assert_eq!(m.view().desired.active, S);
 }
