@@ -150,7 +150,18 @@ mod tests {
             Err(LockError::Held { .. })
         ));
         drop(first);
-        InstanceLock::acquire(&[&dir], &[&file]).unwrap_or_else(|e| panic!("{e}"));
+        // Another test's fork may hold a copy of the fds until its exec
+        // (they are close-on-exec): the lock is free again right after.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let again = loop {
+            match InstanceLock::acquire(&[&dir], &[&file]) {
+                Err(LockError::Held { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                other => break other,
+            }
+        };
+        again.unwrap_or_else(|e| panic!("{e}"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

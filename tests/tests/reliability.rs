@@ -786,3 +786,71 @@ fn a_flapping_primary_stays_held_across_a_restart() {
     );
     assert_eq!(connect_from(&s.lab.client, 0, WEB4).as_deref(), Ok("secondary"));
 }
+
+/// Fault 5: a restart matches a pinned service by what it forwards (VIP,
+/// port, protocol, mode, backends), as a reload does. A secondary's port
+/// changed while the daemon was down: the service starts over (fresh id
+/// state, flows cleared) and the old backend endpoint's reverse-NAT entry
+/// is gone, so its traffic is no longer rewritten to the VIP.
+#[test]
+fn a_restart_with_a_changed_backend_starts_the_service_over() {
+    if !require_root("a_restart_with_a_changed_backend_starts_the_service_over") {
+        return;
+    }
+    let _serial = serial();
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    use redirector_common::{Endpoint, ReverseInfo};
+    let s = Setup::new("restartid");
+    let sock = s.left.socket.clone();
+    let mut d = s.daemon();
+    let client = &s.lab.client;
+    wait_for(client, "primary");
+    // A flow pinned to the secondary.
+    cli_ok(&sock, &["flip", "web4", "secondary"]);
+    wait_for(client, "secondary");
+    d.signal(libc::SIGTERM);
+    let pins = redirector::datapath::PinDir::new(&s.left.bpffs_dir);
+    let old_endpoint = Endpoint {
+        addr: redirector::datapath::addr16("198.18.3.2".parse().unwrap()),
+        port_be: 8080u16.to_be(),
+        proto: 6,
+        _pad: 0,
+    };
+    let reverse = || -> BpfHashMap<MapData, Endpoint, ReverseInfo> {
+        BpfHashMap::try_from(Map::HashMap(MapData::from_pin(pins.map("REVERSE")).unwrap())).unwrap()
+    };
+    assert!(
+        reverse().get(&old_endpoint, 0).is_ok(),
+        "the old secondary's reverse entry"
+    );
+
+    let text = LAB_CONFIG.replacen(
+        "secondary = \"198.18.3.2:8080\"",
+        "secondary = \"198.18.3.2:80\"",
+        1,
+    );
+    s.write_config(&text);
+    let log_path = s.config.with_extension("log");
+    let _d = Daemon::spawn(&s.lab.gw, &s.config, std::fs::File::create(&log_path).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cli(&sock, &["status"]).status.success() {
+        assert!(Instant::now() < deadline, "the daemon never answered");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("service web4 (id") && !l.contains("adopted")),
+        "web4 was adopted although its secondary changed:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("service dns4 (id") && l.contains("adopted")),
+        "unchanged services are adopted:\n{log}"
+    );
+    assert!(
+        reverse().get(&old_endpoint, 0).is_err(),
+        "the old secondary endpoint's replies would still be rewritten to the VIP"
+    );
+    let _ = std::fs::remove_file(&log_path);
+}

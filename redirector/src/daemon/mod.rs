@@ -252,8 +252,22 @@ impl Daemon {
         dp.set_icmp_echo(cfg.gateway.icmp_echo == crate::config::IcmpEcho::Answer)
             .context("writing icmp_echo")?;
         // Services the pinned data plane already carries, by id.
-        let published: HashMap<u32, redirector_common::Endpoint> = if adopting {
-            dp.published()?.into_iter().map(|(k, i)| (i.id, k)).collect()
+        // Services the pinned data plane already carries, by id: what it
+        // forwards them as (key, mode, backends), to compare with the config.
+        let published: HashMap<u32, Forwarding> = if adopting {
+            let mut by_id = HashMap::new();
+            for (key, info) in dp.published()? {
+                let backends = [dp.backend_entry(info.id, 0)?, dp.backend_entry(info.id, 1)?];
+                by_id.insert(
+                    info.id,
+                    Forwarding {
+                        key,
+                        mode: info.mode,
+                        backends: backends.map(|b| (b.addr, b.port_be)),
+                    },
+                );
+            }
+            by_id
         } else {
             HashMap::new()
         };
@@ -289,13 +303,15 @@ impl Daemon {
             dp.add_egress(i)?;
         }
         let mut switches = Switches::default();
-        // Services that are gone, or whose id now means another service.
+        // Services that are gone, whose id now means another service, or that
+        // the config forwards differently (VIP, port, protocol, mode, backends:
+        // the identity a reload uses): their flows and reverse-NAT entries go.
         let current: HashMap<u32, &str> = state.ids.iter().map(|(n, i)| (*i, n.as_str())).collect();
-        for (&id, key) in &published {
+        for (&id, pinned) in &published {
             let same = current
                 .get(&id)
                 .and_then(|n| cfg.services.iter().find(|s| s.name == *n))
-                .is_some_and(|s| service_key(s) == *key);
+                .is_some_and(|s| Forwarding::of(s) == *pinned);
             if !same {
                 info!("removing service id {id} from the pinned data plane (no longer configured as before)");
                 dp.remove_service(id)?;
@@ -323,7 +339,7 @@ impl Daemon {
             }
             let pinned = published
                 .get(&id)
-                .filter(|k| **k == service_key(svc))
+                .filter(|f| **f == Forwarding::of(svc))
                 .map(|_| dp.switch(id))
                 .transpose()?;
             dp.set_backends(id, svc, resolved)
@@ -730,6 +746,30 @@ pub fn instance_lock(ctl: &crate::config::Control, pins: &PinDir) -> Result<Inst
     pins.prepare()?;
     lock.extend(InstanceLock::acquire(&[&ctl.bpffs_dir], &[])?);
     Ok(lock)
+}
+
+/// How a service is forwarded: what a pinned data plane must match for a
+/// restart to adopt the service's id, switch state and flows.
+#[derive(Debug, PartialEq, Eq)]
+struct Forwarding {
+    key: redirector_common::Endpoint,
+    mode: u8,
+    /// (address, remapped port in network order or 0) per slot.
+    backends: [(redirector_common::Ip, u16); 2],
+}
+
+impl Forwarding {
+    fn of(s: &crate::config::Service) -> Forwarding {
+        let be = |b: &crate::config::Backend| (crate::datapath::addr16(b.addr), b.port.map_or(0, u16::to_be));
+        Forwarding {
+            key: service_key(s),
+            mode: match s.mode {
+                Mode::Nat => redirector_common::Mode::Nat as u8,
+                Mode::Dsr => redirector_common::Mode::Dsr as u8,
+            },
+            backends: [be(&s.primary), be(&s.secondary)],
+        }
+    }
 }
 
 /// The SERVICES key of a configured service.

@@ -605,6 +605,14 @@ impl Datapath {
             .map_err(map_err(names::SWITCH))
     }
 
+    /// The `BACKENDS` entry of service `id`'s backend `slot`.
+    pub fn backend_entry(&self, id: u32, slot: u8) -> Result<KBackend> {
+        Array::<_, KBackend>::try_from(self.map_ref(names::BACKENDS)?)
+            .map_err(map_err(names::BACKENDS))?
+            .get(&(id * 2 + u32::from(slot & 1)), 0)
+            .map_err(map_err(names::BACKENDS))
+    }
+
     /// Reads the switch state of service `id`.
     pub fn switch(&self, id: u32) -> Result<SwitchState> {
         Array::<_, SwitchState>::try_from(self.map_ref(names::SWITCH)?)
