@@ -854,3 +854,34 @@ fn a_restart_with_a_changed_backend_starts_the_service_over() {
     );
     let _ = std::fs::remove_file(&log_path);
 }
+
+/// Fault 11: every pinned map is checked against this build and config
+/// before it is reused, also when what is left of a data plane lacks its
+/// switch states; and a refused start removes nothing that was pinned.
+#[test]
+fn what_is_left_of_a_data_plane_is_checked_and_never_removed_by_a_refused_start() {
+    if !require_root("what_is_left_of_a_data_plane_is_checked_and_never_removed_by_a_refused_start") {
+        return;
+    }
+    let _serial = serial();
+    let s = Setup::new("partial");
+    let mut d = s.daemon();
+    wait_for(&s.lab.client, "primary");
+    d.signal(libc::SIGTERM);
+    let pins = redirector::datapath::PinDir::new(&s.left.bpffs_dir);
+    std::fs::remove_file(pins.map("SWITCH")).unwrap();
+    // A size the pinned maps were not made for.
+    let text = LAB_CONFIG.replacen("[gateway]\n", "[gateway]\nmax_services = 2048\n", 1);
+    s.write_config(&text);
+    let err = refused_start(&s, &s.config);
+    assert!(
+        err.contains("pinned map") && err.contains("never reused silently"),
+        "{err}"
+    );
+    assert!(
+        pins.map("BACKENDS").exists(),
+        "the refused start removed the pins"
+    );
+    assert!(xdp_attached(&s.lab.gw, "g-c"));
+    assert_eq!(connect_from(&s.lab.client, 0, WEB4).as_deref(), Ok("primary"));
+}

@@ -198,7 +198,9 @@ impl Daemon {
         let pins = PinDir::new(&cfg.control.bpffs_dir);
         // One daemon per data plane, before anything is read or written.
         let lock = instance_lock(&cfg.control, &pins)?;
-        let adopting = pins.exists();
+        // Anything pinned is adopted (and checked), never removed by a
+        // refused start: even what is left of a data plane may be forwarding.
+        let adopting = pins.anything();
         match Self::start_with(cfg, config_path, pins.clone(), adopting, lock) {
             Ok(mut d) => {
                 d.scrapes = scrapes;

@@ -290,9 +290,12 @@ impl Daemon {
                         self.apply(effects);
                     }
                     if o.allow != s.allow || o.deny != s.deny {
+                        // New entries, then the flags, then stale entries out:
+                        // an emptied allow list never refuses everyone.
                         self.dp
-                            .set_acl(id, &s.allow, &s.deny)
+                            .add_acl(id, &s.allow, &s.deny)
                             .and_then(|()| self.dp.publish_service(id, s))
+                            .and_then(|()| self.dp.set_acl(id, &s.allow, &s.deny))
                             .with_context(|| format!("writing the allow/deny lists of {:?}", s.name))?;
                     }
                 }

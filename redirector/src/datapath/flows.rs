@@ -190,7 +190,11 @@ impl FlowTable {
                 self.direct.clear(b, w);
             }
         }
-        for t in [&self.flows, &self.embryos] {
+        // SYN entries first: a handshake's entry moves from `EMBRYOS` to `FLOWS`
+        // (its ACK), so one that moves while the tables are read is seen in
+        // one of them; one that moves back (a SYN from a reused client port
+        // replaces a finished connection's entry) is seen by the last look.
+        for t in [&self.embryos, &self.flows] {
             let all: Vec<_> = t.entries().collect();
             for (b, w, e) in all {
                 // Re-read just before clearing: the program may have refreshed it.
@@ -202,6 +206,9 @@ impl FlowTable {
                     swept.kept += 1;
                 }
             }
+        }
+        for (_, _, e) in self.embryos.entries() {
+            swept.live.insert(u32::from(e.service));
         }
         swept
     }

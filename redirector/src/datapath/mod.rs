@@ -451,16 +451,33 @@ impl Datapath {
     /// never opens a moment with neither list. The program consults a list
     /// only once [`Datapath::publish_service`] sets its flag.
     pub fn set_acl(&mut self, id: u32, allow: &[Prefix], deny: &[Prefix]) -> Result<()> {
+        self.write_acl(id, allow, deny, true)
+    }
+
+    /// Adds these prefixes to service `id`'s tries, removing nothing: the
+    /// first step of a change whose flags [`Datapath::publish_service`] then
+    /// sets, before [`Datapath::set_acl`] removes the stale entries (an
+    /// emptied list's flag is cleared before its entries go, so no moment
+    /// refuses everyone).
+    pub fn add_acl(&mut self, id: u32, allow: &[Prefix], deny: &[Prefix]) -> Result<()> {
+        self.write_acl(id, allow, deny, false)
+    }
+
+    fn write_acl(&mut self, id: u32, allow: &[Prefix], deny: &[Prefix], remove_stale: bool) -> Result<()> {
         for (name, prefixes) in [(names::ALLOW, allow), (names::DENY, deny)] {
             let want: std::collections::HashSet<(u32, AclKey)> =
                 prefixes.iter().map(|p| acl_key(id, p)).collect();
             let mut trie = LpmTrie::<_, AclKey, u8>::try_from(self.map(name)?).map_err(map_err(name))?;
-            let have: Vec<(u32, AclKey)> = trie
-                .keys()
-                .filter_map(std::result::Result::ok)
-                .map(|k| (k.prefix_len(), k.data()))
-                .filter(|(_, k)| k.service_be == id.to_be())
-                .collect();
+            // The trie walk is the slow part: only when stale entries go.
+            let have: Vec<(u32, AclKey)> = if remove_stale {
+                trie.keys()
+                    .filter_map(std::result::Result::ok)
+                    .map(|k| (k.prefix_len(), k.data()))
+                    .filter(|(_, k)| k.service_be == id.to_be())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             for &(len, key) in &want {
                 trie.insert(&LpmKey::new(len, key), 1, 0)
                     .map_err(|source| DatapathError::Acl {

@@ -172,6 +172,12 @@ impl PinDir {
         self.map(names::SWITCH).exists()
     }
 
+    /// Is anything pinned here (a data plane, or what is left of one)? A
+    /// start then adopts: it checks every pin and, if refused, removes none.
+    pub fn anything(&self) -> bool {
+        fs::read_dir(&self.dir).is_ok_and(|mut d| d.next().is_some())
+    }
+
     /// Directories of other ABI versions under the root (an older or newer
     /// redirector's data plane).
     pub fn other_versions(&self) -> Vec<PathBuf> {
