@@ -10,6 +10,7 @@ pub mod health;
 pub mod lock;
 pub mod metrics;
 pub mod netlink;
+pub mod notify;
 pub mod offline;
 pub mod policy;
 pub mod state;

@@ -885,3 +885,71 @@ fn what_is_left_of_a_data_plane_is_checked_and_never_removed_by_a_refused_start(
     assert!(xdp_attached(&s.lab.gw, "g-c"));
     assert_eq!(connect_from(&s.lab.client, 0, WEB4).as_deref(), Ok("primary"));
 }
+
+/// Fault 10: systemd's watchdog is fed by the decision loop itself
+/// (`Type=notify`, `WatchdogSec=`): `READY=1` once started, `WATCHDOG=1`
+/// every half period, none while the loop is wedged (here: stalled for
+/// 600 ms by a debug-build fault hook), `STOPPING=1` at the end.
+#[test]
+fn the_watchdog_is_fed_by_the_decision_loop() {
+    if !require_root("the_watchdog_is_fed_by_the_decision_loop") {
+        return;
+    }
+    let _serial = serial();
+    let s = Setup::new("watchdog");
+    let path = s.config.with_extension("notify");
+    let _ = std::fs::remove_file(&path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut d = Daemon::spawn_with(
+        &s.lab.gw,
+        &s.config,
+        Stdio::null(),
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+            ("REDIRECTOR_FAULT_STALL_MS", "600"),
+            ("REDIRECTOR_FAULT_STALL_EVERY_MS", "1500"),
+        ],
+    );
+    let mut got: Vec<(Instant, String)> = Vec::new();
+    let mut buf = [0u8; 256];
+    let until = Instant::now() + Duration::from_secs(25);
+    while Instant::now() < until {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned()));
+        }
+        let pings = got.iter().filter(|(_, m)| m == "WATCHDOG=1").count();
+        if pings >= 25 {
+            break;
+        }
+    }
+    let first = got.first().map(|(_, m)| m.clone()).unwrap_or_default();
+    assert!(first.starts_with("READY=1\nMAINPID="), "{got:?}");
+    let pings: Vec<Instant> = got
+        .iter()
+        .filter(|(_, m)| m == "WATCHDOG=1")
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(pings.len() >= 25, "{} pings", pings.len());
+    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    let longest = gaps.iter().max().copied().unwrap_or_default();
+    assert!(
+        longest >= Duration::from_millis(450),
+        "no gap while the loop was stalled: {gaps:?}"
+    );
+    let usual = gaps.iter().filter(|g| **g < Duration::from_millis(200)).count();
+    assert!(usual * 2 > gaps.len(), "pings are not every ~100 ms: {gaps:?}");
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(i32::try_from(d.pid()).unwrap(), libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stopping = false;
+    while Instant::now() < deadline && !stopping {
+        if let Ok(n) = sock.recv(&mut buf) {
+            stopping = &buf[..n] == b"STOPPING=1";
+        }
+    }
+    assert!(stopping, "no STOPPING=1");
+    let _ = d.0.wait();
+    let _ = std::fs::remove_file(&path);
+}

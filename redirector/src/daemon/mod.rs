@@ -84,6 +84,12 @@ pub fn run(path: &Path) -> Result<()> {
         let hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let mut daemon = Daemon::start(cfg, Some(path.to_path_buf())).await?;
         daemon.hup = Some(hup);
+        // systemd (Type=notify): started once it forwards and probes; the
+        // loop pings the watchdog.
+        daemon.notifier = crate::notify::Notifier::from_env();
+        if let Some(n) = &daemon.notifier {
+            n.send(&format!("READY=1\nMAINPID={}", std::process::id()));
+        }
         let stop = daemon
             .run(async {
                 tokio::select! {
@@ -159,6 +165,8 @@ pub struct Daemon {
     _lock: InstanceLock,
     /// SIGHUP, when installed before the start (else `run` installs it).
     hup: Option<tokio::signal::unix::Signal>,
+    /// systemd's notification socket, if it gave one.
+    notifier: Option<crate::notify::Notifier>,
 }
 
 /// The decision a pinned switch state stands for.
@@ -460,6 +468,7 @@ impl Daemon {
             flow_entries: None,
             _lock: lock,
             hup: None,
+            notifier: None,
         })
     }
 
@@ -470,6 +479,12 @@ impl Daemon {
     /// goes on.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Stopped> {
         let mut sweep = tokio::time::interval(SWEEP);
+        // The watchdog is fed by this loop: a wedged loop stops feeding it.
+        let mut watchdog = self
+            .notifier
+            .as_ref()
+            .and_then(crate::notify::Notifier::ping_every)
+            .map(tokio::time::interval);
         let mut reconcile = tokio::time::interval(RECONCILE);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut hup = match self.hup.take() {
@@ -566,6 +581,16 @@ impl Daemon {
                         std::thread::sleep(*len);
                     }
                 }
+                _ = async {
+                    match watchdog.as_mut() {
+                        Some(every) => every.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(n) = &self.notifier {
+                        n.send("WATCHDOG=1");
+                    }
+                }
                 _ = reconcile.tick() => match self.switches.reconcile(&mut self.dp) {
                     Ok(repaired) if !repaired.is_empty() => {
                         warn!("switch state of service ids {repaired:?} differed from the decision: rewritten");
@@ -620,6 +645,9 @@ impl Daemon {
                     }
                 }
             }
+        }
+        if let Some(n) = &self.notifier {
+            n.send("STOPPING=1");
         }
         if !detached {
             self.state.intents = self.services.intents();
