@@ -85,7 +85,12 @@ pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: u16) -> u8 {
         };
     }
     let target = new_flow_target(key, st, active);
-    if target != SLOT_PRIMARY {
+    // With load sharing configured, every UDP flow keeps its backend with an
+    // entry, the primary's too: when sharing starts again (the secondary
+    // back, undrained, `share` raised) it applies to new flows only, never
+    // moving a live flow (a QUIC connection) to the other backend. TCP needs
+    // none: only SYNs are shared, established flows stay where they are.
+    if target != SLOT_PRIMARY || st.share > 0 {
         table.insert(hash, key.service, target, now);
         count(Counter::FlowInserted);
     }
