@@ -532,6 +532,7 @@ fn unresolved_next_hop_goes_to_the_stack_deliverable() {
             .set_backend_hop(
                 s.id,
                 SLOT_PRIMARY,
+                s.svc.primary.addr,
                 NextHop {
                     ifindex: 0,
                     dst_mac: [0; 6],
@@ -557,6 +558,7 @@ fn unresolved_next_hop_goes_to_the_stack_deliverable() {
             .set_backend_hop(
                 s.id,
                 SLOT_PRIMARY,
+                s.svc.primary.addr,
                 NextHop {
                     ifindex: 1,
                     dst_mac: P_MAC,
@@ -585,7 +587,7 @@ fn egress_equal_to_ingress_uses_xdp_tx() {
         .dp
         .hop_maps()
         .unwrap()
-        .set_backend_hop(s.id, SLOT_PRIMARY, hop)
+        .set_backend_hop(s.id, SLOT_PRIMARY, s.svc.primary.addr, hop)
         .unwrap();
     let req = s.request(40000, true);
     let (act, out) = lab.h.run(&req.build());

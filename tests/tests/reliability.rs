@@ -953,3 +953,109 @@ fn the_watchdog_is_fed_by_the_decision_loop() {
     let _ = d.0.wait();
     let _ = std::fs::remove_file(&path);
 }
+
+/// Two NAT services whose backends swap between the two configs: every
+/// reload restarts both (new ids; the retired ones are handed out again on
+/// the next reload).
+fn swapping(swapped: bool) -> String {
+    let (a, b) = if swapped {
+        ("198.18.3.2", "198.18.2.2")
+    } else {
+        ("198.18.2.2", "198.18.3.2")
+    };
+    format!(
+        "[gateway]\ninterfaces = [\"g-c\", \"g-p\", \"g-s\"]\nxdp_mode = \"driver\"\n\n\
+         [[service]]\nname = \"x\"\nvip = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
+         primary = \"{a}:8080\"\nsecondary = \"{b}:8080\"\n\n\
+         [[service]]\nname = \"y\"\nvip = \"198.18.100.1\"\nport = 53\nprotocol = \"udp\"\n\
+         primary = \"{a}\"\nsecondary = \"{b}\"\n"
+    )
+}
+
+/// Fault 9: the resolver (next hops) and reloads (whole entries) never lose
+/// each other's updates of `BACKENDS`: 40 reloads that retire and reuse ids
+/// while the backends' neighbour entries churn (and, by a debug-build hook,
+/// each hop update takes 3 ms between its read and its write): every
+/// backend entry holds its configured address.
+#[test]
+fn reloads_and_next_hop_churn_never_mix_up_backend_entries() {
+    if !require_root("reloads_and_next_hop_churn_never_mix_up_backend_entries") {
+        return;
+    }
+    let _serial = serial();
+    use aya::maps::{Array, Map, MapData};
+    use redirector_common::Backend;
+    let s = Setup::with_config("hopchurn", &swapping(false));
+    let sock = s.left.socket.clone();
+    let _d = Daemon::start_with(
+        &s.lab.gw,
+        &s.config,
+        &sock,
+        &[("REDIRECTOR_FAULT_HOP_WRITE_MS", "3")],
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (stop, gw) = (stop.clone(), s.lab.gw.name.clone());
+        thread::spawn(move || {
+            let mut ip = Command::new("ip")
+                .args(["-n", &gw, "-force", "-batch", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut input = ip.stdin.take().unwrap();
+            let until = Instant::now() + Duration::from_secs(60);
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                let last = if n.is_multiple_of(2) { "99" } else { "02" };
+                let line = format!(
+                    "neigh replace 198.18.2.2 lladdr 02:00:00:00:02:{last} dev g-p nud permanent\n\
+                     neigh replace 198.18.3.2 lladdr 02:00:00:00:03:{last} dev g-s nud permanent\n"
+                );
+                if input.write_all(line.as_bytes()).is_err() {
+                    break;
+                }
+                n += 1;
+                thread::sleep(Duration::from_millis(2));
+            }
+            drop(input);
+            let _ = ip.wait();
+        })
+    };
+    let pins = redirector::datapath::PinDir::new(&s.left.bpffs_dir);
+    let check = |round: u32, swapped: bool| {
+        let backends: Array<MapData, Backend> =
+            Array::try_from(Map::Array(MapData::from_pin(pins.map("BACKENDS")).unwrap())).unwrap();
+        let (a, b) = if swapped {
+            ("198.18.3.2", "198.18.2.2")
+        } else {
+            ("198.18.2.2", "198.18.3.2")
+        };
+        for svc in status_json(&sock)["services"].as_array().unwrap() {
+            let id = u32::try_from(svc["id"].as_u64().unwrap()).unwrap();
+            for (slot, want) in [(0u32, a), (1, b)] {
+                let got = backends.get(&(id * 2 + slot), 0).unwrap().addr;
+                let want = redirector::datapath::addr16(want.parse().unwrap());
+                assert_eq!(
+                    got, want,
+                    "round {round}: service {} (id {id}) slot {slot}",
+                    svc["name"]
+                );
+            }
+        }
+    };
+    let mut swapped = false;
+    for round in 0..40u32 {
+        swapped = !swapped;
+        s.write_config(&swapping(swapped));
+        let out = cli_ok(&sock, &["reload"]);
+        assert!(out.contains("2 restarted"), "{out}");
+        thread::sleep(Duration::from_millis(20));
+        check(round, swapped);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    check(40, swapped);
+}

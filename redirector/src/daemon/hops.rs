@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::Result;
-use log::{info, warn};
+use log::{debug, info, warn};
 use redirector_common::{DEFAULT_CLIENT_HOPS, Ip, NextHop};
 
 use crate::{
@@ -186,7 +186,10 @@ impl Hops {
     /// resolved then): keep it current from now on.
     pub fn track(&mut self, dp: &mut HopMaps, id: u32, slot: u8, addr: IpAddr) -> Result<()> {
         let r = self.resolve(addr, true);
-        dp.set_backend_hop(id, slot, r.hop)?;
+        if !dp.set_backend_hop(id, slot, addr, r.hop)? {
+            debug!("backend {addr} (service id {id}): its entry is another backend's now; not tracked");
+            return Ok(());
+        }
         self.backends.insert((id, slot), (addr, r));
         self.egress_changed.push(((id, slot), r.hop.ifindex));
         Ok(())
@@ -288,7 +291,11 @@ impl Hops {
                 self.egress_changed.push((key, new.hop.ifindex));
             }
             if new.hop != old.hop {
-                dp.set_backend_hop(key.0, key.1, new.hop)?;
+                if !dp.set_backend_hop(key.0, key.1, addr, new.hop)? {
+                    // A reload gave the id to another backend; its Untrack is on the way.
+                    self.backends.remove(&key);
+                    continue;
+                }
                 info!(
                     "backend {addr}: next hop {} → {}",
                     describe(&old.hop),

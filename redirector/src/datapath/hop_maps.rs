@@ -2,6 +2,14 @@
 //! fds) so the resolver runs on its own thread and never holds up the
 //! decision loop. After start-up the resolver is the only writer of these
 //! maps' hop fields.
+//!
+//! `BACKENDS` entries have two writers: the decision loop writes whole
+//! entries (a service added or restarted, possibly under an id a retired
+//! service had), the resolver only their hops. A hop update is a
+//! read-modify-write under the lock the loop's writes take too, and lands
+//! only if the entry still holds the address the resolver resolved: a
+//! tracking that a reload made stale never writes an old backend's next hop
+//! (or, read back, its address) over a new one.
 use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, MapData, MapError};
@@ -14,6 +22,8 @@ type Result<T> = std::result::Result<T, DatapathError>;
 /// `BACKENDS`, `CLIENT_HOPS` and `LOCAL_ADDRS`.
 pub struct HopMaps {
     pub(super) backends: Array<MapData, KBackend>,
+    /// Shared with the [`super::Datapath`] that made these handles.
+    pub(super) backends_lock: std::sync::Arc<std::sync::Mutex<()>>,
     pub(super) client_hops: HashMap<MapData, Addr, NextHop>,
     pub(super) local_addrs: HashMap<MapData, Addr, u8>,
 }
@@ -29,12 +39,26 @@ pub(super) fn absent_ok(map: &'static str, r: std::result::Result<(), MapError>)
 }
 
 impl HopMaps {
-    /// Replaces the next hop of one backend (keeps its address and port).
-    pub fn set_backend_hop(&mut self, id: u32, slot: u8, hop: NextHop) -> Result<()> {
+    /// Replaces the next hop of one backend, resolved for `addr` (keeps its
+    /// address and port). Returns false, writing nothing, when the entry no
+    /// longer holds `addr`: the id belongs to another backend now.
+    pub fn set_backend_hop(&mut self, id: u32, slot: u8, addr: IpAddr, hop: NextHop) -> Result<bool> {
         let index = id * 2 + u32::from(slot & 1);
+        let _held = self
+            .backends_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut be = self.backends.get(&index, 0).map_err(map_err(names::BACKENDS))?;
+        if be.addr != addr16(addr) {
+            return Ok(false);
+        }
+        // Test builds: widen the window a racing writer would need.
+        crate::fault::delay("HOP_WRITE");
         be.hop = hop;
-        self.backends.set(index, be, 0).map_err(map_err(names::BACKENDS))
+        self.backends
+            .set(index, be, 0)
+            .map_err(map_err(names::BACKENDS))?;
+        Ok(true)
     }
 
     /// Caches the next hop toward a client (NAT replies).

@@ -230,6 +230,10 @@ pub struct Datapath {
     sizes: Sizes,
     /// `VIPS` flags every published VIP gets (`icmp_echo`).
     vip_flags: u8,
+    /// Held by every writer of `BACKENDS` entries (this handle and the
+    /// resolver's [`HopMaps`]), so the resolver's read-modify-write of a
+    /// hop never interleaves with a whole entry written here.
+    backends_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -306,6 +310,7 @@ impl Datapath {
             ebpf,
             sizes,
             vip_flags: VIP_ECHO_ANSWER,
+            backends_lock: std::sync::Arc::default(),
         };
         dp.init_flow_settings()?;
         Ok(dp)
@@ -412,9 +417,13 @@ impl Datapath {
                 _pad: 0,
                 hop,
             };
-            self.array::<KBackend>(names::BACKENDS)?
-                .set(id * 2 + u32::from(slot), kb, 0)
-                .map_err(map_err(names::BACKENDS))?;
+            {
+                let lock = std::sync::Arc::clone(&self.backends_lock);
+                let _held = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                self.array::<KBackend>(names::BACKENDS)?
+                    .set(id * 2 + u32::from(slot), kb, 0)
+                    .map_err(map_err(names::BACKENDS))?;
+            }
             if svc.mode == Mode::Nat {
                 self.add_port_flag(be.port.unwrap_or(svc.port), PORT_BACKEND)?;
                 self.array::<u8>(names::BACKEND_ADDRS)?
@@ -774,6 +783,7 @@ impl Datapath {
             .map_err(map_err(names::LOCAL_ADDRS))?;
         Ok(HopMaps {
             backends,
+            backends_lock: std::sync::Arc::clone(&self.backends_lock),
             client_hops,
             local_addrs,
         })
