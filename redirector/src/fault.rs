@@ -36,6 +36,40 @@ pub async fn after(name: &str) {
     std::future::pending::<()>().await;
 }
 
+/// Whether this call of the step `name` fails: with
+/// `REDIRECTOR_FAULT_<name>_AT=N`, the Nth call in this process does (debug
+/// builds only; never otherwise).
+pub fn fail(name: &str) -> bool {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::Mutex;
+        static CALLS: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+        let Some(at) = std::env::var(format!("REDIRECTOR_FAULT_{name}_AT"))
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return false;
+        };
+        let mut calls = CALLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = match calls.iter_mut().find(|(k, _)| k == name) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                calls.push((name.to_owned(), 1));
+                1
+            }
+        };
+        n == at
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = name;
+        false
+    }
+}
+
 /// Sleeps for `REDIRECTOR_FAULT_<name>_MS` ms, if set (debug builds only).
 #[inline]
 pub fn delay(name: &str) {

@@ -1075,3 +1075,152 @@ fn reloads_and_next_hop_churn_never_mix_up_backend_entries() {
     thread::sleep(Duration::from_millis(300));
     check(40, swapped);
 }
+
+/// What a refused reload must leave exactly as it was.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    /// (name, id, active backend) of every service.
+    services: Vec<(String, u64, String)>,
+    /// The state file.
+    state: String,
+    /// The published `SERVICES` keys and their ids.
+    published: Vec<(Vec<u8>, u32)>,
+}
+
+fn snapshot(s: &Setup) -> Snapshot {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    use redirector_common::{Endpoint, ServiceInfo};
+    let st = status_json(&s.left.socket);
+    let mut services: Vec<(String, u64, String)> = st["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["name"].as_str().unwrap().to_owned(),
+                x["id"].as_u64().unwrap(),
+                x["active"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    services.sort();
+    let state = std::fs::read_to_string(s.left.state_dir.join("state.json")).unwrap();
+    let pins = redirector::datapath::PinDir::new(&s.left.bpffs_dir);
+    let keys: BpfHashMap<MapData, Endpoint, ServiceInfo> =
+        BpfHashMap::try_from(Map::HashMap(MapData::from_pin(pins.map("SERVICES")).unwrap())).unwrap();
+    let mut published: Vec<(Vec<u8>, u32)> = keys
+        .iter()
+        .map(|r| {
+            let (k, v) = r.unwrap();
+            (bytemuck::bytes_of(&k).to_vec(), v.id)
+        })
+        .collect();
+    published.sort();
+    Snapshot {
+        services,
+        state,
+        published,
+    }
+}
+
+/// One more NAT service on its own backend ports.
+fn extra_service(i: u16) -> String {
+    format!(
+        "\n[[service]]\nname = \"extra{i}\"\nvip = \"198.18.100.3\"\nport = {}\nprotocol = \"tcp\"\n\
+         primary = \"198.18.2.2:{}\"\nsecondary = \"198.18.3.2:{}\"\n",
+        1000 + i,
+        9000 + i,
+        9000 + i
+    )
+}
+
+/// Fault 2: a reload is a transaction. A map write that fails mid-apply (a
+/// debug-build fault hook fails the 8th service step: after a policy
+/// update, a restart and a new service were applied) is undone: services,
+/// ids, active backends, the state file and the published keys are exactly
+/// as before; the same reload then succeeds.
+#[test]
+fn a_reload_that_fails_mid_apply_is_undone() {
+    if !require_root("a_reload_that_fails_mid_apply_is_undone") {
+        return;
+    }
+    let _serial = serial();
+    let s = Setup::new("rldtx");
+    let sock = s.left.socket.clone();
+    let _d = Daemon::start_with(
+        &s.lab.gw,
+        &s.config,
+        &sock,
+        &[("REDIRECTOR_FAULT_RELOAD_STEP_AT", "8")],
+    );
+    wait_for(&s.lab.client, "primary");
+    cli_ok(&sock, &["drain", "dns4", "primary"]);
+    thread::sleep(Duration::from_millis(200));
+    let before = snapshot(&s);
+    // web4: a policy change; dns4: restarted (its secondary's port); then
+    // three new services, the second of which fails.
+    let mut text = LAB_CONFIG
+        .replacen(
+            "secondary = \"198.18.3.2\"\n",
+            "secondary = \"198.18.3.2:5353\"\n",
+            1,
+        )
+        .replacen(
+            "secondary = \"198.18.3.2:8080\"\n",
+            "secondary = \"198.18.3.2:8080\"\n[service.failover]\nfailback_delay = \"2s\"\n",
+            1,
+        );
+    for i in 0..3 {
+        text.push_str(&extra_service(i));
+    }
+    s.write_config(&text);
+    let out = cli(&sock, &["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("undone") && err.contains("fault injected"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&s), before, "the failed reload left traces");
+    assert_eq!(connect_from(&s.lab.client, 0, WEB4).as_deref(), Ok("primary"));
+    // The same file again (the fault hook fired once): applied in full.
+    let out = cli_ok(&sock, &["reload"]);
+    assert!(out.contains("3 added, 0 removed, 1 restarted"), "{out}");
+    let after = snapshot(&s);
+    assert_eq!(after.services.len(), before.services.len() + 3);
+    assert!(
+        cli_ok(&sock, &["status"]).contains("DRAINED"),
+        "the drain of dns4's primary survives its restart"
+    );
+}
+
+/// Fault 2: a reload whose allow lists need more entries than the data
+/// plane holds (70 new services × 1000 prefixes) is refused before anything
+/// is touched.
+#[test]
+fn a_reload_over_the_prefix_tries_capacity_changes_nothing() {
+    if !require_root("a_reload_over_the_prefix_tries_capacity_changes_nothing") {
+        return;
+    }
+    let _serial = serial();
+    let s = Setup::new("rldacl");
+    let sock = s.left.socket.clone();
+    let _d = s.daemon();
+    wait_for(&s.lab.client, "primary");
+    let before = snapshot(&s);
+    let mut text = LAB_CONFIG.to_owned();
+    for i in 0..70u16 {
+        text.push_str(&extra_service(i));
+        let hosts: Vec<String> = (0..1000u32)
+            .map(|h| {
+                let n = u32::from(i) * 1000 + h;
+                format!("\"198.{}.{}.{}\"", 18 + (n >> 16), (n >> 8) & 0xff, n & 0xff)
+            })
+            .collect();
+        text.push_str(&format!("allow = [{}]\n", hosts.join(", ")));
+    }
+    s.write_config(&text);
+    let out = cli(&sock, &["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("70000 prefixes"), "{err}");
+    assert_eq!(snapshot(&s), before);
+}

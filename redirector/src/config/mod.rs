@@ -553,6 +553,22 @@ pub enum ConfigError {
         /// The effective `max_services`.
         max: u32,
     },
+    /// All services' `allow` (or `deny`) prefixes together exceed what the
+    /// data plane's trie holds.
+    #[error(
+        "{origin}: the {list} lists of all services hold {count} prefixes together; the data plane holds at \
+         most {max}: shorten them (a covering prefix instead of many hosts)"
+    )]
+    TooManyPrefixes {
+        /// The file.
+        origin: String,
+        /// `allow` or `deny`.
+        list: &'static str,
+        /// Prefixes in the file.
+        count: usize,
+        /// Capacity of the trie.
+        max: u32,
+    },
 }
 
 /// `"section: "`, or nothing at the top level.
@@ -2086,6 +2102,21 @@ impl Config {
                 count: services.len(),
                 max,
             });
+        }
+
+        for (list, count) in [
+            ("allow", services.iter().map(|s| s.allow.len()).sum::<usize>()),
+            ("deny", services.iter().map(|s| s.deny.len()).sum()),
+        ] {
+            let max = redirector_common::DEFAULT_ACL_ENTRIES;
+            if !u32::try_from(count).is_ok_and(|n| n <= max) {
+                return Err(ConfigError::TooManyPrefixes {
+                    origin: origin.to_owned(),
+                    list,
+                    count,
+                    max,
+                });
+            }
         }
 
         let control = convert_control(&src, raw.control.as_ref())?;

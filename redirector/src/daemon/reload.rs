@@ -40,11 +40,9 @@ use crate::{
 
 /// A reload waiting for its next hops.
 pub struct Pending {
-    cfg: Config,
+    plan: Plan,
     /// Services to (re)create: name → resolved hops (primary, secondary).
     hops: HashMap<String, [NextHop; 2]>,
-    /// What it changes.
-    diff: Diff,
     reply: Option<mpsc::Sender<Response>>,
 }
 
@@ -143,23 +141,26 @@ fn gateway_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 impl Daemon {
-    /// Starts a reload: parses and checks the file; resolves the next hops
-    /// of new backends off the loop; the answer goes to `reply` (if any).
+    /// Starts a reload: parses the file and plans everything against the
+    /// running state, touching nothing; resolves the next hops of new
+    /// backends off the loop (no neighbour entry is created for a reload
+    /// that may yet be refused); the answer goes to `reply` (if any).
     pub(super) fn begin_reload(&mut self, reply: Option<mpsc::Sender<Response>>) {
         let answer = |reply: &Option<mpsc::Sender<Response>>, r: Response| {
             if let Some(t) = reply {
                 let _ = t.try_send(r);
             }
         };
-        match self.prepare_reload() {
-            Ok((cfg, diff)) => {
-                if self.reloading {
-                    let message = "a reload is already in progress; try again".to_owned();
-                    answer(&reply, Response::Error { message });
-                    return;
-                }
+        if self.reloading {
+            let message = "a reload is already in progress; try again".to_owned();
+            answer(&reply, Response::Error { message });
+            return;
+        }
+        match self.plan_reload() {
+            Ok(plan) => {
                 self.reloading = true;
-                let wanted: Vec<(String, [IpAddr; 2])> = cfg
+                let wanted: Vec<(String, [IpAddr; 2])> = plan
+                    .cfg
                     .services
                     .iter()
                     .filter(|s| {
@@ -173,8 +174,9 @@ impl Daemon {
                 let interfaces = self.ifindexes.clone();
                 let tx = self.reloads.0.clone();
                 tokio::task::spawn_blocking(move || {
+                    // Not committed: the resolver keeps the neighbours of the
+                    // backends it is told to track, once the reload applied.
                     let mut hops = Hops::new(interfaces);
-                    hops.commit();
                     let resolved = wanted
                         .into_iter()
                         .map(|(name, [p, s])| {
@@ -182,9 +184,8 @@ impl Daemon {
                         })
                         .collect();
                     let _ = tx.send(Pending {
-                        cfg,
+                        plan,
                         hops: resolved,
-                        diff,
                         reply,
                     });
                 });
@@ -201,7 +202,11 @@ impl Daemon {
         }
     }
 
-    fn prepare_reload(&self) -> Result<(Config, Diff)> {
+    /// Everything a reload will do, checked against the running state
+    /// without changing anything: the file, what changes, the service ids
+    /// (restarted services need a fresh id while their old one is cleared),
+    /// the capacity of the prefix tries at the reload's peak.
+    fn plan_reload(&self) -> Result<Plan> {
         let Some(path) = &self.config_path else {
             bail!("this daemon was started without a configuration file");
         };
@@ -214,13 +219,85 @@ impl Daemon {
                 diff.needs_restart.join(", ")
             );
         }
-        Ok((cfg, diff))
+        let running: HashMap<&str, (u32, &Service)> = self
+            .services
+            .iter()
+            .map(|(id, s)| (s.cfg.name.as_str(), (id, &s.cfg)))
+            .collect();
+        let mut state = self.state.clone();
+        // Services that start over lose their id; the old ones are not handed
+        // out again in this reload (their entries are cleared after it).
+        let mut retired: Vec<(String, u32)> = Vec::new();
+        for s in &cfg.services {
+            if let Some(&(id, o)) = running.get(s.name.as_str())
+                && !same_identity(o, s)
+            {
+                retired.push((s.name.clone(), id));
+                state.ids.remove(&s.name);
+            }
+        }
+        let avoid: BTreeSet<u32> = retired.iter().map(|(_, id)| *id).collect();
+        let assignment = state
+            .assign_avoiding(
+                cfg.services.iter().map(|s| s.name.as_str()),
+                cfg.gateway.max_services,
+                &avoid,
+            )
+            .with_context(|| {
+                format!(
+                    "allocating service ids ({} restarted service(s) need a fresh id while their old one is \
+                     cleared)",
+                    avoid.len()
+                )
+            })?;
+        retired.extend(assignment.removed.iter().cloned());
+        // Prefix tries: new entries go in before stale ones go out, so the
+        // peak is what is there now plus what the reload adds.
+        for (list, cap) in [
+            ("allow", redirector_common::DEFAULT_ACL_ENTRIES),
+            ("deny", redirector_common::DEFAULT_ACL_ENTRIES),
+        ] {
+            let of = |s: &Service| {
+                if list == "allow" {
+                    s.allow.clone()
+                } else {
+                    s.deny.clone()
+                }
+            };
+            let now: usize = self.cfg.services.iter().map(|s| of(s).len()).sum();
+            let added: usize = cfg
+                .services
+                .iter()
+                .map(|s| match running.get(s.name.as_str()) {
+                    Some(&(id, o)) if state.ids.get(&s.name) == Some(&id) => {
+                        let old = of(o);
+                        of(s).iter().filter(|p| !old.contains(p)).count()
+                    }
+                    _ => of(s).len(),
+                })
+                .sum();
+            if !u32::try_from(now + added).is_ok_and(|n| n <= cap) {
+                bail!(
+                    "the {list} lists would need {} entries at once while reloading ({now} now, {added} added \
+                     before the old ones go); the data plane holds {cap}: reload in two steps, or restart \
+                     (lossless)",
+                    now + added
+                );
+            }
+        }
+        Ok(Plan {
+            cfg,
+            diff,
+            state,
+            retired,
+        })
     }
 
-    /// Applies a reload whose next hops are resolved.
+    /// Applies a reload whose next hops are resolved: all of it, or, if a
+    /// step fails, none of it (the steps done are undone in reverse).
     pub(super) fn finish_reload(&mut self, p: Pending) {
         self.reloading = false;
-        let r = self.apply_reload(p.cfg, &p.hops, &p.diff);
+        let r = self.apply_reload(p.plan, &p.hops);
         let response = match r {
             Ok(summary) => {
                 info!("reloaded: {summary}");
@@ -229,9 +306,9 @@ impl Daemon {
                 }
             }
             Err(e) => {
-                warn!("reload failed: {e:#}");
+                warn!("reload failed and undone, running configuration unchanged: {e:#}");
                 Response::Error {
-                    message: format!("reload failed: {e:#}"),
+                    message: format!("reload failed and undone, running configuration unchanged: {e:#}"),
                 }
             }
         };
@@ -240,55 +317,77 @@ impl Daemon {
         }
     }
 
-    fn apply_reload(
-        &mut self,
-        cfg: Config,
-        hops: &HashMap<String, [NextHop; 2]>,
-        diff: &Diff,
-    ) -> Result<String> {
-        if let Some(echo) = diff.icmp_echo {
-            self.dp
-                .set_icmp_echo(echo == IcmpEcho::Answer)
-                .context("writing icmp_echo")?;
+    fn apply_reload(&mut self, plan: Plan, hops: &HashMap<String, [NextHop; 2]>) -> Result<String> {
+        let mut undo = Vec::new();
+        if let Err(e) = self.apply_steps(&plan, hops, &mut undo) {
+            self.roll_back(undo);
+            return Err(e);
         }
+        // Committed. The retired services go; their map entries are cleared
+        // (a failure is logged: the id stays out of use until a later
+        // reload or restart clears it).
+        for (name, id) in &plan.retired {
+            self.services.remove(*id);
+            if !plan.state.ids.contains_key(name) {
+                self.metrics.remove_service(name);
+            }
+            self.resolver.send(Command::Untrack { id: *id });
+            if let Err(e) = self
+                .dp
+                .remove_service(*id)
+                .and_then(|()| self.switches.reset(&mut self.dp, *id))
+            {
+                warn!("clearing the entries of service {name:?} (id {id}): {e:#}");
+            }
+        }
+        if let Some(echo) = plan.diff.icmp_echo
+            && let Err(e) = self.dp.set_icmp_echo(echo == IcmpEcho::Answer)
+        {
+            warn!("writing icmp_echo: {e:#}");
+        }
+        self.services.set_budget(plan.cfg.control.probe_budget);
+        let summary = summary(&plan.diff, plan.cfg.services.len());
+        self.state
+            .last
+            .retain(|name, _| plan.state.ids.contains_key(name));
+        self.state.ids = plan.state.ids;
+        self.state.intents = self.services.intents();
+        self.state.flaps = self.services.flaps();
+        self.cfg = plan.cfg;
+        self.persist();
+        Ok(summary)
+    }
+
+    /// The reload's steps for every service, in file order, each recorded in
+    /// `undo` before it can leave a trace.
+    fn apply_steps(
+        &mut self,
+        plan: &Plan,
+        hops: &HashMap<String, [NextHop; 2]>,
+        undo: &mut Vec<Undo>,
+    ) -> Result<()> {
         let now = Nanos(monotonic_ns());
         let old: HashMap<String, (u32, Service)> = self
             .services
             .iter()
             .map(|(id, s)| (s.cfg.name.clone(), (id, s.cfg.clone())))
             .collect();
-        // Services that start over lose their id; their old ids are not handed
-        // out again in this reload (their entries are cleared after).
-        let mut retired: Vec<(String, u32)> = Vec::new();
-        for s in &cfg.services {
-            if let Some((id, o)) = old.get(&s.name)
-                && !same_identity(o, s)
-            {
-                retired.push((s.name.clone(), *id));
-                self.state.ids.remove(&s.name);
-                self.state.intents.remove(&s.name);
+        for s in &plan.cfg.services {
+            // Test builds: a map write that fails mid-reload.
+            if crate::fault::fail("RELOAD_STEP") {
+                bail!("writing service {:?}: fault injected", s.name);
             }
-        }
-        let avoid: BTreeSet<u32> = retired.iter().map(|(_, id)| *id).collect();
-        let assignment = self
-            .state
-            .assign_avoiding(
-                cfg.services.iter().map(|s| s.name.as_str()),
-                cfg.gateway.max_services,
-                &avoid,
-            )
-            .context("allocating service ids")?;
-        retired.extend(assignment.removed.iter().cloned());
-        for s in &cfg.services {
-            let Some(&id) = self.state.ids.get(&s.name) else {
+            let Some(&id) = plan.state.ids.get(&s.name) else {
                 bail!("service {:?} has no id", s.name);
             };
             match old.get(&s.name) {
                 Some((old_id, o)) if *old_id == id => {
-                    if o != s {
-                        let effects = self.services.update(id, s.clone(), now);
-                        self.apply(effects);
+                    if o == s {
+                        continue;
                     }
+                    undo.push(Undo::Updated { id, old: o.clone() });
+                    let effects = self.services.update(id, s.clone(), now);
+                    self.apply(effects);
                     if o.allow != s.allow || o.deny != s.deny {
                         // New entries, then the flags, then stale entries out:
                         // an emptied allow list never refuses everyone.
@@ -301,6 +400,11 @@ impl Daemon {
                 }
                 before => {
                     let resolved = hops.get(&s.name).copied().context("next hops of a new service")?;
+                    undo.push(Undo::Added {
+                        id,
+                        name: s.name.clone(),
+                        was: before.map(|(old_id, _)| *old_id),
+                    });
                     self.dp
                         .set_backends(id, s, resolved)
                         .with_context(|| format!("writing service {:?}", s.name))?;
@@ -315,6 +419,12 @@ impl Daemon {
                         .with_context(|| format!("writing service {:?}", s.name))?;
                     // The key last: for a restarted service with the same VIP,
                     // this one write moves it to its new id.
+                    if let Some((old_id, o)) = before {
+                        undo.push(Undo::Republish {
+                            id: *old_id,
+                            svc: o.clone(),
+                        });
+                    }
                     self.dp
                         .publish_service(id, s)
                         .with_context(|| format!("writing service {:?}", s.name))?;
@@ -334,23 +444,62 @@ impl Daemon {
                 }
             }
         }
-        for (name, id) in retired {
-            self.services.remove(id);
-            if !self.state.ids.contains_key(&name) {
-                self.metrics.remove_service(&name);
-            }
-            self.resolver.send(Command::Untrack { id });
-            self.dp
-                .remove_service(id)
-                .with_context(|| format!("removing service {name:?}"))?;
-            self.switches.reset(&mut self.dp, id)?;
-        }
-        self.services.set_budget(cfg.control.probe_budget);
-        self.cfg = cfg;
-        self.state.intents = self.services.intents();
-        self.persist();
-        Ok(summary(diff, self.cfg.services.len()))
+        Ok(())
     }
+
+    /// Undoes a failed reload's steps, newest first. Each undo writes what
+    /// the running configuration had; a failure here is logged (the switch
+    /// states' reconciliation and a later reload repair what is left).
+    fn roll_back(&mut self, undo: Vec<Undo>) {
+        let now = Nanos(monotonic_ns());
+        for step in undo.into_iter().rev() {
+            let r = match step {
+                Undo::Updated { id, old } => {
+                    let effects = self.services.update(id, old.clone(), now);
+                    self.apply(effects);
+                    self.dp
+                        .add_acl(id, &old.allow, &old.deny)
+                        .and_then(|()| self.dp.publish_service(id, &old))
+                        .and_then(|()| self.dp.set_acl(id, &old.allow, &old.deny))
+                }
+                Undo::Republish { id, svc } => self.dp.publish_service(id, &svc),
+                Undo::Added { id, name, was } => {
+                    self.services.remove(id);
+                    if let Some(old_id) = was {
+                        self.services.point(&name, old_id);
+                    }
+                    self.resolver.send(Command::Untrack { id });
+                    self.dp
+                        .remove_service(id)
+                        .and_then(|()| self.switches.reset(&mut self.dp, id))
+                }
+            };
+            if let Err(e) = r {
+                warn!("undoing a failed reload: {e:#}");
+            }
+        }
+    }
+}
+
+/// A reload planned against the running state; nothing is touched yet.
+pub struct Plan {
+    cfg: Config,
+    diff: Diff,
+    /// The state file's ids once applied (new names and restarted services
+    /// with their ids, removed names dropped).
+    state: crate::state::State,
+    /// Services that start over or go, with the id they had.
+    retired: Vec<(String, u32)>,
+}
+
+/// One applied step of a reload, and how to take it back.
+enum Undo {
+    /// A service's policy changed (same id): give back the old one.
+    Updated { id: u32, old: Service },
+    /// A service added, or restarted under a new id (`was`: its old id).
+    Added { id: u32, name: String, was: Option<u32> },
+    /// A restarted service's key moved to its new id: back to `id`.
+    Republish { id: u32, svc: Service },
 }
 
 /// One line for the log and the operator: counts, then the data-plane

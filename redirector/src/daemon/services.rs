@@ -178,6 +178,14 @@ impl Services {
         &svc.machine
     }
 
+    /// Makes `name` name service `id` again (a failed reload's undo, after
+    /// the restarted copy under another id was removed).
+    pub fn point(&mut self, name: &str, id: u32) {
+        if self.by_id.contains_key(&id) {
+            self.by_name.insert(name.to_owned(), id);
+        }
+    }
+
     /// Removes a service: its machine and its probe targets.
     pub fn remove(&mut self, id: u32) -> Option<Svc> {
         let svc = self.by_id.remove(&id)?;
