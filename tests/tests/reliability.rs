@@ -1224,3 +1224,48 @@ fn a_reload_over_the_prefix_tries_capacity_changes_nothing() {
     assert!(!out.status.success() && err.contains("70000 prefixes"), "{err}");
     assert_eq!(snapshot(&s), before);
 }
+
+/// `n` DSR services on one VIP (ports 2000..), probed by ICMP once an hour.
+fn many_dsr(n: u16, swapped: &[u16]) -> String {
+    let mut c = String::from("[gateway]\ninterfaces = [\"g-c\", \"g-p\", \"g-s\"]\nxdp_mode = \"driver\"\n");
+    for i in 0..n {
+        let (a, b) = if swapped.contains(&i) {
+            ("198.18.3.2", "198.18.2.2")
+        } else {
+            ("198.18.2.2", "198.18.3.2")
+        };
+        c.push_str(&format!(
+            "\n[[service]]\nname = \"s{i}\"\nvip = \"198.18.100.9\"\nport = {}\nprotocol = \"tcp\"\nmode = \"dsr\"\n\
+             primary = \"{a}\"\nsecondary = \"{b}\"\n[service.health]\nkind = \"icmp\"\ninterval = \"1h\"\n",
+            2000 + i
+        ));
+    }
+    c
+}
+
+/// Fault 2: a reload that needs more ids than `max_services` — here two
+/// restarted services of 1023, whose old ids stay in use while they are
+/// cleared — is refused before anything is touched.
+#[test]
+fn a_reload_over_max_services_changes_nothing() {
+    if !require_root("a_reload_over_max_services_changes_nothing") {
+        return;
+    }
+    let _serial = serial();
+    let s = Setup::with_config("rldmax", &many_dsr(1023, &[]));
+    let sock = s.left.socket.clone();
+    let _d = s.daemon();
+    let before = snapshot(&s);
+    s.write_config(&many_dsr(1023, &[5, 6]));
+    let out = cli(&sock, &["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("max_services = 1024") && err.contains("2 restarted"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&s), before);
+    // One restart fits.
+    s.write_config(&many_dsr(1023, &[5]));
+    let out = cli_ok(&sock, &["reload"]);
+    assert!(out.contains("1 restarted"), "{out}");
+}
