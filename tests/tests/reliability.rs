@@ -1088,8 +1088,6 @@ struct Snapshot {
 }
 
 fn snapshot(s: &Setup) -> Snapshot {
-    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-    use redirector_common::{Endpoint, ServiceInfo};
     let st = status_json(&s.left.socket);
     let mut services: Vec<(String, u64, String)> = st["services"]
         .as_array()
@@ -1105,6 +1103,18 @@ fn snapshot(s: &Setup) -> Snapshot {
         .collect();
     services.sort();
     let state = std::fs::read_to_string(s.left.state_dir.join("state.json")).unwrap();
+    let published = published_keys(s);
+    Snapshot {
+        services,
+        state,
+        published,
+    }
+}
+
+/// The published `SERVICES` keys and their ids, from the pin.
+fn published_keys(s: &Setup) -> Vec<(Vec<u8>, u32)> {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    use redirector_common::{Endpoint, ServiceInfo};
     let pins = redirector::datapath::PinDir::new(&s.left.bpffs_dir);
     let keys: BpfHashMap<MapData, Endpoint, ServiceInfo> =
         BpfHashMap::try_from(Map::HashMap(MapData::from_pin(pins.map("SERVICES")).unwrap())).unwrap();
@@ -1116,11 +1126,7 @@ fn snapshot(s: &Setup) -> Snapshot {
         })
         .collect();
     published.sort();
-    Snapshot {
-        services,
-        state,
-        published,
-    }
+    published
 }
 
 /// One more NAT service on its own backend ports.
@@ -1268,4 +1274,105 @@ fn a_reload_over_max_services_changes_nothing() {
     s.write_config(&many_dsr(1023, &[5]));
     let out = cli_ok(&sock, &["reload"]);
     assert!(out.contains("1 restarted"), "{out}");
+}
+
+/// The ids of every loaded program named redirector*.
+fn redirector_programs() -> std::collections::BTreeSet<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("redirector")))
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Contents of the maps a start writes, read from their pins.
+fn pinned_contents(s: &Setup) -> Vec<Vec<u8>> {
+    use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+    use redirector_common::{Addr, Backend, SwitchState};
+    let pins = redirector::datapath::PinDir::new(&s.left.bpffs_dir);
+    let open = |name: &str| MapData::from_pin(pins.map(name)).unwrap();
+    let mut out: Vec<Vec<u8>> = published_keys(s)
+        .into_iter()
+        .map(|(k, id)| [k, id.to_le_bytes().to_vec()].concat())
+        .collect();
+    let switch: Array<MapData, SwitchState> = Array::try_from(Map::Array(open("SWITCH"))).unwrap();
+    let backends: Array<MapData, Backend> = Array::try_from(Map::Array(open("BACKENDS"))).unwrap();
+    for id in 0..16u32 {
+        out.push(bytemuck::bytes_of(&switch.get(&id, 0).unwrap()).to_vec());
+        for slot in 0..2 {
+            out.push(bytemuck::bytes_of(&backends.get(&(id * 2 + slot), 0).unwrap()).to_vec());
+        }
+    }
+    let vips: BpfHashMap<MapData, Addr, u8> = BpfHashMap::try_from(Map::HashMap(open("VIPS"))).unwrap();
+    let mut v: Vec<Vec<u8>> = vips
+        .iter()
+        .map(|r| {
+            let (k, f) = r.unwrap();
+            let mut b = bytemuck::bytes_of(&k).to_vec();
+            b.push(f);
+            b
+        })
+        .collect();
+    v.sort();
+    out.extend(v);
+    out
+}
+
+/// Fault 4: a refused start changes nothing live. With a data plane pinned
+/// and forwarding (the daemon stopped), starts that must be refused — an
+/// interface missing, allow lists over the tries' capacity, `icmp_echo`
+/// changed on the way — leave forwarding, links, loaded programs and map
+/// contents exactly as they were.
+#[test]
+fn a_refused_start_leaves_the_live_data_plane_untouched() {
+    if !require_root("a_refused_start_leaves_the_live_data_plane_untouched") {
+        return;
+    }
+    let _serial = serial();
+    let s = Setup::new("refusedstart");
+    let mut d = s.daemon();
+    wait_for(&s.lab.client, "primary");
+    let links = |s: &Setup| {
+        let out = Command::new("ip")
+            .args(["-n", &s.lab.gw.name, "-d", "link", "show"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut ids: Vec<String> = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "prog/xdp")
+            .map(|w| w[1].to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    d.signal(libc::SIGTERM);
+    let (programs, attached, maps) = (redirector_programs(), links(&s), pinned_contents(&s));
+    assert!(!programs.is_empty() && !attached.is_empty());
+
+    let missing = LAB_CONFIG
+        .replacen(
+            "interfaces = [\"g-c\", \"g-p\", \"g-s\"]",
+            "interfaces = [\"g-c\", \"g-p\", \"g-s\", \"g-none\"]",
+            1,
+        )
+        .replacen(
+            "xdp_mode = \"driver\"\n",
+            "xdp_mode = \"driver\"\nicmp_echo = \"pass\"\n",
+            1,
+        );
+    s.write_config(&missing);
+    let err = refused_start(&s, &s.config);
+    assert!(err.contains("g-none"), "{err}");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        redirector_programs(),
+        programs,
+        "a refused start left programs loaded (in PATHS?)"
+    );
+    assert_eq!(links(&s), attached);
+    assert_eq!(pinned_contents(&s), maps, "a refused start wrote the pinned maps");
+    assert_eq!(connect_from(&s.lab.client, 0, WEB4).as_deref(), Ok("primary"));
 }

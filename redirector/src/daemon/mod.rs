@@ -258,29 +258,8 @@ impl Daemon {
         // below and the event loops goes unseen.
         let resolver = Resolver::subscribe()?;
         let links_monitor = netlink::Monitor::links().context("subscribing to link changes")?;
-        let mut dp = Datapath::load_pinned(sizes, &pins).context("loading the XDP program")?;
-        dp.set_icmp_echo(cfg.gateway.icmp_echo == crate::config::IcmpEcho::Answer)
-            .context("writing icmp_echo")?;
-        // Services the pinned data plane already carries, by id.
-        // Services the pinned data plane already carries, by id: what it
-        // forwards them as (key, mode, backends), to compare with the config.
-        let published: HashMap<u32, Forwarding> = if adopting {
-            let mut by_id = HashMap::new();
-            for (key, info) in dp.published()? {
-                let backends = [dp.backend_entry(info.id, 0)?, dp.backend_entry(info.id, 1)?];
-                by_id.insert(
-                    info.id,
-                    Forwarding {
-                        key,
-                        mode: info.mode,
-                        backends: backends.map(|b| (b.addr, b.port_be)),
-                    },
-                );
-            }
-            by_id
-        } else {
-            HashMap::new()
-        };
+        // Everything that can refuse the start, before anything pinned or
+        // attached is touched: ids, interfaces, links to adopt, DSR topology.
         let assignment = state
             .assign(
                 cfg.services.iter().map(|s| s.name.as_str()),
@@ -305,6 +284,32 @@ impl Daemon {
                 }
             }
         }
+        // Load and verify the programs: the pinned maps are reused but not
+        // written, the running program still tail-calls its own paths.
+        let mut dp = Datapath::load_pinned(sizes, &pins).context("loading the XDP program")?;
+        // Committed from here: this build's paths, then the maps, attach last.
+        dp.install_paths().context("installing the program's paths")?;
+        dp.set_icmp_echo(cfg.gateway.icmp_echo == crate::config::IcmpEcho::Answer)
+            .context("writing icmp_echo")?;
+        // Services the pinned data plane already carries, by id: what it
+        // forwards them as (key, mode, backends), to compare with the config.
+        let published: HashMap<u32, Forwarding> = if adopting {
+            let mut by_id = HashMap::new();
+            for (key, info) in dp.published()? {
+                let backends = [dp.backend_entry(info.id, 0)?, dp.backend_entry(info.id, 1)?];
+                by_id.insert(
+                    info.id,
+                    Forwarding {
+                        key,
+                        mode: info.mode,
+                        backends: backends.map(|b| (b.addr, b.port_be)),
+                    },
+                );
+            }
+            by_id
+        } else {
+            HashMap::new()
+        };
         let mut hops = Hops::new(ifindexes.iter().copied());
         let mut hop_maps = dp.hop_maps()?;
         hops.sync_locals(&mut hop_maps)

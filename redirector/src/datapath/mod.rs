@@ -244,14 +244,44 @@ impl Datapath {
     /// Loads the embedded object with `sizes` (program not yet attached),
     /// with fresh maps that live as long as this value (tests, benchmarks).
     pub fn load(sizes: Sizes) -> Result<Self> {
-        Self::load_bytes(crate::EBPF_OBJECT, sizes, None)
+        let mut dp = Self::load_bytes(crate::EBPF_OBJECT, sizes, None)?;
+        dp.install_paths()?;
+        Ok(dp)
     }
 
-    /// Loads the embedded object with its state maps pinned in `pins`:
-    /// existing pins are reused (call [`PinDir::check`] first), missing ones
-    /// created and pinned.
+    /// Loads and verifies the embedded object with its state maps pinned in
+    /// `pins`: existing pins are reused (call [`PinDir::check`] first),
+    /// missing ones created and pinned. The pinned program array is not
+    /// written yet: a running data plane still tail-calls its own paths
+    /// until [`Datapath::install_paths`], the start's commit.
     pub fn load_pinned(sizes: Sizes, pins: &PinDir) -> Result<Self> {
         Self::load_bytes(crate::EBPF_OBJECT, sizes, Some(pins))
+    }
+
+    /// Puts this build's paths (ICMP, fragments, options) in `PATHS`, where
+    /// the attached program tail-calls them (a pinned array keeps them there
+    /// after the daemon exits).
+    pub fn install_paths(&mut self) -> Result<()> {
+        for (name, index) in programs::PATHS {
+            let path: &mut Xdp = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::Missing {
+                    kind: "program",
+                    name,
+                })?
+                .try_into()?;
+            let fd = path.fd()?.try_clone().map_err(ProgramError::from)?;
+            let map = self.ebpf.map_mut(names::PATHS).ok_or(DatapathError::Missing {
+                kind: "map",
+                name: names::PATHS,
+            })?;
+            ProgramArray::try_from(map)
+                .map_err(map_err(names::PATHS))?
+                .set(index, &fd, 0)
+                .map_err(map_err(names::PATHS))?;
+        }
+        Ok(())
     }
 
     /// Loads `object` (tests and benchmarks pass the same embedded bytes).
@@ -285,9 +315,9 @@ impl Datapath {
             })?
             .try_into()?;
         load_xdp(prog)?;
-        // The paths it tail-calls, loaded and put in `PATHS` before it can run
-        // (a pinned array keeps them there after the daemon exits).
-        for (name, index) in programs::PATHS {
+        // The paths it tail-calls: loaded and verified now, installed in
+        // `PATHS` by `install_paths` before the program can run.
+        for (name, _) in programs::PATHS {
             let path: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DatapathError::Missing {
@@ -296,15 +326,6 @@ impl Datapath {
                 })?
                 .try_into()?;
             load_xdp(path)?;
-            let fd = path.fd()?.try_clone().map_err(ProgramError::from)?;
-            let map = ebpf.map_mut(names::PATHS).ok_or(DatapathError::Missing {
-                kind: "map",
-                name: names::PATHS,
-            })?;
-            ProgramArray::try_from(map)
-                .map_err(map_err(names::PATHS))?
-                .set(index, &fd, 0)
-                .map_err(map_err(names::PATHS))?;
         }
         let mut dp = Datapath {
             ebpf,
