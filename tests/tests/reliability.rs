@@ -31,7 +31,12 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// One TCP connection from the client's `port` (0: any) to `to`, its source
 /// port reusable at once (as behind a busy NAT); returns who answered.
 fn connect_from(client: &NetNs, port: u16, to: &str) -> Result<String, String> {
-    let name = client.name.clone();
+    connect_in(&client.name, port, to)
+}
+
+/// [`connect_from`] by namespace name.
+fn connect_in(ns: &str, port: u16, to: &str) -> Result<String, String> {
+    let name = ns.to_owned();
     let to: SocketAddr = to.parse().unwrap();
     thread::spawn(move || {
         let _in = redirector_tests::netns::enter(&name);
@@ -1375,4 +1380,200 @@ fn a_refused_start_leaves_the_live_data_plane_untouched() {
     assert_eq!(links(&s), attached);
     assert_eq!(pinned_contents(&s), maps, "a refused start wrote the pinned maps");
     assert_eq!(connect_from(&s.lab.client, 0, WEB4).as_deref(), Ok("primary"));
+}
+
+/// Client traffic for the fault-injection tests, until stopped (at most
+/// 180 s): one UDP request per ms to dns4 (`seq:N`, answered `NAME seq:N`)
+/// and 50 TCP connections per second to web4.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    udp: thread::JoinHandle<(u64, std::collections::BTreeSet<u64>)>,
+    tcp: thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+/// What the client saw.
+struct Seen {
+    udp_sent: u64,
+    udp_lost: Vec<u64>,
+    tcp_made: u64,
+    tcp_failed: Vec<String>,
+}
+
+impl Traffic {
+    fn start(client: &NetNs) -> Traffic {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let udp = {
+            let (stop, ns) = (stop.clone(), client.name.clone());
+            thread::spawn(move || {
+                let _in = redirector_tests::netns::enter(&ns);
+                let sock = std::net::UdpSocket::bind("198.18.1.2:0").unwrap();
+                sock.set_nonblocking(true).unwrap();
+                let vip: SocketAddr = "198.18.100.1:53".parse().unwrap();
+                let (mut sent, mut seen) = (0u64, std::collections::BTreeSet::new());
+                let mut buf = [0u8; 128];
+                let note = |buf: &[u8], seen: &mut std::collections::BTreeSet<u64>| {
+                    let text = String::from_utf8_lossy(buf);
+                    if let Some((_, n)) = text.split_once(" seq:") {
+                        seen.insert(n.parse().unwrap());
+                    }
+                };
+                let until = Instant::now() + Duration::from_secs(180);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                    sent += 1;
+                    let _ = sock.send_to(format!("seq:{sent}").as_bytes(), vip);
+                    thread::sleep(Duration::from_millis(1));
+                    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+                        note(&buf[..n], &mut seen);
+                    }
+                }
+                sock.set_nonblocking(false).unwrap();
+                sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+                while let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    note(&buf[..n], &mut seen);
+                }
+                (sent, seen)
+            })
+        };
+        let tcp = {
+            let (stop, ns) = (stop.clone(), client.name.clone());
+            thread::spawn(move || {
+                let (mut made, mut failed) = (0u64, Vec::new());
+                let until = Instant::now() + Duration::from_secs(180);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                    made += 1;
+                    match connect_in(&ns, 0, WEB4) {
+                        Ok(who) if who == "primary" || who == "secondary" => {}
+                        Ok(other) => failed.push(format!("answer {other:?}")),
+                        Err(e) => failed.push(e),
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                (made, failed)
+            })
+        };
+        Traffic { stop, udp, tcp }
+    }
+
+    fn stop(self) -> Seen {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (udp_sent, seen) = self.udp.join().unwrap();
+        let (tcp_made, tcp_failed) = self.tcp.join().unwrap();
+        Seen {
+            udp_sent,
+            udp_lost: (1..=udp_sent).filter(|n| !seen.contains(n)).collect(),
+            tcp_made,
+            tcp_failed,
+        }
+    }
+}
+
+/// Fault injection: a crash loop. The daemon is SIGKILLed 50 times in a row
+/// at random points — during its start (before, during, after the load and
+/// the attach), right after a SIGHUP (mid-reload), right after a flip — and
+/// restarted 200 ms later, as the documented unit does, under one UDP request
+/// per ms and 50 TCP connections per second. Forwarding never stops: no
+/// request is lost; every operator action that was acknowledged holds at the
+/// end (a drain, an override, the last acknowledged flip).
+#[test]
+fn a_crash_loop_of_50_sigkills_loses_nothing_and_keeps_every_acknowledged_intent() {
+    if !require_root("a_crash_loop_of_50_sigkills_loses_nothing_and_keeps_every_acknowledged_intent") {
+        return;
+    }
+    let _serial = serial();
+    let seed = std::env::var("REDIRECTOR_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| u64::from(std::process::id()) * 0x9e37_79b9 + 1);
+    eprintln!("crash loop seed {seed} (REDIRECTOR_TEST_SEED replays it)");
+    let mut rng = redirector_tests::packets::Rng(seed);
+    let s = Setup::new("crashloop");
+    let sock = s.left.socket.clone();
+    let d = s.daemon();
+    wait_for(&s.lab.client, "primary");
+    cli_ok(&sock, &["drain", "dns6", "secondary", "--reason", "crash loop"]);
+    cli_ok(&sock, &["flip", "web6", "secondary", "--reason", "crash loop"]);
+    drop(d);
+    let traffic = Traffic::start(&s.lab.client);
+    let mut web4: Option<&str> = None;
+    let mut kinds = [0u32; 4];
+    for _ in 0..50 {
+        let mut d = Daemon::spawn(&s.lab.gw, &s.config, Stdio::null());
+        let kind = usize::try_from(rng.next_u64() % 4).unwrap();
+        kinds[kind] += 1;
+        let up = |d: &mut Daemon| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !cli(&sock, &["status"]).status.success() {
+                assert!(d.0.try_wait().unwrap().is_none(), "the daemon exited by itself");
+                assert!(Instant::now() < deadline, "the daemon never answered");
+                thread::sleep(Duration::from_millis(10));
+            }
+        };
+        match kind {
+            // Anywhere in the start.
+            0 => thread::sleep(Duration::from_millis(rng.next_u64() % 2500)),
+            // Mid-reload.
+            1 => {
+                up(&mut d);
+                // SAFETY: kill(2) of our own child.
+                unsafe { libc::kill(i32::try_from(d.pid()).unwrap(), libc::SIGHUP) };
+                thread::sleep(Duration::from_millis(rng.next_u64() % 20));
+            }
+            // Right after a flip (kept only if acknowledged).
+            2 => {
+                up(&mut d);
+                let to = if rng.next_u64().is_multiple_of(2) {
+                    "primary"
+                } else {
+                    "secondary"
+                };
+                if cli(&sock, &["flip", "web4", to]).status.success() {
+                    web4 = Some(to);
+                }
+            }
+            // While it runs.
+            _ => {
+                up(&mut d);
+                thread::sleep(Duration::from_millis(rng.next_u64() % 500));
+            }
+        }
+        d.signal(libc::SIGKILL);
+        thread::sleep(Duration::from_millis(200));
+    }
+    let _d = s.daemon();
+    thread::sleep(Duration::from_millis(500));
+    let seen = traffic.stop();
+    eprintln!(
+        "crash loop: kills by kind (start, reload, flip, running) {kinds:?}; {} UDP requests, {} lost; {} TCP \
+         connections, {} failed",
+        seen.udp_sent,
+        seen.udp_lost.len(),
+        seen.tcp_made,
+        seen.tcp_failed.len()
+    );
+    assert!(
+        seen.udp_lost.is_empty(),
+        "UDP requests lost: {:?}",
+        &seen.udp_lost[..seen.udp_lost.len().min(20)]
+    );
+    assert!(
+        seen.tcp_failed.is_empty(),
+        "TCP connections failed: {:?}",
+        seen.tcp_failed
+    );
+    let status = cli_ok(&sock, &["status"]);
+    let block = |name: &str| {
+        status
+            .split("\n\n")
+            .find(|b| b.starts_with(&format!("{name} ")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(block("dns6").contains("DRAINED"), "{status}");
+    assert!(block("web6").contains("pinned to the secondary"), "{status}");
+    if let Some(to) = web4 {
+        assert!(
+            block("web4").contains(&format!("pinned to the {to}")),
+            "last flip {to}: {status}"
+        );
+    }
 }
