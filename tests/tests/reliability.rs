@@ -1697,3 +1697,95 @@ fn a_reload_storm_loses_nothing_and_leaks_nothing() {
     assert!(fds_after <= fds_before + 2, "fds {fds_before} → {fds_after}");
     assert_eq!(published_keys(&s).len(), keys_before);
 }
+
+/// The ground moves: the state directory full, then read-only. The daemon
+/// keeps deciding and forwarding; an operator's action takes effect and is
+/// answered with an error saying it is not saved; once the directory is
+/// writable again, the next save holds everything.
+#[test]
+fn a_full_or_read_only_state_dir_is_reported_and_nothing_else_fails() {
+    if !require_root("a_full_or_read_only_state_dir_is_reported_and_nothing_else_fails") {
+        return;
+    }
+    let _serial = serial();
+    let s = Setup::new("statefull");
+    let sock = s.left.socket.clone();
+    // A tiny tmpfs of its own as the state directory.
+    std::fs::create_dir_all(&s.left.state_dir).unwrap();
+    let dir = s.left.state_dir.to_str().unwrap().to_owned();
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "rdrstate", &dir])
+            .status()
+            .unwrap()
+            .success()
+    );
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    let _d = s.daemon();
+    wait_for(&s.lab.client, "primary");
+    // Full.
+    let filler = s.left.state_dir.join("filler");
+    let _ = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", filler.display()),
+            "bs=4k",
+            "count=64",
+        ])
+        .stderr(Stdio::null())
+        .status();
+    let out = cli(&sock, &["flip", "web4", "secondary"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("in effect now, but saving the state file failed"),
+        "{err}"
+    );
+    wait_for(&s.lab.client, "secondary");
+    let left: Vec<String> = std::fs::read_dir(&s.left.state_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter().all(|n| !n.ends_with(".tmp")),
+        "temporary files left: {left:?}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    // Read-only.
+    assert!(
+        Command::new("mount")
+            .args(["-o", "remount,ro", &dir])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = cli(&sock, &["auto", "web4"]);
+    assert!(
+        !out.status.success(),
+        "a save on a read-only state dir reported success"
+    );
+    wait_for(&s.lab.client, "primary");
+    assert!(cli(&sock, &["status"]).status.success());
+    // Writable again: the next save holds the current intent.
+    assert!(
+        Command::new("mount")
+            .args(["-o", "remount,rw", &dir])
+            .status()
+            .unwrap()
+            .success()
+    );
+    cli_ok(&sock, &["drain", "dns4", "secondary"]);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.left.state_dir.join("state.json")).unwrap()).unwrap();
+    assert!(state["intents"]["dns4"].is_object(), "{state}");
+    assert!(
+        state["intents"]["web4"].is_null(),
+        "the override ended while unsaved must not come back: {state}"
+    );
+}
