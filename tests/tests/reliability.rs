@@ -1789,3 +1789,124 @@ fn a_full_or_read_only_state_dir_is_reported_and_nothing_else_fails() {
         "the override ended while unsaved must not come back: {state}"
     );
 }
+
+/// The ground moves: the primary flaps every 20 ms for 10 s (its web and
+/// DNS ports reject, then answer, by a pre-started `nft -i`). Flap damping
+/// holds it down: one failover per service, no failback while it flaps,
+/// and the hold is in the transition log.
+#[test]
+fn a_backend_flapping_every_20_ms_is_held_down_not_followed() {
+    if !require_root("a_backend_flapping_every_20_ms_is_held_down_not_followed") {
+        return;
+    }
+    let _serial = serial();
+    let s = Setup::new("flap20");
+    let sock = s.left.socket.clone();
+    let _d = s.daemon();
+    wait_for(&s.lab.client, "primary");
+    let before = cli_ok(&sock, &["events"]).lines().count();
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &s.lab.primary.name, "nft", "-i"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = nft.stdin.take().unwrap();
+    input
+        .write_all(b"add table inet flap\nadd chain inet flap in { type filter hook input priority 0; }\n")
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut flaps = 0;
+    while Instant::now() < until {
+        input
+            .write_all(
+                b"add rule inet flap in ip daddr 198.18.2.2 tcp dport 8080 reject with tcp reset\n\
+                  add rule inet flap in ip daddr 198.18.2.2 udp dport 53 reject\n",
+            )
+            .unwrap();
+        thread::sleep(Duration::from_millis(20));
+        input.write_all(b"flush chain inet flap in\n").unwrap();
+        thread::sleep(Duration::from_millis(20));
+        flaps += 1;
+    }
+    input.write_all(b"delete table inet flap\n").unwrap();
+    drop(input);
+    let _ = nft.wait();
+    let events = cli_ok(&sock, &["events"]);
+    let new: Vec<&str> = events.lines().skip(before).collect();
+    eprintln!("{flaps} flaps; transitions:\n{}", new.join("\n"));
+    for svc in ["web4", "dns4"] {
+        let failovers = new
+            .iter()
+            .filter(|l| l.contains(&format!("{svc}: primary → secondary")))
+            .count();
+        let failbacks = new
+            .iter()
+            .filter(|l| l.contains(&format!("{svc}: secondary → primary")))
+            .count();
+        assert!(
+            failovers <= 1 && failbacks == 0,
+            "{svc}: {failovers} failovers, {failbacks} failbacks"
+        );
+        assert!(
+            new.iter()
+                .any(|l| l.contains(&format!("{svc}:")) && l.contains("held down")),
+            "{svc}: flap damping never held the primary"
+        );
+    }
+    assert_eq!(connect_from(&s.lab.client, 0, WEB4).as_deref(), Ok("secondary"));
+}
+
+/// The ground moves: the daemon at nice 19 beside two CPU hogs at nice -20
+/// for 10 s. Starved of CPU, its probes give no verdict rather than false
+/// ones: no transition; afterwards it decides again.
+#[test]
+fn a_starved_daemon_invents_no_failures() {
+    if !require_root("a_starved_daemon_invents_no_failures") {
+        return;
+    }
+    let _serial = serial();
+    let s = Setup::new("starved");
+    let sock = s.left.socket.clone();
+    let d = s.daemon();
+    wait_for(&s.lab.client, "primary");
+    let before = cli_ok(&sock, &["events"]).lines().count();
+    assert!(
+        Command::new("renice")
+            .args(["-n", "19", "-p", &d.pid().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Every thread of the daemon (the prober's too).
+    for t in std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .unwrap()
+        .flatten()
+    {
+        let _ = Command::new("renice")
+            .args(["-n", "19", "-p", &t.file_name().to_string_lossy()])
+            .stdout(Stdio::null())
+            .status();
+    }
+    let hogs: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            Command::new("nice")
+                .args(["-n", "-20", "timeout", "10", "sh", "-c", "while :; do :; done"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut h in hogs {
+        let _ = h.wait();
+    }
+    thread::sleep(Duration::from_millis(500));
+    let events = cli_ok(&sock, &["events"]);
+    let new: Vec<&str> = events.lines().skip(before).collect();
+    assert!(new.is_empty(), "transitions while starved:\n{}", new.join("\n"));
+    // It still decides: the primary's server killed → failover.
+    let mut s = s;
+    s.primary.kill();
+    wait_for(&s.lab.client, "secondary");
+}
