@@ -1910,3 +1910,73 @@ fn a_starved_daemon_invents_no_failures() {
     s.primary.kill();
     wait_for(&s.lab.client, "secondary");
 }
+
+/// The ground moves: pins removed under a running daemon (two maps and an
+/// XDP link) are pinned again from the daemon's own handles within a
+/// second, so the data plane still outlives it and the next start adopts
+/// the same maps and link. Forwarding never stops: no request lost.
+#[test]
+fn pins_removed_under_a_running_daemon_are_pinned_again() {
+    if !require_root("pins_removed_under_a_running_daemon_are_pinned_again") {
+        return;
+    }
+    let _serial = serial();
+    use aya::maps::MapData;
+    let s = Setup::new("unpinned");
+    let log_path = s.config.with_extension("log");
+    let mut d = Daemon::spawn(&s.lab.gw, &s.config, std::fs::File::create(&log_path).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cli(&s.left.socket, &["status"]).status.success() {
+        assert!(Instant::now() < deadline, "the daemon never answered");
+        thread::sleep(Duration::from_millis(50));
+    }
+    wait_for(&s.lab.client, "primary");
+    let pins = redirector::datapath::PinDir::new(&s.left.bpffs_dir);
+    let id_of = |name: &str| MapData::from_pin(pins.map(name)).unwrap().info().unwrap().id();
+    let (flows, switch) = (id_of("FLOWS"), id_of("SWITCH"));
+    let traffic = Traffic::start(&s.lab.client);
+    for name in ["FLOWS", "SWITCH"] {
+        std::fs::remove_file(pins.map(name)).unwrap();
+    }
+    std::fs::remove_file(pins.link("g-c")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(pins.map("FLOWS").exists() && pins.map("SWITCH").exists() && pins.link("g-c").exists()) {
+        assert!(Instant::now() < deadline, "the pins were not restored");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        (id_of("FLOWS"), id_of("SWITCH")),
+        (flows, switch),
+        "pinned again: the same maps"
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("the pin of the XDP link on g-c was removed under the running daemon: pinned again"),
+        "{log}"
+    );
+    // A restart adopts the same maps and swaps the program into the link.
+    d.signal(libc::SIGTERM);
+    let _d = s.daemon();
+    assert_eq!(
+        (id_of("FLOWS"), id_of("SWITCH")),
+        (flows, switch),
+        "the restart adopted the maps"
+    );
+    assert!(xdp_attached(&s.lab.gw, "g-c"));
+    thread::sleep(Duration::from_millis(300));
+    let seen = traffic.stop();
+    eprintln!(
+        "pins removed and pinned again: {} UDP requests, {} lost; {} TCP connections, {} failed",
+        seen.udp_sent,
+        seen.udp_lost.len(),
+        seen.tcp_made,
+        seen.tcp_failed.len()
+    );
+    assert!(
+        seen.udp_lost.is_empty(),
+        "UDP requests lost: {}",
+        seen.udp_lost.len()
+    );
+    assert!(seen.tcp_failed.is_empty(), "{:?}", seen.tcp_failed);
+    let _ = std::fs::remove_file(&log_path);
+}

@@ -32,10 +32,40 @@ pub enum Plan {
 
 /// A link kept open for the daemon's lifetime.
 pub enum Held {
-    /// Pinned: outlives the daemon.
-    Pinned(#[expect(dead_code, reason = "held for its lifetime")] FdLink),
+    /// Pinned: outlives the daemon. `None` only if pinning it again failed
+    /// (the link is then gone).
+    Pinned {
+        /// The interface.
+        name: String,
+        /// The link.
+        link: Option<FdLink>,
+    },
     /// Not pinnable (netlink attachment): detached when dropped.
     Unpinned(#[expect(dead_code, reason = "held for its lifetime")] XdpLink),
+}
+
+impl Held {
+    /// Pins the link again if its pin was removed under the running daemon
+    /// (else the program would leave the interface when the daemon exits).
+    /// `None` when there was nothing to do.
+    pub fn repin(&mut self, pins: &PinDir) -> Option<(String, Result<()>)> {
+        let Held::Pinned { name, link } = self else {
+            return None;
+        };
+        let path = pins.link(name);
+        if path.exists() || link.is_none() {
+            return None;
+        }
+        let fd = link.take()?;
+        let r = std::fs::create_dir_all(pins.dir())
+            .map_err(anyhow::Error::from)
+            .and_then(|()| fd.pin(&path).map_err(anyhow::Error::from))
+            .map(|pinned| *link = Some(FdLink::from(pinned)));
+        Some((
+            name.clone(),
+            r.with_context(|| format!("pinning the XDP link on {name} again")),
+        ))
+    }
 }
 
 /// Decides, before anything is written, what to do on each interface:
@@ -133,9 +163,15 @@ pub fn attach_all(
                         .with_context(|| format!("{name}: pinning the XDP link at {}", path.display()))?;
                     let l =
                         PinnedLink::from_pin(&path).with_context(|| format!("{name}: reopening its pin"))?;
-                    held.push(Held::Pinned(FdLink::from(l)));
+                    held.push(Held::Pinned {
+                        name: name.clone(),
+                        link: Some(FdLink::from(l)),
+                    });
                 } else {
-                    held.push(Held::Pinned(fd));
+                    held.push(Held::Pinned {
+                        name: name.clone(),
+                        link: Some(fd),
+                    });
                 }
             }
             Err(LinkError::InvalidLink) => {

@@ -596,14 +596,17 @@ impl Daemon {
                         n.send("WATCHDOG=1");
                     }
                 }
-                _ = reconcile.tick() => match self.switches.reconcile(&mut self.dp) {
-                    Ok(repaired) if !repaired.is_empty() => {
-                        warn!("switch state of service ids {repaired:?} differed from the decision: rewritten");
-                        self.metrics.drift(repaired.len());
+                _ = reconcile.tick() => {
+                    match self.switches.reconcile(&mut self.dp) {
+                        Ok(repaired) if !repaired.is_empty() => {
+                            warn!("switch state of service ids {repaired:?} differed from the decision: rewritten");
+                            self.metrics.drift(repaired.len());
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!("reconciling switch states: {e:#}"),
                     }
-                    Ok(_) => {}
-                    Err(e) => warn!("reconciling switch states: {e:#}"),
-                },
+                    self.check_pins();
+                }
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading the configuration");
                     self.begin_reload(None);
@@ -727,6 +730,33 @@ impl Daemon {
     /// Writes the state file off the loop ([`Saver`]).
     fn persist(&mut self) {
         self.saver.save(self.state.clone(), None);
+    }
+
+    /// Pins removed under the running daemon are pinned again from its own
+    /// handles (maps and XDP links), so the data plane still outlives it and
+    /// the next start adopts the same maps.
+    fn check_pins(&mut self) {
+        for (name, r) in self.dp.repin_missing(&self.pins) {
+            match r {
+                Ok(()) => warn!("the pin of map {name} was removed under the running daemon: pinned again"),
+                Err(e) => warn!("the pin of map {name} was removed and pinning it again failed: {e}"),
+            }
+            self.metrics.drift(1);
+        }
+        for held in &mut self.links {
+            match held.repin(&self.pins) {
+                Some((name, Ok(()))) => {
+                    warn!(
+                        "the pin of the XDP link on {name} was removed under the running daemon: pinned again"
+                    );
+                }
+                Some((name, Err(e))) => {
+                    warn!("{e:#}: XDP is off {name} now; restart the daemon to attach it again")
+                }
+                None => continue,
+            }
+            self.metrics.drift(1);
+        }
     }
 
     /// Carrier changes: a backend whose egress link lost its carrier is down

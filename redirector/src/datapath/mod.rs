@@ -782,6 +782,29 @@ impl Datapath {
 
     /// A second handle on map `name`: its fd duplicated, which needs no
     /// privilege beyond holding the fd (reopening by id would need CAP_SYS_ADMIN).
+    /// Pins again, from this handle, every map whose pin was removed while
+    /// the data plane runs (the maps live on: the program and this handle
+    /// hold them), so the next start adopts them instead of starting afresh.
+    /// Returns each map re-pinned and how it went. Maps handed out (the ring
+    /// buffers) are skipped.
+    pub fn repin_missing(&self, pins: &PinDir) -> Vec<(&'static str, std::result::Result<(), String>)> {
+        let mut done = Vec::new();
+        for name in names::PINNED {
+            let path = pins.map(name);
+            if path.exists() {
+                continue;
+            }
+            let Some(map) = self.ebpf.map(name) else {
+                continue;
+            };
+            let pinned = std::fs::create_dir_all(pins.dir())
+                .map_err(|e| e.to_string())
+                .and_then(|()| map.pin(&path).map_err(|e| e.to_string()));
+            done.push((name, pinned));
+        }
+        done
+    }
+
     fn dup(&self, name: &'static str) -> Result<MapData> {
         use aya::maps::Map;
         let data = match self.map_ref(name)? {
