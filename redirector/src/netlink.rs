@@ -454,6 +454,20 @@ pub fn local_addrs() -> Result<Vec<IpAddr>, NetlinkError> {
 }
 
 /// Index of the interface called `name` (`if_nametoindex(3)`).
+/// The name of interface `ifindex` now, if it exists.
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires; it
+    // writes a NUL-terminated name there or returns NULL.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+/// The index of interface `name`.
 pub fn ifindex(name: &str) -> Result<u32, NetlinkError> {
     let c_name = CString::new(name).map_err(|_| NetlinkError::NoSuchInterface {
         name: name.to_owned(),

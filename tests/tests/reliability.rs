@@ -1980,3 +1980,113 @@ fn pins_removed_under_a_running_daemon_are_pinned_again() {
     assert!(seen.tcp_failed.is_empty(), "{:?}", seen.tcp_failed);
     let _ = std::fs::remove_file(&log_path);
 }
+
+/// The ground moves: a configured interface renamed, then one deleted and
+/// re-created under its name. Renamed: the daemon goes on (the program
+/// follows the interface) and says a restart needs the new name. Re-created:
+/// the daemon exits for its supervisor, whose restart attaches to the new
+/// interface. Traffic through the other interfaces never stops.
+#[test]
+fn interfaces_renamed_or_recreated_are_reported_or_reattached() {
+    if !require_root("interfaces_renamed_or_recreated_are_reported_or_reattached") {
+        return;
+    }
+    let _serial = serial();
+    let s = Setup::new("ifmove");
+    let log_path = s.config.with_extension("log");
+    let mut d = Daemon::spawn(&s.lab.gw, &s.config, std::fs::File::create(&log_path).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cli(&s.left.socket, &["status"]).status.success() {
+        assert!(Instant::now() < deadline, "the daemon never answered");
+        thread::sleep(Duration::from_millis(50));
+    }
+    wait_for(&s.lab.client, "primary");
+    let traffic = Traffic::start(&s.lab.client);
+    let gw = s.lab.gw.name.clone();
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip")
+            .args(["-n", &gw])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip {args:?}");
+    };
+    // Renamed (and back, so the lab stays as it was).
+    ip(&["link", "set", "g-s", "down"]);
+    ip(&["link", "set", "g-s", "name", "g-s9"]);
+    ip(&["link", "set", "g-s9", "up"]);
+    thread::sleep(Duration::from_millis(500));
+    assert!(d.0.try_wait().unwrap().is_none(), "the daemon exited on a rename");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("interface g-s was renamed to g-s9"), "{log}");
+    ip(&["link", "set", "g-s9", "down"]);
+    ip(&["link", "set", "g-s9", "name", "g-s"]);
+    ip(&["link", "set", "g-s", "up"]);
+    // Deleted and re-created under the same name (a new ifindex).
+    ip(&["link", "del", "g-s"]);
+    let sec = s.lab.secondary.name.clone();
+    ip(&[
+        "link",
+        "add",
+        "g-s",
+        "address",
+        "02:00:00:00:03:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "s0",
+        "netns",
+        &sec,
+        "address",
+        "02:00:00:00:03:02",
+    ]);
+    ip(&["addr", "add", "198.18.3.1/24", "dev", "g-s"]);
+    ip(&["addr", "add", "2001:2:0:3::1/64", "dev", "g-s", "nodad"]);
+    ip(&["link", "set", "g-s", "up"]);
+    for args in [
+        vec!["addr", "add", "198.18.3.2/24", "dev", "s0"],
+        vec!["addr", "add", "2001:2:0:3::2/64", "dev", "s0", "nodad"],
+        vec!["link", "set", "s0", "up"],
+    ] {
+        assert!(
+            Command::new("ip")
+                .args(["-n", &sec])
+                .args(&args)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(st) = d.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon went on without the re-created g-s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("interface g-s was re-created"), "{log}");
+    // The supervisor's restart attaches to the new g-s.
+    let _d = s.daemon();
+    assert!(
+        xdp_attached(&s.lab.gw, "g-s"),
+        "the restart did not attach to the re-created g-s"
+    );
+    let seen = traffic.stop();
+    eprintln!(
+        "interfaces moved: {} UDP requests, {} lost; {} TCP connections, {} failed",
+        seen.udp_sent,
+        seen.udp_lost.len(),
+        seen.tcp_made,
+        seen.tcp_failed.len()
+    );
+    assert!(seen.udp_lost.is_empty() && seen.tcp_failed.is_empty());
+    let _ = std::fs::remove_file(&log_path);
+}

@@ -167,6 +167,8 @@ pub struct Daemon {
     hup: Option<tokio::signal::unix::Signal>,
     /// systemd's notification socket, if it gave one.
     notifier: Option<crate::notify::Notifier>,
+    /// Configured interfaces reported gone or renamed.
+    moved_interfaces: std::collections::HashSet<String>,
 }
 
 /// The decision a pinned switch state stands for.
@@ -474,6 +476,7 @@ impl Daemon {
             _lock: lock,
             hup: None,
             notifier: None,
+            moved_interfaces: std::collections::HashSet::new(),
         })
     }
 
@@ -541,7 +544,10 @@ impl Daemon {
                     let _ = scrape.reply.send(text);
                 }
                 changed = self.links_monitor.changed() => match changed {
-                    Ok(c) => self.carrier(&c.links),
+                    Ok(c) => {
+                        self.interfaces_moved(&c.links)?;
+                        self.carrier(&c.links);
+                    }
                     Err(e) => warn!("link monitor: {e}"),
                 },
                 () = wake => {
@@ -730,6 +736,44 @@ impl Daemon {
     /// Writes the state file off the loop ([`Saver`]).
     fn persist(&mut self) {
         self.saver.save(self.state.clone(), None);
+    }
+
+    /// The configured interfaces after link changes. One deleted or renamed
+    /// is reported (its traffic goes on, or stops, with the interface; the
+    /// program follows the ifindex); one re-created under its name (a new
+    /// ifindex) ends the daemon, for its supervisor's restart to attach to it.
+    fn interfaces_moved(&mut self, links: &[(u32, bool)]) -> Result<()> {
+        let touched = links.iter().any(|&(i, up)| !up || !self.ifindexes.contains(&i));
+        if !touched {
+            return Ok(());
+        }
+        for (name, &ifindex) in self.cfg.gateway.interfaces.iter().zip(&self.ifindexes) {
+            let now = netlink::ifindex(name).ok();
+            if now == Some(ifindex) {
+                self.moved_interfaces.remove(name);
+                continue;
+            }
+            if let Some(new) = now {
+                bail!(
+                    "interface {name} was re-created (ifindex {ifindex} → {new}); exiting so the supervisor \
+                     restarts the daemon, which attaches to it (the other interfaces forward meanwhile)"
+                );
+            }
+            if self.moved_interfaces.insert(name.clone()) {
+                match netlink::ifname(ifindex) {
+                    Some(other) => warn!(
+                        "interface {name} was renamed to {other}: forwarding goes on (the program follows the \
+                         interface), but a restart refuses the configuration until [gateway] interfaces names \
+                         {other}"
+                    ),
+                    None => warn!(
+                        "interface {name} is gone: nothing is forwarded through it; if it comes back, the daemon \
+                         exits for its supervisor to restart it and attach"
+                    ),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Pins removed under the running daemon are pinned again from its own
