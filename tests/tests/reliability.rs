@@ -5,20 +5,20 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::SocketAddr,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use redirector_tests::{
+    client::{
+        Traffic, WEB4, all_up, connect_from, health_of, metric, scrape, status_json, wait_for, wait_health,
+    },
     daemon::{Daemon, Setup, binary, cli, cli_ok, xdp_attached},
     lab::{LAB_CONFIG, Server, lab_config_with},
     netns::NetNs,
     require_root,
 };
-
-const WEB4: &str = "198.18.100.1:80";
 
 /// These tests run one at a time: each runs a lab with real servers and a
 /// daemon, and timing-sensitive checks must not share two CPUs with another.
@@ -26,47 +26,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// One TCP connection from the client's `port` (0: any) to `to`, its source
-/// port reusable at once (as behind a busy NAT); returns who answered.
-fn connect_from(client: &NetNs, port: u16, to: &str) -> Result<String, String> {
-    connect_in(&client.name, port, to)
-}
-
-/// [`connect_from`] by namespace name.
-fn connect_in(ns: &str, port: u16, to: &str) -> Result<String, String> {
-    let name = ns.to_owned();
-    let to: SocketAddr = to.parse().unwrap();
-    thread::spawn(move || {
-        let _in = redirector_tests::netns::enter(&name);
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.set_reuse_address(true).unwrap();
-        let from: SocketAddr = format!("198.18.1.2:{port}").parse().unwrap();
-        sock.bind(&from.into()).map_err(|e| format!("bind {from}: {e}"))?;
-        sock.connect_timeout(&to.into(), Duration::from_secs(2))
-            .map_err(|e| format!("connect from {from}: {e}"))?;
-        let mut c: std::net::TcpStream = sock.into();
-        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        c.write_all(b"hello").map_err(|e| e.to_string())?;
-        let mut s = String::new();
-        c.read_to_string(&mut s).map_err(|e| e.to_string())?;
-        Ok(s)
-    })
-    .join()
-    .unwrap()
-}
-
-/// Waits until new connections (fresh ports) reach `who`.
-fn wait_for(client: &NetNs, who: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if connect_from(client, 0, WEB4).as_deref() == Ok(who) {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("new connections never reached the {who}");
 }
 
 /// Connections from `ports`, each answered by whom.
@@ -349,19 +308,6 @@ kind = "exec"
 command = ["/bin/true"]
 interval = "20ms"
 "#;
-
-fn status_json(sock: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&cli_ok(sock, &["status", "--json"])).unwrap()
-}
-
-fn all_up(st: &serde_json::Value) -> bool {
-    st["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["backends"].as_array().unwrap().iter())
-        .all(|b| b["health"] == "up")
-}
 
 /// Fault 8: the gateway's own trouble — a local firewall refusing its probes
 /// (EPERM), its fd limit exhausted (EMFILE) — is reported and never becomes
@@ -714,34 +660,6 @@ fn a_switch_state_changed_behind_the_daemons_back_is_repaired() {
         body
     };
     assert!(metrics.contains("redirector_switch_drift_total 1"), "{metrics}");
-}
-
-/// `health` of `service`'s backend `slot` (0 primary, 1 secondary) and the
-/// service's active backend, from `status --json`.
-fn health_of(sock: &std::path::Path, service: &str, slot: usize) -> (String, String) {
-    let st = status_json(sock);
-    let svc = st["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["name"] == service)
-        .unwrap()
-        .clone();
-    (
-        svc["backends"][slot]["health"].as_str().unwrap().to_owned(),
-        svc["active"].as_str().unwrap().to_owned(),
-    )
-}
-
-fn wait_health(sock: &std::path::Path, service: &str, slot: usize, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while health_of(sock, service, slot).0 != want {
-        assert!(
-            Instant::now() < deadline,
-            "{service} backend {slot} never became {want}"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Fault 6: a restart is no shortcut back into traffic. A primary held down
@@ -1382,91 +1300,6 @@ fn a_refused_start_leaves_the_live_data_plane_untouched() {
     assert_eq!(connect_from(&s.lab.client, 0, WEB4).as_deref(), Ok("primary"));
 }
 
-/// Client traffic for the fault-injection tests, until stopped (at most
-/// 180 s): one UDP request per ms to dns4 (`seq:N`, answered `NAME seq:N`)
-/// and 50 TCP connections per second to web4.
-struct Traffic {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    udp: thread::JoinHandle<(u64, std::collections::BTreeSet<u64>)>,
-    tcp: thread::JoinHandle<(u64, Vec<String>)>,
-}
-
-/// What the client saw.
-struct Seen {
-    udp_sent: u64,
-    udp_lost: Vec<u64>,
-    tcp_made: u64,
-    tcp_failed: Vec<String>,
-}
-
-impl Traffic {
-    fn start(client: &NetNs) -> Traffic {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let udp = {
-            let (stop, ns) = (stop.clone(), client.name.clone());
-            thread::spawn(move || {
-                let _in = redirector_tests::netns::enter(&ns);
-                let sock = std::net::UdpSocket::bind("198.18.1.2:0").unwrap();
-                sock.set_nonblocking(true).unwrap();
-                let vip: SocketAddr = "198.18.100.1:53".parse().unwrap();
-                let (mut sent, mut seen) = (0u64, std::collections::BTreeSet::new());
-                let mut buf = [0u8; 128];
-                let note = |buf: &[u8], seen: &mut std::collections::BTreeSet<u64>| {
-                    let text = String::from_utf8_lossy(buf);
-                    if let Some((_, n)) = text.split_once(" seq:") {
-                        seen.insert(n.parse().unwrap());
-                    }
-                };
-                let until = Instant::now() + Duration::from_secs(180);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
-                    sent += 1;
-                    let _ = sock.send_to(format!("seq:{sent}").as_bytes(), vip);
-                    thread::sleep(Duration::from_millis(1));
-                    while let Ok((n, _)) = sock.recv_from(&mut buf) {
-                        note(&buf[..n], &mut seen);
-                    }
-                }
-                sock.set_nonblocking(false).unwrap();
-                sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-                while let Ok((n, _)) = sock.recv_from(&mut buf) {
-                    note(&buf[..n], &mut seen);
-                }
-                (sent, seen)
-            })
-        };
-        let tcp = {
-            let (stop, ns) = (stop.clone(), client.name.clone());
-            thread::spawn(move || {
-                let (mut made, mut failed) = (0u64, Vec::new());
-                let until = Instant::now() + Duration::from_secs(180);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
-                    made += 1;
-                    match connect_in(&ns, 0, WEB4) {
-                        Ok(who) if who == "primary" || who == "secondary" => {}
-                        Ok(other) => failed.push(format!("answer {other:?}")),
-                        Err(e) => failed.push(e),
-                    }
-                    thread::sleep(Duration::from_millis(20));
-                }
-                (made, failed)
-            })
-        };
-        Traffic { stop, udp, tcp }
-    }
-
-    fn stop(self) -> Seen {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (udp_sent, seen) = self.udp.join().unwrap();
-        let (tcp_made, tcp_failed) = self.tcp.join().unwrap();
-        Seen {
-            udp_sent,
-            udp_lost: (1..=udp_sent).filter(|n| !seen.contains(n)).collect(),
-            tcp_made,
-            tcp_failed,
-        }
-    }
-}
-
 /// Fault injection: a crash loop. The daemon is SIGKILLed 50 times in a row
 /// at random points — during its start (before, during, after the load and
 /// the attach), right after a SIGHUP (mid-reload), right after a flip — and
@@ -1576,24 +1409,6 @@ fn a_crash_loop_of_50_sigkills_loses_nothing_and_keeps_every_acknowledged_intent
             "last flip {to}: {status}"
         );
     }
-}
-
-/// `/metrics` from inside the gateway.
-fn scrape(s: &Setup) -> String {
-    let _in = s.lab.gw.enter();
-    let mut c = std::net::TcpStream::connect("198.18.1.1:9630").unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    c.read_to_string(&mut body).unwrap();
-    body
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in the scrape"))
 }
 
 /// The reload storm's second config: the lab's services in reverse order,
