@@ -15,10 +15,15 @@ use crate::{
     netns::NetNs,
 };
 
-/// target/<profile>/redirector, built by `cargo xtask test` beside the tests.
+/// target/<profile>/redirector, built by `cargo xtask` beside the tests
+/// (in `deps/`) and the lab's tools (the soak).
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("redirector");
+    let mut dir = exe.parent().unwrap().to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("redirector");
     assert!(
         bin.exists(),
         "{} not built: run `cargo xtask test`",

@@ -43,6 +43,16 @@ enum Command {
         #[command(subcommand)]
         which: Bench,
     },
+    /// Random faults every few seconds against steady traffic in the lab, with
+    /// invariants checked over the whole run (a violation fails).
+    Soak {
+        /// Minutes to run.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Seed of the run (default: from the clock; printed, so a run can be replayed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Fuzzers: generated and mutated inputs against invariants; a violation fails.
     Fuzz {
         #[command(subcommand)]
@@ -104,6 +114,28 @@ fn lab_prerequisites(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs the soak (release builds of the daemon and the lab's tools).
+fn soak(root: &Path, length: &[String], seed: Option<u64>) -> Result<()> {
+    cmd::cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "redirector",
+            "-p",
+            "redirector-tests",
+            "--bins",
+        ],
+    )?;
+    let seed = seed.map(|s| s.to_string());
+    let mut args: Vec<&str> = length.iter().map(String::as_str).collect();
+    if let Some(s) = seed.as_deref() {
+        args.extend(["--seed", s]);
+    }
+    run_tool(root, "soak", &args)
+}
+
 /// Runs the datapath fuzzer (release build: it runs ~40k cases per second).
 fn fuzz_datapath(root: &Path, cases: u64, seed: Option<u64>, keep_going: bool) -> Result<()> {
     let cases = cases.to_string();
@@ -162,8 +194,12 @@ fn main() -> Result<()> {
             if filter.is_none() {
                 if bootstrap::is_root() {
                     fuzz_datapath(&root, 100_000, None, false)?;
+                    // And a one-minute soak: random faults against traffic.
+                    soak(&root, &["--seconds".to_owned(), "60".to_owned()], None)?;
                 } else {
-                    eprintln!("SKIPPED the datapath fuzzer: needs root (run `cargo xtask test` as root)");
+                    eprintln!(
+                        "SKIPPED the datapath fuzzer and the soak: they need root (run `cargo xtask test` as root)"
+                    );
                 }
             }
             Ok(())
@@ -188,6 +224,10 @@ fn main() -> Result<()> {
         Command::Lab { action } => {
             lab_prerequisites("the lab")?;
             run_tool(&root, "lab", &[&action])
+        }
+        Command::Soak { minutes, seed } => {
+            lab_prerequisites("the soak")?;
+            soak(&root, &["--minutes".to_owned(), minutes.to_string()], seed)
         }
         Command::Bench { which } => {
             bootstrap::ensure()?;
