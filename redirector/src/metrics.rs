@@ -107,6 +107,7 @@ pub struct Metrics {
     transitions: Family<Transition, Counter>,
     detection: HistogramFamily<ServiceLabel>,
     drift: Counter,
+    suspect: Counter,
     series: HashMap<String, Series>,
 }
 
@@ -125,6 +126,7 @@ impl Metrics {
         let transitions = Family::default();
         let detection = HistogramFamily::new_with_constructor(detection_histogram as fn() -> Histogram);
         let drift = Counter::default();
+        let suspect = Counter::default();
         let mut registry = Registry::default();
         // The registry appends the final full stop to each help text.
         registry.register(
@@ -152,6 +154,11 @@ impl Metrics {
             "Switch states found different from the decision and rewritten (a failed write retried, or another writer)",
             drift.clone(),
         );
+        registry.register(
+            "redirector_gateway_suspect",
+            "Probe failures not counted against their backend because most backends failed at once (the gateway is suspected)",
+            suspect.clone(),
+        );
         Metrics {
             registry,
             probe_duration,
@@ -159,8 +166,14 @@ impl Metrics {
             transitions,
             detection,
             drift,
+            suspect,
             series: HashMap::new(),
         }
+    }
+
+    /// A probe failure not counted: most backends failed at once.
+    pub fn gateway_suspect(&mut self) {
+        self.suspect.inc();
     }
 
     /// Switch states repaired by a reconciliation.
@@ -958,6 +971,7 @@ mod tests {
             ("redirector_transitions_total", "counter"),
             ("redirector_detection_seconds", "histogram"),
             ("redirector_switch_drift_total", "counter"),
+            ("redirector_gateway_suspect_total", "counter"),
             ("redirector_active_backend", "gauge"),
             ("redirector_all_down", "gauge"),
             ("redirector_override", "gauge"),
@@ -1190,6 +1204,7 @@ mod tests {
         assert_eq!(
             left,
             [
+                "redirector_gateway_suspect_total",
                 "redirector_probe_budget",
                 "redirector_probe_rate",
                 "redirector_switch_drift_total"

@@ -1905,3 +1905,67 @@ fn interfaces_renamed_or_recreated_are_reported_or_reattached() {
     assert!(seen.udp_lost.is_empty() && seen.tcp_failed.is_empty());
     let _ = std::fs::remove_file(&log_path);
 }
+
+/// Fault 8, the guard: when most backends fail at the same moment, the
+/// gateway is suspected, not the backends. A local firewall drops every
+/// packet the gateway itself sends to both backends: TCP probes time out
+/// (a dropped SYN looks like a silent backend), UDP and ICMP probes get
+/// EPERM. No transition; the suspicion is in status and counted.
+#[test]
+fn when_most_backends_fail_at_once_the_gateway_is_suspected() {
+    if !require_root("when_most_backends_fail_at_once_the_gateway_is_suspected") {
+        return;
+    }
+    let _serial = serial();
+    let s = Setup::new("suspect");
+    let sock = s.left.socket.clone();
+    let _d = s.daemon();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !all_up(&status_json(&sock)) {
+        assert!(Instant::now() < deadline, "not every backend came up");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let before = cli_ok(&sock, &["events"]).lines().count();
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &s.lab.gw.name, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"table inet rdrsuspect {\n chain out {\n  type filter hook output priority 0;\n  \
+              ip daddr { 198.18.2.2, 198.18.3.2 } drop\n  ip6 daddr { 2001:2:0:2::2, 2001:2:0:3::2 } drop\n }\n}\n",
+        )
+        .unwrap();
+    assert!(nft.wait().unwrap().success());
+    thread::sleep(Duration::from_millis(1500));
+    let text = cli_ok(&sock, &["status"]);
+    let events = cli_ok(&sock, &["events"]);
+    let new: Vec<&str> = events.lines().skip(before).collect();
+    assert!(
+        new.is_empty(),
+        "transitions although the gateway's own packets were dropped:\n{}",
+        new.join("\n")
+    );
+    assert!(text.contains("suspecting this gateway"), "{text}");
+    assert!(metric(&scrape(&s), "redirector_gateway_suspect_total") > 0.0);
+    // Traffic itself was never concerned (XDP forwards before the firewall).
+    assert_eq!(connect_from(&s.lab.client, 0, WEB4).as_deref(), Ok("primary"));
+    let ok = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &s.lab.gw.name,
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            "rdrsuspect",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}

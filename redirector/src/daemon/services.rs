@@ -15,6 +15,29 @@ use crate::{
     policy::{self, Effect, Input, Intent, Machine, Nanos, Policy, Refused, Seed, Slot},
 };
 
+/// When the gateway is suspected rather than its backends: more than
+/// `most`/`of` of all backends (at least `min_backends`) failing within
+/// `window`. Backends do not fail in step; a gateway whose own probes are
+/// dropped (a local firewall, its uplink gone) sees all of them fail at once.
+pub struct Suspect {
+    /// Failures this close together count as one moment.
+    pub window: Duration,
+    /// Numerator of the share of backends.
+    pub most: usize,
+    /// Denominator of the share of backends.
+    pub of: usize,
+    /// Fewer backends than this never make the gateway suspect.
+    pub min_backends: usize,
+}
+
+/// More than two thirds of at least 4 backends within 250 ms.
+pub const GATEWAY_SUSPECT: Suspect = Suspect {
+    window: Duration::from_millis(250),
+    most: 2,
+    of: 3,
+    min_backends: 4,
+};
+
 /// What a probe target judges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Probed {
@@ -120,6 +143,9 @@ pub struct Services {
     scheduler: Option<Scheduler>,
     /// (deadline, service id); stale entries are skipped when popped.
     deadlines: BinaryHeap<Reverse<(Nanos, u32)>>,
+    /// Each backend's latest verdict (service id, slot) → (when, passed),
+    /// for the gateway-suspect guard.
+    verdicts: HashMap<(u32, usize), (Nanos, bool)>,
 }
 
 /// Effects of one step, tagged with their service id.
@@ -189,6 +215,7 @@ impl Services {
     /// Removes a service: its machine and its probe targets.
     pub fn remove(&mut self, id: u32) -> Option<Svc> {
         let svc = self.by_id.remove(&id)?;
+        self.verdicts.retain(|(i, _), _| *i != id);
         // A restarted service's name already names its new id.
         if self.by_name.get(&svc.cfg.name) == Some(&id) {
             self.by_name.remove(&svc.cfg.name);
@@ -274,11 +301,34 @@ impl Services {
     /// missing command …) says nothing about the backend: it is reported
     /// (log, status, metric) and never reaches the machine, so the gateway's
     /// own trouble cannot fail every service over.
+    ///
+    /// When most backends fail at the same moment, the gateway is suspected,
+    /// not the backends ([`GATEWAY_SUSPECT`]): such failures are handled like
+    /// the gateway's own trouble (no verdict), and counted.
     pub fn report(&mut self, r: Report, metrics: &mut crate::metrics::Metrics) -> Tagged {
         let Some((id, what)) = from_target(r.id) else {
             return Vec::new();
         };
-        let local = r.outcome.reason.is_local();
+        let mut r = r;
+        let now = Nanos(health::monotonic_ns());
+        let mut local = r.outcome.reason.is_local();
+        if let Probed::Backend(slot) = what {
+            // The gateway's own trouble counts as failing here: it is the
+            // strongest sign that the gateway, not the backends, is at fault.
+            self.verdicts.insert((id, slot.index()), (now, r.outcome.ok));
+            if !local
+                && !r.outcome.ok
+                && let Some((failing, total)) = self.gateway_suspect(now)
+            {
+                metrics.gateway_suspect();
+                r.outcome.reason = health::Reason::Error(format!(
+                    "{failing} of {total} backends failed within {} ms: suspecting this gateway, not the \
+                     backends",
+                    GATEWAY_SUSPECT.window.as_millis()
+                ));
+                local = true;
+            }
+        }
         let Some(svc) = self.by_id.get_mut(&id) else {
             return Vec::new();
         };
@@ -339,9 +389,23 @@ impl Services {
                 reason: why,
             },
         };
-        let now = Nanos(health::monotonic_ns());
         // Probe inputs are never refused.
         self.step(id, now, input).unwrap_or_default()
+    }
+
+    /// (backends whose latest verdict is a failure within the window, all
+    /// backends) when that is most of them.
+    fn gateway_suspect(&self, now: Nanos) -> Option<(usize, usize)> {
+        let total = self.by_id.len() * 2;
+        if total < GATEWAY_SUSPECT.min_backends {
+            return None;
+        }
+        let failing = self
+            .verdicts
+            .values()
+            .filter(|(at, ok)| !ok && now.saturating_sub(*at) <= GATEWAY_SUSPECT.window)
+            .count();
+        (failing * GATEWAY_SUSPECT.of > total * GATEWAY_SUSPECT.most).then_some((failing, total))
     }
 
     /// The kernel says the path to a backend is gone.
