@@ -1447,7 +1447,17 @@ fn a_reload_storm_loses_nothing_and_leaks_nothing() {
     let d = s.daemon();
     wait_for(&s.lab.client, "primary");
     thread::sleep(Duration::from_millis(500));
-    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    // Probes in flight and scrapes hold a few fds at any moment: the least
+    // of several looks. A leak per reload would show as dozens.
+    let fds = |pid: u32| {
+        (0..10)
+            .map(|_| {
+                thread::sleep(Duration::from_millis(30));
+                std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+            })
+            .min()
+            .unwrap()
+    };
     let (fds_before, rate_before, keys_before) = (
         fds(d.pid()),
         metric(&scrape(&s), "redirector_probe_rate"),
@@ -1509,7 +1519,10 @@ fn a_reload_storm_loses_nothing_and_leaks_nothing() {
         "probe rate {rate_before} → {rate_after} /s"
     );
     let fds_after = fds(d.pid());
-    assert!(fds_after <= fds_before + 2, "fds {fds_before} → {fds_after}");
+    assert!(
+        fds_after <= fds_before + 4,
+        "fds {fds_before} → {fds_after} after {reloads} reloads"
+    );
     assert_eq!(published_keys(&s).len(), keys_before);
 }
 
