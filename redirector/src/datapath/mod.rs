@@ -886,16 +886,7 @@ pub fn from16(ip: Ip) -> IpAddr {
     std::net::Ipv6Addr::from(ip_to_bytes(ip)).to_canonical()
 }
 
-/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_coarse_ns` reads.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
+pub use crate::clock::monotonic_ns;
 
 /// The state that clears [`SWITCH_PINNED`] of `st` (generation bumped), if a
 /// sweep that saw `st` may: the primary is active, no load sharing writes

@@ -22,16 +22,4 @@ pub use scheduler::{
     MIN_INTERVAL, Report, Scheduler, SchedulerError, Target, TargetId, budget_floor, effective_interval,
 };
 
-/// Now on CLOCK_MONOTONIC, in nanoseconds: the clock the decision machine and
-/// the kernel (`bpf_ktime_get_ns`) use, shared by every network namespace.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into memory we own;
-    // CLOCK_MONOTONIC always exists on Linux, so it cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    // Both fields are non-negative for CLOCK_MONOTONIC.
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::clock::monotonic_ns;
