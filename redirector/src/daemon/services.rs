@@ -161,20 +161,7 @@ impl Services {
             Some(seed) => Machine::adopt(cfg.name.clone(), policy, now, seed),
             None => Machine::new(cfg.name.clone(), policy, now),
         };
-        self.by_name.insert(cfg.name.clone(), id);
-        if let Some(s) = &self.scheduler {
-            set_targets(s, id, &cfg);
-        }
-        let svc = self
-            .by_id
-            .entry(id)
-            .insert_entry(Svc {
-                cfg,
-                machine,
-                local_error: Default::default(),
-            })
-            .into_mut();
-        &svc.machine
+        self.insert(id, cfg, machine)
     }
 
     /// A reload restarted the service `old_id` (an address changed) as
@@ -188,6 +175,11 @@ impl Services {
         let from =
             [&cfg.primary, &cfg.secondary].map(|be| Slot::ALL.into_iter().find(|s| was[s.index()] == be));
         let machine = old.machine.carry_over(policy_of(&cfg), now, from);
+        self.insert(id, cfg, machine)
+    }
+
+    /// Registers service `id` with its machine and starts probing it.
+    fn insert(&mut self, id: u32, cfg: Service, machine: Machine) -> &Machine {
         self.by_name.insert(cfg.name.clone(), id);
         if let Some(s) = &self.scheduler {
             set_targets(s, id, &cfg);

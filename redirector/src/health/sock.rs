@@ -39,6 +39,11 @@ pub(super) fn set_recverr(sock: &Socket, v6: bool) -> Result<(), Reason> {
     } else {
         (libc::IPPROTO_IP, libc::IP_RECVERR)
     };
+    set_on(sock, level, name)
+}
+
+/// Turns an int socket option on.
+fn set_on(sock: &Socket, level: libc::c_int, name: libc::c_int) -> Result<(), Reason> {
     let on: libc::c_int = 1;
     // SAFETY: a valid socket fd, and an int option whose value pointer and
     // length describe `on`, which outlives the call.
@@ -116,23 +121,7 @@ pub(super) async fn until<T>(
 
 /// Asks the kernel to stamp received data with its arrival time.
 pub(super) fn set_timestamps(sock: &Socket) -> Result<(), Reason> {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket fd, and an int option whose value pointer and
-    // length describe `on`, which outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&raw const on).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(error(io::Error::last_os_error()))
-    }
+    set_on(sock, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS)
 }
 
 /// Reads into `buf`; with [`set_timestamps`], also when the kernel received
