@@ -1,39 +1,68 @@
-//! `redirector run`: load (or adopt) the pinned data plane, resolve, write,
-//! attach; then probe both backends of every service, decide, and flip
-//! switch states until SIGINT/SIGTERM. The data plane is pinned in bpffs and
-//! keeps forwarding on the last decision after the daemon stops or dies; only
-//! `redirector detach` removes it.
+//! The daemon: `redirector run`. This file is the map: which thread does
+//! what, the order of a start and of a reload, and the one event loop.
 //!
-//! Everything that can fail on bad input (config, pins, DSR topology,
-//! interfaces) fails before the program is attached, so a refused start
-//! changes nothing on the host.
+//! # Threads
+//! | thread | runs | talks to the loop by |
+//! |---|---|---|
+//! | main (`current_thread` tokio runtime) | the event loop below: every decision, switch-state write, operator request, reload apply, status and metrics rendering; the control socket and metrics endpoint tasks | owns [`Daemon`] |
+//! | `redirector-probes` (own runtime) | the probe [`health::Scheduler`] and every probe | `reports` channel |
+//! | `redirector-resolver` | next hops: neighbour/route/address changes, the program's hop requests, writes of `BACKENDS` next hops and `CLIENTS` | `egress_updates` channel, [`resolver::Command`]s |
+//! | tokio blocking pool | state-file writes ([`persist::Saver`], in generation order), the idle-flow sweep, a reload's next-hop resolution | join handles / channels back to the loop |
 //!
-//! One event loop (one thread) owns every decision: probe reports, link
-//! carrier events, deadlines and operator requests go into the per-service
-//! machines, whose effects are written by the one owner of `SWITCH`
-//! ([`apply::Switches`]). Nothing on this loop waits on netlink or disk:
-//! next-hop resolution runs on its own thread ([`resolver`]), the flow sweep
-//! and state-file writes on blocking threads.
+//! The data plane itself runs in the kernel and keeps forwarding on the last
+//! decision while the daemon is stopped, restarting or dead.
+//!
+//! # A start ([`Daemon::start`], [`start`])
+//! 1. metrics port bound; instance lock (state dir, socket, bpffs dir);
+//! 2. prepare (nothing pinned or attached changes; any error refuses the
+//!    start): other versions' pins refused, adopted pins checked, control
+//!    socket bound, state file read, resolver and link monitor subscribed,
+//!    ids assigned, interfaces and attach plans resolved, DSR routes checked,
+//!    programs loaded and verified;
+//! 3. commit: paths installed, `icmp_echo`, services the pins forward
+//!    differently removed, each service written (adopted or fresh), XDP
+//!    attached last (traffic only meets complete maps);
+//! 4. host: links no longer configured detached, neighbour entries kept,
+//!    state file saved, resolver and prober threads started; then `READY=1`.
+//!
+//! # A reload ([`reload`], SIGHUP or `redirector reload`)
+//! 1. plan on the loop, touching nothing: parse, diff by name, ids on a copy
+//!    of the state, capacities (services, prefix tries);
+//! 2. next hops of new backends resolved on a blocking thread (no neighbour
+//!    entries created);
+//! 3. apply on the loop, each step recorded for undo; a failing step rolls
+//!    every earlier one back; then retired services cleared, state saved.
+//!
+//! # The loop ([`Daemon::run`])
+//! One thread owns every decision: probe reports, carrier events, deadlines
+//! and operator requests go into the per-service machines ([`services`]);
+//! their effects are written in [`decide`]. Every second [`reconcile`]
+//! compares the maps the config determines with the intent; [`host`] handles
+//! the ground moving (interfaces, pins); [`sweep`] expires idle flows.
+//! Nothing on this loop waits on netlink or disk.
 mod apply;
 mod attach;
-mod control;
+mod decide;
 mod hops;
+mod host;
 mod persist;
+mod reconcile;
 mod reload;
+mod requests;
 mod resolver;
 mod services;
+mod start;
+mod sweep;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     future::Future,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{MapData, RingBuf};
-use log::{debug, info, warn};
-use redirector_common::{SLOT_PRIMARY, SWITCH_DROP, SWITCH_PASS, SwitchState};
+use log::{info, warn};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -41,25 +70,24 @@ use tokio::{
 };
 
 use crate::{
-    config::{Config, Mode},
+    config::Config,
     control::{proto::Response, server::Server},
-    datapath::{Datapath, PinDir, Sizes, Swept, monotonic_ns},
+    datapath::{Datapath, PinDir, monotonic_ns},
     health,
     lock::InstanceLock,
     netlink,
-    policy::{AllDown, Desired, Effect, Event, Intent, Nanos, Seed, Slot},
+    policy::{Event, Nanos},
     state::State,
 };
 use apply::Switches;
 use attach::Held;
-use hops::Hops;
-use persist::{Ack, Saver};
+use persist::Saver;
 use resolver::{EgressUpdate, Resolver};
 use services::Services;
 
 /// How often idle flow entries are swept.
 const SWEEP: Duration = Duration::from_secs(10);
-/// How often every switch state is compared with the decision.
+/// How often the maps the config determines are compared with the intent.
 const RECONCILE: Duration = Duration::from_secs(1);
 /// Transitions kept for `redirector events`.
 const EVENT_LOG: usize = 1024;
@@ -168,29 +196,7 @@ pub struct Daemon {
     /// systemd's notification socket, if it gave one.
     notifier: Option<crate::notify::Notifier>,
     /// Configured interfaces reported gone or renamed.
-    moved_interfaces: std::collections::HashSet<String>,
-}
-
-/// The decision a pinned switch state stands for.
-fn desired_of(st: SwitchState) -> Desired {
-    let bit = |b: u8, s: Slot| b & (1 << s.index()) != 0;
-    Desired {
-        active: if st.active == SLOT_PRIMARY {
-            Slot::Primary
-        } else {
-            Slot::Secondary
-        },
-        up: Slot::ALL.map(|s| bit(st.up, s)),
-        drained: Slot::ALL.map(|s| bit(st.drained, s)),
-        all_down: if st.flags & SWITCH_DROP != 0 {
-            Some(AllDown::Drop)
-        } else if st.flags & SWITCH_PASS != 0 {
-            Some(AllDown::Pass)
-        } else {
-            None
-        },
-        share: st.share,
-    }
+    moved_interfaces: HashSet<String>,
 }
 
 impl Daemon {
@@ -207,11 +213,12 @@ impl Daemon {
         };
         let pins = PinDir::new(&cfg.control.bpffs_dir);
         // One daemon per data plane, before anything is read or written.
-        let lock = instance_lock(&cfg.control, &pins)?;
+        let lock = start::instance_lock(&cfg.control, &pins)?;
         // Anything pinned is adopted (and checked), never removed by a
         // refused start: even what is left of a data plane may be forwarding.
         let adopting = pins.anything();
-        match Self::start_with(cfg, config_path, pins.clone(), adopting, lock) {
+        match start::prepare(cfg, config_path, pins.clone(), adopting, lock).and_then(start::Prepared::commit)
+        {
             Ok(mut d) => {
                 d.scrapes = scrapes;
                 d._metrics_server = metrics_server;
@@ -226,258 +233,6 @@ impl Daemon {
                 Err(e)
             }
         }
-    }
-
-    fn start_with(
-        cfg: Config,
-        config_path: Option<PathBuf>,
-        pins: PinDir,
-        adopting: bool,
-        lock: InstanceLock,
-    ) -> Result<Daemon> {
-        let sizes = Sizes {
-            max_services: cfg.gateway.max_services,
-            flow_entries: cfg.gateway.flow_table_size,
-        };
-        if let Some(other) = pins.other_versions().first() {
-            bail!(
-                "{} holds the data plane of another redirector version; this version pins into {}. Upgrade \
-                 procedure (docs/operations.md): stop the old daemon, run the old version's `redirector \
-                 detach` (or remove {} if nothing uses it), then start this version",
-                other.display(),
-                pins.dir().display(),
-                other.display()
-            );
-        }
-        if adopting {
-            pins.check(crate::EBPF_OBJECT, sizes)?;
-        }
-        // The socket first: a second daemon must be refused before it touches anything.
-        let (request_tx, requests) = mpsc::channel(64);
-        let server = Server::spawn(&cfg.control.socket, request_tx)?;
-        let mut state = State::load(&cfg.control.state_dir)?;
-        // Subscribe before reading any state, so no change between the reads
-        // below and the event loops goes unseen.
-        let resolver = Resolver::subscribe()?;
-        let links_monitor = netlink::Monitor::links().context("subscribing to link changes")?;
-        // Everything that can refuse the start, before anything pinned or
-        // attached is touched: ids, interfaces, links to adopt, DSR topology.
-        let assignment = state
-            .assign(
-                cfg.services.iter().map(|s| s.name.as_str()),
-                cfg.gateway.max_services,
-            )
-            .context("allocating service ids")?;
-        let mut ifindexes = Vec::new();
-        for name in &cfg.gateway.interfaces {
-            ifindexes.push(netlink::ifindex(name).with_context(|| format!("interface {name}"))?);
-        }
-        let plans = attach::plan(&pins, &cfg.gateway.interfaces, &ifindexes)?;
-        for svc in cfg.services.iter().filter(|s| s.mode == Mode::Dsr) {
-            for be in [&svc.primary, &svc.secondary] {
-                let route = netlink::route_get(be.addr).with_context(|| format!("service {:?}", svc.name))?;
-                if let Some(gw) = route.gateway {
-                    bail!(
-                        "service {:?}: mode = \"dsr\" needs backend {} on a directly attached link, but \
-                         the route to it goes via {gw}; use mode = \"nat\" or fix the route",
-                        svc.name,
-                        be.addr
-                    );
-                }
-            }
-        }
-        // Load and verify the programs: the pinned maps are reused but not
-        // written, the running program still tail-calls its own paths.
-        let mut dp = Datapath::load_pinned(sizes, &pins).context("loading the XDP program")?;
-        // Committed from here: this build's paths, then the maps, attach last.
-        dp.install_paths().context("installing the program's paths")?;
-        dp.set_icmp_echo(cfg.gateway.icmp_echo == crate::config::IcmpEcho::Answer)
-            .context("writing icmp_echo")?;
-        // Services the pinned data plane already carries, by id: what it
-        // forwards them as (key, mode, backends), to compare with the config.
-        let published: HashMap<u32, Forwarding> = if adopting {
-            let mut by_id = HashMap::new();
-            for (key, info) in dp.published()? {
-                let backends = [dp.backend_entry(info.id, 0)?, dp.backend_entry(info.id, 1)?];
-                by_id.insert(
-                    info.id,
-                    Forwarding {
-                        key,
-                        mode: info.mode,
-                        backends: backends.map(|b| (b.addr, b.port_be)),
-                    },
-                );
-            }
-            by_id
-        } else {
-            HashMap::new()
-        };
-        let mut hops = Hops::new(ifindexes.iter().copied());
-        let mut hop_maps = dp.hop_maps()?;
-        hops.sync_locals(&mut hop_maps)
-            .context("listing local addresses")?;
-        for &i in &ifindexes {
-            dp.add_egress(i)?;
-        }
-        let mut switches = Switches::default();
-        // Services that are gone, whose id now means another service, or that
-        // the config forwards differently (VIP, port, protocol, mode, backends:
-        // the identity a reload uses): their flows and reverse-NAT entries go.
-        let current: HashMap<u32, &str> = state.ids.iter().map(|(n, i)| (*i, n.as_str())).collect();
-        for (&id, pinned) in &published {
-            let same = current
-                .get(&id)
-                .and_then(|n| cfg.services.iter().find(|s| s.name == *n))
-                .is_some_and(|s| Forwarding::of(s) == *pinned);
-            if !same {
-                info!("removing service id {id} from the pinned data plane (no longer configured as before)");
-                dp.remove_service(id)?;
-                switches.reset(&mut dp, id)?;
-            }
-        }
-        for (name, id) in &assignment.removed {
-            debug!("service {name} (id {id}) removed");
-        }
-        let now = Nanos(monotonic_ns());
-        let mut services = Services::default();
-        for svc in &cfg.services {
-            let Some(&id) = state.ids.get(&svc.name) else {
-                bail!("service {:?} has no id (state file)", svc.name);
-            };
-            let resolved = [
-                hops.backend(id, 0, svc.primary.addr),
-                hops.backend(id, 1, svc.secondary.addr),
-            ];
-            let mut intent = state.intents.get(&svc.name).cloned().unwrap_or_default();
-            if !adopting {
-                // No pins: a fresh boot, whose monotonic clock says nothing about a
-                // saved expiry. Untimed overrides and drains stand.
-                intent.pin = intent.pin.filter(|o| o.until.is_none());
-            }
-            let pinned = published
-                .get(&id)
-                .filter(|f| **f == Forwarding::of(svc))
-                .map(|_| dp.switch(id))
-                .transpose()?;
-            dp.set_backends(id, svc, resolved)
-                .with_context(|| format!("writing service {:?}", svc.name))?;
-            match pinned {
-                // Adopted: traffic goes on exactly as it does; nothing is
-                // written before the probes' first verdicts.
-                Some(st) => {
-                    switches.adopt(id, st);
-                    services.add(
-                        id,
-                        svc.clone(),
-                        Some(Seed {
-                            desired: desired_of(st),
-                            intent,
-                            // Same boot (the pins survived): the monotonic
-                            // flap times are still meaningful.
-                            flaps: state.flaps.get(&svc.name).cloned().unwrap_or_default(),
-                        }),
-                        now,
-                    );
-                }
-                None => {
-                    let seed = (intent != Intent::default()).then_some(Seed {
-                        desired: Desired {
-                            active: Slot::Primary,
-                            up: [true; 2],
-                            drained: [false; 2],
-                            all_down: None,
-                            share: svc.failover.share,
-                        },
-                        intent,
-                        flaps: Default::default(),
-                    });
-                    let machine = services.add(id, svc.clone(), seed, now);
-                    switches
-                        .write(&mut dp, id, &machine.desired())
-                        .with_context(|| format!("writing service {:?}", svc.name))?;
-                }
-            }
-            dp.publish_service(id, svc)
-                .with_context(|| format!("writing service {:?}", svc.name))?;
-            info!(
-                "service {} (id {id}{}): {} {} {} → primary {} secondary {}; {} probes every {:?}",
-                svc.name,
-                if pinned.is_some() { ", adopted" } else { "" },
-                svc.protocol,
-                std::net::SocketAddr::new(svc.vip, svc.port),
-                svc.mode,
-                svc.primary,
-                svc.secondary,
-                svc.health.kind.as_str(),
-                svc.health.interval,
-            );
-        }
-        let hop_requests: RingBuf<MapData> = dp.take_hop_requests()?;
-        // SAFETY: the logger owns its fd and AsyncFd owns the logger for as
-        // long as it is registered.
-        let logger = unsafe { AsyncFd::register(dp.take_logger()?) }.context("watching the program log")?;
-        // Attach last: traffic only ever meets complete maps.
-        let links = attach::attach_all(
-            &mut dp,
-            &pins,
-            &cfg.gateway.interfaces,
-            &ifindexes,
-            plans,
-            cfg.gateway.xdp_mode,
-        )?;
-        info!(
-            "attached to {}; forwarding (pinned in {})",
-            cfg.gateway.interfaces.join(", "),
-            pins.dir().display()
-        );
-        // Committed: from here on the host may change (neighbour entries, state file).
-        if let Err(e) = attach::detach_unconfigured(&pins, &cfg.gateway.interfaces) {
-            warn!("detaching from interfaces no longer configured: {e:#}");
-        }
-        hops.commit();
-        let (resolver, egress_updates) = resolver.run(hops, hop_maps, hop_requests)?;
-        state.stopped_unix_ms = None;
-        let mut saver = Saver::new(cfg.control.state_dir.clone());
-        if let Err(e) = saver.save_now(&state) {
-            warn!("saving the state file: {e}; service ids may change on the next start");
-        }
-        let (report_tx, reports) = mpsc::channel(4096);
-        services.start_probing(
-            health::Scheduler::spawn_thread(cfg.control.probe_budget, report_tx)
-                .context("starting the prober")?,
-        );
-        Ok(Daemon {
-            dp,
-            pins,
-            links,
-            switches,
-            services,
-            egress: HashMap::new(),
-            egress_updates,
-            links_monitor,
-            reports,
-            requests,
-            _server: server,
-            logger,
-            events: VecDeque::with_capacity(EVENT_LOG),
-            followers: Vec::new(),
-            resolver,
-            ifindexes,
-            reloads: mpsc::unbounded_channel(),
-            reloading: false,
-            state,
-            saver,
-            cfg,
-            config_path,
-            metrics: crate::metrics::Metrics::new(),
-            scrapes: mpsc::channel(1).1,
-            _metrics_server: None,
-            flow_entries: None,
-            _lock: lock,
-            hup: None,
-            notifier: None,
-            moved_interfaces: std::collections::HashSet::new(),
-        })
     }
 
     /// Probes, decides and writes until `shutdown` completes (or an operator
@@ -500,7 +255,7 @@ impl Daemon {
             None => signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         };
         tokio::pin!(shutdown);
-        let mut sweeping: Option<(HashMap<u32, SwitchState>, tokio::task::JoinHandle<Swept>)> = None;
+        let mut sweeping: Option<sweep::Sweeping> = None;
         // Test builds only: the loop blocks its thread now and then, as
         // control work or a starved CPU would (issue 10, fault 1).
         let mut stall = crate::fault::stall().map(|(len, every)| {
@@ -602,60 +357,21 @@ impl Daemon {
                         n.send("WATCHDOG=1");
                     }
                 }
-                _ = reconcile.tick() => {
-                    match self.switches.reconcile(&mut self.dp) {
-                        Ok(repaired) if !repaired.is_empty() => {
-                            warn!("switch state of service ids {repaired:?} differed from the decision: rewritten");
-                            self.metrics.drift(repaired.len());
-                        }
-                        Ok(_) => {}
-                        Err(e) => warn!("reconciling switch states: {e:#}"),
-                    }
-                    self.check_pins();
-                }
+                _ = reconcile.tick() => self.reconcile(),
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading the configuration");
                     self.begin_reload(None);
                 }
                 Some(pending) = self.reloads.1.recv() => self.finish_reload(pending),
-                _ = sweep.tick(), if sweeping.is_none() => {
-                    // Walking a large table takes a while: do it on a blocking
-                    // thread; only the unpinning comes back to this loop.
-                    let seen = self.switches.pinned();
-                    if !seen.is_empty() {
-                        match self.dp.flow_table() {
-                            Ok(mut table) => {
-                                let g = &self.cfg.gateway;
-                                let idle = self.services.flow_idle(
-                                    Duration::from_secs(g.tcp_flow_idle.into()),
-                                    Duration::from_secs(g.udp_flow_idle.into()),
-                                );
-                                sweeping = Some((seen, tokio::task::spawn_blocking(move || table.sweep(&idle))));
-                            }
-                            Err(e) => warn!("sweeping idle flow entries: {e:#}"),
-                        }
-                    }
-                }
+                _ = sweep.tick(), if sweeping.is_none() => sweeping = self.begin_sweep(),
                 done = async {
                     match sweeping.as_mut() {
-                        Some((_, task)) => task.await,
+                        Some(s) => (&mut s.task).await,
                         None => std::future::pending().await,
                     }
                 }, if sweeping.is_some() => {
-                    let seen = sweeping.take().map(|(s, _)| s).unwrap_or_default();
-                    match done {
-                        Ok(swept) => {
-                            self.flow_entries = u64::try_from(swept.kept).ok();
-                            if swept.removed > 0 {
-                                debug!("swept {} idle flow entries", swept.removed);
-                            }
-                            match self.switches.unpin(&mut self.dp, &seen, &swept.live) {
-                                Ok(ids) if !ids.is_empty() => debug!("services {ids:?}: no flow entries left"),
-                                Ok(_) => {}
-                                Err(e) => warn!("unpinning services: {e:#}"),
-                            }
-                        }
-                        Err(e) => warn!("flow sweep task: {e}"),
+                    if let Some(s) = sweeping.take() {
+                        self.end_sweep(s.seen, done);
                     }
                 }
             }
@@ -676,155 +392,6 @@ impl Daemon {
             detached,
         })
     }
-
-    /// Writes decisions and records events. A failed write is logged; the
-    /// machine's next write for that service carries the whole state again.
-    fn apply(&mut self, effects: Vec<(u32, Effect)>) {
-        if self.record(effects) {
-            self.persist();
-        }
-    }
-
-    /// [`Daemon::apply`] for an operator's action: `ack` is answered once
-    /// the state holding the action is on disk.
-    fn apply_acked(&mut self, effects: Vec<(u32, Effect)>, ack: Ack) {
-        self.record(effects);
-        self.saver.save(self.state.clone(), Some(ack));
-    }
-
-    /// Writes decisions, records events and intents; true when the state
-    /// file must be written.
-    fn record(&mut self, effects: Vec<(u32, Effect)>) -> bool {
-        let mut persist = false;
-        for (id, effect) in effects {
-            match effect {
-                Effect::Write(d) => {
-                    if let Err(e) = self.switches.write(&mut self.dp, id, &d) {
-                        warn!("service id {id}: writing the switch state: {e:#}");
-                    }
-                }
-                Effect::Event(ev) => {
-                    info!("{ev}");
-                    self.metrics
-                        .transition(&ev.service, ev.cause.kind(), ev.detection);
-                    let record = control::record(&ev);
-                    self.followers
-                        .retain(|f| f.try_send(Response::Event(record.clone())).is_ok() || !f.is_closed());
-                    if ev.from != ev.to {
-                        self.state.last.insert(ev.service.clone(), record);
-                    }
-                    // Health changes move flap history: kept across restarts.
-                    persist = true;
-                    if self.events.len() == EVENT_LOG {
-                        self.events.pop_front();
-                    }
-                    self.events.push_back(ev);
-                }
-            }
-        }
-        if persist {
-            self.state.flaps = self.services.flaps();
-        }
-        let intents = self.services.intents();
-        if intents != self.state.intents {
-            self.state.intents = intents;
-            persist = true;
-        }
-        persist
-    }
-
-    /// Writes the state file off the loop ([`Saver`]).
-    fn persist(&mut self) {
-        self.saver.save(self.state.clone(), None);
-    }
-
-    /// The configured interfaces after link changes. One deleted or renamed
-    /// is reported (its traffic goes on, or stops, with the interface; the
-    /// program follows the ifindex); one re-created under its name (a new
-    /// ifindex) ends the daemon, for its supervisor's restart to attach to it.
-    fn interfaces_moved(&mut self, links: &[(u32, bool)]) -> Result<()> {
-        let touched = links.iter().any(|&(i, up)| !up || !self.ifindexes.contains(&i));
-        if !touched {
-            return Ok(());
-        }
-        for (name, &ifindex) in self.cfg.gateway.interfaces.iter().zip(&self.ifindexes) {
-            let now = netlink::ifindex(name).ok();
-            if now == Some(ifindex) {
-                self.moved_interfaces.remove(name);
-                continue;
-            }
-            if let Some(new) = now {
-                bail!(
-                    "interface {name} was re-created (ifindex {ifindex} → {new}); exiting so the supervisor \
-                     restarts the daemon, which attaches to it (the other interfaces forward meanwhile)"
-                );
-            }
-            if self.moved_interfaces.insert(name.clone()) {
-                match netlink::ifname(ifindex) {
-                    Some(other) => warn!(
-                        "interface {name} was renamed to {other}: forwarding goes on (the program follows the \
-                         interface), but a restart refuses the configuration until [gateway] interfaces names \
-                         {other}"
-                    ),
-                    None => warn!(
-                        "interface {name} is gone: nothing is forwarded through it; if it comes back, the daemon \
-                         exits for its supervisor to restart it and attach"
-                    ),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Pins removed under the running daemon are pinned again from its own
-    /// handles (maps and XDP links), so the data plane still outlives it and
-    /// the next start adopts the same maps.
-    fn check_pins(&mut self) {
-        for (name, r) in self.dp.repin_missing(&self.pins) {
-            match r {
-                Ok(()) => warn!("the pin of map {name} was removed under the running daemon: pinned again"),
-                Err(e) => warn!("the pin of map {name} was removed and pinning it again failed: {e}"),
-            }
-            self.metrics.drift(1);
-        }
-        for held in &mut self.links {
-            match held.repin(&self.pins) {
-                Some((name, Ok(()))) => {
-                    warn!(
-                        "the pin of the XDP link on {name} was removed under the running daemon: pinned again"
-                    );
-                }
-                Some((name, Err(e))) => {
-                    warn!("{e:#}: XDP is off {name} now; restart the daemon to attach it again")
-                }
-                None => continue,
-            }
-            self.metrics.drift(1);
-        }
-    }
-
-    /// Carrier changes: a backend whose egress link lost its carrier is down
-    /// now (the kernel says so; nothing from the network can forge it). A link
-    /// that came back gets its backends probed at once.
-    fn carrier(&mut self, links: &[(u32, bool)]) {
-        let now = Nanos(monotonic_ns());
-        for &(ifindex, up) in links {
-            let behind: Vec<(u32, u8)> = self
-                .egress
-                .iter()
-                .filter(|(_, i)| **i == ifindex)
-                .map(|(k, _)| *k)
-                .collect();
-            for (id, slot) in behind {
-                if up {
-                    self.services.probe_now(id, slot);
-                } else {
-                    let effects = self.services.path_down(id, slot, now);
-                    self.apply(effects);
-                }
-            }
-        }
-    }
 }
 
 /// Why the daemon exits when one of its own tasks or threads ended: it
@@ -835,60 +402,6 @@ fn stopped(what: &str) -> String {
         "{what} stopped unexpectedly; exiting so the supervisor restarts the daemon (the data plane keeps \
          forwarding on the last decision meanwhile)"
     )
-}
-
-/// Takes the instance lock on the state directory (created, mode 0700, if
-/// missing) and the control socket, then prepares the pin directory (bpffs
-/// mounted if missing) and locks it too.
-pub fn instance_lock(ctl: &crate::config::Control, pins: &PinDir) -> Result<InstanceLock> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&ctl.state_dir)
-        .with_context(|| format!("creating the state directory {}", ctl.state_dir.display()))?;
-    if let Some(dir) = ctl.socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let socket_lock = crate::lock::socket_lock(&ctl.socket);
-    let mut lock = InstanceLock::acquire(&[&ctl.state_dir], &[&socket_lock])?;
-    pins.prepare()?;
-    lock.extend(InstanceLock::acquire(&[&ctl.bpffs_dir], &[])?);
-    Ok(lock)
-}
-
-/// How a service is forwarded: what a pinned data plane must match for a
-/// restart to adopt the service's id, switch state and flows.
-#[derive(Debug, PartialEq, Eq)]
-struct Forwarding {
-    key: redirector_common::Endpoint,
-    mode: u8,
-    /// (address, remapped port in network order or 0) per slot.
-    backends: [(redirector_common::Ip, u16); 2],
-}
-
-impl Forwarding {
-    fn of(s: &crate::config::Service) -> Forwarding {
-        let be = |b: &crate::config::Backend| (crate::datapath::addr16(b.addr), b.port.map_or(0, u16::to_be));
-        Forwarding {
-            key: service_key(s),
-            mode: match s.mode {
-                Mode::Nat => redirector_common::Mode::Nat as u8,
-                Mode::Dsr => redirector_common::Mode::Dsr as u8,
-            },
-            backends: [be(&s.primary), be(&s.secondary)],
-        }
-    }
-}
-
-/// The SERVICES key of a configured service.
-fn service_key(s: &crate::config::Service) -> redirector_common::Endpoint {
-    redirector_common::Endpoint {
-        addr: crate::datapath::addr16(s.vip),
-        port_be: s.port.to_be(),
-        proto: s.protocol.number(),
-        _pad: 0,
-    }
 }
 
 /// Wall-clock ms since the Unix epoch.

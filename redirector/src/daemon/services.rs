@@ -109,21 +109,6 @@ fn probe_addr(svc: &Service, slot: Slot) -> SocketAddr {
     SocketAddr::new(be.addr, be.port.unwrap_or(svc.port))
 }
 
-fn reason(r: health::Reason) -> policy::Reason {
-    match r {
-        health::Reason::Passed => policy::Reason::Passed,
-        health::Reason::Refused => policy::Reason::Refused,
-        health::Reason::Reset => policy::Reason::Reset,
-        health::Reason::Timeout => policy::Reason::Timeout,
-        health::Reason::Unreachable => policy::Reason::Unreachable,
-        health::Reason::BadStatus(s) => policy::Reason::BadStatus(s),
-        health::Reason::BadReply => policy::Reason::BadReply,
-        health::Reason::Exit(c) => policy::Reason::Exit(c),
-        health::Reason::Error(e) => policy::Reason::Error(e),
-        late @ health::Reason::Late(_) => policy::Reason::Error(late.to_string()),
-    }
-}
-
 /// One service at run time.
 pub struct Svc {
     /// Its configuration.
@@ -366,7 +351,7 @@ impl Services {
         }
         let sent = Nanos(r.sent);
         let ok = r.outcome.ok;
-        let why = reason(r.outcome.reason);
+        let why = r.outcome.reason;
         let input = match what {
             Probed::Backend(slot) => Input::Probe {
                 slot,

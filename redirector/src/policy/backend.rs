@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{FlapDamping, Nanos, Policy, Slot};
 
-/// Why a probe passed or failed, or why a backend went down.
+/// Why a probe passed or failed (kept apart from the verdict, as HAProxy
+/// does), or why a backend went down. Probes ([`crate::health`]) report it;
+/// the machines judge it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
@@ -27,8 +29,14 @@ pub enum Reason {
     BadReply,
     /// An exec probe exited with this non-zero status.
     Exit(i32),
-    /// The probe could not run (local error), with the error's text.
+    /// The probe could not run here (no fd, no buffer, no source address,
+    /// a local firewall's EPERM, a missing exec binary …); the text says why.
+    /// The gateway's own trouble: never a verdict about the backend.
     Error(String),
+    /// No answer, but the prober first looked this long after its deadline:
+    /// this host was too busy to tell a silent backend from its own delay.
+    /// No verdict.
+    Late(Duration),
     /// The kernel reports the link or neighbour towards the backend gone.
     LinkDown,
     /// Set by an operator action.
@@ -47,9 +55,25 @@ impl fmt::Display for Reason {
             Reason::BadReply => f.write_str("bad reply"),
             Reason::Exit(code) => write!(f, "exit status {code}"),
             Reason::Error(e) => write!(f, "error: {e}"),
+            Reason::Late(d) => write!(f, "prober late by {:.1} ms", d.as_secs_f64() * 1e3),
             Reason::LinkDown => f.write_str("link down"),
             Reason::Operator => f.write_str("operator"),
         }
+    }
+}
+
+impl Reason {
+    /// An answer from the network that says "nobody home": refused, reset or
+    /// unreachable. Worth confirming at once, because one could be forged
+    /// while several in a row are not.
+    pub fn is_hard(&self) -> bool {
+        matches!(self, Reason::Refused | Reason::Reset | Reason::Unreachable)
+    }
+
+    /// The probe could not run, or could not judge, on this host: no
+    /// verdict about the backend.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Reason::Error(_) | Reason::Late(_))
     }
 }
 
