@@ -76,6 +76,28 @@ struct ServiceLabel {
     service: String,
 }
 
+/// Labels of `redirector_drift_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabel {
+    map: String,
+}
+
+/// The maps (and "pin") `redirector_drift_total` always shows, at 0 until
+/// something drifts, so an alert on `increase()` sees every series.
+const DRIFT_MAPS: &[&str] = &[
+    "SWITCH",
+    "SERVICES",
+    "SERVICE_VIPS",
+    "VIPS",
+    "BACKENDS",
+    "BACKEND_ADDRS",
+    "REVERSE",
+    "PORTS",
+    "ALLOW",
+    "DENY",
+    "pin",
+];
+
 /// A histogram family whose histograms all get the same buckets.
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
@@ -106,7 +128,7 @@ pub struct Metrics {
     probes: Family<ProbeVerdict, Counter>,
     transitions: Family<Transition, Counter>,
     detection: HistogramFamily<ServiceLabel>,
-    drift: Counter,
+    drift: Family<MapLabel, Counter>,
     suspect: Counter,
     series: HashMap<String, Series>,
 }
@@ -125,7 +147,12 @@ impl Metrics {
         let probes = Family::default();
         let transitions = Family::default();
         let detection = HistogramFamily::new_with_constructor(detection_histogram as fn() -> Histogram);
-        let drift = Counter::default();
+        let drift: Family<MapLabel, Counter> = Family::default();
+        for map in DRIFT_MAPS {
+            let _ = drift.get_or_create(&MapLabel {
+                map: (*map).to_owned(),
+            });
+        }
         let suspect = Counter::default();
         let mut registry = Registry::default();
         // The registry appends the final full stop to each help text.
@@ -150,8 +177,8 @@ impl Metrics {
             detection.clone(),
         );
         registry.register(
-            "redirector_switch_drift",
-            "Switch states found different from the decision and rewritten (a failed write retried, or another writer)",
+            "redirector_drift",
+            "Map entries found different from the decision or the configuration and repaired (a failed write retried, or another writer), and pins removed under the daemon and pinned again, by map",
             drift.clone(),
         );
         registry.register(
@@ -176,9 +203,11 @@ impl Metrics {
         self.suspect.inc();
     }
 
-    /// Switch states repaired by a reconciliation.
-    pub fn drift(&mut self, repaired: usize) {
-        self.drift.inc_by(repaired as u64);
+    /// Entries of `map` repaired by a reconciliation ("pin": a pin restored).
+    pub fn drift(&mut self, map: &str, repaired: usize) {
+        self.drift
+            .get_or_create(&MapLabel { map: map.to_owned() })
+            .inc_by(repaired as u64);
     }
 
     /// A probe verdict: histogram `redirector_probe_duration_seconds{service,backend,kind}`
@@ -970,7 +999,7 @@ mod tests {
             ("redirector_probes_total", "counter"),
             ("redirector_transitions_total", "counter"),
             ("redirector_detection_seconds", "histogram"),
-            ("redirector_switch_drift_total", "counter"),
+            ("redirector_drift_total", "counter"),
             ("redirector_gateway_suspect_total", "counter"),
             ("redirector_active_backend", "gauge"),
             ("redirector_all_down", "gauge"),
@@ -1204,10 +1233,10 @@ mod tests {
         assert_eq!(
             left,
             [
+                "redirector_drift_total",
                 "redirector_gateway_suspect_total",
                 "redirector_probe_budget",
-                "redirector_probe_rate",
-                "redirector_switch_drift_total"
+                "redirector_probe_rate"
             ]
         );
     }

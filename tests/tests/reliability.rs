@@ -610,17 +610,20 @@ fn a_dead_prober_ends_the_daemon_for_its_supervisor_and_forwarding_goes_on() {
     let _ = std::fs::remove_file(&log_path);
 }
 
-/// Fault 10: the switch state is reconciled with the decision. Another
-/// writer flips a service's pinned switch entry: within a couple of seconds
-/// the daemon rewrites it, counts the drift, and traffic is back.
+/// Fault 10: the switch state is reconciled with the decision, and every map
+/// the configuration determines with the configuration. Another writer
+/// flips a service's pinned switch entry, deletes its `SERVICES` key,
+/// points its primary's `BACKENDS` entry elsewhere and adds an allow-list
+/// entry: each is repaired (traffic back on the primary), counted by map,
+/// and nothing else is ever counted.
 #[test]
-fn a_switch_state_changed_behind_the_daemons_back_is_repaired() {
-    if !require_root("a_switch_state_changed_behind_the_daemons_back_is_repaired") {
+fn map_entries_changed_behind_the_daemons_back_are_repaired() {
+    if !require_root("map_entries_changed_behind_the_daemons_back_are_repaired") {
         return;
     }
     let _serial = serial();
-    use aya::maps::{Array, MapData};
-    use redirector_common::SwitchState;
+    use aya::maps::{Array, HashMap, Map, MapData, lpm_trie::LpmTrie};
+    use redirector_common::{AclKey, Backend, Endpoint, ServiceInfo, SwitchState};
     let s = Setup::new("drift");
     let sock = &s.left.socket;
     let _d = s.daemon();
@@ -633,10 +636,13 @@ fn a_switch_state_changed_behind_the_daemons_back_is_repaired() {
         .find(|x| x["name"] == "web4")
         .and_then(|x| x["id"].as_u64())
         .unwrap();
-    let pins = redirector::datapath::PinDir::new(&s.left.bpffs_dir);
-    let map = MapData::from_pin(pins.map("SWITCH")).unwrap();
-    let mut switch: Array<MapData, SwitchState> = Array::try_from(aya::maps::Map::Array(map)).unwrap();
     let id = u32::try_from(id).unwrap();
+    let pins = redirector::datapath::PinDir::new(&s.left.bpffs_dir);
+    let pinned = |name: &str| MapData::from_pin(pins.map(name)).unwrap();
+    let drift = |map: &str| metric(&scrape(&s), &format!("redirector_drift_total{{map=\"{map}\"}}"));
+
+    // SWITCH: the active backend flipped.
+    let mut switch: Array<MapData, SwitchState> = Array::try_from(Map::Array(pinned("SWITCH"))).unwrap();
     let mut st = switch.get(&id, 0).unwrap();
     st.active = redirector_common::SLOT_SECONDARY;
     switch.set(id, st, 0).unwrap();
@@ -650,16 +656,68 @@ fn a_switch_state_changed_behind_the_daemons_back_is_repaired() {
         switch.get(&id, 0).unwrap().active,
         redirector_common::SLOT_PRIMARY
     );
-    let metrics = {
-        let _in = s.lab.gw.enter();
-        let mut c = std::net::TcpStream::connect("198.18.1.1:9630").unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        c.read_to_string(&mut body).unwrap();
-        body
-    };
-    assert!(metrics.contains("redirector_switch_drift_total 1"), "{metrics}");
+
+    // SERVICES: the service's key deleted (its traffic would go to the stack).
+    let mut services: HashMap<MapData, Endpoint, ServiceInfo> =
+        HashMap::try_from(Map::HashMap(pinned("SERVICES"))).unwrap();
+    let key = services
+        .iter()
+        .map(Result::unwrap)
+        .find(|(_, v)| v.id == id)
+        .map(|(k, _)| k)
+        .unwrap();
+    services.remove(&key).unwrap();
+    wait_for(client, "primary");
+    assert_eq!(services.get(&key, 0).unwrap().id, id);
+
+    // BACKENDS: the primary's address pointed at a host that is not there.
+    let mut backends: Array<MapData, Backend> = Array::try_from(Map::Array(pinned("BACKENDS"))).unwrap();
+    let mut be = backends.get(&(id * 2), 0).unwrap();
+    let right = be.addr;
+    be.addr = redirector::datapath::addr16("198.18.2.99".parse().unwrap());
+    backends.set(id * 2, be, 0).unwrap();
+    wait_for(client, "primary");
+    assert_eq!(backends.get(&(id * 2), 0).unwrap().addr, right);
+
+    // ALLOW: an entry for a service without an allow list (walked every 10 s).
+    let mut allow: LpmTrie<MapData, AclKey, u8> = LpmTrie::try_from(Map::LpmTrie(pinned("ALLOW"))).unwrap();
+    let forged = aya::maps::lpm_trie::Key::new(
+        128,
+        AclKey {
+            service_be: id.to_be(),
+            addr: redirector::datapath::addr16("198.18.1.2".parse().unwrap()),
+        },
+    );
+    allow.insert(&forged, 1, 0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while allow.get(&forged, 0).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the forged allow-list entry is still there"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    for (map, n) in [
+        ("SWITCH", 1.0),
+        ("SERVICES", 1.0),
+        ("BACKENDS", 1.0),
+        ("ALLOW", 1.0),
+    ] {
+        assert_eq!(drift(map), n, "{map}");
+    }
+    // Nothing the daemon itself wrote was ever taken for drift.
+    for map in [
+        "SERVICE_VIPS",
+        "VIPS",
+        "BACKEND_ADDRS",
+        "REVERSE",
+        "PORTS",
+        "DENY",
+        "pin",
+    ] {
+        assert_eq!(drift(map), 0.0, "{map}");
+    }
 }
 
 /// Fault 6: a restart is no shortcut back into traffic. A primary held down

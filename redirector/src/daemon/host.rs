@@ -55,7 +55,7 @@ impl Daemon {
                 Ok(()) => warn!("the pin of map {name} was removed under the running daemon: pinned again"),
                 Err(e) => warn!("the pin of map {name} was removed and pinning it again failed: {e}"),
             }
-            self.metrics.drift(1);
+            self.metrics.drift("pin", 1);
         }
         for held in &mut self.links {
             match held.repin(&self.pins) {
@@ -69,7 +69,7 @@ impl Daemon {
                 }
                 None => continue,
             }
-            self.metrics.drift(1);
+            self.metrics.drift("pin", 1);
         }
     }
 

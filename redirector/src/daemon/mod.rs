@@ -197,6 +197,8 @@ pub struct Daemon {
     notifier: Option<crate::notify::Notifier>,
     /// Configured interfaces reported gone or renamed.
     moved_interfaces: HashSet<String>,
+    /// Reconciliations since the allow/deny tries were last walked.
+    reconciled_acl: u32,
 }
 
 impl Daemon {

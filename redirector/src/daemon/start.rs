@@ -272,6 +272,7 @@ impl Prepared {
             hup: None,
             notifier: None,
             moved_interfaces: HashSet::new(),
+            reconciled_acl: 0,
         })
     }
 }

@@ -12,20 +12,22 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use redirector_common::{
-    ACL_ALLOW, ACL_DENY, AclKey, Addr, Backend as KBackend, BackendStats, Counter, Endpoint, FLOW_WAYS,
-    FlowKey, FlowSettings, Ip, NextHop, PORT_BACKEND, PORT_SERVICE, ReverseInfo, SLOT_PRIMARY,
-    SLOT_SECONDARY, SWITCH_PINNED, ServiceInfo, ServiceVip, SwitchState, VIP_ECHO_ANSWER, ip_from_bytes,
-    ip_to_bytes, names, programs,
+    AclKey, Addr, Backend as KBackend, BackendStats, Counter, Endpoint, FLOW_WAYS, FlowKey, FlowSettings, Ip,
+    NextHop, PORT_BACKEND, PORT_SERVICE, ReverseInfo, SLOT_PRIMARY, SWITCH_PINNED, ServiceInfo, ServiceVip,
+    SwitchState, VIP_ECHO_ANSWER, ip_from_bytes, ip_to_bytes, names, programs,
 };
 use thiserror::Error;
 
+mod expect;
 mod flows;
 mod hop_maps;
 mod pin;
+mod reconcile;
 pub use flows::{FlowTable, Swept};
 pub use hop_maps::HopMaps;
 use hop_maps::absent_ok;
 pub use pin::{PinDir, PinError};
+pub use reconcile::Drift;
 
 use crate::config::{Mode, Prefix, Service};
 
@@ -425,18 +427,12 @@ impl Datapath {
                 max: self.sizes.max_services,
             });
         }
-        let vip = addr16(svc.vip);
-        let proto = svc.protocol.number();
-        let backends = [
-            (SLOT_PRIMARY, &svc.primary, hops[0]),
-            (SLOT_SECONDARY, &svc.secondary, hops[1]),
-        ];
-        for (slot, be, hop) in backends {
+        for (slot, be) in expect::backends(svc) {
             let kb = KBackend {
                 addr: addr16(be.addr),
                 port_be: be.port.map_or(0, u16::to_be),
                 _pad: 0,
-                hop,
+                hop: hops[usize::from(slot & 1)],
             };
             {
                 let lock = std::sync::Arc::clone(&self.backends_lock);
@@ -446,32 +442,26 @@ impl Datapath {
                     .map_err(map_err(names::BACKENDS))?;
             }
             if svc.mode == Mode::Nat {
-                self.add_port_flag(be.port.unwrap_or(svc.port), PORT_BACKEND)?;
                 self.array::<u8>(names::BACKEND_ADDRS)?
                     .set(redirector_common::addr_bucket(&addr16(be.addr)), 1, 0)
                     .map_err(map_err(names::BACKEND_ADDRS))?;
-                let key = Endpoint {
-                    addr: addr16(be.addr),
-                    port_be: be.port.unwrap_or(svc.port).to_be(),
-                    proto,
-                    _pad: 0,
-                };
+                let (key, mut info) = expect::reverse(id, svc, slot, be);
                 let mut reverse = self.hash::<Endpoint, ReverseInfo>(names::REVERSE)?;
                 // Keep what the program learnt: clients of this endpoint that
                 // talk to it directly (their replies are not translated).
-                let direct = match reverse.get(&key, 0) {
-                    Ok(old) if (old.service, old.slot) == (id, slot) => old.direct,
-                    _ => 0,
-                };
-                let info = ReverseInfo {
-                    service: id,
-                    vip,
-                    port_be: svc.port.to_be(),
-                    slot,
-                    direct,
-                };
+                if let Ok(old) = reverse.get(&key, 0)
+                    && (old.service, old.slot) == (id, slot)
+                {
+                    info.direct = old.direct;
+                }
                 reverse.insert(key, info, 0).map_err(map_err(names::REVERSE))?;
             }
+        }
+        for (port, flag) in expect::port_flags(svc)
+            .into_iter()
+            .filter(|&(_, f)| f == PORT_BACKEND)
+        {
+            self.add_port_flag(port, flag)?;
         }
         self.set_acl(id, &svc.allow, &svc.deny)
     }
@@ -535,46 +525,14 @@ impl Datapath {
     /// Writes the service key last, so the program never sees a half-written
     /// service (backends and switch state are already there).
     pub fn publish_service(&mut self, id: u32, svc: &Service) -> Result<()> {
-        let vip = addr16(svc.vip);
-        let proto = svc.protocol.number();
         self.add_port_flag(svc.port, PORT_SERVICE)?;
-        let key = Endpoint {
-            addr: vip,
-            port_be: svc.port.to_be(),
-            proto,
-            _pad: 0,
-        };
-        let mode = match svc.mode {
-            Mode::Nat => redirector_common::Mode::Nat,
-            Mode::Dsr => redirector_common::Mode::Dsr,
-        };
-        let mut acl = 0;
-        if !svc.allow.is_empty() {
-            acl |= ACL_ALLOW;
-        }
-        if !svc.deny.is_empty() {
-            acl |= ACL_DENY;
-        }
-        let info = ServiceInfo {
-            id,
-            mode: mode as u8,
-            acl,
-            _pad: [0; 2],
-        };
+        let (key, info) = expect::service(id, svc);
         self.array::<ServiceVip>(names::SERVICE_VIPS)?
-            .set(
-                id,
-                ServiceVip {
-                    vip,
-                    mode: mode as u8,
-                    _pad: [0; 3],
-                },
-                0,
-            )
+            .set(id, expect::service_vip(svc), 0)
             .map_err(map_err(names::SERVICE_VIPS))?;
         let flags = self.vip_flags;
         self.hash::<Addr, u8>(names::VIPS)?
-            .insert(Addr { addr: vip }, flags, 0)
+            .insert(Addr { addr: key.addr }, flags, 0)
             .map_err(map_err(names::VIPS))?;
         self.hash::<Endpoint, ServiceInfo>(names::SERVICES)?
             .insert(key, info, 0)
