@@ -1,0 +1,140 @@
+//! The `[service.failover]` table: failback policy and delay, what happens
+//! when both backends are down, the traffic share, flap damping and the
+//! `failback_gate`.
+use std::ops::{Range, RangeInclusive};
+use std::time::Duration;
+
+use super::ConfigError;
+use super::health::{CheckDefaults, HealthCheck, RawHealth, convert_check};
+use super::toml_source::{MaybeTable, RawValue, Section, raw_table};
+
+/// Whether traffic returns to the primary by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Failback {
+    /// After `failback_delay` of continuous primary health (and the gate, if any).
+    #[default]
+    Auto,
+    /// Only when an operator flips it back.
+    Manual,
+}
+
+/// What happens to new traffic when both backends are down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AllDown {
+    /// Keep sending to the last active backend.
+    #[default]
+    Keep,
+    /// Drop the service's packets in XDP.
+    Drop,
+    /// Hand them to the kernel stack untouched.
+    Pass,
+}
+
+/// `[service.failover]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failover {
+    /// Failback policy.
+    pub failback: Failback,
+    /// Continuous primary health required before an automatic failback.
+    pub failback_delay: Duration,
+    /// Both backends down.
+    pub all_down: AllDown,
+    /// Percent (0..=100) of new flows sent to the secondary while both are up.
+    pub share: u8,
+    /// How long a flapping backend (down more than 3 times in 60 s) is held
+    /// down after it would rise, doubling per further flap up to 12×; zero
+    /// turns damping off.
+    pub flap_hold: Duration,
+    /// A probe that must also pass before traffic returns to the primary.
+    pub failback_gate: Option<HealthCheck>,
+}
+
+/// Default `flap_hold`.
+pub const DEFAULT_FLAP_HOLD: Duration = Duration::from_secs(5);
+/// Default `failback_delay`.
+pub const DEFAULT_FAILBACK_DELAY: Duration = Duration::from_secs(1);
+
+/// Longest allowed `failback_delay` (0 is allowed: fail back at once).
+pub const MAX_FAILBACK_DELAY: Duration = Duration::from_secs(3600);
+/// Allowed values of `share` (percent).
+pub const SHARE_RANGE: RangeInclusive<u8> = 0..=100;
+
+impl Default for Failover {
+    fn default() -> Self {
+        Failover {
+            failback: Failback::Auto,
+            failback_delay: DEFAULT_FAILBACK_DELAY,
+            all_down: AllDown::Keep,
+            share: 0,
+            flap_hold: DEFAULT_FLAP_HOLD,
+            failback_gate: None,
+        }
+    }
+}
+
+raw_table! {
+    /// `[service.failover]`.
+    pub(super) RawFailover, "a [service.failover] table" {
+        failback: RawValue,
+        failback_delay: RawValue,
+        all_down: RawValue,
+        share: RawValue,
+        flap_hold: RawValue,
+        failback_gate: MaybeTable<RawHealth>,
+    }
+}
+
+const FAILBACK_CHOICES: &[(&str, Failback)] = &[("auto", Failback::Auto), ("manual", Failback::Manual)];
+const ALL_DOWN_CHOICES: &[(&str, AllDown)] = &[
+    ("keep", AllDown::Keep),
+    ("drop", AllDown::Drop),
+    ("pass", AllDown::Pass),
+];
+
+/// Converts `[service.failover]`; `service` is the service's section.
+pub(super) fn convert_failover(
+    service: &Section<'_>,
+    span: Range<usize>,
+    r: &RawFailover,
+) -> Result<Failover, ConfigError> {
+    let sec = service.sub("failover", span);
+    sec.unknown_keys(&r.unknown, RawFailover::KEYS)?;
+    let defaults = Failover::default();
+    let failback = match &r.failback {
+        Some(v) => sec.choice("failback", v, FAILBACK_CHOICES)?,
+        None => defaults.failback,
+    };
+    let failback_delay = match &r.failback_delay {
+        Some(v) => sec.duration("failback_delay", v, Duration::ZERO..=MAX_FAILBACK_DELAY)?,
+        None => defaults.failback_delay,
+    };
+    let all_down = match &r.all_down {
+        Some(v) => sec.choice("all_down", v, ALL_DOWN_CHOICES)?,
+        None => defaults.all_down,
+    };
+    let share = match &r.share {
+        Some(v) => sec.ranged("share", v, SHARE_RANGE)?,
+        None => defaults.share,
+    };
+    let flap_hold = match &r.flap_hold {
+        Some(v) => sec.duration("flap_hold", v, Duration::ZERO..=MAX_FAILBACK_DELAY)?,
+        None => defaults.flap_hold,
+    };
+    let failback_gate = match sec.table("failback_gate", &r.failback_gate)? {
+        // Named after the service alone: `failback_gate` is a unique key.
+        Some((table, span)) => Some(convert_check(
+            &service.sub("failback_gate", span),
+            table,
+            CheckDefaults::Gate,
+        )?),
+        None => None,
+    };
+    Ok(Failover {
+        failback,
+        failback_delay,
+        all_down,
+        share,
+        flap_hold,
+        failback_gate,
+    })
+}
