@@ -8,27 +8,8 @@ use super::ConfigError;
 use super::health::{CheckDefaults, HealthCheck, RawHealth, convert_check};
 use super::toml_source::{MaybeTable, RawValue, Section, raw_table};
 
-/// Whether traffic returns to the primary by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Failback {
-    /// After `failback_delay` of continuous primary health (and the gate, if any).
-    #[default]
-    Auto,
-    /// Only when an operator flips it back.
-    Manual,
-}
-
-/// What happens to new traffic when both backends are down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum AllDown {
-    /// Keep sending to the last active backend.
-    #[default]
-    Keep,
-    /// Drop the service's packets in XDP.
-    Drop,
-    /// Hand them to the kernel stack untouched.
-    Pass,
-}
+// The decision machine's own vocabulary: one definition of each.
+pub use crate::policy::{AllDown, Failback};
 
 /// `[service.failover]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

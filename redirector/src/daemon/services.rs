@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    config::{self, Protocol, Service},
+    config::{Protocol, Service},
     health::{self, Report, Scheduler, Target, TargetId},
     policy::{self, Effect, Input, Intent, Machine, Nanos, Policy, Refused, Seed, Slot},
 };
@@ -79,16 +79,9 @@ pub fn policy_of(svc: &Service) -> Policy {
     Policy {
         rise: svc.health.rise,
         fall: svc.health.fall,
-        failback: match f.failback {
-            config::Failback::Auto => policy::Failback::Auto,
-            config::Failback::Manual => policy::Failback::Manual,
-        },
+        failback: f.failback,
         failback_delay: f.failback_delay,
-        all_down: match f.all_down {
-            config::AllDown::Keep => policy::AllDown::Keep,
-            config::AllDown::Drop => policy::AllDown::Drop,
-            config::AllDown::Pass => policy::AllDown::Pass,
-        },
+        all_down: f.all_down,
         share: f.share,
         gated: f.failback_gate.is_some(),
         flap: policy::FlapDamping {
