@@ -108,8 +108,8 @@ pub fn wait_health(sock: &std::path::Path, service: &str, slot: usize, want: &st
 /// and 50 TCP connections per second to web4.
 pub struct Traffic {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    udp: thread::JoinHandle<(u64, std::collections::BTreeSet<u64>)>,
-    tcp: thread::JoinHandle<(u64, Vec<String>)>,
+    udp: thread::JoinHandle<(Vec<Instant>, std::collections::BTreeSet<u64>)>,
+    tcp: thread::JoinHandle<(u64, Vec<(Instant, String)>)>,
 }
 
 /// What the client saw.
@@ -118,10 +118,14 @@ pub struct Seen {
     pub udp_sent: u64,
     /// Their sequence numbers that got no answer.
     pub udp_lost: Vec<u64>,
+    /// When each of those was sent.
+    pub udp_lost_at: Vec<Instant>,
     /// TCP connections tried.
     pub tcp_made: u64,
     /// Why the failed ones failed.
     pub tcp_failed: Vec<String>,
+    /// When each of those was begun.
+    pub tcp_failed_at: Vec<Instant>,
 }
 
 impl Traffic {
@@ -135,7 +139,7 @@ impl Traffic {
                 let sock = std::net::UdpSocket::bind("198.18.1.2:0").unwrap();
                 sock.set_nonblocking(true).unwrap();
                 let vip: SocketAddr = "198.18.100.1:53".parse().unwrap();
-                let (mut sent, mut seen) = (0u64, std::collections::BTreeSet::new());
+                let (mut sent_at, mut seen) = (Vec::new(), std::collections::BTreeSet::new());
                 let mut buf = [0u8; 128];
                 let note = |buf: &[u8], seen: &mut std::collections::BTreeSet<u64>| {
                     let text = String::from_utf8_lossy(buf);
@@ -145,8 +149,8 @@ impl Traffic {
                 };
                 let until = Instant::now() + Duration::from_secs(180);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
-                    sent += 1;
-                    let _ = sock.send_to(format!("seq:{sent}").as_bytes(), vip);
+                    sent_at.push(Instant::now());
+                    let _ = sock.send_to(format!("seq:{}", sent_at.len()).as_bytes(), vip);
                     thread::sleep(Duration::from_millis(1));
                     while let Ok((n, _)) = sock.recv_from(&mut buf) {
                         note(&buf[..n], &mut seen);
@@ -157,7 +161,7 @@ impl Traffic {
                 while let Ok((n, _)) = sock.recv_from(&mut buf) {
                     note(&buf[..n], &mut seen);
                 }
-                (sent, seen)
+                (sent_at, seen)
             })
         };
         let tcp = {
@@ -167,10 +171,11 @@ impl Traffic {
                 let until = Instant::now() + Duration::from_secs(180);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
                     made += 1;
+                    let at = Instant::now();
                     match connect_in(&ns, 0, WEB4) {
                         Ok(who) if who == "primary" || who == "secondary" => {}
-                        Ok(other) => failed.push(format!("answer {other:?}")),
-                        Err(e) => failed.push(e),
+                        Ok(other) => failed.push((at, format!("answer {other:?}"))),
+                        Err(e) => failed.push((at, e)),
                     }
                     thread::sleep(Duration::from_millis(20));
                 }
@@ -183,13 +188,16 @@ impl Traffic {
     /// Stops both flows; what the client saw.
     pub fn stop(self) -> Seen {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (udp_sent, seen) = self.udp.join().unwrap();
-        let (tcp_made, tcp_failed) = self.tcp.join().unwrap();
+        let (sent_at, seen) = self.udp.join().unwrap();
+        let (tcp_made, failed) = self.tcp.join().unwrap();
+        let udp_lost: Vec<u64> = (1..=sent_at.len() as u64).filter(|n| !seen.contains(n)).collect();
         Seen {
-            udp_sent,
-            udp_lost: (1..=udp_sent).filter(|n| !seen.contains(n)).collect(),
+            udp_sent: sent_at.len() as u64,
+            udp_lost_at: udp_lost.iter().map(|&n| sent_at[(n - 1) as usize]).collect(),
+            udp_lost,
             tcp_made,
-            tcp_failed,
+            tcp_failed_at: failed.iter().map(|f| f.0).collect(),
+            tcp_failed: failed.into_iter().map(|f| f.1).collect(),
         }
     }
 }

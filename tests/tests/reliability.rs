@@ -1469,6 +1469,187 @@ fn a_crash_loop_of_50_sigkills_loses_nothing_and_keeps_every_acknowledged_intent
     }
 }
 
+/// The crash loop with the backends failing too: the primary's server is
+/// killed every 2–4 s (restarted a second later) on its own schedule while
+/// the daemon is SIGKILLed 30 times at random points. A request may be lost
+/// only while a backend it was sent to is down and undetected: within the
+/// detection bound after the kill, stretched by any daemon downtime that
+/// overlaps it (the next daemon detects it). Flap damping off: the faults
+/// repeat on purpose.
+#[test]
+fn a_crash_loop_with_backend_faults_loses_only_within_detection_and_downtime() {
+    if !require_root("a_crash_loop_with_backend_faults_loses_only_within_detection_and_downtime") {
+        return;
+    }
+    let _serial = serial();
+    /// Detection of a killed server by a running daemon, with margin for a
+    /// debug build on two busy vCPUs (the soak's bound).
+    const DETECT: Duration = Duration::from_millis(500);
+    let seed = std::env::var("REDIRECTOR_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| u64::from(std::process::id()) * 0x9e37_79b9 + 3);
+    eprintln!("crash loop with backend faults, seed {seed} (REDIRECTOR_TEST_SEED replays it)");
+    let mut rng = redirector_tests::packets::Rng(seed);
+    let mut s = Setup::with_config(
+        "crashfault",
+        &lab_config_with("[service.failover]\nflap_hold = \"0s\""),
+    );
+    let sock = s.left.socket.clone();
+    drop(s.daemon());
+    wait_for(&s.lab.client, "primary");
+    // The daemon's downtimes (SIGKILL → the next daemon answering).
+    let mut daemon_down: Vec<(Instant, Option<Instant>)> = Vec::new();
+    let traffic = Traffic::start(&s.lab.client);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let server_down = thread::scope(|scope| {
+        let (primary, primary_ns) = (&mut s.primary, &s.lab.primary);
+        let mut server_rng = redirector_tests::packets::Rng(seed ^ 0x5eed);
+        let stop = &stop;
+        // The primary server's faults on their own schedule: killed every
+        // 2–4 s, restarted a second later; (killed, restarted).
+        let faults = scope.spawn(move || {
+            let mut down = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                thread::sleep(Duration::from_millis(2000 + server_rng.next_u64() % 2000));
+                primary.kill();
+                let at = Instant::now();
+                thread::sleep(Duration::from_secs(1));
+                *primary = Server::start(primary_ns, "primary", "198.18.2.2", "2001:2:0:2::2", false);
+                down.push((at, Some(Instant::now())));
+            }
+            down
+        });
+        for _ in 0..30 {
+            let mut d = Daemon::spawn(&s.lab.gw, &s.config, Stdio::null());
+            let kind = rng.next_u64() % 3;
+            if kind != 0 {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !cli(&sock, &["status"]).status.success() {
+                    assert!(d.0.try_wait().unwrap().is_none(), "the daemon exited by itself");
+                    assert!(Instant::now() < deadline, "the daemon never answered");
+                    thread::sleep(Duration::from_millis(10));
+                }
+                if let Some((_, end @ None)) = daemon_down.last_mut() {
+                    *end = Some(Instant::now());
+                }
+            }
+            let ms = match kind {
+                // Anywhere in the start.
+                0 => rng.next_u64() % 2500,
+                // Mid-reload.
+                1 => {
+                    // SAFETY: kill(2) of our own child.
+                    unsafe { libc::kill(i32::try_from(d.pid()).unwrap(), libc::SIGHUP) };
+                    rng.next_u64() % 20
+                }
+                // While it runs.
+                _ => rng.next_u64() % 1500,
+            };
+            thread::sleep(Duration::from_millis(ms));
+            d.signal(libc::SIGKILL);
+            if !matches!(daemon_down.last(), Some((_, None))) {
+                daemon_down.push((Instant::now(), None));
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        let d = Daemon::start(&s.lab.gw, &s.config, &s.left.socket);
+        if let Some((_, end @ None)) = daemon_down.last_mut() {
+            *end = Some(Instant::now());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (faults.join().unwrap(), d)
+    });
+    let (server_down, _d): (Vec<(Instant, Option<Instant>)>, Daemon) = server_down;
+    thread::sleep(Duration::from_millis(500));
+    let seen = traffic.stop();
+    let end = Instant::now();
+    // Each server kill's window: until DETECT after it, stretched to DETECT
+    // after the end of every daemon downtime that overlaps it.
+    let windows: Vec<(Instant, Instant)> = server_down
+        .iter()
+        .map(|&(at, _)| {
+            let mut until = at + DETECT;
+            loop {
+                let stretched = daemon_down
+                    .iter()
+                    .filter(|(a, b)| *a <= until && b.unwrap_or(end) >= at)
+                    .map(|(_, b)| b.unwrap_or(end) + DETECT)
+                    .fold(until, Instant::max);
+                if stretched == until {
+                    break (at, until);
+                }
+                until = stretched;
+            }
+        })
+        .collect();
+    let outside = |t: Instant, before: Duration| !windows.iter().any(|&(a, b)| t + before >= a && t <= b);
+    let udp_outside: Vec<u64> = seen
+        .udp_lost
+        .iter()
+        .zip(&seen.udp_lost_at)
+        .filter(|(_, t)| outside(**t, Duration::ZERO))
+        .map(|(n, _)| *n)
+        .collect();
+    // A connection begun just before a kill can meet it mid-exchange.
+    let tcp_outside: Vec<&String> = seen
+        .tcp_failed
+        .iter()
+        .zip(&seen.tcp_failed_at)
+        .filter(|(_, t)| outside(**t, Duration::from_secs(1)))
+        .map(|(e, _)| e)
+        .collect();
+    let down_ms: u128 = daemon_down
+        .iter()
+        .map(|(a, b)| b.unwrap_or(end).duration_since(*a).as_millis())
+        .sum();
+    eprintln!(
+        "crash loop with backend faults: {} daemon kills ({down_ms} ms down in all), {} primary server kills; {} UDP \
+         requests, {} lost ({} outside their windows); {} TCP connections, {} failed ({} outside)",
+        daemon_down.len(),
+        server_down.len(),
+        seen.udp_sent,
+        seen.udp_lost.len(),
+        udp_outside.len(),
+        seen.tcp_made,
+        seen.tcp_failed.len(),
+        tcp_outside.len()
+    );
+    let t0 = seen
+        .udp_lost_at
+        .first()
+        .copied()
+        .unwrap_or(end)
+        .min(server_down.first().map_or(end, |d| d.0));
+    let ms = |t: Instant| t.saturating_duration_since(t0).as_millis();
+    for (n, t) in seen.udp_lost.iter().zip(&seen.udp_lost_at) {
+        eprintln!("  UDP {n} lost at {} ms", ms(*t));
+    }
+    for (a, b) in &server_down {
+        eprintln!("  server down {}..{} ms", ms(*a), b.map_or(0, ms));
+    }
+    for (a, b) in &daemon_down {
+        eprintln!("  daemon down {}..{} ms", ms(*a), b.map_or(0, ms));
+    }
+    assert!(server_down.len() >= 5, "too few server faults to mean anything");
+    assert!(
+        udp_outside.is_empty(),
+        "UDP requests lost outside a server fault's detection and daemon downtime: {:?}",
+        &udp_outside[..udp_outside.len().min(20)]
+    );
+    assert!(
+        tcp_outside.is_empty(),
+        "TCP connections failed outside a server fault's window: {tcp_outside:?}"
+    );
+    // And it ends where it should: the primary back, active, everything up.
+    wait_for(&s.lab.client, "primary");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !all_up(&status_json(&sock)) {
+        assert!(Instant::now() < deadline, "not every backend came back up");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The reload storm's second config: the lab's services in reverse order,
 /// `extra0` gone, `extra1` new, web6's secondary on another port (restarted).
 fn storm_b() -> String {

@@ -87,6 +87,9 @@ enum Bench {
         /// Seconds of the busy-machine phase (both vCPUs saturated; 0 skips it).
         #[arg(long, default_value_t = 60)]
         busy_secs: u32,
+        /// Seconds of the traffic-flood phase (both vCPUs saturated by packets through the gateway; 0 skips it).
+        #[arg(long, default_value_t = 60)]
+        flood_secs: u32,
     },
     /// ns/packet of the XDP program in the kernel (BPF_PROG_TEST_RUN).
     Datapath {
@@ -232,12 +235,20 @@ fn main() -> Result<()> {
         Command::Bench { which } => {
             bootstrap::ensure()?;
             match which {
-                Bench::Failover { runs, busy_secs } => {
+                Bench::Failover {
+                    runs,
+                    busy_secs,
+                    flood_secs,
+                } => {
                     lab_prerequisites("the failover benchmark")?;
                     // The lab's server processes are a binary of their own.
                     cmd::cargo(&root, &["build", "--release", "-p", "redirector-tests", "--bins"])?;
-                    let (r, b) = (runs.to_string(), busy_secs.to_string());
-                    run_tool(&root, "bench-failover", &["--runs", &r, "--busy-secs", &b])
+                    let (r, b, f) = (runs.to_string(), busy_secs.to_string(), flood_secs.to_string());
+                    run_tool(
+                        &root,
+                        "bench-failover",
+                        &["--runs", &r, "--busy-secs", &b, "--flood-secs", &f],
+                    )
                 }
                 Bench::Datapath { rounds, repeat } => {
                     let r = rounds.to_string();

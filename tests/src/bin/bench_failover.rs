@@ -74,6 +74,8 @@ struct Sample {
 struct Args {
     runs: usize,
     busy_secs: u64,
+    /// Seconds of the traffic-flood phase (0 skips it).
+    flood_secs: u64,
     verbose: bool,
     /// Service counts for the probing-cost phase.
     scale: Vec<usize>,
@@ -83,6 +85,7 @@ fn args() -> Result<Args> {
     let mut a = Args {
         runs: 100,
         busy_secs: 60,
+        flood_secs: 60,
         verbose: false,
         scale: vec![1, 1024],
     };
@@ -91,6 +94,7 @@ fn args() -> Result<Args> {
         match k.as_str() {
             "--runs" => a.runs = it.next().context("--runs N")?.parse()?,
             "--busy-secs" => a.busy_secs = it.next().context("--busy-secs N")?.parse()?,
+            "--flood-secs" => a.flood_secs = it.next().context("--flood-secs N")?.parse()?,
             "--verbose" => a.verbose = true,
             "--scale" => {
                 a.scale = it
@@ -111,8 +115,26 @@ fn args() -> Result<Args> {
 /// other quickly) and flap damping off (the benchmark fails the primary every
 /// second on purpose); health settings are the defaults.
 fn config() -> String {
-    lab_config_with("[service.failover]\nfailback_delay = \"200ms\"\nflap_hold = \"0s\"")
+    let mut c = lab_config_with("[service.failover]\nfailback_delay = \"200ms\"\nflap_hold = \"0s\"");
+    c.push_str(SINK);
+    c.push_str("\n[control]\nmetrics = \"198.18.1.1:9630\"\n");
+    c
 }
+
+/// The flood phase's target: a UDP service whose backends have nothing on
+/// the port (their kernels drop the datagrams; ICMP errors are rate-limited),
+/// probed by ping so its own probes stay healthy.
+const SINK: &str = r#"
+[[service]]
+name = "sink"
+vip = "198.18.100.1"
+port = 9000
+protocol = "udp"
+primary = "198.18.2.2"
+secondary = "198.18.3.2"
+[service.health]
+kind = "icmp"
+"#;
 
 /// Arrival lines of a server: `udp|tcp SEQ NS`.
 fn drain(server: &Server, into: &mut Vec<(Series, u64, u64)>) {
@@ -177,10 +199,22 @@ fn client(
     first_seq: u64,
     src: std::net::Ipv4Addr,
 ) -> thread::JoinHandle<(u64, u64)> {
+    client_for(ns, series, stop, first_seq, src, Duration::from_secs(10))
+}
+
+/// [`client`] for at most `max`.
+fn client_for(
+    ns: &NetNs,
+    series: Series,
+    stop: Arc<AtomicBool>,
+    first_seq: u64,
+    src: std::net::Ipv4Addr,
+    max: Duration,
+) -> thread::JoinHandle<(u64, u64)> {
     let name = ns.name.clone();
     thread::spawn(move || {
         let _in = redirector_tests::netns::enter(&name);
-        let limit = Instant::now() + Duration::from_secs(10);
+        let limit = Instant::now() + max;
         let (mut sent, mut answered) = (0u64, 0u64);
         match series {
             Series::Udp => {
@@ -593,6 +627,9 @@ fn main() -> Result<()> {
             );
         }
     }
+    if a.flood_secs > 0 {
+        flood(&run, a.flood_secs, seq + 1_000_000, source(k + 1))?;
+    }
     let (_dp, _lab) = run.stop();
     if !a.scale.is_empty() {
         println!();
@@ -605,6 +642,145 @@ fn main() -> Result<()> {
         }
     }
     println!("\ntotal {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Probe verdicts the gateway could not judge (`result="local"`: the prober
+/// was late, or could not run) and the slowest probe bucket reached, from
+/// the daemon's metrics.
+fn probe_metrics(run: &Running) -> (f64, String) {
+    let text = {
+        let _in = run.lab.gw.enter();
+        let Ok(mut c) = TcpStream::connect("198.18.1.1:9630") else {
+            return (f64::NAN, String::new());
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+        let mut body = String::new();
+        let _ = c.read_to_string(&mut body);
+        body
+    };
+    let local = text
+        .lines()
+        .filter(|l| l.starts_with("redirector_probes_total{") && l.contains("result=\"local\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    (local, text)
+}
+
+/// The number of probes slower than each histogram bound, summed over
+/// backends: (bound in ms, count above it).
+fn probes_slower_than(text: &str, bounds_ms: &[f64]) -> Vec<(f64, f64)> {
+    let mut total = 0.0;
+    let mut at_or_below = vec![0.0; bounds_ms.len()];
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("redirector_probe_duration_seconds_"))
+    {
+        let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        if l.starts_with("redirector_probe_duration_seconds_count") {
+            total += v;
+        } else if let Some(le) = l.split("le=\"").nth(1).and_then(|x| x.split('"').next())
+            && let Ok(le) = le.parse::<f64>()
+        {
+            for (i, b) in bounds_ms.iter().enumerate() {
+                if (le * 1e3 - b).abs() < 1e-9 {
+                    at_or_below[i] += v;
+                }
+            }
+        }
+    }
+    bounds_ms
+        .iter()
+        .zip(at_or_below)
+        .map(|(b, n)| (*b, total - n))
+        .collect()
+}
+
+/// A gateway saturated by traffic: two senders per vCPU in the client
+/// namespace send small datagrams to the sink service as fast as they can
+/// (through the XDP program: every vCPU busy in softirq, the daemon and its
+/// prober competing), while one client sends a request per ms to dns4.
+/// Counts false transitions and verdicts the prober could not judge.
+fn flood(run: &Running, secs: u64, seq: u64, src: std::net::Ipv4Addr) -> Result<()> {
+    wait_serving(&run.lab.client, "primary", Duration::from_secs(10))?;
+    let (local0, text0) = probe_metrics(run);
+    let t0 = unix_ms();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpus = thread::available_parallelism().map_or(2, |n| n.get());
+    let until = Instant::now() + Duration::from_secs(secs);
+    let senders: Vec<_> = (0..2 * cpus)
+        .map(|_| {
+            let name = run.lab.client.name.clone();
+            thread::spawn(move || -> u64 {
+                let _in = redirector_tests::netns::enter(&name);
+                let Ok(sock) = UdpSocket::bind("198.18.1.2:0") else {
+                    return 0;
+                };
+                if sock.connect("198.18.100.1:9000").is_err() {
+                    return 0;
+                }
+                let mut sent = 0u64;
+                // Bounded in time and count.
+                while sent < 1_000_000_000 {
+                    for _ in 0..1000 {
+                        if sock.send(b"flood").is_ok() {
+                            sent += 1;
+                        }
+                    }
+                    if Instant::now() >= until {
+                        break;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    let c = client_for(
+        &run.lab.client,
+        Series::Udp,
+        stop.clone(),
+        seq,
+        src,
+        Duration::from_secs(secs),
+    );
+    let busy = busy_fraction(Duration::from_secs(secs.saturating_sub(1).max(1)));
+    let flooded: u64 = senders.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    stop.store(true, Ordering::Relaxed);
+    let (sent, answered) = c.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+    let (local1, text1) = probe_metrics(run);
+    let transitions: Vec<_> = events(&run.leftovers.socket)
+        .into_iter()
+        .filter(|e| e.unix_ms >= t0 && e.from != e.to)
+        .collect();
+    let bounds = [5.0, 10.0, 25.0];
+    let before = probes_slower_than(&text0, &bounds);
+    let after = probes_slower_than(&text1, &bounds);
+    let slower = bounds
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|(b, ((_, x), (_, y)))| format!("> {b} ms: {}", y - x))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!();
+    println!(
+        "saturated by traffic: {} senders for {secs} s, {:.0} datagrams/s through the gateway, CPU busy {:.1} %; \
+         dns4 client sent {sent}, {answered} answered; probes slower than ({slower}); verdicts the prober could \
+         not judge (late or local error): {}; transitions: {}",
+        2 * cpus,
+        flooded as f64 / secs as f64,
+        busy * 100.0,
+        local1 - local0,
+        transitions.len()
+    );
+    for t in &transitions {
+        println!(
+            "  FALSE TRANSITION: {} {} → {}: {}",
+            t.service, t.from, t.to, t.cause
+        );
+    }
     Ok(())
 }
 
