@@ -186,6 +186,9 @@ pub(super) struct Backend {
     streak: Streak,
     /// Times of `Up` → `Down` transitions within the flap window, oldest first.
     flaps: VecDeque<Nanos>,
+    /// The down episode (its `since`) whose hold was reported: a backend that
+    /// keeps flapping while held is told once, not on every rise.
+    hold_told: Option<Nanos>,
 }
 
 impl Backend {
@@ -212,6 +215,7 @@ impl Backend {
             newest_sent: None,
             streak: Streak::None,
             flaps,
+            hold_told: None,
         }
     }
 
@@ -285,7 +289,14 @@ impl Backend {
                             self.health = Health::Down {
                                 held_until: Some(until),
                             };
-                            Change::Held { until, flaps }
+                            if self.hold_told == Some(self.since) {
+                                // Held again in the same episode (it failed
+                                // during the hold, then rose): status shows it.
+                                Change::Same
+                            } else {
+                                self.hold_told = Some(self.since);
+                                Change::Held { until, flaps }
+                            }
                         }
                         None => self.enter(Health::Up, now),
                     }

@@ -771,8 +771,10 @@ fn flap_damping_holds_a_flapping_backend_down() {
     assert!(matches!(causes(&fx)[..], [Cause::FlapHold { flaps: 3, until, .. }] if until == ms(7012)));
     assert!(probe(&mut m, 3020, S, false).is_empty());
     assert_eq!(m.next_deadline(), None);
+    // Held again in the same down episode: the hold restarts, told once already.
     let fx = probes(&mut m, 3030, S, true, 3);
-    assert!(matches!(causes(&fx)[..], [Cause::FlapHold { until, .. }] if until == ms(7032)));
+    assert!(causes(&fx).is_empty(), "{fx:?}");
+    assert_eq!(m.view().backends[1].held_until, Some(ms(7032)));
     // A step after the hold's end ends it, whatever the input.
     let fx = probe(&mut m, 8000, P, true);
     assert_eq!(writes(&fx), [desired(P, [true, true])]);
@@ -1025,4 +1027,29 @@ fn an_adopted_flapping_backend_is_held_as_before_the_restart() {
     // No failback while held.
     assert!(tick(&mut m, 7000).is_empty());
     assert_eq!(m.view().desired.active, S);
+}
+
+#[test]
+fn a_backend_flapping_while_held_is_reported_held_once() {
+    let flap = FlapDamping {
+        window: Duration::from_secs(60),
+        max_flaps: 1,
+        hold: Duration::from_secs(2),
+        max_hold: Duration::from_secs(10),
+    };
+    let mut m = both_up(Policy { flap, ..policy() });
+    probes(&mut m, 10, S, false, 2);
+    probes(&mut m, 20, S, true, 3);
+    probes(&mut m, 30, S, false, 2);
+    let fx = probes(&mut m, 40, S, true, 3);
+    assert_eq!(causes(&fx).len(), 1, "held: told once");
+    // It fails during the hold and rises again, over and over: still held,
+    // still one down episode, nothing more to tell.
+    for t in [100, 200, 300] {
+        probes(&mut m, t, S, false, 1);
+        let fx = probes(&mut m, t + 10, S, true, 3);
+        assert!(fx.is_empty(), "{fx:?}");
+        assert!(m.view().backends[1].held_until.is_some());
+    }
+    assert!(m.next_deadline().is_some(), "the hold still ends by itself");
 }
