@@ -76,6 +76,20 @@ impl Daemon {
         Daemon(child)
     }
 
+    /// Waits (20 s at most) until it answers `status` on `socket`; panics
+    /// if it exits first.
+    pub fn wait_answering(&mut self, socket: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cli(socket, &["status"]).status.success() {
+            assert!(
+                self.0.try_wait().unwrap().is_none(),
+                "the daemon exited by itself"
+            );
+            assert!(Instant::now() < deadline, "the daemon never answered");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.0.id()
@@ -188,9 +202,45 @@ impl Setup {
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// A log file for a daemon's stderr, beside the config (removed when
+    /// dropped).
+    pub fn log(&self) -> Log {
+        let path = self.config.with_extension("log");
+        std::fs::File::create(&path).unwrap();
+        Log(path)
+    }
+
+    /// Starts the daemon on it, its stderr in `log`, and waits until it answers.
+    pub fn daemon_logged(&self, log: &Log) -> Daemon {
+        let mut d = Daemon::spawn(&self.lab.gw, &self.config, log.file());
+        d.wait_answering(&self.left.socket);
+        d
+    }
+
     /// Starts the daemon on it.
     pub fn daemon(&self) -> Daemon {
         Daemon::start(&self.lab.gw, &self.config, &self.left.socket)
+    }
+}
+
+/// A daemon's log file; removed when dropped.
+pub struct Log(PathBuf);
+
+impl Log {
+    /// For a daemon's stderr (appending).
+    pub fn file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new().append(true).open(&self.0).unwrap()
+    }
+
+    /// What was logged so far.
+    pub fn read(&self) -> String {
+        std::fs::read_to_string(&self.0).unwrap()
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

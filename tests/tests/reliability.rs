@@ -191,8 +191,8 @@ fn sighup_during_start_up_is_kept_not_fatal() {
     }
     let _serial = serial();
     let s = Setup::new("hupstart");
-    let stderr = std::fs::File::create(s.config.with_extension("log")).unwrap();
-    let mut d = Daemon::spawn(&s.lab.gw, &s.config, stderr);
+    let log = s.log();
+    let mut d = Daemon::spawn(&s.lab.gw, &s.config, log.file());
     let pid = d.pid();
     // nsenter execs the daemon in place: wait until the daemon's own code
     // runs (it ignores or catches SIGHUP from the first line of main; no
@@ -231,18 +231,13 @@ fn sighup_during_start_up_is_kept_not_fatal() {
         thread::sleep(Duration::from_millis(50));
     }
     // The queued SIGHUP reloads once the start is done.
-    let log_path = s.config.with_extension("log");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log_path)
-        .unwrap()
-        .contains("SIGHUP: reloading")
-    {
+    while !log.read().contains("SIGHUP: reloading") {
         assert!(Instant::now() < deadline, "no reload after the start");
         thread::sleep(Duration::from_millis(50));
     }
     wait_for(&s.lab.client, "primary");
     d.signal(libc::SIGTERM);
-    let _ = std::fs::remove_file(&log_path);
 }
 
 /// Fault 11a: an operator's action is answered only once it is saved. The
@@ -320,8 +315,8 @@ fn the_gateways_own_trouble_is_reported_never_blamed_on_the_backends() {
     let _serial = serial();
     let s = Setup::with_config("local", LOCAL_TROUBLE);
     let sock = &s.left.socket;
-    let log_path = s.config.with_extension("log");
-    let d = Daemon::spawn(&s.lab.gw, &s.config, std::fs::File::create(&log_path).unwrap());
+    let log_file = s.log();
+    let d = Daemon::spawn(&s.lab.gw, &s.config, log_file.file());
     let deadline = Instant::now() + Duration::from_secs(20);
     while !cli(sock, &["status"]).status.success() || !all_up(&status_json(sock)) {
         assert!(Instant::now() < deadline, "not every backend came up");
@@ -403,7 +398,7 @@ fn the_gateways_own_trouble_is_reported_never_blamed_on_the_backends() {
     limit(lowest_free);
     thread::sleep(Duration::from_millis(1500));
     limit(was.rlim_cur);
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = log_file.read();
     for svc in ["dns4", "ping4", "exec4"] {
         assert!(
             log.lines()
@@ -419,7 +414,6 @@ fn the_gateways_own_trouble_is_reported_never_blamed_on_the_backends() {
         events,
         "a transition during the gateway's own trouble"
     );
-    let _ = std::fs::remove_file(&log_path);
 }
 
 /// Fault 3: a reload that restarts a service (here: the secondary's port
@@ -584,11 +578,11 @@ fn a_dead_prober_ends_the_daemon_for_its_supervisor_and_forwarding_goes_on() {
     }
     let _serial = serial();
     let s = Setup::new("deadprober");
-    let log_path = s.config.with_extension("log");
+    let log_file = s.log();
     let mut d = Daemon::spawn_with(
         &s.lab.gw,
         &s.config,
-        std::fs::File::create(&log_path).unwrap(),
+        log_file.file(),
         &[("REDIRECTOR_FAULT_PROBER_EXIT_MS", "1500")],
     );
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -600,14 +594,13 @@ fn a_dead_prober_ends_the_daemon_for_its_supervisor_and_forwarding_goes_on() {
         thread::sleep(Duration::from_millis(50));
     };
     assert!(!status.success(), "{status}");
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = log_file.read();
     assert!(log.contains("the prober stopped unexpectedly"), "{log}");
     assert!(xdp_attached(&s.lab.gw, "g-c"));
     assert_eq!(connect_from(&s.lab.client, 0, WEB4).as_deref(), Ok("primary"));
     // The supervisor's restart adopts the data plane.
     let _d = s.daemon();
     wait_for(&s.lab.client, "primary");
-    let _ = std::fs::remove_file(&log_path);
 }
 
 /// Fault 10: the switch state is reconciled with the decision, and every map
@@ -811,14 +804,9 @@ fn a_restart_with_a_changed_backend_starts_the_service_over() {
         1,
     );
     s.write_config(&text);
-    let log_path = s.config.with_extension("log");
-    let _d = Daemon::spawn(&s.lab.gw, &s.config, std::fs::File::create(&log_path).unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cli(&sock, &["status"]).status.success() {
-        assert!(Instant::now() < deadline, "the daemon never answered");
-        thread::sleep(Duration::from_millis(50));
-    }
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log_file = s.log();
+    let _d = s.daemon_logged(&log_file);
+    let log = log_file.read();
     assert!(
         log.lines()
             .any(|l| l.contains("service web4 (id") && !l.contains("adopted")),
@@ -833,7 +821,6 @@ fn a_restart_with_a_changed_backend_starts_the_service_over() {
         reverse().get(&old_endpoint, 0).is_err(),
         "the old secondary endpoint's replies would still be rewritten to the VIP"
     );
-    let _ = std::fs::remove_file(&log_path);
 }
 
 /// Fault 11: every pinned map is checked against this build and config
@@ -1391,14 +1378,7 @@ fn a_crash_loop_of_50_sigkills_loses_nothing_and_keeps_every_acknowledged_intent
         let mut d = Daemon::spawn(&s.lab.gw, &s.config, Stdio::null());
         let kind = usize::try_from(rng.next_u64() % 4).unwrap();
         kinds[kind] += 1;
-        let up = |d: &mut Daemon| {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !cli(&sock, &["status"]).status.success() {
-                assert!(d.0.try_wait().unwrap().is_none(), "the daemon exited by itself");
-                assert!(Instant::now() < deadline, "the daemon never answered");
-                thread::sleep(Duration::from_millis(10));
-            }
-        };
+        let up = |d: &mut Daemon| d.wait_answering(&sock);
         match kind {
             // Anywhere in the start.
             0 => thread::sleep(Duration::from_millis(rng.next_u64() % 2500)),
@@ -1524,12 +1504,7 @@ fn a_crash_loop_with_backend_faults_loses_only_within_detection_and_downtime() {
             let mut d = Daemon::spawn(&s.lab.gw, &s.config, Stdio::null());
             let kind = rng.next_u64() % 3;
             if kind != 0 {
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while !cli(&sock, &["status"]).status.success() {
-                    assert!(d.0.try_wait().unwrap().is_none(), "the daemon exited by itself");
-                    assert!(Instant::now() < deadline, "the daemon never answered");
-                    thread::sleep(Duration::from_millis(10));
-                }
+                d.wait_answering(&sock);
                 if let Some((_, end @ None)) = daemon_down.last_mut() {
                     *end = Some(Instant::now());
                 }
@@ -1987,13 +1962,8 @@ fn pins_removed_under_a_running_daemon_are_pinned_again() {
     let _serial = serial();
     use aya::maps::MapData;
     let s = Setup::new("unpinned");
-    let log_path = s.config.with_extension("log");
-    let mut d = Daemon::spawn(&s.lab.gw, &s.config, std::fs::File::create(&log_path).unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cli(&s.left.socket, &["status"]).status.success() {
-        assert!(Instant::now() < deadline, "the daemon never answered");
-        thread::sleep(Duration::from_millis(50));
-    }
+    let log_file = s.log();
+    let mut d = s.daemon_logged(&log_file);
     wait_for(&s.lab.client, "primary");
     let pins = redirector::datapath::PinDir::new(&s.left.bpffs_dir);
     let id_of = |name: &str| MapData::from_pin(pins.map(name)).unwrap().info().unwrap().id();
@@ -2013,7 +1983,7 @@ fn pins_removed_under_a_running_daemon_are_pinned_again() {
         (flows, switch),
         "pinned again: the same maps"
     );
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = log_file.read();
     assert!(
         log.contains("the pin of the XDP link on g-c was removed under the running daemon: pinned again"),
         "{log}"
@@ -2042,7 +2012,6 @@ fn pins_removed_under_a_running_daemon_are_pinned_again() {
         seen.udp_lost.len()
     );
     assert!(seen.tcp_failed.is_empty(), "{:?}", seen.tcp_failed);
-    let _ = std::fs::remove_file(&log_path);
 }
 
 /// The ground moves: a configured interface renamed, then one deleted and
@@ -2057,13 +2026,8 @@ fn interfaces_renamed_or_recreated_are_reported_or_reattached() {
     }
     let _serial = serial();
     let s = Setup::new("ifmove");
-    let log_path = s.config.with_extension("log");
-    let mut d = Daemon::spawn(&s.lab.gw, &s.config, std::fs::File::create(&log_path).unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cli(&s.left.socket, &["status"]).status.success() {
-        assert!(Instant::now() < deadline, "the daemon never answered");
-        thread::sleep(Duration::from_millis(50));
-    }
+    let log_file = s.log();
+    let mut d = s.daemon_logged(&log_file);
     wait_for(&s.lab.client, "primary");
     let traffic = Traffic::start(&s.lab.client);
     let gw = s.lab.gw.name.clone();
@@ -2082,7 +2046,7 @@ fn interfaces_renamed_or_recreated_are_reported_or_reattached() {
     ip(&["link", "set", "g-s9", "up"]);
     thread::sleep(Duration::from_millis(500));
     assert!(d.0.try_wait().unwrap().is_none(), "the daemon exited on a rename");
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = log_file.read();
     assert!(log.contains("interface g-s was renamed to g-s9"), "{log}");
     ip(&["link", "set", "g-s9", "down"]);
     ip(&["link", "set", "g-s9", "name", "g-s"]);
@@ -2135,7 +2099,7 @@ fn interfaces_renamed_or_recreated_are_reported_or_reattached() {
         thread::sleep(Duration::from_millis(20));
     };
     assert!(!status.success());
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = log_file.read();
     assert!(log.contains("interface g-s was re-created"), "{log}");
     // The supervisor's restart attaches to the new g-s.
     let _d = s.daemon();
@@ -2152,7 +2116,6 @@ fn interfaces_renamed_or_recreated_are_reported_or_reattached() {
         seen.tcp_failed.len()
     );
     assert!(seen.udp_lost.is_empty() && seen.tcp_failed.is_empty());
-    let _ = std::fs::remove_file(&log_path);
 }
 
 /// Fault 8, the guard: when most backends fail at the same moment, the
