@@ -19,4 +19,5 @@ pub use maps::*;
 /// 2: all_down flags in `SwitchState`, two more counters.
 /// 3: set-associative flow tables (`FLOWS`, `EMBRYOS`, `FLOW_SETTINGS`), the datapath counters
 ///    of the gateway-traffic work (ICMP, fragments, options, allow lists).
-pub const ABI_VERSION: u32 = 3;
+/// 4: the `FlowMoved` counter.
+pub const ABI_VERSION: u32 = 4;

@@ -425,11 +425,14 @@ pub enum Counter {
     /// A fragment of a VIP datagram whose first fragment was not seen (or
     /// was forgotten): dropped; the datagram is lost, its sender resends.
     FragmentDropped = 17,
+    /// A flow whose entry held a backend that went down, moved to the active
+    /// backend (once per flow: its entry is re-pointed or dropped).
+    FlowMoved = 18,
 }
 
 impl Counter {
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
     /// All counters, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Passed,
@@ -450,6 +453,7 @@ impl Counter {
         Counter::TooBig,
         Counter::Fragmented,
         Counter::FragmentDropped,
+        Counter::FlowMoved,
     ];
     /// Stable name for output and metrics.
     pub const fn name(self) -> &'static str {
@@ -472,6 +476,7 @@ impl Counter {
             Counter::TooBig => "too_big_sent",
             Counter::Fragmented => "fragmented_by_stack",
             Counter::FragmentDropped => "fragment_dropped",
+            Counter::FlowMoved => "flow_moved",
         }
     }
 }

@@ -58,6 +58,7 @@ pub fn choose(key: &FlowKey, st: &SwitchState, tcp: bool, syn: u16) -> u8 {
             return slot;
         }
         // Its backend is down: the flow moves to the active one for good.
+        count(Counter::FlowMoved);
         if active == SLOT_PRIMARY {
             // Without an entry a flow follows the primary anyway; dropping the
             // entry lets the service leave the pinned state sooner.

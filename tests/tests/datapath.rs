@@ -901,6 +901,7 @@ fn sharing_that_starts_again_moves_no_live_udp_flow() {
     for s in lab.of(Protocol::Udp) {
         let id = s.id;
         let name = s.svc.name.clone();
+        let moved = lab.h.counter(Counter::FlowMoved);
         let mut st = state(p, 0b01);
         st.share = 50;
         // The secondary is down: every flow goes to the primary.
@@ -933,6 +934,18 @@ fn sharing_that_starts_again_moves_no_live_udp_flow() {
         for port in 32000..32050u16 {
             assert_eq!(slot_of(&mut lab, &s, port, false), p, "{name} port {port} moved");
         }
+        assert_eq!(lab.h.counter(Counter::FlowMoved), moved, "{name}: no flow moved");
+        // The primary goes down: each of its live flows moves once, and is
+        // counted once.
+        st.up = 0b10;
+        st.active = s2;
+        lab.h.dp.set_switch(id, st).unwrap();
+        for _ in 0..2 {
+            for port in 30000..30100u16 {
+                assert_eq!(slot_of(&mut lab, &s, port, false), s2, "{name}");
+            }
+        }
+        assert_eq!(lab.h.counter(Counter::FlowMoved), moved + 100, "{name}");
     }
 }
 
