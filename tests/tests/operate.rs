@@ -150,7 +150,11 @@ fn data_plane_outlives_the_daemon_and_restarts_lose_nothing() {
     assert!(out.contains("detached"), "{out}");
     let _ = d.0.wait();
     assert!(!xdp_attached(&s.lab.gw, "g-c"), "detach removes the program");
-    assert!(!s.left.bpffs_dir.join("v2").exists(), "and the pins");
+    let pins = s
+        .left
+        .bpffs_dir
+        .join(format!("v{}", redirector_common::ABI_VERSION));
+    assert!(!pins.exists(), "and the pins ({})", pins.display());
     let _ = std::fs::remove_file(&s.config);
 }
 
