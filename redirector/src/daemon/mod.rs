@@ -209,9 +209,12 @@ impl Daemon {
         // The metrics endpoint first: a busy port refuses the start before
         // anything is written (or a pin directory created).
         let (scrape_tx, scrapes) = mpsc::channel(4);
-        let metrics_server = match cfg.control.metrics {
-            Some(addr) => Some(crate::metrics::Server::bind(addr, scrape_tx).await?),
-            None => None,
+        let metrics = start::MetricsEndpoint {
+            server: match cfg.control.metrics {
+                Some(addr) => Some(crate::metrics::Server::bind(addr, scrape_tx).await?),
+                None => None,
+            },
+            scrapes,
         };
         let pins = PinDir::new(&cfg.control.bpffs_dir);
         // One daemon per data plane, before anything is read or written.
@@ -219,22 +222,17 @@ impl Daemon {
         // Anything pinned is adopted (and checked), never removed by a
         // refused start: even what is left of a data plane may be forwarding.
         let adopting = pins.anything();
-        match start::prepare(cfg, config_path, pins.clone(), adopting, lock).and_then(start::Prepared::commit)
+        let started = start::prepare(cfg, config_path, pins.clone(), adopting, lock, metrics)
+            .and_then(start::Prepared::commit);
+        // A refused first start leaves nothing behind; an adopted data plane
+        // keeps forwarding as it did.
+        if started.is_err()
+            && !adopting
+            && let Err(r) = pins.remove()
         {
-            Ok(mut d) => {
-                d.scrapes = scrapes;
-                d._metrics_server = metrics_server;
-                Ok(d)
-            }
-            Err(e) => {
-                // A refused first start leaves nothing behind; an adopted data
-                // plane keeps forwarding as it did.
-                if !adopting && let Err(r) = pins.remove() {
-                    warn!("removing the pins of the refused start: {r:#}");
-                }
-                Err(e)
-            }
+            warn!("removing the pins of the refused start: {r:#}");
         }
+        started
     }
 
     /// Probes, decides and writes until `shutdown` completes (or an operator

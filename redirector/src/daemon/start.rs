@@ -31,6 +31,13 @@ use crate::{
     state::{Assignment, State},
 };
 
+/// The metrics endpoint, bound before anything else (a busy port refuses
+/// the start before a pin directory is created).
+pub(super) struct MetricsEndpoint {
+    pub server: Option<crate::metrics::Server>,
+    pub scrapes: mpsc::Receiver<crate::metrics::Scrape>,
+}
+
 /// Everything [`prepare`] checked and opened; nothing pinned or attached is
 /// changed yet.
 pub(super) struct Prepared {
@@ -41,6 +48,7 @@ pub(super) struct Prepared {
     /// kept for services configured as before).
     adopting: bool,
     lock: InstanceLock,
+    metrics: MetricsEndpoint,
     server: Server,
     requests: mpsc::Receiver<Incoming>,
     state: State,
@@ -60,6 +68,7 @@ pub(super) fn prepare(
     pins: PinDir,
     adopting: bool,
     lock: InstanceLock,
+    metrics: MetricsEndpoint,
 ) -> Result<Prepared> {
     let sizes = Sizes {
         max_services: cfg.gateway.max_services,
@@ -98,6 +107,7 @@ pub(super) fn prepare(
         pins,
         adopting,
         lock,
+        metrics,
         server,
         requests,
         state,
@@ -155,6 +165,7 @@ impl Prepared {
             pins,
             adopting,
             lock,
+            metrics,
             server,
             requests,
             mut state,
@@ -265,8 +276,8 @@ impl Prepared {
             cfg,
             config_path,
             metrics: crate::metrics::Metrics::new(),
-            scrapes: mpsc::channel(1).1,
-            _metrics_server: None,
+            scrapes: metrics.scrapes,
+            _metrics_server: metrics.server,
             flow_entries: None,
             _lock: lock,
             hup: None,
