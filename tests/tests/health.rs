@@ -272,6 +272,70 @@ fn tcp_passed_refused_timeout_unreachable() {
     });
 }
 
+/// A server that accepts every connection and closes it at once with a
+/// RST (SO_LINGER 0), as a load-shedding server does; on a thread of its
+/// own, so it answers while the prober's thread is busy.
+fn resetting_server(at: SocketAddr) {
+    let listener = std::net::TcpListener::bind(at).unwrap();
+    std::thread::spawn(move || {
+        while let Ok((stream, _)) = listener.accept() {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: a valid socket fd and a linger struct of the size given.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+            drop(stream);
+        }
+    });
+}
+
+/// Issue 11: an application's reset is not a dead listener. A completed
+/// handshake proves the port is served (HAProxy's layer-4 check says the
+/// same), also when the prober looks only after the server's RST came in
+/// (a busy prober: here its thread blocked 5 ms right after the SYN). A
+/// closed port still refuses.
+#[test]
+fn a_tcp_probe_passes_a_listener_that_resets_what_it_accepts() {
+    if !require_root("a_tcp_probe_passes_a_listener_that_resets_what_it_accepts") {
+        return;
+    }
+    let ns = lab("hrst");
+    run_in(&ns, || async {
+        for host in [V4, V6] {
+            resetting_server(addr(host, 8011));
+            let mut failed = Vec::new();
+            for _ in 0..20 {
+                let (o, ()) = tokio::join!(probe_ms(&ProbeKind::Tcp, addr(host, 8011), 500), async {
+                    tokio::task::yield_now().await;
+                    std::thread::sleep(5 * MS);
+                });
+                if !o.ok {
+                    failed.push(o.reason);
+                }
+            }
+            assert!(
+                failed.is_empty(),
+                "{host}: {} of 20 failed: {failed:?}",
+                failed.len()
+            );
+            assert_reason(
+                &probe_ms(&ProbeKind::Tcp, addr(host, 8012), 500).await,
+                Reason::Refused,
+            );
+        }
+    });
+}
+
 #[test]
 fn tcp_probes_leave_no_time_wait() {
     if !require_root("tcp_probes_leave_no_time_wait") {

@@ -12,11 +12,24 @@ use super::{
     sock::{error, reason_of, register, socket, until},
 };
 
-/// Passed when the connection is established; the close is a RST.
+/// Passed when the handshake completes; the close is a RST.
+///
+/// A reset seen by the time the probe looks is a pass too: the kernel
+/// reports a RST to a SYN as ECONNREFUSED and one after the handshake as
+/// ECONNRESET, so the listener answered. A server that sheds load by
+/// resetting what it accepts (SO_LINGER 0) is up, as HAProxy's layer-4 check
+/// says; whether it serves well is the HTTP check's question.
 pub(super) async fn probe(target: SocketAddr, timeout: Duration) -> Outcome {
     let start = Instant::now();
     // Dropping the socket right away closes it (with RST, see `connect`).
-    let result = connect(target, start + timeout).await.map(drop);
+    let result = match connect(target, start + timeout).await {
+        Ok(fd) => {
+            drop(fd);
+            Ok(())
+        }
+        Err(Reason::Reset) => Ok(()),
+        Err(other) => Err(other),
+    };
     Outcome::finish(result, start)
 }
 
