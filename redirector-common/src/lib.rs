@@ -19,5 +19,5 @@ pub use maps::*;
 /// 2: all_down flags in `SwitchState`, two more counters.
 /// 3: set-associative flow tables (`FLOWS`, `EMBRYOS`, `FLOW_SETTINGS`), the datapath counters
 ///    of the gateway-traffic work (ICMP, fragments, options, allow lists).
-/// 4: the `FlowMoved` counter.
+/// 4: the `FlowMoved` and signal counters (`SIGNALS`, `SIGNAL_LAST` are new, not pinned).
 pub const ABI_VERSION: u32 = 4;

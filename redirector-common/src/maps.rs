@@ -61,6 +61,12 @@ pub mod names {
     pub const PATHS: &str = "PATHS";
     /// Ring buffer of client addresses whose reply next hop is unknown.
     pub const HOP_REQUESTS: &str = "HOP_REQUESTS";
+    /// Ring buffer of [`super::Signal`]s: the traffic hinting that a backend
+    /// failed (not pinned: each daemon reads its own program's).
+    pub const SIGNALS: &str = "SIGNALS";
+    /// `BACKENDS` index → when its last signal was reported (ns), for the
+    /// per-backend rate limit (not pinned).
+    pub const SIGNAL_LAST: &str = "SIGNAL_LAST";
 
     /// Every map that holds state of the data plane: pinned, so the data
     /// plane outlives the daemon and a restarted daemon adopts them.
@@ -379,6 +385,34 @@ pub struct BackendStats {
     pub rev_bytes: u64,
 }
 
+/// A backend's TCP RST answering a SYN (RST|ACK, sequence 0): its port is
+/// closed. An application's reset of an open connection carries its
+/// sequence number and is no hint.
+pub const SIGNAL_RST_CLOSED: u8 = 1;
+/// ICMP/ICMPv6 destination unreachable (port, host, address,
+/// administratively prohibited) about a client's packet to a backend, from
+/// the backend or a router on its way.
+pub const SIGNAL_UNREACHABLE: u8 = 2;
+/// At most one signal per backend per this many ns reaches the daemon: a
+/// storm of forged RSTs or ICMP errors costs at most 100 extra probes per
+/// second and backend.
+pub const SIGNAL_INTERVAL_NS: u64 = 10_000_000;
+
+/// What the data plane saw that hints at a backend failure (`SIGNALS`).
+/// The daemon confirms it with a probe before anything changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Signal {
+    /// Service id.
+    pub service: u32,
+    /// Backend slot.
+    pub slot: u8,
+    /// [`SIGNAL_RST_CLOSED`] or [`SIGNAL_UNREACHABLE`].
+    pub kind: u8,
+    /// Always zero.
+    pub _pad: [u8; 2],
+}
+
 /// Global per-CPU counters: every packet the program does not forward, and why.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -428,11 +462,17 @@ pub enum Counter {
     /// A flow whose entry held a backend that went down, moved to the active
     /// backend (once per flow: its entry is re-pointed or dropped).
     FlowMoved = 18,
+    /// A hint that a backend failed (a closed port's RST, an unreachable),
+    /// reported to the daemon ([`Signal`]).
+    SignalReported = 19,
+    /// Such a hint within [`SIGNAL_INTERVAL_NS`] of the backend's last one:
+    /// not reported.
+    SignalLimited = 20,
 }
 
 impl Counter {
     /// Number of counters (size of the `COUNTERS` array).
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 21;
     /// All counters, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Passed,
@@ -454,6 +494,8 @@ impl Counter {
         Counter::Fragmented,
         Counter::FragmentDropped,
         Counter::FlowMoved,
+        Counter::SignalReported,
+        Counter::SignalLimited,
     ];
     /// Stable name for output and metrics.
     pub const fn name(self) -> &'static str {
@@ -477,6 +519,8 @@ impl Counter {
             Counter::Fragmented => "fragmented_by_stack",
             Counter::FragmentDropped => "fragment_dropped",
             Counter::FlowMoved => "flow_moved",
+            Counter::SignalReported => "signal_reported",
+            Counter::SignalLimited => "signal_rate_limited",
         }
     }
 }
@@ -544,6 +588,7 @@ const _: () = {
     assert!(core::mem::size_of::<ServiceVip>() == 20);
     assert!(core::mem::size_of::<BackendStats>() == 32);
     assert!(core::mem::size_of::<BenchTemplate>() == 136);
+    assert!(core::mem::size_of::<Signal>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -581,6 +626,8 @@ mod user {
     unsafe impl aya::Pod for crate::FlowBucket {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::FlowSettings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Signal {}
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use crate::{
         ETH_LEN, EthHdr, ICMP_LEN, INNER4_OFF, INNER6_OFF, IPV4_LEN, IPV6_LEN, Icmp, IcmpHdr, IcmpKind,
         Ipv4Hdr, Ipv6Hdr, PROTO_ICMP, PROTO_ICMPV6, ptr_at,
     },
-    select,
+    select, signals,
 };
 
 /// What to do with an ICMP message: an action, after the caller's `send`
@@ -201,6 +201,18 @@ fn error(ctx: &XdpContext, m: &Icmp) -> Verdict {
     }
     if direct::is_reply(&m.inner_src, m.inner_sport_be, &rev) {
         return pass(Counter::Direct);
+    }
+    // A client's packet to this backend could not be delivered: a hint for
+    // the daemon (its type and code say whether it is one).
+    let l4 = if m.v6 {
+        ETH_LEN + IPV6_LEN
+    } else {
+        ETH_LEN + IPV4_LEN
+    };
+    if let Some(h) = ptr_at::<IcmpHdr>(ctx, l4) {
+        // SAFETY: bounds-checked read of the message's first two bytes.
+        let (kind, code) = unsafe { ((*h).kind, (*h).code) };
+        signals::unreachable(rev.service * 2 + u32::from(rev.slot & 1), m.v6, kind, code);
     }
     if m.ttl <= 1 {
         return pass(Counter::TtlExpired);

@@ -30,6 +30,8 @@ mod parse;
 mod rewrite;
 #[cfg(target_arch = "bpf")]
 mod select;
+#[cfg(target_arch = "bpf")]
+mod signals;
 
 #[cfg(target_arch = "bpf")]
 mod program {
@@ -50,7 +52,7 @@ mod program {
         },
         parse::{self, Deferred, IcmpParsed, Packet, Parsed, parse},
         rewrite::{self, Side},
-        select,
+        select, signals,
     };
 
     // The forwarding path. ICMP, later fragments and packets with IPv4
@@ -277,6 +279,10 @@ mod program {
         if hop.is_none() && unsafe { LOCAL_ADDRS.get(&client) }.is_some() {
             // The gateway's own conversation with a backend (a health probe): not a reply.
             return pass(Counter::Passed);
+        }
+        if pkt.proto == PROTO_TCP {
+            // A closed port's answer to a client's SYN: a hint for the daemon.
+            signals::tcp_reply(ctx, usize::from(pkt.l4_off), index);
         }
         if pkt.ttl <= 1 {
             return pass(Counter::TtlExpired);

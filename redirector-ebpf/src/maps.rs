@@ -88,6 +88,12 @@ pub static PATHS: ProgramArray = ProgramArray::with_max_entries(redirector_commo
 #[map]
 pub static HOP_REQUESTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
+#[map]
+pub static SIGNALS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
+
+#[map]
+pub static SIGNAL_LAST: Array<u64> = Array::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
+
 #[inline(always)]
 pub fn count(c: Counter) {
     if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {

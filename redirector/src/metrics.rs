@@ -76,6 +76,27 @@ struct ServiceLabel {
     service: String,
 }
 
+/// Labels of `redirector_signals_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalLabel {
+    service: String,
+    backend: String,
+    /// `rst_closed` or `unreachable`.
+    kind: String,
+    /// `probing` (a confirmation probe asked), `pending` (one is already
+    /// asked), `skipped` (the backend already counts as down).
+    action: String,
+}
+
+/// Labels of `redirector_signal_checks_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalCheckLabel {
+    service: String,
+    backend: String,
+    /// `confirmed` (the probe failed) or `dismissed` (it passed).
+    result: String,
+}
+
 /// Labels of `redirector_drift_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabel {
@@ -117,6 +138,8 @@ struct Series {
     verdicts: Vec<ProbeVerdict>,
     transitions: Vec<Transition>,
     detection: bool,
+    signals: Vec<SignalLabel>,
+    signal_checks: Vec<SignalCheckLabel>,
 }
 
 /// The metrics the event loop accumulates: probe verdicts and transitions.
@@ -130,6 +153,8 @@ pub struct Metrics {
     detection: HistogramFamily<ServiceLabel>,
     drift: Family<MapLabel, Counter>,
     suspect: Counter,
+    signals: Family<SignalLabel, Counter>,
+    signal_checks: Family<SignalCheckLabel, Counter>,
     series: HashMap<String, Series>,
 }
 
@@ -154,6 +179,8 @@ impl Metrics {
             });
         }
         let suspect = Counter::default();
+        let signals = Family::default();
+        let signal_checks = Family::default();
         let mut registry = Registry::default();
         // The registry appends the final full stop to each help text.
         registry.register(
@@ -186,6 +213,16 @@ impl Metrics {
             "Probe failures not counted against their backend because most backends failed at once (the gateway is suspected)",
             suspect.clone(),
         );
+        registry.register(
+            "redirector_signals",
+            "Hints in the traffic that a backend failed (a closed port's RST to a SYN, a destination unreachable), reported by the data plane, by what the daemon did with them",
+            signals.clone(),
+        );
+        registry.register(
+            "redirector_signal_checks",
+            "Verdicts of the probes data-path signals asked for: confirmed (the probe failed) or dismissed (it passed)",
+            signal_checks.clone(),
+        );
         Metrics {
             registry,
             probe_duration,
@@ -194,6 +231,8 @@ impl Metrics {
             detection,
             drift,
             suspect,
+            signals,
+            signal_checks,
             series: HashMap::new(),
         }
     }
@@ -201,6 +240,33 @@ impl Metrics {
     /// A probe failure not counted: most backends failed at once.
     pub fn gateway_suspect(&mut self) {
         self.suspect.inc();
+    }
+
+    /// A data-path signal and what was done with it.
+    pub fn signal(&mut self, service: &str, backend: &str, kind: &str, action: &str) {
+        let label = SignalLabel {
+            service: service.to_owned(),
+            backend: backend.to_owned(),
+            kind: kind.to_owned(),
+            action: action.to_owned(),
+        };
+        if self.signals.get(&label).is_none() {
+            self.series_of(service).signals.push(label.clone());
+        }
+        self.signals.get_or_create(&label).inc();
+    }
+
+    /// The verdict of a probe a signal asked for.
+    pub fn signal_checked(&mut self, service: &str, backend: &str, result: &str) {
+        let label = SignalCheckLabel {
+            service: service.to_owned(),
+            backend: backend.to_owned(),
+            result: result.to_owned(),
+        };
+        if self.signal_checks.get(&label).is_none() {
+            self.series_of(service).signal_checks.push(label.clone());
+        }
+        self.signal_checks.get_or_create(&label).inc();
     }
 
     /// Entries of `map` repaired by a reconciliation ("pin": a pin restored).
@@ -291,6 +357,12 @@ impl Metrics {
             self.detection.remove(&ServiceLabel {
                 service: service.to_owned(),
             });
+        }
+        for labels in &series.signals {
+            self.signals.remove(labels);
+        }
+        for labels in &series.signal_checks {
+            self.signal_checks.remove(labels);
         }
     }
 

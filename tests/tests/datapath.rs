@@ -2,7 +2,7 @@
 //! Inputs and expected outputs are built by etherparse, never by our code.
 #![expect(clippy::unwrap_used, reason = "tests")]
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use redirector::config::{Backend, Failover, HealthCheck, Mode, Protocol, Service};
 use redirector::datapath::both_up;
@@ -1859,4 +1859,116 @@ fn ipv4_options_and_ipv6_extension_headers_routers_need_not_act_on_are_forwarded
         lab.h.run(&with_v4_options(&reply.build(), &opts)),
         (TX, with_v4_options(&back.build(), &opts))
     );
+}
+
+/// A backend's TCP segment to a client with these flags and sequence number.
+fn backend_tcp(s: &Svc, slot: u8, cport: u16, seq: u32, rst: bool) -> Vec<u8> {
+    use etherparse::PacketBuilder;
+    let be = *s.backend(slot);
+    let bport = be.port.unwrap_or(s.svc.port);
+    let macs = if slot == SLOT_PRIMARY {
+        (P_MAC, GW_P_MAC)
+    } else {
+        (S_MAC, GW_S_MAC)
+    };
+    let eth = PacketBuilder::ethernet2(macs.0, macs.1);
+    let ip = match (be.addr, s.client) {
+        (IpAddr::V4(a), IpAddr::V4(c)) => eth.ipv4(a.octets(), c.octets(), 64),
+        (IpAddr::V6(a), IpAddr::V6(c)) => eth.ipv6(a.octets(), c.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    let mut tcp = ip.tcp(bport, cport, seq, 0).ack(1);
+    if rst {
+        tcp = tcp.rst();
+    }
+    let mut out = Vec::new();
+    tcp.write(&mut out, &[]).unwrap();
+    out
+}
+
+/// Issue 11: hints in the traffic. A NAT backend's RST|ACK with sequence 0
+/// (its kernel's answer to a SYN on a closed port) and its port unreachable
+/// about a client's request are reported to the daemon — at most one per
+/// backend per 10 ms — and still reach the client as before. An
+/// application's reset (a real sequence number) and plain replies are not
+/// hints.
+#[test]
+fn a_closed_ports_rst_and_a_backends_unreachable_are_reported_at_most_every_10_ms() {
+    let Some(mut lab) = lab("signals") else { return };
+    let client_hop = lab.client_hop();
+    let mut ring = lab.h.dp.take_signals().unwrap();
+    let mut taken = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
+        let mut v = Vec::new();
+        while let Some(item) = ring.next() {
+            v.push(bytemuck::pod_read_unaligned::<redirector_common::Signal>(&item));
+        }
+        v
+    };
+    for s in lab.svcs.clone().into_iter().filter(|s| s.svc.mode == Mode::Nat) {
+        let name = &s.svc.name;
+        lab.h
+            .dp
+            .hop_maps()
+            .unwrap()
+            .set_client_hop(s.client, client_hop)
+            .unwrap();
+        // Nothing from the rate limit of an earlier service's backends.
+        std::thread::sleep(Duration::from_millis(11));
+        let (reported, limited) = (
+            lab.h.counter(Counter::SignalReported),
+            lab.h.counter(Counter::SignalLimited),
+        );
+        let hint = if s.svc.protocol == Protocol::Tcp {
+            // Not hints: a plain reply and an application's reset.
+            for (seq, rst) in [(5000, false), (5000, true)] {
+                let (act, _) = lab.h.run(&backend_tcp(&s, SLOT_PRIMARY, 40000, seq, rst));
+                assert_eq!(act, TX, "{name}");
+            }
+            assert_eq!(lab.h.counter(Counter::SignalReported), reported, "{name}");
+            backend_tcp(&s, SLOT_PRIMARY, 40000, 0, true)
+        } else {
+            let be = s.svc.primary;
+            let bport = be.port.unwrap_or(s.svc.port);
+            let translated = Spec::new(s.client, 43002, be.addr, bport, s.l4(false));
+            icmp_error(
+                be.addr,
+                s.client,
+                (P_MAC, GW_P_MAC),
+                64,
+                IcmpErr::Port,
+                &ip_packet(&translated),
+            )
+        };
+        // The hint goes on to the client as before, and is reported once.
+        let (act, _) = lab.h.run(&hint);
+        assert_eq!(act, TX, "{name}");
+        assert_eq!(lab.h.counter(Counter::SignalReported), reported + 1, "{name}");
+        let got = taken(&mut ring);
+        let kind = if s.svc.protocol == Protocol::Tcp {
+            redirector_common::SIGNAL_RST_CLOSED
+        } else {
+            redirector_common::SIGNAL_UNREACHABLE
+        };
+        assert_eq!(
+            got,
+            [redirector_common::Signal {
+                service: s.id,
+                slot: SLOT_PRIMARY,
+                kind,
+                _pad: [0; 2]
+            }],
+            "{name}"
+        );
+        // A storm: limited to one per 10 ms.
+        for _ in 0..50 {
+            lab.h.run(&hint);
+        }
+        assert_eq!(lab.h.counter(Counter::SignalReported), reported + 1, "{name}");
+        assert_eq!(lab.h.counter(Counter::SignalLimited), limited + 50, "{name}");
+        assert!(taken(&mut ring).is_empty(), "{name}");
+        std::thread::sleep(Duration::from_millis(11));
+        lab.h.run(&hint);
+        assert_eq!(lab.h.counter(Counter::SignalReported), reported + 2, "{name}");
+        assert_eq!(taken(&mut ring).len(), 1, "{name}");
+    }
 }

@@ -36,7 +36,8 @@
 //! # The loop ([`Daemon::run`])
 //! One thread owns every decision: probe reports, carrier events, deadlines
 //! and operator requests go into the per-service machines ([`services`]);
-//! their effects are written in [`decide`]. Every second [`reconcile`]
+//! their effects are written in [`decide`]; hints the data plane sees in
+//! the traffic ([`signals`]) ask for a confirming probe. Every second [`reconcile`]
 //! compares the maps the config determines with the intent; [`host`] handles
 //! the ground moving (interfaces, pins); [`sweep`] expires idle flows.
 //! Nothing on this loop waits on netlink or disk.
@@ -51,6 +52,7 @@ mod reload;
 mod requests;
 mod resolver;
 mod services;
+mod signals;
 mod start;
 mod sweep;
 
@@ -165,6 +167,8 @@ pub struct Daemon {
     requests: mpsc::Receiver<crate::control::server::Incoming>,
     _server: Server,
     logger: AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Hints in the traffic that a backend failed ([`signals`]).
+    signals: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
     events: VecDeque<Event>,
     followers: Vec<mpsc::Sender<Response>>,
     /// Stops the resolver thread when dropped.
@@ -330,6 +334,7 @@ impl Daemon {
                         self.egress.insert(key, ifindex);
                     }
                 }
+                got = signals::read(&mut self.signals) => self.signals_in(got),
                 guard = self.logger.readable_mut() => match guard {
                     Ok(mut guard) => {
                         guard.get_inner_mut().flush();

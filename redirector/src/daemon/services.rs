@@ -4,7 +4,7 @@
 //! the machines', writes the switch owner's.
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, BinaryHeap, HashMap},
+    collections::{BTreeMap, BinaryHeap, HashMap, HashSet},
     net::SocketAddr,
     time::Duration,
 };
@@ -124,6 +124,20 @@ pub struct Services {
     /// Each backend's latest verdict (service id, slot) → (when, passed),
     /// for the gateway-suspect guard.
     verdicts: HashMap<(u32, usize), (Nanos, bool)>,
+    /// Backends a data-path signal asked to confirm (service id, slot),
+    /// until their next verdict says whether it did.
+    hinted: HashSet<(u32, usize)>,
+}
+
+/// What became of a data-path signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    /// The backend is probed now; its verdict confirms or dismisses it.
+    Probing,
+    /// A probe it asked for is still to report.
+    Pending,
+    /// The backend already counts as down (or the service is gone): nothing to do.
+    Skipped,
 }
 
 /// Effects of one step, tagged with their service id.
@@ -186,6 +200,7 @@ impl Services {
     pub fn remove(&mut self, id: u32) -> Option<Svc> {
         let svc = self.by_id.remove(&id)?;
         self.verdicts.retain(|(i, _), _| *i != id);
+        self.hinted.retain(|(i, _)| *i != id);
         // A restarted service's name already names its new id.
         if self.by_name.get(&svc.cfg.name) == Some(&id) {
             self.by_name.remove(&svc.cfg.name);
@@ -302,6 +317,16 @@ impl Services {
         let Some(svc) = self.by_id.get_mut(&id) else {
             return Vec::new();
         };
+        if let Probed::Backend(slot) = what
+            && !local
+            && self.hinted.remove(&(id, slot.index()))
+        {
+            metrics.signal_checked(
+                &svc.cfg.name,
+                &slot.to_string(),
+                if r.outcome.ok { "dismissed" } else { "confirmed" },
+            );
+        }
         if let Probed::Backend(slot) = what {
             metrics.probe(
                 &svc.cfg.name,
@@ -382,6 +407,27 @@ impl Services {
     pub fn path_down(&mut self, id: u32, slot: u8, now: Nanos) -> Tagged {
         let slot = if slot == 0 { Slot::Primary } else { Slot::Secondary };
         self.step(id, now, Input::PathDown { slot }).unwrap_or_default()
+    }
+
+    /// A data-path signal about a backend (a closed port's RST, an
+    /// unreachable): a hint, never a verdict. A backend that counts as up
+    /// is probed at once; the probe's verdict decides, as any other.
+    pub fn hint(&mut self, id: u32, slot: u8) -> (Hint, Option<&str>) {
+        let slot = if slot == 0 { Slot::Primary } else { Slot::Secondary };
+        let Some(svc) = self.by_id.get(&id) else {
+            return (Hint::Skipped, None);
+        };
+        let name = Some(svc.cfg.name.as_str());
+        if !svc.machine.desired().up[slot.index()] {
+            return (Hint::Skipped, name);
+        }
+        if !self.hinted.insert((id, slot.index())) {
+            return (Hint::Pending, name);
+        }
+        if let Some(s) = &self.scheduler {
+            s.probe_now(target_id(id, Probed::Backend(slot)));
+        }
+        (Hint::Probing, name)
     }
 
     /// Probes a backend now (its link came back).

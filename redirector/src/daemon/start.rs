@@ -219,6 +219,10 @@ impl Prepared {
             );
         }
         let hop_requests: RingBuf<MapData> = dp.take_hop_requests()?;
+        // SAFETY: the ring buffer owns its fd and AsyncFd owns the ring buffer
+        // for as long as it is registered.
+        let signals =
+            unsafe { AsyncFd::register(dp.take_signals()?) }.context("watching the data plane's signals")?;
         // SAFETY: the logger owns its fd and AsyncFd owns the logger for as
         // long as it is registered.
         let logger = unsafe { AsyncFd::register(dp.take_logger()?) }.context("watching the program log")?;
@@ -265,6 +269,7 @@ impl Prepared {
             requests,
             _server: server,
             logger,
+            signals,
             events: VecDeque::with_capacity(EVENT_LOG),
             followers: Vec::new(),
             resolver,

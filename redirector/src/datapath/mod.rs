@@ -152,7 +152,7 @@ pub fn max_entries(name: &str, sizes: Sizes) -> Option<u32> {
     let services = sizes.max_services;
     match name {
         names::SERVICES | names::SWITCH => Some(services),
-        names::BACKENDS | names::REVERSE | names::BACKEND_STATS => Some(services * 2),
+        names::BACKENDS | names::REVERSE | names::BACKEND_STATS | names::SIGNAL_LAST => Some(services * 2),
         names::REFUSED | names::SERVICE_VIPS => Some(services),
         names::FLOWS => Some(sizes.flow_buckets()),
         names::EMBRYOS => Some(sizes.embryo_buckets()),
@@ -307,6 +307,9 @@ impl Datapath {
             if let Some(pins) = pins {
                 loader.map_pin_path(name, pins.map(name));
             }
+        }
+        if let Some(n) = max_entries(names::SIGNAL_LAST, sizes) {
+            loader.map_max_entries(names::SIGNAL_LAST, n);
         }
         let mut ebpf = loader.load(object)?;
         let prog: &mut Xdp = ebpf
@@ -700,6 +703,15 @@ impl Datapath {
                 name: names::HOP_REQUESTS,
             })?;
         RingBuf::try_from(map).map_err(map_err(names::HOP_REQUESTS))
+    }
+
+    /// Takes the ring buffer of data-path signals ([`redirector_common::Signal`]).
+    pub fn take_signals(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map(names::SIGNALS).ok_or(DatapathError::Missing {
+            kind: "map",
+            name: names::SIGNALS,
+        })?;
+        RingBuf::try_from(map).map_err(map_err(names::SIGNALS))
     }
 
     /// Is any of the first `services` services pinned (flow entries may exist)?
