@@ -1897,7 +1897,7 @@ fn a_closed_ports_rst_and_a_backends_unreachable_are_reported_at_most_every_10_m
     let Some(mut lab) = lab("signals") else { return };
     let client_hop = lab.client_hop();
     let mut ring = lab.h.dp.take_signals().unwrap();
-    let mut taken = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
+    let taken = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
         let mut v = Vec::new();
         while let Some(item) = ring.next() {
             v.push(bytemuck::pod_read_unaligned::<redirector_common::Signal>(&item));
