@@ -90,7 +90,8 @@ fn a_killed_server_is_noticed_in_the_traffic_long_before_its_next_probe() {
 
 /// A port unreachable forged on the backend's side (a raw socket in the
 /// primary's namespace, about a request the client never sent) is a hint:
-/// the daemon probes the primary, which answers, and nothing moves.
+/// the daemon probes the primary, which answers, and nothing moves; a real
+/// failure right after is noticed as fast as ever.
 #[test]
 fn a_forged_unreachable_costs_a_probe_and_moves_nothing() {
     if !require_root("a_forged_unreachable_costs_a_probe_and_moves_nothing") {
@@ -133,6 +134,20 @@ fn a_forged_unreachable_costs_a_probe_and_moves_nothing() {
         ) >= 1.0,
         "20 hints 2 ms apart: most limited\n{text}"
     );
+    // Dismissed hints do not hold back the next: the server killed now is
+    // still noticed from the traffic, seconds before its next probe.
+    let mut s = s;
+    s.primary.kill();
+    let killed = Instant::now();
+    let mut n = 2;
+    while udp_request(&s, n).as_deref() != Some("secondary") {
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "not noticed after the forged hints"
+        );
+        n += 1;
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// ICMP port unreachable (type 3, code 3) from the primary to the client,

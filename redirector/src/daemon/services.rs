@@ -4,7 +4,7 @@
 //! the machines', writes the switch owner's.
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, BinaryHeap, HashMap, HashSet},
+    collections::{BTreeMap, BinaryHeap, HashMap},
     net::SocketAddr,
     time::Duration,
 };
@@ -124,9 +124,9 @@ pub struct Services {
     /// Each backend's latest verdict (service id, slot) → (when, passed),
     /// for the gateway-suspect guard.
     verdicts: HashMap<(u32, usize), (Nanos, bool)>,
-    /// Backends a data-path signal asked to confirm (service id, slot),
-    /// until their next verdict says whether it did.
-    hinted: HashSet<(u32, usize)>,
+    /// Backends a data-path signal asked to confirm (service id, slot) →
+    /// when, until the verdict of a probe sent since says whether it did.
+    hinted: HashMap<(u32, usize), Nanos>,
 }
 
 /// What became of a data-path signal.
@@ -200,7 +200,7 @@ impl Services {
     pub fn remove(&mut self, id: u32) -> Option<Svc> {
         let svc = self.by_id.remove(&id)?;
         self.verdicts.retain(|(i, _), _| *i != id);
-        self.hinted.retain(|(i, _)| *i != id);
+        self.hinted.retain(|(i, _), _| *i != id);
         // A restarted service's name already names its new id.
         if self.by_name.get(&svc.cfg.name) == Some(&id) {
             self.by_name.remove(&svc.cfg.name);
@@ -319,8 +319,12 @@ impl Services {
         };
         if let Probed::Backend(slot) = what
             && !local
-            && self.hinted.remove(&(id, slot.index()))
+            && self
+                .hinted
+                .get(&(id, slot.index()))
+                .is_some_and(|at| r.sent >= at.0)
         {
+            self.hinted.remove(&(id, slot.index()));
             metrics.signal_checked(
                 &svc.cfg.name,
                 &slot.to_string(),
@@ -421,9 +425,19 @@ impl Services {
         if !svc.machine.desired().up[slot.index()] {
             return (Hint::Skipped, name);
         }
-        if !self.hinted.insert((id, slot.index())) {
+        // One confirmation at a time, for as long as a probe can take; a
+        // later hint asks again (the verdict may have come from a probe sent
+        // before the first hint).
+        let now = Nanos(health::monotonic_ns());
+        let wait = svc.cfg.health.timeout * 2;
+        if self
+            .hinted
+            .get(&(id, slot.index()))
+            .is_some_and(|at| now.saturating_sub(*at) < wait)
+        {
             return (Hint::Pending, name);
         }
+        self.hinted.insert((id, slot.index()), now);
         if let Some(s) = &self.scheduler {
             s.probe_now(target_id(id, Probed::Backend(slot)));
         }

@@ -373,11 +373,22 @@ impl Slot {
         false
     }
 
-    /// A forced probe is allowed once per effective interval.
+    /// A forced probe (a carrier back, a data-path signal) is allowed once
+    /// per effective interval or per [`FORCE_EVERY`], the shorter: a slow
+    /// cadence must not delay the confirmation of a failure the traffic
+    /// showed, and a storm of causes still costs a bounded number of probes.
     fn may_force(&self, now: Instant) -> bool {
-        self.can_launch() && self.last_forced.is_none_or(|t| now.duration_since(t) >= self.eff)
+        self.can_launch()
+            && self
+                .last_forced
+                .is_none_or(|t| now.duration_since(t) >= self.eff.min(FORCE_EVERY))
     }
 }
+
+/// The shortest time between two forced probes of one target: at most 100
+/// per second per backend, whatever forces them (the data plane reports at
+/// most one signal per backend per 10 ms too).
+const FORCE_EVERY: Duration = Duration::from_millis(10);
 
 /// The scheduler task's state.
 struct Run {
