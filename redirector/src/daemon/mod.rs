@@ -89,8 +89,9 @@ use services::Services;
 
 /// How often idle flow entries are swept.
 const SWEEP: Duration = Duration::from_secs(10);
-/// How often the maps the config determines are compared with the intent.
-const RECONCILE: Duration = Duration::from_secs(1);
+/// A reconciliation tick: every map the config determines is compared with
+/// the intent once a second, the work spread over ten ticks.
+const RECONCILE: Duration = Duration::from_millis(100);
 /// Transitions kept for `redirector events`.
 const EVENT_LOG: usize = 1024;
 
@@ -201,8 +202,8 @@ pub struct Daemon {
     notifier: Option<crate::notify::Notifier>,
     /// Configured interfaces reported gone or renamed.
     moved_interfaces: HashSet<String>,
-    /// Reconciliations since the allow/deny tries were last walked.
-    reconciled_acl: u32,
+    /// Reconciliation ticks so far (the work is spread over them).
+    reconcile_ticks: u32,
 }
 
 impl Daemon {

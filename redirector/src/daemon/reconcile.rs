@@ -1,37 +1,68 @@
-//! Every second, what the maps hold is compared with what the daemon decided
-//! and what the configuration says, and repaired: a failed write is retried,
-//! an external writer undone, a removed pin pinned again. Each repair is
-//! logged and counted by map (`redirector_drift_total{map}`).
+//! What the maps hold is compared with what the daemon decided and what the
+//! configuration says, and repaired: a failed write is retried, an external
+//! writer undone, a removed pin pinned again. Each repair is logged and
+//! counted by map (`redirector_drift_total{map}`).
+//!
+//! The work is spread over ten ticks a second, so no tick holds the loop
+//! long (at 1024 services a whole pass costs ~11 ms, `cargo xtask bench
+//! datapath`): every map is compared once a second — switch states and pins
+//! on one tick, a tenth of the services' entries on each, one keyed map on
+//! three others — and the allow/deny tries every 10 s.
 use log::warn;
 
 use super::{Daemon, resolver::Command};
-use crate::{config::Service, datapath::Drift};
+use crate::{
+    config::Service,
+    datapath::{Drift, Keyed},
+};
 
+/// Ticks per pass (one pass a second at [`super::RECONCILE`] = 100 ms).
+const TICKS: u32 = 10;
 /// The allow/deny tries (up to 65,536 entries) are walked every this many
-/// reconciliations: a full walk takes tens of milliseconds on the loop.
+/// passes.
 const ACL_EVERY: u32 = 10;
 
 impl Daemon {
     pub(super) fn reconcile(&mut self) {
-        match self.switches.reconcile(&mut self.dp) {
-            Ok(repaired) if !repaired.is_empty() => {
-                warn!("switch state of service ids {repaired:?} differed from the decision: rewritten");
-                self.metrics.drift("SWITCH", repaired.len());
+        let tick = self.reconcile_ticks % TICKS;
+        self.reconcile_ticks = self.reconcile_ticks.wrapping_add(1);
+        if tick == 0 {
+            match self.switches.reconcile(&mut self.dp) {
+                Ok(repaired) if !repaired.is_empty() => {
+                    warn!("switch state of service ids {repaired:?} differed from the decision: rewritten");
+                    self.metrics.drift("SWITCH", repaired.len());
+                }
+                Ok(_) => {}
+                Err(e) => warn!("reconciling switch states: {e:#}"),
             }
-            Ok(_) => {}
-            Err(e) => warn!("reconciling switch states: {e:#}"),
+            self.check_pins();
         }
         let running: Vec<(u32, &Service)> = self.services.iter().map(|(id, s)| (id, &s.cfg)).collect();
-        let drift = self.dp.reconcile(&running);
-        self.reconciled_acl = (self.reconciled_acl + 1) % ACL_EVERY;
-        let acl = (self.reconciled_acl == 0).then(|| self.dp.reconcile_acl(&running));
-        for d in std::iter::once(drift).chain(acl) {
+        let slice: Vec<(u32, &Service)> = running
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| u32::try_from(*i).is_ok_and(|i| i % TICKS == tick))
+            .map(|(_, s)| *s)
+            .collect();
+        let mut found = vec![self.dp.reconcile_services(&slice)];
+        let keyed = match tick {
+            2 => Some(Keyed::Services),
+            5 => Some(Keyed::Reverse),
+            8 => Some(Keyed::Vips),
+            _ => None,
+        };
+        if let Some(map) = keyed {
+            found.push(self.dp.reconcile_keys(map, &running));
+        }
+        if tick == 7 && (self.reconcile_ticks / TICKS).is_multiple_of(ACL_EVERY) {
+            found.push(self.dp.reconcile_acl(&running));
+        }
+        for d in found {
             match d {
                 Ok(d) => self.count_drift(&d),
                 Err(e) => warn!("reconciling the maps with the configuration: {e:#}"),
             }
         }
-        self.check_pins();
     }
 
     fn count_drift(&mut self, d: &Drift) {

@@ -288,7 +288,7 @@ impl Prepared {
             hup: None,
             notifier: None,
             moved_interfaces: HashSet::new(),
-            reconciled_acl: 0,
+            reconcile_ticks: 0,
         })
     }
 }

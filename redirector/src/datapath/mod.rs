@@ -27,7 +27,7 @@ pub use flows::{FlowTable, Swept};
 pub use hop_maps::HopMaps;
 use hop_maps::absent_ok;
 pub use pin::{PinDir, PinError};
-pub use reconcile::Drift;
+pub use reconcile::{Drift, Keyed};
 
 use crate::config::{Mode, Prefix, Service};
 

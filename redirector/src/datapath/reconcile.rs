@@ -4,9 +4,10 @@
 //! configuration until the next restart. Next hops are the resolver's and
 //! switch states the decision loop's: not compared here.
 //!
-//! Cost: a few lookups per service plus one walk of `SERVICES`, `VIPS` and
-//! `REVERSE` (each as large as the configuration); the allow/deny tries are
-//! walked by [`Datapath::reconcile_acl`], which the daemon runs less often.
+//! Cost: a few lookups per service ([`Datapath::reconcile_services`]) and
+//! one walk of each [`Keyed`] map and of the allow/deny tries; the daemon
+//! spreads them over its ticks so no tick stalls its loop for long
+//! (`cargo xtask bench datapath` prints what each costs).
 use std::collections::{HashMap as StdHashMap, HashSet};
 
 use aya::maps::{
@@ -47,20 +48,35 @@ impl Drift {
     }
 }
 
+/// The hash maps whose keys the configuration determines, walked whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyed {
+    /// `SERVICES`: (VIP, port, protocol) → service.
+    Services,
+    /// `REVERSE`: NAT backend endpoint → service.
+    Reverse,
+    /// `VIPS`: every VIP.
+    Vips,
+}
+
 impl Datapath {
-    /// Compares `SERVICES`, `SERVICE_VIPS`, `VIPS`, `BACKENDS` (address and
-    /// port; the hop is the resolver's), `REVERSE`, `BACKEND_ADDRS` and
-    /// `PORTS` with the running services and rewrites what differs; keys no
-    /// running service owns are removed.
+    /// All of it at once: [`Datapath::reconcile_services`] for every
+    /// service, then each [`Keyed`] map.
     pub fn reconcile(&mut self, running: &[(u32, &Service)]) -> Result<Drift> {
+        let mut drift = self.reconcile_services(running)?;
+        for map in [Keyed::Services, Keyed::Reverse, Keyed::Vips] {
+            let d = self.reconcile_keys(map, running)?;
+            drift.repaired.extend(d.repaired);
+        }
+        Ok(drift)
+    }
+
+    /// The entries of these services in `SERVICE_VIPS`, `BACKENDS` (address
+    /// and port; the hop is the resolver's), `PORTS` and `BACKEND_ADDRS`:
+    /// a few lookups per service, rewritten where they differ.
+    pub fn reconcile_services(&mut self, services: &[(u32, &Service)]) -> Result<Drift> {
         let mut drift = Drift::default();
-        let mut want_keys: StdHashMap<Endpoint, ServiceInfo> = StdHashMap::new();
-        let mut want_reverse: StdHashMap<Endpoint, ReverseInfo> = StdHashMap::new();
-        let mut want_vips = HashSet::new();
-        for &(id, svc) in running {
-            let (key, info) = expect::service(id, svc);
-            want_keys.insert(key, info);
-            want_vips.insert(key.addr);
+        for &(id, svc) in services {
             self.reconcile_service_vip(id, svc, &mut drift)?;
             self.reconcile_backends(id, svc, &mut drift)?;
             for (port, flag) in expect::port_flags(svc) {
@@ -74,9 +90,7 @@ impl Datapath {
                 }
             }
             if svc.mode == Mode::Nat {
-                for (slot, be) in expect::backends(svc) {
-                    let (k, v) = expect::reverse(id, svc, slot, be);
-                    want_reverse.insert(k, v);
+                for (_, be) in expect::backends(svc) {
                     let bucket = redirector_common::addr_bucket(&addr16(be.addr));
                     let mut addrs = self.array::<u8>(names::BACKEND_ADDRS)?;
                     if addrs.get(&bucket, 0).map_err(map_err(names::BACKEND_ADDRS))? == 0 {
@@ -86,18 +100,56 @@ impl Datapath {
                 }
             }
         }
-        self.reconcile_hash(names::SERVICES, &want_keys, |have, want| have == want, &mut drift)?;
-        self.reconcile_hash(
-            names::REVERSE,
-            &want_reverse,
-            // `direct` is the program's to learn.
-            |have, want| ReverseInfo { direct: 0, ..*have } == *want,
-            &mut drift,
-        )?;
-        let flags = self.vip_flags;
-        let want_vips: StdHashMap<Addr, u8> =
-            want_vips.into_iter().map(|addr| (Addr { addr }, flags)).collect();
-        self.reconcile_hash(names::VIPS, &want_vips, |have, want| have == want, &mut drift)?;
+        Ok(drift)
+    }
+
+    /// Makes one [`Keyed`] map hold exactly what the running services
+    /// publish: missing or different entries written, keys no running
+    /// service owns removed. One walk of the map.
+    pub fn reconcile_keys(&mut self, map: Keyed, running: &[(u32, &Service)]) -> Result<Drift> {
+        let mut drift = Drift::default();
+        match map {
+            Keyed::Services => {
+                let want: StdHashMap<Endpoint, ServiceInfo> = running
+                    .iter()
+                    .map(|&(id, svc)| expect::service(id, svc))
+                    .collect();
+                self.reconcile_hash(names::SERVICES, &want, |have, want| have == want, &mut drift)?;
+            }
+            Keyed::Reverse => {
+                let want: StdHashMap<Endpoint, ReverseInfo> = running
+                    .iter()
+                    .filter(|(_, svc)| svc.mode == Mode::Nat)
+                    .flat_map(|&(id, svc)| {
+                        expect::backends(svc)
+                            .into_iter()
+                            .map(move |(slot, be)| expect::reverse(id, svc, slot, be))
+                    })
+                    .collect();
+                self.reconcile_hash(
+                    names::REVERSE,
+                    &want,
+                    // `direct` is the program's to learn.
+                    |have, want| ReverseInfo { direct: 0, ..*have } == *want,
+                    &mut drift,
+                )?;
+            }
+            Keyed::Vips => {
+                let flags = self.vip_flags;
+                let want: StdHashMap<Addr, u8> = running
+                    .iter()
+                    .map(|&(_, svc)| {
+                        (
+                            Addr {
+                                addr: addr16(svc.vip),
+                            },
+                            flags,
+                        )
+                    })
+                    .collect();
+                self.reconcile_hash(names::VIPS, &want, |have, want| have == want, &mut drift)?;
+            }
+        }
         Ok(drift)
     }
 

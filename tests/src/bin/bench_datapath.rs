@@ -18,7 +18,7 @@ use aya::{
 use redirector::{
     LAB_OBJECT,
     config::{Backend, Failover, HealthCheck, Mode, Protocol, Service},
-    datapath::{Datapath, Sizes, both_up},
+    datapath::{Datapath, Keyed, Sizes, both_up},
 };
 use redirector_common::{
     BENCH_TEMPLATE_LEN, BenchTemplate, FLOW_WAYS, NextHop, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED,
@@ -773,7 +773,9 @@ fn main() -> Result<()> {
 /// every 10 s.
 fn reconciliation(hp: NextHop, hs: NextHop) -> Result<()> {
     println!();
-    println!("| reconciliation of the configured maps (daemon loop) | services | runs | median | max |");
+    println!(
+        "| reconciliation of the configured maps (the daemon's loop) | services | runs | median | max |"
+    );
     println!("|---|---:|---:|---:|---:|");
     for n in [1u32, 1024] {
         let mut dp = Datapath::load(Sizes::default())?;
@@ -796,17 +798,27 @@ fn reconciliation(hp: NextHop, hs: NextHop) -> Result<()> {
             services.push(s);
         }
         let running: Vec<(u32, &Service)> = (0..n).zip(services.iter()).collect();
-        for (what, acl) in [
-            ("each second: SERVICES … PORTS", false),
-            ("every 10 s: ALLOW, DENY", true),
-        ] {
+        // What the daemon does on one tick, each kind, and a whole pass.
+        let tenth: Vec<(u32, &Service)> = running.iter().copied().step_by(10).collect();
+        let parts: [(&str, usize); 6] = [
+            ("a whole pass (each second, spread over 10 ticks)", 0),
+            ("one tick: a tenth of the services' entries", 1),
+            ("one tick: SERVICES keys", 2),
+            ("one tick: REVERSE keys", 3),
+            ("one tick: VIPS keys", 4),
+            ("one tick every 10 s: ALLOW, DENY", 5),
+        ];
+        for (what, part) in parts {
             let mut ms = Vec::new();
             for _ in 0..21 {
                 let t = std::time::Instant::now();
-                let drift = if acl {
-                    dp.reconcile_acl(&running)?
-                } else {
-                    dp.reconcile(&running)?
+                let drift = match part {
+                    0 => dp.reconcile(&running)?,
+                    1 => dp.reconcile_services(&tenth)?,
+                    2 => dp.reconcile_keys(Keyed::Services, &running)?,
+                    3 => dp.reconcile_keys(Keyed::Reverse, &running)?,
+                    4 => dp.reconcile_keys(Keyed::Vips, &running)?,
+                    _ => dp.reconcile_acl(&running)?,
                 };
                 ms.push(t.elapsed().as_secs_f64() * 1e3);
                 if !drift.is_empty() {
