@@ -76,6 +76,8 @@ struct Args {
     busy_secs: u64,
     /// Seconds of the traffic-flood phase (0 skips it).
     flood_secs: u64,
+    /// `[service.health] interval` of every service (default: the kind's).
+    interval: Option<String>,
     verbose: bool,
     /// Service counts for the probing-cost phase.
     scale: Vec<usize>,
@@ -86,6 +88,7 @@ fn args() -> Result<Args> {
         runs: 100,
         busy_secs: 60,
         flood_secs: 60,
+        interval: None,
         verbose: false,
         scale: vec![1, 1024],
     };
@@ -95,6 +98,7 @@ fn args() -> Result<Args> {
             "--runs" => a.runs = it.next().context("--runs N")?.parse()?,
             "--busy-secs" => a.busy_secs = it.next().context("--busy-secs N")?.parse()?,
             "--flood-secs" => a.flood_secs = it.next().context("--flood-secs N")?.parse()?,
+            "--interval" => a.interval = Some(it.next().context("--interval DURATION (e.g. 100ms)")?),
             "--verbose" => a.verbose = true,
             "--scale" => {
                 a.scale = it
@@ -114,8 +118,13 @@ fn args() -> Result<Args> {
 /// The lab configuration with a short failback delay (so runs follow each
 /// other quickly) and flap damping off (the benchmark fails the primary every
 /// second on purpose); health settings are the defaults.
-fn config() -> String {
-    let mut c = lab_config_with("[service.failover]\nfailback_delay = \"200ms\"\nflap_hold = \"0s\"");
+fn config(interval: Option<&str>) -> String {
+    let health = interval.map_or(String::new(), |i| {
+        format!("[service.health]\ninterval = \"{i}\"\n")
+    });
+    let mut c = lab_config_with(&format!(
+        "{health}[service.failover]\nfailback_delay = \"200ms\"\nflap_hold = \"0s\""
+    ));
     c.push_str(SINK);
     c.push_str("\n[control]\nmetrics = \"198.18.1.1:9630\"\n");
     c
@@ -505,7 +514,7 @@ fn main() -> Result<()> {
         bail!("the benchmark creates network namespaces and loads XDP programs: run it as root");
     }
     let started = Instant::now();
-    let mut run = Running::start_with("bfo", &config(), true);
+    let mut run = Running::start_with("bfo", &config(a.interval.as_deref()), true);
     println!("lab up; {} runs per fault and series, faults interleaved", a.runs);
     let mut samples: BTreeMap<(Series, Fault), Vec<Sample>> = BTreeMap::new();
     let mut seq = 1u64;
