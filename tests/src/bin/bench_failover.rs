@@ -78,6 +78,9 @@ struct Args {
     flood_secs: u64,
     /// `[service.health] interval` of every service (default: the kind's).
     interval: Option<String>,
+    /// More `[service.health]` keys for every service, `;`-separated
+    /// (`timeout = "25ms"; fall = 3`).
+    health: Option<String>,
     verbose: bool,
     /// Service counts for the probing-cost phase.
     scale: Vec<usize>,
@@ -89,6 +92,7 @@ fn args() -> Result<Args> {
         busy_secs: 60,
         flood_secs: 60,
         interval: None,
+        health: None,
         verbose: false,
         scale: vec![1, 1024],
     };
@@ -99,6 +103,7 @@ fn args() -> Result<Args> {
             "--busy-secs" => a.busy_secs = it.next().context("--busy-secs N")?.parse()?,
             "--flood-secs" => a.flood_secs = it.next().context("--flood-secs N")?.parse()?,
             "--interval" => a.interval = Some(it.next().context("--interval DURATION (e.g. 100ms)")?),
+            "--health" => a.health = Some(it.next().context("--health 'key = value; …'")?),
             "--verbose" => a.verbose = true,
             "--scale" => {
                 a.scale = it
@@ -118,10 +123,21 @@ fn args() -> Result<Args> {
 /// The lab configuration with a short failback delay (so runs follow each
 /// other quickly) and flap damping off (the benchmark fails the primary every
 /// second on purpose); health settings are the defaults.
-fn config(interval: Option<&str>) -> String {
-    let health = interval.map_or(String::new(), |i| {
-        format!("[service.health]\ninterval = \"{i}\"\n")
-    });
+fn config(interval: Option<&str>, extra: Option<&str>) -> String {
+    let mut keys: Vec<String> = interval
+        .map(|i| format!("interval = \"{i}\""))
+        .into_iter()
+        .collect();
+    keys.extend(
+        extra
+            .into_iter()
+            .flat_map(|e| e.split(';').map(|k| k.trim().to_owned())),
+    );
+    let health = if keys.is_empty() {
+        String::new()
+    } else {
+        format!("[service.health]\n{}\n", keys.join("\n"))
+    };
     let mut c = lab_config_with(&format!(
         "{health}[service.failover]\nfailback_delay = \"200ms\"\nflap_hold = \"0s\""
     ));
@@ -514,7 +530,7 @@ fn main() -> Result<()> {
         bail!("the benchmark creates network namespaces and loads XDP programs: run it as root");
     }
     let started = Instant::now();
-    let mut run = Running::start_with("bfo", &config(a.interval.as_deref()), true);
+    let mut run = Running::start_with("bfo", &config(a.interval.as_deref(), a.health.as_deref()), true);
     println!("lab up; {} runs per fault and series, faults interleaved", a.runs);
     let mut samples: BTreeMap<(Series, Fault), Vec<Sample>> = BTreeMap::new();
     let mut seq = 1u64;
@@ -637,7 +653,8 @@ fn main() -> Result<()> {
         }
     }
     if a.flood_secs > 0 {
-        flood(&run, a.flood_secs, seq + 1_000_000, source(k + 1))?;
+        flood(&run, a.flood_secs, seq + 1_000_000, source(k), true)?;
+        flood(&run, a.flood_secs, seq + 2_000_000, source(k), false)?;
     }
     let (_dp, _lab) = run.stop();
     if !a.scale.is_empty() {
@@ -708,17 +725,55 @@ fn probes_slower_than(text: &str, bounds_ms: &[f64]) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Pins every thread of process `pid` (0: this one) to `cpus`.
+fn pin(pid: u32, cpus: &[usize]) {
+    let dir = if pid == 0 {
+        "/proc/self/task".to_owned()
+    } else {
+        format!("/proc/{pid}/task")
+    };
+    let Ok(tasks) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for t in tasks.filter_map(Result::ok) {
+        let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: cpu_set_t is plain data, filled by CPU_SET; sched_setaffinity reads it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &c in cpus {
+                libc::CPU_SET(c, &mut set);
+            }
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
 /// A gateway saturated by traffic: two senders per vCPU in the client
 /// namespace send small datagrams to the sink service as fast as they can
-/// (through the XDP program: every vCPU busy in softirq, the daemon and its
-/// prober competing), while one client sends a request per ms to dns4.
-/// Counts false transitions and verdicts the prober could not judge.
-fn flood(run: &Running, secs: u64, seq: u64, src: std::net::Ipv4Addr) -> Result<()> {
+/// (through the XDP program), while one client sends a request per ms to
+/// dns4. Counts false transitions and verdicts the prober could not judge.
+///
+/// On one VM the backends share the gateway's CPUs, so a saturated machine
+/// starves the servers too: their answers are late for real. With
+/// `gateway_only`, the senders and this process (daemon, prober) are pinned
+/// to CPU 0 and the servers to the others: the gateway is saturated, the
+/// backends are not.
+fn flood(run: &Running, secs: u64, seq: u64, src: std::net::Ipv4Addr, gateway_only: bool) -> Result<()> {
     wait_serving(&run.lab.client, "primary", Duration::from_secs(10))?;
+    let cpus = thread::available_parallelism().map_or(2, |n| n.get());
+    let all: Vec<usize> = (0..cpus).collect();
+    let gateway_only = gateway_only && cpus >= 2;
+    if gateway_only {
+        pin(0, &[0]);
+        for server in [&run.primary, &run.secondary] {
+            pin(server.pid(), &all[1..]);
+        }
+    }
     let (local0, text0) = probe_metrics(run);
     let t0 = unix_ms();
     let stop = Arc::new(AtomicBool::new(false));
-    let cpus = thread::available_parallelism().map_or(2, |n| n.get());
     let until = Instant::now() + Duration::from_secs(secs);
     let senders: Vec<_> = (0..2 * cpus)
         .map(|_| {
@@ -759,6 +814,12 @@ fn flood(run: &Running, secs: u64, seq: u64, src: std::net::Ipv4Addr) -> Result<
     let flooded: u64 = senders.into_iter().map(|h| h.join().unwrap_or(0)).sum();
     stop.store(true, Ordering::Relaxed);
     let (sent, answered) = c.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+    if gateway_only {
+        pin(0, &all);
+        for server in [&run.primary, &run.secondary] {
+            pin(server.pid(), &all);
+        }
+    }
     let (local1, text1) = probe_metrics(run);
     let transitions: Vec<_> = events(&run.leftovers.socket)
         .into_iter()
@@ -775,9 +836,14 @@ fn flood(run: &Running, secs: u64, seq: u64, src: std::net::Ipv4Addr) -> Result<
         .join(", ");
     println!();
     println!(
-        "saturated by traffic: {} senders for {secs} s, {:.0} datagrams/s through the gateway, CPU busy {:.1} %; \
+        "saturated by traffic ({}): {} senders for {secs} s, {:.0} datagrams/s through the gateway, CPU busy {:.1} %; \
          dns4 client sent {sent}, {answered} answered; probes slower than ({slower}); verdicts the prober could \
          not judge (late or local error): {}; transitions: {}",
+        if gateway_only {
+            "gateway only: senders, daemon and prober on CPU 0, servers on the others"
+        } else {
+            "the whole machine, servers too"
+        },
         2 * cpus,
         flooded as f64 / secs as f64,
         busy * 100.0,
