@@ -79,15 +79,19 @@ const GW_P_MAC: [u8; 6] = [0x02, 0, 0, 0, 2, 1];
 const S_MAC: [u8; 6] = [0x02, 0, 0, 0, 3, 2];
 const GW_S_MAC: [u8; 6] = [0x02, 0, 0, 0, 3, 1];
 
-/// Counters that come on top of a packet's outcome (a flow entry written or
-/// replaced), by name so renamed or added ones need no change here. Every
-/// other counter is an outcome: a packet moves exactly one of them, unless it
-/// is forwarded (then it is counted to its backend instead).
-const EXTRA_COUNTERS: [&str; 4] = [
+/// Counters that come on top of a packet's outcome (a flow entry written,
+/// replaced or moved, a data-path signal reported or rate-limited), by name so
+/// renamed or added ones need no change here. Every other counter is an
+/// outcome: a packet moves exactly one of them, unless it is forwarded (then
+/// it is counted to its backend instead).
+const EXTRA_COUNTERS: [&str; 7] = [
     "flow_inserted",
     "flow_insert_failed",
     "flow_evicted",
     "syn_entry_written",
+    "flow_moved",
+    "signal_reported",
+    "signal_rate_limited",
 ];
 
 /// Outcomes of a send that did not happen (no next hop; the redirect map
