@@ -4,7 +4,7 @@
 //! counted by map (`redirector_drift_total{map}`).
 //!
 //! The work is spread over ten ticks a second, so no tick holds the loop
-//! long (at 1024 services a whole pass costs ~11 ms, `cargo xtask bench
+//! long (at 1024 services a whole pass costs ~12 ms, `cargo xtask bench
 //! datapath`): every map is compared once a second — switch states and pins
 //! on one tick, a tenth of the services' entries on each, one keyed map on
 //! three others — and the allow/deny tries every 10 s.
