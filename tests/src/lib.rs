@@ -50,9 +50,15 @@ pub struct Harness {
 impl Harness {
     /// Loads the embedded object with small maps.
     pub fn new(ingress_ifindex: u32) -> Harness {
+        Self::with_flow_entries(ingress_ifindex, 4096)
+    }
+
+    /// [`Harness::new`] with a flow table of `flow_entries` (a test that
+    /// keeps many flows needs one that does not evict them).
+    pub fn with_flow_entries(ingress_ifindex: u32, flow_entries: u32) -> Harness {
         let dp = Datapath::load(Sizes {
             max_services: 1024,
-            flow_entries: 4096,
+            flow_entries,
         })
         .unwrap();
         Harness { dp, ingress_ifindex }
