@@ -1826,6 +1826,51 @@ fn action_name(a: u32) -> String {
     }
 }
 
+/// A data-path signal (reported or rate-limited) comes only from a NAT
+/// backend's RST|ACK with sequence 0 (a closed port's answer to a SYN) or an
+/// ICMP/ICMPv6 destination unreachable: anything else that moved a signal
+/// counter would make the daemon probe a backend for nothing.
+fn signal_only_from_a_hint(run: &Run) -> Result<(), String> {
+    if run.hinted == 0 {
+        return Ok(());
+    }
+    if run.hinted > 1 {
+        return Err(format!(
+            "[signal] one packet moved the signal counters {} times",
+            run.hinted
+        ));
+    }
+    let hint = match run.rel {
+        Rel::Reply { .. } => etherparse::SlicedPacket::from_ethernet(run.frame)
+            .ok()
+            .and_then(|p| match p.transport {
+                Some(etherparse::TransportSlice::Tcp(t)) => {
+                    Some(t.rst() && t.ack() && t.sequence_number() == 0)
+                }
+                _ => None,
+            })
+            .unwrap_or(false),
+        Rel::IcmpError => etherparse::SlicedPacket::from_ethernet(run.frame)
+            .ok()
+            .and_then(|p| match p.transport {
+                Some(etherparse::TransportSlice::Icmpv4(i)) => Some(i.type_u8() == 3),
+                Some(etherparse::TransportSlice::Icmpv6(i)) => Some(i.type_u8() == 1),
+                _ => None,
+            })
+            .unwrap_or(false),
+        _ => false,
+    };
+    if hint {
+        Ok(())
+    } else {
+        Err(format!(
+            "[signal] a {} packet that is neither a closed port's RST nor a destination unreachable \
+             was reported as a signal",
+            run.rel.name()
+        ))
+    }
+}
+
 fn is_extra(c: Counter) -> bool {
     EXTRA_COUNTERS.contains(&c.name())
 }
@@ -1838,6 +1883,8 @@ struct Run<'a> {
     rel: Rel,
     /// Outcome counters that moved (once per increment).
     moved: Vec<Counter>,
+    /// Data-path signals reported or rate-limited during the case.
+    hinted: u64,
     /// Backend packets and bytes counted during the case, if read.
     counted: Option<(u64, u64)>,
     /// No packet of this flow was seen before (a new flow if it opens one).
@@ -1939,6 +1986,7 @@ impl Model {
         let changed = run.changed();
         let mut applied = 0u16;
         accounting(run)?;
+        signal_only_from_a_hint(run)?;
 
         // 1. Foreign: untouched.
         if run.rel == Rel::Foreign {
@@ -2464,6 +2512,10 @@ fn fuzz(args: &Args) -> Result<()> {
         let (act, out) = h.run(&frame);
 
         let now = h.dp.counters()?;
+        let hinted = [Counter::SignalReported, Counter::SignalLimited]
+            .iter()
+            .map(|&c| now[c as usize].saturating_sub(counters[c as usize]))
+            .sum::<u64>();
         let mut moved = Vec::new();
         for c in Counter::ALL {
             let (a, b) = (counters[c as usize], now[c as usize]);
@@ -2497,6 +2549,7 @@ fn fuzz(args: &Args) -> Result<()> {
             act,
             rel,
             moved,
+            hinted,
             counted,
             fresh,
         };
@@ -2753,6 +2806,7 @@ mod tests {
             act,
             rel: m.relation(frame),
             moved,
+            hinted: 0,
             counted,
             fresh: true,
         }
@@ -2760,6 +2814,18 @@ mod tests {
 
     fn violation(m: &Model, r: &Run) -> String {
         m.check(r).expect_err("a violation")
+    }
+
+    #[test]
+    fn a_signal_from_anything_but_a_hint_is_caught() {
+        let m = model();
+        let (req, out) = nat_syn(&m, SLOT_PRIMARY);
+        let fwd = Some((1, u64::try_from(req.len()).unwrap()));
+        let mut r = run(&m, &req, &out, REDIRECT, vec![], fwd);
+        m.check(&r).unwrap();
+        // A client's SYN is no hint.
+        r.hinted = 1;
+        assert!(violation(&m, &r).starts_with("[signal]"));
     }
 
     #[test]
