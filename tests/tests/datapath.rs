@@ -1882,6 +1882,11 @@ fn ipv4_options_and_ipv6_extension_headers_routers_need_not_act_on_are_forwarded
 
 /// A backend's TCP segment to a client with these flags and sequence number.
 fn backend_tcp(s: &Svc, slot: u8, cport: u16, seq: u32, rst: bool) -> Vec<u8> {
+    backend_tcp_to(s, s.client, slot, cport, seq, rst)
+}
+
+/// [`backend_tcp`] to address `to`.
+fn backend_tcp_to(s: &Svc, to: IpAddr, slot: u8, cport: u16, seq: u32, rst: bool) -> Vec<u8> {
     use etherparse::PacketBuilder;
     let be = *s.backend(slot);
     let bport = be.port.unwrap_or(s.svc.port);
@@ -1891,7 +1896,7 @@ fn backend_tcp(s: &Svc, slot: u8, cport: u16, seq: u32, rst: bool) -> Vec<u8> {
         (S_MAC, GW_S_MAC)
     };
     let eth = PacketBuilder::ethernet2(macs.0, macs.1);
-    let ip = match (be.addr, s.client) {
+    let ip = match (be.addr, to) {
         (IpAddr::V4(a), IpAddr::V4(c)) => eth.ipv4(a.octets(), c.octets(), 64),
         (IpAddr::V6(a), IpAddr::V6(c)) => eth.ipv6(a.octets(), c.octets(), 64),
         _ => panic!("mixed families"),
@@ -1909,8 +1914,8 @@ fn backend_tcp(s: &Svc, slot: u8, cport: u16, seq: u32, rst: bool) -> Vec<u8> {
 /// (its kernel's answer to a SYN on a closed port) and its port unreachable
 /// about a client's request are reported to the daemon — at most one per
 /// backend per 10 ms — and still reach the client as before. An
-/// application's reset (a real sequence number) and plain replies are not
-/// hints.
+/// application's reset (a real sequence number), plain replies and the
+/// answers to the gateway's own probes are not hints.
 #[test]
 fn a_closed_ports_rst_and_a_backends_unreachable_are_reported_at_most_every_10_ms() {
     let Some(mut lab) = lab("signals") else { return };
@@ -1944,6 +1949,17 @@ fn a_closed_ports_rst_and_a_backends_unreachable_are_reported_at_most_every_10_m
                 assert_eq!(act, TX, "{name}");
             }
             assert_eq!(lab.h.counter(Counter::SignalReported), reported, "{name}");
+            // The answer to the gateway's own probe of a closed port: the
+            // probe's to judge, never counted twice as a signal.
+            let own = if s.client.is_ipv4() {
+                ip("198.18.2.1")
+            } else {
+                ip("2001:2:0:2::1")
+            };
+            let (act, _) = lab.h.run(&backend_tcp_to(&s, own, SLOT_PRIMARY, 40000, 0, true));
+            assert_eq!(act, PASS, "{name}");
+            assert_eq!(lab.h.counter(Counter::SignalReported), reported, "{name}");
+            assert_eq!(lab.h.counter(Counter::SignalLimited), limited, "{name}");
             backend_tcp(&s, SLOT_PRIMARY, 40000, 0, true)
         } else {
             let be = s.svc.primary;
