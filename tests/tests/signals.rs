@@ -179,3 +179,85 @@ fn checksum(data: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// On both backends: a server on port 8081 that answers every other
+/// connection and resets the rest (SO_LINGER 0), as a load-shedding server
+/// does.
+fn resetting_servers(s: &Setup) {
+    for (ns, addr) in [
+        (&s.lab.primary, "198.18.2.2:8081"),
+        (&s.lab.secondary, "198.18.3.2:8081"),
+    ] {
+        let name = ns.name.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let _in = redirector_tests::netns::enter(&name);
+            let listener = std::net::TcpListener::bind(addr).unwrap();
+            tx.send(()).unwrap();
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { continue };
+                if n % 2 == 0 {
+                    let sock = socket2::SockRef::from(&stream);
+                    let _ = sock.set_linger(Some(Duration::ZERO));
+                } else {
+                    let _ = std::io::Write::write_all(&mut stream, b"served");
+                }
+            }
+        });
+        rx.recv().unwrap();
+    }
+}
+
+/// Issue 11: an application that resets connections is no failure. A server
+/// that resets half of what it accepts, while clients connect through the VIP
+/// every 5 ms: its resets carry real sequence numbers (no signal), its probes
+/// complete their handshakes (up), and nothing moves.
+#[test]
+fn a_server_resetting_half_its_connections_stays_up() {
+    if !require_root("a_server_resetting_half_its_connections_stays_up") {
+        return;
+    }
+    let config = format!(
+        "{}\n[[service]]\nname = \"rst4\"\nvip = \"198.18.100.1\"\nport = 81\nprotocol = \"tcp\"\n\
+         primary = \"198.18.2.2:8081\"\nsecondary = \"198.18.3.2:8081\"\n",
+        redirector_tests::lab::LAB_CONFIG
+    );
+    let s = Setup::with_config("sigrst", &config);
+    resetting_servers(&s);
+    let _d = s.daemon();
+    thread::sleep(Duration::from_millis(300));
+    let events = cli_ok(&s.left.socket, &["events"]).lines().count();
+    let (mut served, mut reset) = (0, 0);
+    let mut refused = Vec::new();
+    {
+        let _in = s.lab.client.enter();
+        for _ in 0..400 {
+            let to: std::net::SocketAddr = "198.18.100.1:81".parse().unwrap();
+            match std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+                Ok(mut c) => {
+                    let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+                    let mut buf = Vec::new();
+                    match std::io::Read::read_to_end(&mut c, &mut buf) {
+                        Ok(_) if buf == b"served" => served += 1,
+                        _ => reset += 1,
+                    }
+                }
+                // Reset before `connect` returned: the handshake was done.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => reset += 1,
+                Err(e) => refused.push(e.to_string()),
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    eprintln!("rst4: {served} connections served, {reset} reset");
+    assert!(refused.is_empty(), "connections not made: {refused:?}");
+    assert!(served > 50 && reset > 50, "served {served}, reset {reset}");
+    let text = scrape(&s);
+    assert_eq!(checks(&text, "rst4", "confirmed"), 0.0, "{text}");
+    let log = cli_ok(&s.left.socket, &["events"]);
+    assert_eq!(log.lines().count(), events, "a transition:\n{log}");
+    assert!(
+        cli_ok(&s.left.socket, &["status"]).contains("rst4"),
+        "the service runs"
+    );
+}
