@@ -204,14 +204,19 @@ impl Traffic {
 
 /// `/metrics` from inside the gateway.
 pub fn scrape(s: &Setup) -> String {
-    let _in = s.lab.gw.enter();
-    let mut c = std::net::TcpStream::connect("198.18.1.1:9630").unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    try_scrape(&s.lab.gw).unwrap()
+}
+
+/// `/metrics` from inside the gateway namespace `gw` (the lab's endpoint,
+/// 198.18.1.1:9630), or why not.
+pub fn try_scrape(gw: &NetNs) -> std::io::Result<String> {
+    let _in = gw.enter();
+    let mut c = std::net::TcpStream::connect("198.18.1.1:9630")?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")?;
     let mut body = String::new();
-    c.read_to_string(&mut body).unwrap();
-    body
+    c.read_to_string(&mut body)?;
+    Ok(body)
 }
 
 /// The value of an unlabelled metric in a scrape.

@@ -161,23 +161,14 @@ fn forged_port_unreachable(cport: u16) -> Vec<u8> {
             .unwrap();
         q
     };
-    let mut icmp = vec![3u8, 3, 0, 0, 0, 0, 0, 0];
+    // The ICMP message alone: a raw ICMP socket's kernel adds the IP header.
+    let header = etherparse::Icmpv4Header::with_checksum(
+        etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port),
+        &quote,
+    );
+    let mut icmp = header.to_bytes().to_vec();
     icmp.extend_from_slice(&quote);
-    let sum = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     icmp
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in data.chunks(2) {
-        let word = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// On both backends: a server on port 8081 that answers every other

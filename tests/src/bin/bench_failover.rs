@@ -675,16 +675,8 @@ fn main() -> Result<()> {
 /// was late, or could not run) and the slowest probe bucket reached, from
 /// the daemon's metrics.
 fn probe_metrics(run: &Running) -> (f64, String) {
-    let text = {
-        let _in = run.lab.gw.enter();
-        let Ok(mut c) = TcpStream::connect("198.18.1.1:9630") else {
-            return (f64::NAN, String::new());
-        };
-        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
-        let mut body = String::new();
-        let _ = c.read_to_string(&mut body);
-        body
+    let Ok(text) = redirector_tests::client::try_scrape(&run.lab.gw) else {
+        return (f64::NAN, String::new());
     };
     let local = text
         .lines()
