@@ -101,6 +101,7 @@ fn run_in<F: Future>(ns: &NetNs, f: impl FnOnce() -> F) -> F::Output {
 
 fn check(kind: ProbeKind, interval: Duration, timeout: Duration, fall: u32) -> HealthCheck {
     HealthCheck {
+        down_interval: kind.default_down_interval(interval),
         kind,
         interval,
         timeout,

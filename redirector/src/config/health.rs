@@ -63,6 +63,12 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failures that take an up (or unknown) backend down.
     pub fall: u32,
+    /// Time between probes of a backend that failed `fall` probes in a row,
+    /// until one passes (HAProxy's `downinter`): a dead UDP server answers
+    /// each probe with an ICMP error its kernel rate-limits per destination
+    /// (about one a second after a burst of six); probing it faster would
+    /// spend that budget and leave the next kill to a probe timeout.
+    pub down_interval: Duration,
 }
 
 /// Default `interval` of tcp, udp and icmp probes: with `fall = 2` and the
@@ -79,6 +85,9 @@ pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_millis(30);
 pub const DEFAULT_EXEC_INTERVAL: Duration = Duration::from_secs(1);
 /// See [`DEFAULT_EXEC_INTERVAL`].
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default `down_interval` of udp probes: the refill rate of the backend
+/// kernel's ICMP error budget towards one destination (`icmp_ratelimit`).
+pub const DEFAULT_UDP_DOWN_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `rise`.
 pub const DEFAULT_RISE: u32 = 3;
 /// Default `fall`.
@@ -117,6 +126,17 @@ impl ProbeKind {
         }
     }
 
+    /// Default `down_interval` of this kind probed every `interval`: udp
+    /// probes of a down backend at most once per
+    /// [`DEFAULT_UDP_DOWN_INTERVAL`] (their refusal is a rate-limited ICMP
+    /// error), other kinds at their `interval` (a TCP RST is not rate-limited).
+    pub fn default_down_interval(&self, interval: Duration) -> Duration {
+        match self {
+            Self::Udp { .. } => interval.max(DEFAULT_UDP_DOWN_INTERVAL),
+            _ => interval,
+        }
+    }
+
     /// Default `interval` and `timeout` of a `failback_gate` of this kind: the
     /// slower of [`DEFAULT_GATE_INTERVAL`] / [`DEFAULT_GATE_TIMEOUT`] and the
     /// kind's own defaults (so an exec gate keeps the time a fork needs).
@@ -142,6 +162,7 @@ impl HealthCheck {
         };
         let (interval, timeout) = kind.default_timing();
         HealthCheck {
+            down_interval: kind.default_down_interval(interval),
             kind,
             interval,
             timeout,
@@ -156,6 +177,7 @@ raw_table! {
     pub(super) RawHealth, "a health check table" {
         kind: RawValue,
         interval: RawValue,
+        down_interval: RawValue,
         timeout: RawValue,
         rise: RawValue,
         fall: RawValue,
@@ -298,6 +320,25 @@ pub(super) fn convert_check(
         Some(v) => sec.duration("interval", v, MIN_INTERVAL..=MAX_INTERVAL)?,
         None => interval,
     };
+    let down_interval = match (&r.down_interval, defaults) {
+        (Some(v), _) => {
+            let d = sec.duration("down_interval", v, MIN_INTERVAL..=MAX_INTERVAL)?;
+            if d < interval {
+                return Err(sec.invalid(
+                    "down_interval",
+                    &v.span(),
+                    format!(
+                        "{d:?} is shorter than interval ({interval:?}): a down backend is probed no more often \
+                         than an up one"
+                    ),
+                ));
+            }
+            d
+        }
+        (None, CheckDefaults::Service(_)) => probe.default_down_interval(interval),
+        // A gate judges a primary that is up: no down cadence of its own.
+        (None, CheckDefaults::Gate) => interval,
+    };
     let timeout = match &r.timeout {
         Some(v) => sec.duration("timeout", v, Duration::from_nanos(1)..=MAX_TIMEOUT)?,
         None => timeout,
@@ -313,6 +354,7 @@ pub(super) fn convert_check(
     Ok(HealthCheck {
         kind: probe,
         interval,
+        down_interval,
         timeout,
         rise,
         fall,

@@ -75,19 +75,30 @@ fn health_check(gate: bool) -> impl Strategy<Value = HealthCheck> {
     };
     (
         probe_kind(),
-        proptest::option::of(duration(MIN_INTERVAL, MAX_INTERVAL)),
+        (
+            proptest::option::of(duration(MIN_INTERVAL, MAX_INTERVAL)),
+            proptest::option::of(duration(MIN_INTERVAL, MAX_INTERVAL)),
+        ),
         proptest::option::of(duration(Duration::from_nanos(1), MAX_TIMEOUT)),
         or_default(rise, RISE_FALL_RANGE),
         or_default(fall, RISE_FALL_RANGE),
     )
-        .prop_map(move |(kind, interval, timeout, rise, fall)| {
+        .prop_map(move |(kind, (interval, down), timeout, rise, fall)| {
             let (default_interval, default_timeout) = match gate {
                 true => kind.default_gate_timing(),
                 false => kind.default_timing(),
             };
+            let interval = interval.unwrap_or(default_interval);
+            let down_interval = match (down, gate) {
+                // Never shorter than the interval (refused).
+                (Some(d), _) => d.max(interval),
+                (None, true) => interval,
+                (None, false) => kind.default_down_interval(interval),
+            };
             HealthCheck {
                 kind,
-                interval: interval.unwrap_or(default_interval),
+                interval,
+                down_interval,
                 timeout: timeout.unwrap_or(default_timeout),
                 rise,
                 fall,
@@ -445,6 +456,12 @@ fn check_lines(check: &HealthCheck, protocol: Option<Protocol>, style: &mut Styl
     };
     let text = q(&spell(check.interval, style));
     l.key_or_default(style, "interval", &check.interval, &interval, text);
+    let down = match protocol {
+        Some(_) => check.kind.default_down_interval(check.interval),
+        None => check.interval,
+    };
+    let text = q(&spell(check.down_interval, style));
+    l.key_or_default(style, "down_interval", &check.down_interval, &down, text);
     let text = q(&spell(check.timeout, style));
     l.key_or_default(style, "timeout", &check.timeout, &timeout, text);
     l.key_or_default(style, "rise", &check.rise, &rise, check.rise.to_string());

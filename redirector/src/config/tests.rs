@@ -682,6 +682,7 @@ probe_budget = 100000
                 expect: vec![200, 204],
             },
             interval: Duration::from_micros(500),
+            down_interval: Duration::from_micros(500),
             timeout: ms(1500),
             rise: 4,
             fall: 5,
@@ -700,6 +701,7 @@ probe_budget = 100000
                     command: vec!["/usr/local/bin/check".to_owned(), "--ready".to_owned()],
                 },
                 interval: ms(2000),
+                down_interval: ms(2000),
                 timeout: ms(750),
                 rise: 2,
                 fall: 3,
@@ -715,6 +717,7 @@ probe_budget = 100000
                 expect: Some(b"pong".to_vec()),
             },
             interval: ms(10),
+            down_interval: DEFAULT_UDP_DOWN_INTERVAL,
             timeout: ms(20),
             rise: 1,
             fall: 1,
@@ -731,6 +734,7 @@ probe_budget = 100000
             failback_gate: Some(HealthCheck {
                 kind: ProbeKind::Icmp,
                 interval: DEFAULT_GATE_INTERVAL,
+                down_interval: DEFAULT_GATE_INTERVAL,
                 timeout: DEFAULT_GATE_TIMEOUT,
                 rise: 1,
                 fall: 1,
@@ -747,6 +751,7 @@ probe_budget = 100000
                 expect: vec![200],
             },
             interval: ms(100),
+            down_interval: ms(100),
             timeout: ms(50),
             rise: 1,
             fall: 1,
@@ -774,6 +779,7 @@ fn control_sections_defaults() {
     let tcp = HealthCheck {
         kind: ProbeKind::Tcp,
         interval: DEFAULT_INTERVAL,
+        down_interval: DEFAULT_INTERVAL,
         timeout: DEFAULT_TIMEOUT,
         rise: DEFAULT_RISE,
         fall: DEFAULT_FALL,
@@ -786,6 +792,7 @@ fn control_sections_defaults() {
                 send: DEFAULT_UDP_SEND.to_vec(),
                 expect: None,
             },
+            down_interval: DEFAULT_UDP_DOWN_INTERVAL,
             ..tcp.clone()
         }
     );
@@ -810,6 +817,24 @@ fn control_sections_defaults() {
         parse(&format!("{GATEWAY}[control]\n")).control,
         Control::default()
     );
+}
+
+#[test]
+fn down_interval_defaults_to_the_icmp_budgets_refill_for_udp_only() {
+    // The service in `with_table` is tcp: a tcp probe keeps its interval.
+    assert_eq!(health_of("").down_interval, DEFAULT_INTERVAL);
+    let udp = health_of("kind = \"udp\"\n");
+    assert_eq!(udp.down_interval, Duration::from_secs(1));
+    // Never shorter than the interval.
+    let slow = health_of("kind = \"udp\"\ninterval = \"3s\"\n");
+    assert_eq!(slow.down_interval, Duration::from_secs(3));
+    let set = health_of("interval = \"5ms\"\ndown_interval = \"250ms\"\n");
+    assert_eq!(set.down_interval, ms(250));
+    let msg = err(&with_table(
+        "health",
+        "interval = \"50ms\"\ndown_interval = \"10ms\"\n",
+    ));
+    assert_contains(&msg, &["down_interval", "10ms is shorter than interval (50ms)"]);
 }
 
 #[test]
@@ -925,7 +950,8 @@ fn unknown_key_in_health() {
     assert_eq!(
         msg,
         "test.toml:12: service \"web\" health: unknown key \"retries\", expected one of \"kind\", \
-         \"interval\", \"timeout\", \"rise\", \"fall\", \"path\", \"expect\", \"send\", \"command\""
+         \"interval\", \"down_interval\", \"timeout\", \"rise\", \"fall\", \"path\", \"expect\", \"send\", \
+         \"command\""
     );
 }
 

@@ -19,6 +19,10 @@
 //!   a row (the count restarts after a pass): `fall` hard failures arrive within
 //!   a millisecond, one forged RST meets a passing re-probe, and a backend that
 //!   stays down costs one probe per interval.
+//! - **Down cadence.** A target whose last `fall` verdicts all failed is
+//!   probed every `down_interval` (HAProxy's `downinter`) until one passes;
+//!   then its own cadence resumes at once, so `rise` passes come at the
+//!   usual pace. Forced probes (a carrier back) still go out at once.
 //!
 //! The scheduler only reports; it never decides up or down.
 use std::{
@@ -326,6 +330,8 @@ impl Scheduler {
 struct Done {
     ok: bool,
     hard: bool,
+    /// No verdict about the backend (the probe could not run or judge here).
+    local: bool,
 }
 
 /// One target inside the scheduler task.
@@ -345,6 +351,8 @@ struct Slot {
     in_flight: u32,
     /// Immediate re-probes since the last pass.
     reprobes: u32,
+    /// Failed verdicts in a row (local trouble neither counts nor resets).
+    failing: u32,
     last_forced: Option<Instant>,
 }
 
@@ -358,14 +366,33 @@ impl Slot {
         self.in_flight < self.cap
     }
 
+    /// Failed `fall` verdicts in a row: probed at the down cadence.
+    fn is_down(&self) -> bool {
+        self.failing >= self.target.check.fall
+    }
+
+    /// Time between cadence ticks now.
+    fn cadence(&self) -> Duration {
+        if self.is_down() {
+            self.eff.max(self.target.check.down_interval)
+        } else {
+            self.eff
+        }
+    }
+
     /// One of this target's probes finished: whether to probe again at once
     /// (confirming a hard failure, at most `fall − 1` times in a row).
     fn finished(&mut self, done: Done) -> bool {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if done.ok {
-            self.reprobes = 0;
+        if done.local {
             return false;
         }
+        if done.ok {
+            self.reprobes = 0;
+            self.failing = 0;
+            return false;
+        }
+        self.failing = self.failing.saturating_add(1);
         if done.hard && self.reprobes < self.target.check.fall.saturating_sub(1) && self.can_launch() {
             self.reprobes += 1;
             return true;
@@ -484,6 +511,7 @@ impl Run {
                     last_tick: None,
                     in_flight: 0,
                     reprobes: 0,
+                    failing: 0,
                     last_forced: None,
                 };
                 slot.reinterval(eff);
@@ -592,12 +620,13 @@ impl Run {
             }
             // This target's latest tick up to now, on its phase grid: ticks
             // missed while starved are skipped, not caught up in a burst.
-            let missed = now.duration_since(at).as_nanos() / slot.eff.as_nanos().max(1);
+            let cadence = slot.cadence();
+            let missed = now.duration_since(at).as_nanos() / cadence.as_nanos().max(1);
             let tick = u32::try_from(missed)
                 .ok()
-                .and_then(|m| slot.eff.checked_mul(m))
+                .and_then(|m| cadence.checked_mul(m))
                 .map_or(now, |behind| at + behind);
-            let next = tick + slot.eff;
+            let next = tick + cadence;
             slot.next = next;
             slot.last_tick = Some(tick);
             self.heap.push(Reverse((next, id, timer)));
@@ -622,6 +651,7 @@ impl Run {
             let done = Done {
                 ok: outcome.ok,
                 hard: outcome.reason.is_hard(),
+                local: outcome.reason.is_local(),
             };
             // Waiting here when the receiver lags keeps this probe in flight:
             // the per-target cap then holds new probes back.
@@ -654,6 +684,7 @@ impl Run {
         if slot.generation != generation {
             return;
         }
+        let was_down = slot.is_down();
         let again = match done {
             Some(done) => slot.finished(done),
             None => {
@@ -661,6 +692,16 @@ impl Run {
                 false
             }
         };
+        if was_down && !slot.is_down() {
+            // Back from the down cadence: the next tick one interval from now.
+            let next = Instant::now() + slot.eff;
+            let timer = self.fresh();
+            if let Some(slot) = self.targets.get_mut(&id) {
+                slot.next = next;
+                slot.timer = timer;
+            }
+            self.heap.push(Reverse((next, id, timer)));
+        }
         if again {
             self.launch(id);
         }
@@ -735,6 +776,7 @@ mod tests {
         let check = HealthCheck {
             kind: ProbeKind::Tcp,
             interval: 5 * MS,
+            down_interval: 1000 * MS,
             timeout: 15 * MS,
             rise: 3,
             fall,
@@ -753,6 +795,7 @@ mod tests {
             last_tick: None,
             in_flight: 0,
             reprobes: 0,
+            failing: 0,
             last_forced: None,
         };
         slot.reinterval(5 * MS);
@@ -762,15 +805,71 @@ mod tests {
     const PASS: Done = Done {
         ok: true,
         hard: false,
+        local: false,
     };
     const HARD: Done = Done {
         ok: false,
         hard: true,
+        local: false,
     };
     const SOFT: Done = Done {
         ok: false,
         hard: false,
+        local: false,
     };
+    const LOCAL: Done = Done {
+        ok: false,
+        hard: false,
+        local: true,
+    };
+
+    #[test]
+    fn fall_failures_in_a_row_slow_the_cadence_until_a_pass() {
+        let mut s = slot(2);
+        s.in_flight = 4;
+        s.finished(SOFT);
+        assert_eq!(s.cadence(), 5 * MS);
+        // The gateway's own trouble is no verdict: it neither counts nor resets.
+        s.finished(LOCAL);
+        assert_eq!(s.cadence(), 5 * MS);
+        s.finished(HARD);
+        assert!(s.is_down());
+        assert_eq!(s.cadence(), 1000 * MS);
+        s.finished(LOCAL);
+        assert!(s.is_down());
+        s.finished(PASS);
+        assert_eq!(s.cadence(), 5 * MS);
+    }
+
+    #[test]
+    fn a_down_target_ticks_at_its_down_interval_and_resumes_after_a_pass() {
+        let mut run = run_with(1, 5 * MS, 1000);
+        let id = TargetId(0);
+        let slot = run.targets.get_mut(&id).unwrap();
+        slot.failing = 2;
+        slot.cap = 0; // no probe launched: no runtime here
+        let at = slot.next;
+        run.fire_due(at);
+        assert_eq!(run.targets[&id].next - at, 1000 * MS);
+        // A pass (as a finished probe task reports it) brings the interval back.
+        let (generation, timer) = (run.targets[&id].generation, run.targets[&id].timer);
+        let task = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let mut set = JoinSet::new();
+                let handle = set.spawn(async { PASS });
+                let id = handle.id();
+                (set.join_next_with_id().await.unwrap(), id, handle)
+            });
+        let (joined, task_id, handle) = task;
+        run.tasks.insert(task_id, (id, generation, handle));
+        let before = Instant::now();
+        run.joined(joined);
+        let slot = &run.targets[&id];
+        assert_ne!(slot.timer, timer);
+        assert!(slot.next >= before + 5 * MS && slot.next <= Instant::now() + 5 * MS);
+    }
 
     #[test]
     fn hard_failures_are_confirmed_fall_minus_one_times_in_a_row() {
