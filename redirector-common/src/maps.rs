@@ -67,6 +67,9 @@ pub mod names {
     /// `BACKENDS` index → when its last signal was reported (ns), for the
     /// per-backend rate limit (not pinned).
     pub const SIGNAL_LAST: &str = "SIGNAL_LAST";
+    /// Ifindex → 1 for each `[gateway] backend_interfaces` link: a signal
+    /// arriving there can be evidence (not pinned: written at each start).
+    pub const BACKEND_IFACES: &str = "BACKEND_IFACES";
 
     /// Every map that holds state of the data plane: pinned, so the data
     /// plane outlives the daemon and a restarted daemon adopts them.
@@ -397,6 +400,13 @@ pub const SIGNAL_UNREACHABLE: u8 = 2;
 /// storm of forged RSTs or ICMP errors costs at most 100 extra probes per
 /// second and backend.
 pub const SIGNAL_INTERVAL_NS: u64 = 10_000_000;
+/// The same for evidence ([`Signal::evidence`]): such a packet cannot come
+/// from a client, so it may count as a verdict, and a second one soon after
+/// completes `fall = 2` without waiting for a probe.
+pub const EVIDENCE_INTERVAL_NS: u64 = 1_000_000;
+
+/// Capacity of `BACKEND_IFACES`: the most `backend_interfaces` a gateway may list.
+pub const MAX_BACKEND_IFACES: u32 = 64;
 
 /// What the data plane saw that hints at a backend failure (`SIGNALS`).
 /// The daemon confirms it with a probe before anything changes.
@@ -409,8 +419,13 @@ pub struct Signal {
     pub slot: u8,
     /// [`SIGNAL_RST_CLOSED`] or [`SIGNAL_UNREACHABLE`].
     pub kind: u8,
+    /// 1: evidence, not a mere hint: the packet came from the backend's own
+    /// address, arrived on a `backend_interfaces` link that is the
+    /// backend's next hop, from the next hop's MAC — the same evidence a
+    /// probe's answer is.
+    pub evidence: u8,
     /// Always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
 
 /// Global per-CPU counters: every packet the program does not forward, and why.

@@ -212,7 +212,14 @@ fn error(ctx: &XdpContext, m: &Icmp) -> Verdict {
     if let Some(h) = ptr_at::<IcmpHdr>(ctx, l4) {
         // SAFETY: bounds-checked read of the message's first two bytes.
         let (kind, code) = unsafe { ((*h).kind, (*h).code) };
-        signals::unreachable(rev.service * 2 + u32::from(rev.slot & 1), m.v6, kind, code);
+        signals::unreachable(
+            ctx,
+            rev.service * 2 + u32::from(rev.slot & 1),
+            m.v6,
+            kind,
+            code,
+            m.src == m.inner_dst,
+        );
     }
     if m.ttl <= 1 {
         return pass(Counter::TtlExpired);

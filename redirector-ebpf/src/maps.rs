@@ -94,6 +94,10 @@ pub static SIGNALS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
 #[map]
 pub static SIGNAL_LAST: Array<u64> = Array::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
 
+#[map]
+pub static BACKEND_IFACES: HashMap<u32, u8> =
+    HashMap::with_max_entries(redirector_common::MAX_BACKEND_IFACES, 0);
+
 #[inline(always)]
 pub fn count(c: Counter) {
     if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {

@@ -5,11 +5,19 @@
 //! most every `SIGNAL_INTERVAL_NS` per backend); the forwarding path does
 //! not. Answers to the gateway's own probes never get here (they are the
 //! stack's, see `reply` and `icmp::error`).
+//!
+//! Such a packet is *evidence* rather than a hint when a client cannot have
+//! forged it: it comes from the backend's own address, arrived on a link
+//! the operator declared backend-facing (`BACKEND_IFACES`) that is the
+//! backend's next hop, from that hop's MAC. The daemon then counts it as a
+//! failed verdict; a hint only asks for a probe.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
-use redirector_common::{Counter, SIGNAL_INTERVAL_NS, SIGNAL_RST_CLOSED, SIGNAL_UNREACHABLE, Signal};
+use redirector_common::{
+    Counter, EVIDENCE_INTERVAL_NS, SIGNAL_INTERVAL_NS, SIGNAL_RST_CLOSED, SIGNAL_UNREACHABLE, Signal,
+};
 
 use crate::{
-    maps::{SIGNAL_LAST, SIGNALS, count},
+    maps::{BACKEND_IFACES, BACKENDS, SIGNAL_LAST, SIGNALS, count},
     parse::ptr_at,
 };
 
@@ -30,15 +38,17 @@ pub fn tcp_reply(ctx: &XdpContext, l4_off: usize, index: u32) {
     // SAFETY: bounds-checked single-byte-aligned reads.
     let (seq, flags) = unsafe { (*seq, *flags) };
     if flags & (TCP_RST | TCP_ACK) == TCP_RST | TCP_ACK && seq == [0; 4] {
-        report(index, SIGNAL_RST_CLOSED);
+        // A NAT reply: its source is the backend's address and port.
+        report(index, SIGNAL_RST_CLOSED, from_backends_hop(ctx, index));
     }
 }
 
 /// An ICMP (v6) destination unreachable about a client's packet to backend
 /// `index`: port, host or address unreachable, or administratively
-/// prohibited. `kind`/`code` are the message's type and code.
+/// prohibited. `kind`/`code` are the message's type and code; `own` says
+/// the message comes from the backend's own address (not a router's).
 #[inline(always)]
-pub fn unreachable(index: u32, v6: bool, kind: u8, code: u8) {
+pub fn unreachable(ctx: &XdpContext, index: u32, v6: bool, kind: u8, code: u8, own: bool) {
     let hint = if v6 {
         // Destination unreachable: admin prohibited 1, address 3, port 4.
         kind == 1 && matches!(code, 1 | 3 | 4)
@@ -47,22 +57,47 @@ pub fn unreachable(index: u32, v6: bool, kind: u8, code: u8) {
         kind == 3 && matches!(code, 1 | 3 | 10 | 13)
     };
     if hint {
-        report(index, SIGNAL_UNREACHABLE);
+        report(index, SIGNAL_UNREACHABLE, own && from_backends_hop(ctx, index));
     }
 }
 
-/// One record per backend per `SIGNAL_INTERVAL_NS` at most.
+/// The frame arrived on a backend-facing link that is backend `index`'s
+/// next hop, sent by that hop's MAC.
 #[inline(always)]
-fn report(index: u32, kind: u8) {
+fn from_backends_hop(ctx: &XdpContext, index: u32) -> bool {
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: read-only lookup in a map userspace writes once per start.
+    if unsafe { BACKEND_IFACES.get(&ingress) }.is_none() {
+        return false;
+    }
+    let Some(be) = BACKENDS.get(index) else {
+        return false;
+    };
+    let Some(src) = ptr_at::<[u8; 6]>(ctx, 6) else {
+        return false;
+    };
+    // SAFETY: bounds-checked read of the Ethernet source address.
+    be.hop.ifindex == ingress && unsafe { *src } == be.hop.dst_mac
+}
+
+/// One record per backend per `SIGNAL_INTERVAL_NS` at most
+/// (`EVIDENCE_INTERVAL_NS` for evidence).
+#[inline(always)]
+fn report(index: u32, kind: u8, evidence: bool) {
     let Some(last) = SIGNAL_LAST.get_ptr_mut(index) else {
         return;
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    let interval = if evidence {
+        EVIDENCE_INTERVAL_NS
+    } else {
+        SIGNAL_INTERVAL_NS
+    };
     // SAFETY: a valid array slot; a race between CPUs lets at most one
     // extra record through.
     unsafe {
-        if now.wrapping_sub(*last) < SIGNAL_INTERVAL_NS && *last != 0 {
+        if now.wrapping_sub(*last) < interval && *last != 0 {
             count(Counter::SignalLimited);
             return;
         }
@@ -72,7 +107,8 @@ fn report(index: u32, kind: u8) {
         service: index / 2,
         slot: (index & 1) as u8,
         kind,
-        _pad: [0; 2],
+        evidence: u8::from(evidence),
+        _pad: 0,
     };
     if SIGNALS.output::<Signal>(&signal, 0).is_ok() {
         count(Counter::SignalReported);

@@ -83,8 +83,9 @@ struct SignalLabel {
     backend: String,
     /// `rst_closed` or `unreachable`.
     kind: String,
-    /// `probing` (a confirmation probe asked), `pending` (one is already
-    /// asked), `skipped` (the backend already counts as down).
+    /// `verdict` (evidence: counted as a failed probe, and a probe asked),
+    /// `probing` (a hint: a confirmation probe asked), `pending` (one is
+    /// already asked), `skipped` (the backend already counts as down).
     action: String,
 }
 
@@ -215,7 +216,7 @@ impl Metrics {
         );
         registry.register(
             "redirector_signals",
-            "Hints in the traffic that a backend failed (a closed port's RST to a SYN, a destination unreachable), reported by the data plane, by what the daemon did with them",
+            "Signs in the traffic that a backend failed (a closed port's RST to a SYN, a destination unreachable), reported by the data plane, by what the daemon did with them (verdict: evidence from a backend_interfaces link; otherwise a hint)",
             signals.clone(),
         );
         registry.register(

@@ -29,10 +29,13 @@ use redirector::{
 
 use crate::netns::{NetNs, in_ns, sh};
 
-/// The services the lab runs: NAT TCP/UDP over IPv4 and IPv6, DSR TCP/IPv4 and UDP/IPv6.
+/// The services the lab runs: NAT TCP/UDP over IPv4 and IPv6, DSR TCP/IPv4
+/// and UDP/IPv6. Clients arrive on `g-c` only, so the backends' links are
+/// declared backend-facing (a backend's refusal seen there is evidence).
 pub const LAB_CONFIG: &str = r#"
 [gateway]
 interfaces = ["g-c", "g-p", "g-s"]
+backend_interfaces = ["g-p", "g-s"]
 xdp_mode = "driver"
 
 [[service]]

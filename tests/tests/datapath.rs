@@ -1990,7 +1990,8 @@ fn a_closed_ports_rst_and_a_backends_unreachable_are_reported_at_most_every_10_m
                 service: s.id,
                 slot: SLOT_PRIMARY,
                 kind,
-                _pad: [0; 2]
+                evidence: 0,
+                _pad: 0
             }],
             "{name}"
         );
@@ -2005,5 +2006,102 @@ fn a_closed_ports_rst_and_a_backends_unreachable_are_reported_at_most_every_10_m
         lab.h.run(&hint);
         assert_eq!(lab.h.counter(Counter::SignalReported), reported + 2, "{name}");
         assert_eq!(taken(&mut ring).len(), 1, "{name}");
+    }
+}
+
+/// Issue 11: evidence. The same refusals count as evidence (a verdict, not
+/// a mere hint) only when no client could have sent them: from the
+/// backend's own address, arriving on a `backend_interfaces` link that is
+/// the backend's next hop, from that hop's MAC. Evidence is limited to one
+/// per backend per ms.
+#[test]
+fn a_refusal_is_evidence_only_from_the_backends_own_hop_on_a_backend_interface() {
+    let Some(mut lab) = lab("evidence") else { return };
+    let client_hop = lab.client_hop();
+    let (if_in, [hop_p, hop_s]) = (lab.if_in, hops());
+    let mut ring = lab.h.dp.take_signals().unwrap();
+    let mut taken = || {
+        let mut v = Vec::new();
+        while let Some(item) = ring.next() {
+            v.push(bytemuck::pod_read_unaligned::<redirector_common::Signal>(&item));
+        }
+        v.into_iter().map(|s| s.evidence).collect::<Vec<_>>()
+    };
+    lab.h.dp.add_backend_iface(hop_p.ifindex).unwrap();
+    lab.h.dp.add_backend_iface(hop_s.ifindex).unwrap();
+    for s in lab.svcs.clone().into_iter().filter(|s| s.svc.mode == Mode::Nat) {
+        let name = &s.svc.name;
+        lab.h
+            .dp
+            .hop_maps()
+            .unwrap()
+            .set_client_hop(s.client, client_hop)
+            .unwrap();
+        let be = s.svc.primary;
+        // A refusal by the backend itself, and the same error from another
+        // address on its link (a router's): never evidence.
+        let (refusal, from_router) = if s.svc.protocol == Protocol::Tcp {
+            (backend_tcp(&s, SLOT_PRIMARY, 40000, 0, true), None)
+        } else {
+            let bport = be.port.unwrap_or(s.svc.port);
+            let quoted = ip_packet(&Spec::new(s.client, 43002, be.addr, bport, s.l4(false)));
+            let router = if s.client.is_ipv4() {
+                ip("198.18.2.254")
+            } else {
+                ip("2001:2:0:2::fe")
+            };
+            let err = |src| icmp_error(src, s.client, (P_MAC, GW_P_MAC), 64, IcmpErr::Port, &quoted);
+            (err(be.addr), Some(err(router)))
+        };
+        let mut spoofed = refusal.clone();
+        spoofed[6..12].copy_from_slice(&CLIENT_MAC);
+        let cases: [(&str, u32, &[u8], u8); 4] = [
+            (
+                "the backend's hop on its backend interface",
+                hop_p.ifindex,
+                &refusal,
+                1,
+            ),
+            ("the client-facing interface", if_in, &refusal, 0),
+            (
+                "another backend interface than the backend's hop",
+                hop_s.ifindex,
+                &refusal,
+                0,
+            ),
+            (
+                "another MAC on the backend's interface",
+                hop_p.ifindex,
+                &spoofed,
+                0,
+            ),
+        ];
+        for (case, ingress, frame, evidence) in cases {
+            std::thread::sleep(Duration::from_millis(11));
+            lab.h.ingress_ifindex = ingress;
+            let (act, _) = lab.h.run(frame);
+            // Forwarded to the client as before, whatever it is reported as.
+            assert!(act == TX || act == REDIRECT, "{name}, {case}: {act}");
+            assert_eq!(taken(), [evidence], "{name}, {case}");
+        }
+        if let Some(frame) = from_router {
+            std::thread::sleep(Duration::from_millis(11));
+            lab.h.ingress_ifindex = hop_p.ifindex;
+            lab.h.run(&frame);
+            assert_eq!(taken(), [0], "{name}, from a router's address");
+        }
+        // Evidence is limited to one per ms (a hint to one per 10 ms).
+        std::thread::sleep(Duration::from_millis(11));
+        lab.h.ingress_ifindex = hop_p.ifindex;
+        let limited = lab.h.counter(Counter::SignalLimited);
+        for _ in 0..20 {
+            lab.h.run(&refusal);
+        }
+        assert_eq!(taken(), [1], "{name}");
+        assert_eq!(lab.h.counter(Counter::SignalLimited), limited + 19, "{name}");
+        std::thread::sleep(Duration::from_millis(2));
+        lab.h.run(&refusal);
+        assert_eq!(taken(), [1], "{name}: a second one after 1 ms");
+        lab.h.ingress_ifindex = if_in;
     }
 }

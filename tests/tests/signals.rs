@@ -2,7 +2,9 @@
 //! clients in the lab's namespaces, probes every 10 s: a killed server is
 //! noticed from the clients' own traffic (a closed port's RST, a port
 //! unreachable) and confirmed by a probe, long before its next probe was
-//! due; a forged hint costs a probe and moves nothing.
+//! due; a forged hint costs a probe and moves nothing; a refusal that only
+//! the backend can have sent (evidence) decides without waiting for a
+//! probe's refusal the backend's kernel may never send.
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 use std::{
@@ -11,10 +13,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use redirector::control::{
+    client,
+    proto::{EventRecord, Request, Response},
+};
 use redirector_tests::{
     client::{WEB4, connect_from, metric, scrape, wait_for},
     daemon::{Setup, cli_ok},
-    lab::lab_config_with,
+    lab::{Server, lab_config_with},
+    netns::in_ns,
     require_root,
 };
 
@@ -97,7 +104,12 @@ fn a_forged_unreachable_costs_a_probe_and_moves_nothing() {
     if !require_root("a_forged_unreachable_costs_a_probe_and_moves_nothing") {
         return;
     }
-    let s = Setup::with_config("sigforge", &slow_probes());
+    // Forged on the backend's own host, the one place evidence trusts (a
+    // probe's answer could be forged there too): this gateway declares no
+    // backend-only link, so every signal is a hint.
+    let config = slow_probes().replace("backend_interfaces = [\"g-p\", \"g-s\"]\n", "");
+    assert!(!config.contains("backend_interfaces"));
+    let s = Setup::with_config("sigforge", &config);
     let _d = s.daemon();
     wait_for(&s.lab.client, "primary");
     thread::sleep(Duration::from_millis(500));
@@ -251,4 +263,142 @@ fn a_server_resetting_half_its_connections_stays_up() {
         cli_ok(&s.left.socket, &["status"]).contains("rst4"),
         "the service runs"
     );
+}
+
+fn events(s: &Setup) -> Vec<EventRecord> {
+    let mut out = Vec::new();
+    client::call(
+        &s.left.socket,
+        Request::Events { follow: false },
+        Some(Duration::from_secs(5)),
+        |r| match r {
+            Response::Event(e) => {
+                out.push(e);
+                true
+            }
+            _ => false,
+        },
+    )
+    .unwrap();
+    out
+}
+
+/// A resolver's queries: one UDP request to dns4 per ms, each from a new
+/// source port (a new flow, so each goes to the active backend), until
+/// stopped (at most 120 s). Returns the stop flag and the count sent.
+fn resolver_clients(
+    s: &Setup,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread::JoinHandle<u64>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flag, ns) = (stop.clone(), s.lab.client.name.clone());
+    let handle = thread::spawn(move || {
+        let _in = redirector_tests::netns::enter(&ns);
+        let until = Instant::now() + Duration::from_secs(120);
+        // Kept open a while, so answers find their socket.
+        let mut open = std::collections::VecDeque::new();
+        let mut sent = 0u64;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+            let sock = UdpSocket::bind("198.18.1.2:0").unwrap();
+            let _ = sock.send_to(format!("seq:{sent}").as_bytes(), "198.18.100.1:53");
+            sent += 1;
+            open.push_back(sock);
+            if open.len() > 50 {
+                open.pop_front();
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        sent
+    });
+    (stop, handle)
+}
+
+/// Issue 11: ten kills in a row, a few seconds apart, of a UDP server whose
+/// kernel sends the gateway no ICMP error (dropped here; in the field its
+/// per-destination budget towards the prober is spent, so a probe of the
+/// closed port meets silence and fails only at its timeout). Clients still
+/// get their port unreachables, which cross the gateway on a backend link:
+/// evidence. Every kill is decided on that evidence, none on a timeout.
+#[test]
+fn ten_udp_kills_in_a_row_are_decided_on_the_clients_refusals_when_probes_get_none() {
+    if !require_root("ten_udp_kills_in_a_row_are_decided_on_the_clients_refusals_when_probes_get_none") {
+        return;
+    }
+    // Faults repeat on purpose: no flap damping.
+    let mut s = Setup::with_config(
+        "evid10",
+        &lab_config_with("[service.failover]\nflap_hold = \"0s\""),
+    );
+    let _d = s.daemon();
+    wait_for(&s.lab.client, "primary");
+    let p = s.lab.primary.name.clone();
+    in_ns(&p, &["nft", "add", "table", "inet", "quiet"]);
+    in_ns(
+        &p,
+        &[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "quiet",
+            "out",
+            "{ type filter hook output priority 0 ; }",
+        ],
+    );
+    in_ns(
+        &p,
+        &[
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "quiet",
+            "out",
+            "ip",
+            "daddr",
+            "198.18.2.1",
+            "icmp",
+            "type",
+            "destination-unreachable",
+            "drop",
+        ],
+    );
+    let traffic = resolver_clients(&s);
+    let mut decided = Vec::new();
+    for k in 0..10 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while udp_request(&s, 1).as_deref() != Some("primary") {
+            assert!(
+                Instant::now() < deadline,
+                "kill {k}: the primary never served again"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(Duration::from_millis(500));
+        let seen = events(&s).len();
+        s.primary.kill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let event = loop {
+            let found = events(&s)
+                .into_iter()
+                .skip(seen)
+                .find(|e| e.service == "dns4" && e.cause.starts_with("failover"));
+            if let Some(e) = found {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "kill {k}: dns4 never failed over");
+            thread::sleep(Duration::from_millis(10));
+        };
+        decided.push((event.cause, event.detection_ms));
+        thread::sleep(Duration::from_millis(1000));
+        s.primary = Server::start(&s.lab.primary, "primary", "198.18.2.2", "2001:2:0:2::2", false);
+    }
+    traffic.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = traffic.1.join().unwrap();
+    eprintln!("{sent} UDP requests; decisions (cause, detection ms): {decided:#?}");
+    for (k, (cause, _)) in decided.iter().enumerate() {
+        assert!(cause.contains("seen in the traffic"), "kill {k}: {cause}");
+    }
 }

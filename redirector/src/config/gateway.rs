@@ -91,6 +91,10 @@ impl fmt::Display for IcmpEcho {
 pub struct Gateway {
     /// Interfaces the XDP program is attached to; non-empty, no duplicates.
     pub interfaces: Vec<String>,
+    /// Those of `interfaces` that face backends only (no client arrives
+    /// there): a backend's refusal seen in the traffic on such a link is
+    /// evidence, counted as a failed probe; elsewhere it is a hint.
+    pub backend_interfaces: Vec<String>,
     /// XDP attach mode.
     pub xdp_mode: XdpModeSetting,
     /// Number of flow table entries.
@@ -109,6 +113,7 @@ raw_table! {
     /// `[gateway]`.
     pub(super) RawGateway, "a [gateway] table" {
         interfaces: RawValue,
+        backend_interfaces: RawValue,
         xdp_mode: RawValue,
         flow_table_size: RawValue,
         max_services: RawValue,
@@ -156,6 +161,45 @@ pub(super) fn convert_gateway(src: &Source<'_>, raw: &Spanned<RawGateway>) -> Re
         interfaces.push(name.clone());
     }
 
+    let mut backend_interfaces = Vec::new();
+    if let Some(list) = &g.backend_interfaces {
+        let items = sec.array("backend_interfaces", list, "an array of interface names")?;
+        if items.len() > redirector_common::MAX_BACKEND_IFACES as usize {
+            return Err(sec.invalid(
+                "backend_interfaces",
+                &list.span(),
+                format!("at most {} interfaces", redirector_common::MAX_BACKEND_IFACES),
+            ));
+        }
+        for item in items {
+            let toml::Value::String(name) = item.get_ref() else {
+                return Err(sec.invalid(
+                    "backend_interfaces",
+                    &item.span(),
+                    format!("expected an interface name, found {}", describe(item.get_ref())),
+                ));
+            };
+            if !interfaces.contains(name) {
+                return Err(sec.invalid(
+                    "backend_interfaces",
+                    &item.span(),
+                    format!(
+                        "{name:?} is not in interfaces: the XDP program sees only what arrives on the \
+                         interfaces it is attached to"
+                    ),
+                ));
+            }
+            if backend_interfaces.contains(name) {
+                return Err(sec.invalid(
+                    "backend_interfaces",
+                    &item.span(),
+                    format!("interface {name:?} is listed more than once"),
+                ));
+            }
+            backend_interfaces.push(name.clone());
+        }
+    }
+
     let xdp_mode = match &g.xdp_mode {
         Some(v) => sec.choice("xdp_mode", v, XdpModeSetting::CHOICES)?,
         None => XdpModeSetting::default(),
@@ -182,6 +226,7 @@ pub(super) fn convert_gateway(src: &Source<'_>, raw: &Spanned<RawGateway>) -> Re
     };
     Ok(Gateway {
         interfaces,
+        backend_interfaces,
         xdp_mode,
         flow_table_size,
         max_services,

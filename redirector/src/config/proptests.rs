@@ -254,8 +254,14 @@ fn gateway() -> impl Strategy<Value = Gateway> {
                 udp_flow_idle,
                 icmp_echo,
             )| {
+                // The last interface faces backends, or none does.
+                let backend_interfaces = match (interfaces.len() > 1, interfaces.last()) {
+                    (true, Some(last)) => vec![last.clone()],
+                    _ => Vec::new(),
+                };
                 Gateway {
                     interfaces,
+                    backend_interfaces,
                     xdp_mode,
                     flow_table_size,
                     max_services,
@@ -516,6 +522,10 @@ fn emit(cfg: &Config, seed: u64) -> String {
     let mut l = Lines::default();
     let names: Vec<String> = g.interfaces.iter().map(|n| q(n)).collect();
     l.key("interfaces", array(&names, style));
+    if !g.backend_interfaces.is_empty() {
+        let names: Vec<String> = g.backend_interfaces.iter().map(|n| q(n)).collect();
+        l.key("backend_interfaces", array(&names, style));
+    }
     l.key_or_default(
         style,
         "xdp_mode",

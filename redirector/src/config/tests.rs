@@ -32,6 +32,7 @@ fn full_example() {
     let text = r#"
 [gateway]
 interfaces = ["eth0", "eth1"]
+backend_interfaces = ["eth1"]
 xdp_mode = "driver"
 flow_table_size = 1024
 
@@ -65,6 +66,7 @@ secondary = "2001:2::1:80"
         cfg.gateway,
         Gateway {
             interfaces: vec!["eth0".to_owned(), "eth1".to_owned()],
+            backend_interfaces: vec!["eth1".to_owned()],
             xdp_mode: XdpModeSetting::Driver,
             flow_table_size: 1024,
             max_services: DEFAULT_MAX_SERVICES,
@@ -816,6 +818,26 @@ fn control_sections_defaults() {
     assert_eq!(
         parse(&format!("{GATEWAY}[control]\n")).control,
         Control::default()
+    );
+}
+
+#[test]
+fn backend_interfaces_must_be_attached_ones_listed_once() {
+    let gw =
+        |list: &str| format!("[gateway]\ninterfaces = [\"eth0\", \"eth1\"]\nbackend_interfaces = {list}\n");
+    assert_eq!(parse(&gw("[]")).gateway.backend_interfaces, Vec::<String>::new());
+    assert_eq!(parse(GATEWAY).gateway.backend_interfaces, Vec::<String>::new());
+    assert_contains(
+        &err(&gw("[\"eth2\"]")),
+        &["backend_interfaces", "\"eth2\" is not in interfaces"],
+    );
+    assert_contains(
+        &err(&gw("[\"eth1\", \"eth1\"]")),
+        &["backend_interfaces", "listed more than once"],
+    );
+    assert_contains(
+        &err(&gw("[1]")),
+        &["backend_interfaces", "expected an interface name"],
     );
 }
 

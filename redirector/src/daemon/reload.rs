@@ -120,6 +120,9 @@ fn gateway_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if g.interfaces != n.interfaces {
         v.push("[gateway] interfaces");
     }
+    if g.backend_interfaces != n.backend_interfaces {
+        v.push("[gateway] backend_interfaces");
+    }
     if g.xdp_mode != n.xdp_mode {
         v.push("[gateway] xdp_mode");
     }

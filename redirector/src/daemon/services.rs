@@ -444,6 +444,26 @@ impl Services {
         (Hint::Probing, name)
     }
 
+    /// Evidence in the traffic that a backend refused a client (see
+    /// [`super::signals`]): a failed verdict, as a refused probe is, for a
+    /// backend that counts as up. The caller also asks for a confirming probe.
+    pub fn evidence(&mut self, id: u32, slot: u8, now: Nanos) -> Option<Tagged> {
+        let slot = if slot == 0 { Slot::Primary } else { Slot::Secondary };
+        let svc = self.by_id.get(&id)?;
+        if !svc.machine.desired().up[slot.index()] {
+            return None;
+        }
+        let input = Input::Probe {
+            slot,
+            sent: now,
+            ok: false,
+            reason: health::Reason::RefusedInTraffic,
+            latency: Duration::ZERO,
+        };
+        // Probe inputs are never refused.
+        Some(self.step(id, now, input).unwrap_or_default())
+    }
+
     /// Probes a backend now (its link came back).
     pub fn probe_now(&self, id: u32, slot: u8) {
         let slot = if slot == 0 { Slot::Primary } else { Slot::Secondary };

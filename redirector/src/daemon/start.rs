@@ -187,6 +187,11 @@ impl Prepared {
         for &i in &ifindexes {
             dp.add_egress(i)?;
         }
+        for (name, &i) in cfg.gateway.interfaces.iter().zip(&ifindexes) {
+            if cfg.gateway.backend_interfaces.contains(name) {
+                dp.add_backend_iface(i)?;
+            }
+        }
         let mut switches = Switches::default();
         remove_unmatched(&mut dp, &mut switches, &state, &cfg, &published)?;
         for (name, id) in &assignment.removed {

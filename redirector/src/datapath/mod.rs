@@ -637,6 +637,15 @@ impl Datapath {
             .map_err(|e| DatapathError::Egress { ifindex, source: e })
     }
 
+    /// Marks `ifindex` as facing backends only: a failure signal arriving
+    /// there from a backend's own hop is evidence, not a hint.
+    pub fn add_backend_iface(&mut self, ifindex: u32) -> Result<()> {
+        HashMap::<_, u32, u8>::try_from(self.map(names::BACKEND_IFACES)?)
+            .map_err(map_err(names::BACKEND_IFACES))?
+            .insert(ifindex, 1, 0)
+            .map_err(map_err(names::BACKEND_IFACES))
+    }
+
     /// Global counters summed over CPUs, in [`Counter::ALL`] order.
     pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize]> {
         let arr = PerCpuArray::<_, u64>::try_from(self.map_ref(names::COUNTERS)?)

@@ -17,6 +17,10 @@ pub enum Reason {
     Passed,
     /// Connection refused (TCP RST to the SYN, ICMP port unreachable for UDP).
     Refused,
+    /// The same refusal of a client's packet, seen in the traffic as
+    /// evidence (from the backend's own address and next hop, on a
+    /// `backend_interfaces` link): counted like a refused probe.
+    RefusedInTraffic,
     /// Connection reset after it was established.
     Reset,
     /// No answer within the probe's timeout.
@@ -48,6 +52,7 @@ impl fmt::Display for Reason {
         match self {
             Reason::Passed => f.write_str("passed"),
             Reason::Refused => f.write_str("refused"),
+            Reason::RefusedInTraffic => f.write_str("refused (seen in the traffic)"),
             Reason::Reset => f.write_str("reset"),
             Reason::Timeout => f.write_str("timeout"),
             Reason::Unreachable => f.write_str("unreachable"),
@@ -67,7 +72,10 @@ impl Reason {
     /// unreachable. Worth confirming at once, because one could be forged
     /// while several in a row are not.
     pub fn is_hard(&self) -> bool {
-        matches!(self, Reason::Refused | Reason::Reset | Reason::Unreachable)
+        matches!(
+            self,
+            Reason::Refused | Reason::RefusedInTraffic | Reason::Reset | Reason::Unreachable
+        )
     }
 
     /// The probe could not run, or could not judge, on this host: no
