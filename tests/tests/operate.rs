@@ -266,7 +266,8 @@ fn operator_flip_auto_and_refusals_through_the_cli() {
     let text = std::fs::read_to_string(&s.config).unwrap();
     std::fs::write(
         &s.config,
-        text.replace("\"g-c\", \"g-p\", \"g-s\"", "\"g-c\", \"g-p\""),
+        text.replace("\"g-c\", \"g-p\", \"g-s\"", "\"g-c\", \"g-p\"")
+            .replace("\"g-p\", \"g-s\"", "\"g-p\""),
     )
     .unwrap();
     assert!(xdp_attached(&s.lab.gw, "g-s"));
