@@ -107,6 +107,7 @@ fn check(kind: ProbeKind, interval: Duration, timeout: Duration, fall: u32) -> H
         timeout,
         rise: 3,
         fall,
+        silence: None,
     }
 }
 

@@ -402,3 +402,74 @@ fn ten_udp_kills_in_a_row_are_decided_on_the_clients_refusals_when_probes_get_no
         assert!(cause.contains("seen in the traffic"), "kill {k}: {cause}");
     }
 }
+
+/// Issue 11: silence. The primary's namespace starts dropping everything
+/// (a silent drop: no RST, no ICMP) while a resolver queries dns4 every ms,
+/// with probes every 10 s: the clients' unanswered requests are a hint,
+/// confirmed by two probes with a short timeout, and dns4 fails over within
+/// a few ms instead of at the next probe, 10 s away. web4 carries no
+/// traffic: it is judged by its probes alone and does not move.
+#[test]
+fn a_silent_drop_under_traffic_is_confirmed_by_short_probes_long_before_the_next_probe() {
+    if !require_root("a_silent_drop_under_traffic_is_confirmed_by_short_probes_long_before_the_next_probe") {
+        return;
+    }
+    let s = Setup::with_config("silence", &slow_probes());
+    let _d = s.daemon();
+    wait_for(&s.lab.client, "primary");
+    assert_eq!(udp_request(&s, 1).as_deref(), Some("primary"));
+    let traffic = resolver_clients(&s);
+    // The first probes (at start) are done; the next are seconds away.
+    thread::sleep(Duration::from_millis(500));
+    let seen = events(&s).len();
+    let p = s.lab.primary.name.clone();
+    in_ns(&p, &["nft", "add", "table", "inet", "silent"]);
+    in_ns(
+        &p,
+        &[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "silent",
+            "in",
+            "{ type filter hook input priority 0 ; policy drop ; }",
+        ],
+    );
+    let dropped = Instant::now();
+    let deadline = dropped + Duration::from_secs(5);
+    let event = loop {
+        let found = events(&s)
+            .into_iter()
+            .skip(seen)
+            .find(|e| e.service == "dns4" && e.cause.starts_with("failover"));
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "dns4 never failed over");
+        thread::sleep(Duration::from_millis(10));
+    };
+    let noticed = dropped.elapsed();
+    traffic.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.1.join().unwrap();
+    let text = scrape(&s);
+    eprintln!(
+        "silent drop → decision seen after {noticed:?}: {} (detection {:?} ms)",
+        event.cause, event.detection_ms
+    );
+    assert!(
+        metric(
+            &text,
+            "redirector_signals_total{service=\"dns4\",backend=\"primary\",kind=\"silent\",action=\"probing\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(checks(&text, "dns4", "confirmed") >= 1.0, "{text}");
+    assert!(event.cause.contains("timeout"), "{}", event.cause);
+    // Generous for a debug build on two busy vCPUs; the next probe is 10 s away.
+    assert!(noticed < Duration::from_secs(2), "{noticed:?}");
+    assert!(
+        events(&s).into_iter().skip(seen).all(|e| e.service != "web4"),
+        "web4 carries no traffic: nothing to hint at"
+    );
+}

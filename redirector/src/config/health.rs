@@ -69,6 +69,11 @@ pub struct HealthCheck {
     /// (about one a second after a burst of six); probing it faster would
     /// spend that budget and leave the next kill to a probe timeout.
     pub down_interval: Duration,
+    /// NAT only: a backend that leaves the clients' packets unanswered this
+    /// long (packets forwarded, no reply seen) is probed at once with a short
+    /// timeout; `None` (`"off"`) where traffic is one-way, for DSR (answers
+    /// bypass the gateway) and for a `failback_gate`.
+    pub silence: Option<Duration>,
 }
 
 /// Default `interval` of tcp, udp and icmp probes: with `fall = 2` and the
@@ -88,6 +93,11 @@ pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_millis(500);
 /// Default `down_interval` of udp probes: the refill rate of the backend
 /// kernel's ICMP error budget towards one destination (`icmp_ratelimit`).
 pub const DEFAULT_UDP_DOWN_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `silence` of a NAT service: a few of this lab's round trips, and
+/// far less than the probe timeout that judges a silent backend otherwise.
+pub const DEFAULT_SILENCE: Duration = Duration::from_millis(3);
+/// Allowed values of `silence`.
+pub const SILENCE_RANGE: RangeInclusive<Duration> = Duration::from_micros(500)..=Duration::from_secs(60);
 /// Default `rise`.
 pub const DEFAULT_RISE: u32 = 3;
 /// Default `fall`.
@@ -168,6 +178,7 @@ impl HealthCheck {
             timeout,
             rise: DEFAULT_RISE,
             fall: DEFAULT_FALL,
+            silence: Some(DEFAULT_SILENCE),
         }
     }
 }
@@ -179,6 +190,7 @@ raw_table! {
         interval: RawValue,
         down_interval: RawValue,
         timeout: RawValue,
+        silence: RawValue,
         rise: RawValue,
         fall: RawValue,
         path: RawValue,
@@ -339,6 +351,24 @@ pub(super) fn convert_check(
         // A gate judges a primary that is up: no down cadence of its own.
         (None, CheckDefaults::Gate) => interval,
     };
+    let silence = match (&r.silence, defaults) {
+        (Some(v), CheckDefaults::Gate) => {
+            return Err(sec.invalid(
+                "silence",
+                &v.span(),
+                "only allowed in [service.health]: a failback_gate judges no traffic",
+            ));
+        }
+        (Some(v), CheckDefaults::Service(_)) => {
+            if matches!(v.get_ref(), RawValue::Scalar(toml::Value::String(t)) if t == "off") {
+                None
+            } else {
+                Some(sec.duration("silence", v, SILENCE_RANGE)?)
+            }
+        }
+        (None, CheckDefaults::Service(_)) => Some(DEFAULT_SILENCE),
+        (None, CheckDefaults::Gate) => None,
+    };
     let timeout = match &r.timeout {
         Some(v) => sec.duration("timeout", v, Duration::from_nanos(1)..=MAX_TIMEOUT)?,
         None => timeout,
@@ -356,6 +386,7 @@ pub(super) fn convert_check(
         interval,
         down_interval,
         timeout,
+        silence,
         rise,
         fall,
     })

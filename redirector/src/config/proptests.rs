@@ -80,10 +80,17 @@ fn health_check(gate: bool) -> impl Strategy<Value = HealthCheck> {
             proptest::option::of(duration(MIN_INTERVAL, MAX_INTERVAL)),
         ),
         proptest::option::of(duration(Duration::from_nanos(1), MAX_TIMEOUT)),
-        or_default(rise, RISE_FALL_RANGE),
-        or_default(fall, RISE_FALL_RANGE),
+        (
+            or_default(rise, RISE_FALL_RANGE),
+            or_default(fall, RISE_FALL_RANGE),
+        ),
+        // None: the default; Some(None): "off".
+        proptest::option::of(proptest::option::of(duration(
+            *SILENCE_RANGE.start(),
+            *SILENCE_RANGE.end(),
+        ))),
     )
-        .prop_map(move |(kind, (interval, down), timeout, rise, fall)| {
+        .prop_map(move |(kind, (interval, down), timeout, (rise, fall), silence)| {
             let (default_interval, default_timeout) = match gate {
                 true => kind.default_gate_timing(),
                 false => kind.default_timing(),
@@ -102,6 +109,10 @@ fn health_check(gate: bool) -> impl Strategy<Value = HealthCheck> {
                 timeout: timeout.unwrap_or(default_timeout),
                 rise,
                 fall,
+                silence: match gate {
+                    true => None,
+                    false => silence.unwrap_or(Some(DEFAULT_SILENCE)),
+                },
             }
         })
 }
@@ -218,6 +229,13 @@ fn service() -> impl Strategy<Value = Service> {
                 or_default(Failover::default(), failover()),
                 lists(v4),
             )
+        })
+        .prop_map(|(base, mut health, failover, (allow, deny))| {
+            // A DSR service sees no silence.
+            if base.mode == Mode::Dsr {
+                health.silence = None;
+            }
+            (base, health, failover, (allow, deny))
         })
         .prop_map(|(base, health, failover, (allow, deny))| Service {
             health,
@@ -468,6 +486,14 @@ fn check_lines(check: &HealthCheck, protocol: Option<Protocol>, style: &mut Styl
     };
     let text = q(&spell(check.down_interval, style));
     l.key_or_default(style, "down_interval", &check.down_interval, &down, text);
+    if protocol.is_some() {
+        // A DSR service's None is its default too: "off" is always accepted.
+        let text = match check.silence {
+            Some(d) => q(&spell(d, style)),
+            None => q("off"),
+        };
+        l.key_or_default(style, "silence", &check.silence, &Some(DEFAULT_SILENCE), text);
+    }
     let text = q(&spell(check.timeout, style));
     l.key_or_default(style, "timeout", &check.timeout, &timeout, text);
     l.key_or_default(style, "rise", &check.rise, &rise, check.rise.to_string());

@@ -286,13 +286,25 @@ pub(super) fn convert_service(
     let allow = prefix_list(&sec, "allow", r.allow.as_ref(), &name, vip, &[])?;
     let deny = prefix_list(&sec, "deny", r.deny.as_ref(), &name, vip, &allow)?;
 
-    let health = match sec.table("health", &r.health)? {
+    let mut health = match sec.table("health", &r.health)? {
         Some((table, span)) => {
             let sub = sec.sub("health", span);
-            convert_check(&sub, table, CheckDefaults::Service(protocol))?
+            let check = convert_check(&sub, table, CheckDefaults::Service(protocol))?;
+            if let (Mode::Dsr, Some(_), Some(v)) = (mode, check.silence, &table.silence) {
+                return Err(sub.invalid(
+                    "silence",
+                    &v.span(),
+                    "a dsr service's answers bypass the gateway: no silence can be seen (set \"off\" or \
+                     remove it)",
+                ));
+            }
+            check
         }
         None => HealthCheck::default_for(protocol),
     };
+    if mode == Mode::Dsr {
+        health.silence = None;
+    }
     let failover = match sec.table("failover", &r.failover)? {
         Some((table, span)) => convert_failover(&sec, span, table)?,
         None => Failover::default(),

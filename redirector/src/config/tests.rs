@@ -114,7 +114,11 @@ secondary = "2001:2::1:80"
                     addr: v6("2001:2::3"),
                     port: None
                 },
-                health: HealthCheck::default_for(Protocol::Udp),
+                // DSR: the answers bypass the gateway, no silence to see.
+                health: HealthCheck {
+                    silence: None,
+                    ..HealthCheck::default_for(Protocol::Udp)
+                },
                 failover: Failover::default(),
                 allow: Vec::new(),
                 deny: Vec::new(),
@@ -688,6 +692,7 @@ probe_budget = 100000
             timeout: ms(1500),
             rise: 4,
             fall: 5,
+            silence: Some(DEFAULT_SILENCE),
         }
     );
     assert_eq!(
@@ -707,6 +712,7 @@ probe_budget = 100000
                 timeout: ms(750),
                 rise: 2,
                 fall: 3,
+                silence: None,
             }),
         }
     );
@@ -723,6 +729,7 @@ probe_budget = 100000
             timeout: ms(20),
             rise: 1,
             fall: 1,
+            silence: Some(DEFAULT_SILENCE),
         }
     );
     assert_eq!(
@@ -740,6 +747,7 @@ probe_budget = 100000
                 timeout: DEFAULT_GATE_TIMEOUT,
                 rise: 1,
                 fall: 1,
+                silence: None,
             }),
         }
     );
@@ -757,6 +765,7 @@ probe_budget = 100000
             timeout: ms(50),
             rise: 1,
             fall: 1,
+            silence: None,
         })
     );
     assert_eq!(
@@ -785,6 +794,7 @@ fn control_sections_defaults() {
         timeout: DEFAULT_TIMEOUT,
         rise: DEFAULT_RISE,
         fall: DEFAULT_FALL,
+        silence: Some(DEFAULT_SILENCE),
     };
     assert_eq!(cfg.services[0].health, tcp);
     assert_eq!(
@@ -838,6 +848,31 @@ fn backend_interfaces_must_be_attached_ones_listed_once() {
     assert_contains(
         &err(&gw("[1]")),
         &["backend_interfaces", "expected an interface name"],
+    );
+}
+
+#[test]
+fn silence_is_on_for_nat_off_for_dsr_and_gates() {
+    assert_eq!(health_of("").silence, Some(ms(3)));
+    assert_eq!(health_of("silence = \"off\"\n").silence, None);
+    assert_eq!(health_of("silence = \"20ms\"\n").silence, Some(ms(20)));
+    assert_contains(&health_err("silence = \"100us\"\n"), &["silence"]);
+    assert_contains(&health_err("silence = 3\n"), &["silence", "duration"]);
+    let dsr = |health: &str| {
+        format!("{GATEWAY}[[service]]\n{SVC}mode = \"dsr\"\n{BACKENDS}[service.health]\n{health}")
+    };
+    assert_eq!(parse(&dsr("")).services[0].health.silence, None);
+    assert_eq!(
+        parse(&dsr("silence = \"off\"\n")).services[0].health.silence,
+        None
+    );
+    assert_contains(
+        &err(&dsr("silence = \"3ms\"\n")),
+        &["silence", "bypass the gateway"],
+    );
+    assert_contains(
+        &failover_err("failback_gate = { kind = \"tcp\", silence = \"3ms\" }\n"),
+        &["silence", "only allowed in [service.health]"],
     );
 }
 
@@ -972,8 +1007,8 @@ fn unknown_key_in_health() {
     assert_eq!(
         msg,
         "test.toml:12: service \"web\" health: unknown key \"retries\", expected one of \"kind\", \
-         \"interval\", \"down_interval\", \"timeout\", \"rise\", \"fall\", \"path\", \"expect\", \"send\", \
-         \"command\""
+         \"interval\", \"down_interval\", \"timeout\", \"silence\", \"rise\", \"fall\", \"path\", \"expect\", \
+         \"send\", \"command\""
     );
 }
 

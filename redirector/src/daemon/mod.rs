@@ -53,6 +53,7 @@ mod requests;
 mod resolver;
 mod services;
 mod signals;
+mod silence;
 mod start;
 mod sweep;
 
@@ -204,6 +205,11 @@ pub struct Daemon {
     moved_interfaces: HashSet<String>,
     /// Reconciliation ticks so far (the work is spread over them).
     reconcile_ticks: u32,
+    /// Every backend's packet counters in one read ([`silence`]); `None`
+    /// when this kernel cannot batch (silences are then not watched).
+    traffic: Option<crate::datapath::TrafficReader>,
+    /// Per `BACKENDS` index, the silence watch.
+    quiet: Vec<silence::Quiet>,
 }
 
 impl Daemon {
@@ -255,6 +261,8 @@ impl Daemon {
             .map(tokio::time::interval);
         let mut reconcile = tokio::time::interval(RECONCILE);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut silence = tokio::time::interval(silence::POLL);
+        silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut hup = match self.hup.take() {
             Some(h) => h,
             None => signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
@@ -364,6 +372,7 @@ impl Daemon {
                     }
                 }
                 _ = reconcile.tick() => self.reconcile(),
+                _ = silence.tick(), if self.watches_silence() => self.silence_tick(),
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading the configuration");
                     self.begin_reload(None);

@@ -417,6 +417,24 @@ impl Services {
     /// unreachable): a hint, never a verdict. A backend that counts as up
     /// is probed at once; the probe's verdict decides, as any other.
     pub fn hint(&mut self, id: u32, slot: u8) -> (Hint, Option<&str>) {
+        self.ask(id, slot, false)
+    }
+
+    /// The traffic to a backend went unanswered for its `silence`: a hint,
+    /// confirmed by probes with a short timeout
+    /// ([`crate::health::Scheduler::confirm_now`]).
+    pub fn silent(&mut self, id: u32, slot: u8) -> (Hint, Option<&str>) {
+        self.ask(id, slot, true)
+    }
+
+    /// Services watched for silence: (id, their `silence`).
+    pub fn silences(&self) -> impl Iterator<Item = (u32, Duration)> + '_ {
+        self.by_id
+            .iter()
+            .filter_map(|(&id, s)| s.cfg.health.silence.map(|t| (id, t)))
+    }
+
+    fn ask(&mut self, id: u32, slot: u8, confirm: bool) -> (Hint, Option<&str>) {
         let slot = if slot == 0 { Slot::Primary } else { Slot::Secondary };
         let Some(svc) = self.by_id.get(&id) else {
             return (Hint::Skipped, None);
@@ -439,7 +457,12 @@ impl Services {
         }
         self.hinted.insert((id, slot.index()), now);
         if let Some(s) = &self.scheduler {
-            s.probe_now(target_id(id, Probed::Backend(slot)));
+            let target = target_id(id, Probed::Backend(slot));
+            if confirm {
+                s.confirm_now(target);
+            } else {
+                s.probe_now(target);
+            }
         }
         (Hint::Probing, name)
     }

@@ -228,6 +228,10 @@ impl Prepared {
         // for as long as it is registered.
         let signals =
             unsafe { AsyncFd::register(dp.take_signals()?) }.context("watching the data plane's signals")?;
+        let traffic = dp
+            .traffic_reader()
+            .map_err(|e| warn!("{e}: silences in the traffic are not watched"))
+            .ok();
         // SAFETY: the logger owns its fd and AsyncFd owns the logger for as
         // long as it is registered.
         let logger = unsafe { AsyncFd::register(dp.take_logger()?) }.context("watching the program log")?;
@@ -294,6 +298,8 @@ impl Prepared {
             notifier: None,
             moved_interfaces: HashSet::new(),
             reconcile_ticks: 0,
+            traffic,
+            quiet: Vec::new(),
         })
     }
 }

@@ -23,11 +23,13 @@ mod flows;
 mod hop_maps;
 mod pin;
 mod reconcile;
+mod traffic;
 pub use flows::{FlowTable, Swept};
 pub use hop_maps::HopMaps;
 use hop_maps::absent_ok;
 pub use pin::{PinDir, PinError};
 pub use reconcile::{Drift, Keyed};
+pub use traffic::{Traffic, TrafficReader};
 
 use crate::config::{Mode, Prefix, Service};
 
@@ -57,6 +59,13 @@ pub enum DatapathError {
     /// Program load or attach failed.
     #[error(transparent)]
     Program(#[from] ProgramError),
+    /// The traffic counters could not be read in one batch.
+    #[error("reading BACKEND_STATS in one batch: {source}")]
+    Traffic {
+        /// The kernel's answer.
+        #[source]
+        source: std::io::Error,
+    },
     /// The kernel refused an egress interface for redirects.
     #[error("egress interface {ifindex}: {source}")]
     Egress {
@@ -683,6 +692,24 @@ impl Datapath {
             rev_packets: a.rev_packets + s.rev_packets,
             rev_bytes: a.rev_bytes + s.rev_bytes,
         }))
+    }
+
+    /// A reader of every backend's traffic counters at once (its own
+    /// duplicate of the map's fd).
+    pub fn traffic_reader(&self) -> Result<TrafficReader> {
+        let map: &MapData = match self.map_ref(names::BACKEND_STATS)? {
+            aya::maps::Map::PerCpuArray(m) => m,
+            _ => {
+                return Err(DatapathError::Missing {
+                    kind: "per-CPU array",
+                    name: names::BACKEND_STATS,
+                });
+            }
+        };
+        std::os::fd::AsFd::as_fd(map.fd())
+            .try_clone_to_owned()
+            .and_then(TrafficReader::new)
+            .map_err(|source| DatapathError::Traffic { source })
     }
 
     /// The backend slot a client's flow is pinned to, if an entry was written.

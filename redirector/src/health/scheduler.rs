@@ -19,6 +19,13 @@
 //!   a row (the count restarts after a pass): `fall` hard failures arrive within
 //!   a millisecond, one forged RST meets a passing re-probe, and a backend that
 //!   stays down costs one probe per interval.
+//! - **Confirming a silence.** [`Scheduler::confirm_now`] (the traffic went
+//!   unanswered) probes at once with a short timeout — eight times the
+//!   slowest of the target's last passing probes, at least
+//!   [`CONFIRM_FLOOR`], at most its `timeout` — and re-probes the same way
+//!   after a failure, `fall − 1` times: a backend that stopped answering is
+//!   judged in a few of its own round trips instead of a timeout meant for
+//!   its slowest moments, and one that answers meets a passing probe.
 //! - **Down cadence.** A target whose last `fall` verdicts all failed is
 //!   probed every `down_interval` (HAProxy's `downinter`) until one passes;
 //!   then its own cadence resumes at once, so `rise` passes come at the
@@ -41,6 +48,12 @@ use tokio::{
 
 use super::{Outcome, monotonic_ns, probe};
 use crate::config::HealthCheck;
+
+/// The shortest timeout of a confirming probe ([`Scheduler::confirm_now`]):
+/// above this host's scheduling noise.
+pub const CONFIRM_FLOOR: Duration = Duration::from_millis(2);
+/// Passing probes whose latency sets a confirming probe's timeout.
+const RECENT: usize = 8;
 
 /// The shortest effective interval, whatever a check asks: keeps a
 /// misconfigured zero interval from spinning the event loop.
@@ -208,6 +221,8 @@ enum Command {
     },
     ProbeNow {
         id: TargetId,
+        /// With a short timeout, re-probed the same way after a failure.
+        confirm: bool,
     },
     Budget {
         budget: u32,
@@ -282,7 +297,15 @@ impl Scheduler {
     pub fn probe_now(&self, id: TargetId) {
         // Held only so commands reach the task in the order of the calls.
         let _table = self.table();
-        self.send(Command::ProbeNow { id });
+        self.send(Command::ProbeNow { id, confirm: false });
+    }
+
+    /// Probes a target now with a short timeout (see the module's
+    /// "Confirming a silence"), under the same limit as [`Self::probe_now`].
+    pub fn confirm_now(&self, id: TargetId) {
+        // Held only so commands reach the task in the order of the calls.
+        let _table = self.table();
+        self.send(Command::ProbeNow { id, confirm: true });
     }
 
     /// Changes the global budget (probes per second; 0 counts as 1). Targets
@@ -332,6 +355,9 @@ struct Done {
     hard: bool,
     /// No verdict about the backend (the probe could not run or judge here).
     local: bool,
+    /// A confirming probe (short timeout).
+    confirm: bool,
+    latency: Duration,
 }
 
 /// One target inside the scheduler task.
@@ -354,6 +380,9 @@ struct Slot {
     /// Failed verdicts in a row (local trouble neither counts nor resets).
     failing: u32,
     last_forced: Option<Instant>,
+    /// Latencies of the last passing probes (a ring).
+    recent: [Duration; RECENT],
+    recent_next: usize,
 }
 
 impl Slot {
@@ -364,6 +393,15 @@ impl Slot {
 
     fn can_launch(&self) -> bool {
         self.in_flight < self.cap
+    }
+
+    /// The timeout of a confirming probe: eight times the slowest recent
+    /// pass, within [`CONFIRM_FLOOR`] ..= the check's timeout.
+    fn confirm_timeout(&self) -> Duration {
+        let slowest = self.recent.iter().max().copied().unwrap_or_default();
+        (slowest * 8)
+            .max(CONFIRM_FLOOR)
+            .min(self.target.check.timeout.max(CONFIRM_FLOOR))
     }
 
     /// Failed `fall` verdicts in a row: probed at the down cadence.
@@ -390,10 +428,15 @@ impl Slot {
         if done.ok {
             self.reprobes = 0;
             self.failing = 0;
+            self.recent[self.recent_next % RECENT] = done.latency;
+            self.recent_next = self.recent_next.wrapping_add(1);
             return false;
         }
         self.failing = self.failing.saturating_add(1);
-        if done.hard && self.reprobes < self.target.check.fall.saturating_sub(1) && self.can_launch() {
+        if (done.hard || done.confirm)
+            && self.reprobes < self.target.check.fall.saturating_sub(1)
+            && self.can_launch()
+        {
             self.reprobes += 1;
             return true;
         }
@@ -513,6 +556,8 @@ impl Run {
                     reprobes: 0,
                     failing: 0,
                     last_forced: None,
+                    recent: [Duration::ZERO; RECENT],
+                    recent_next: 0,
                 };
                 slot.reinterval(eff);
                 self.targets.insert(id, slot);
@@ -523,12 +568,13 @@ impl Run {
                 self.targets.remove(&id);
                 self.pending_floor = Some(floor);
             }
-            Command::ProbeNow { id } => {
+            Command::ProbeNow { id, confirm } => {
                 if let Some(slot) = self.targets.get_mut(&id)
                     && slot.may_force(now)
                 {
                     slot.last_forced = Some(now);
-                    self.launch(id);
+                    let timeout = confirm.then(|| slot.confirm_timeout());
+                    self.launch(id, timeout);
                 }
             }
             Command::Budget { budget, floor } => {
@@ -631,13 +677,13 @@ impl Run {
             slot.last_tick = Some(tick);
             self.heap.push(Reverse((next, id, timer)));
             if slot.can_launch() {
-                self.launch(id);
+                self.launch(id, None);
             }
         }
     }
 
-    /// Starts one probe of `id` now.
-    fn launch(&mut self, id: TargetId) {
+    /// Starts one probe of `id` now; `confirm`: a confirming probe's timeout.
+    fn launch(&mut self, id: TargetId, confirm: Option<Duration>) {
         let Some(slot) = self.targets.get_mut(&id) else {
             return;
         };
@@ -647,11 +693,14 @@ impl Run {
         let reports = self.reports.clone();
         let abort = self.probes.spawn(async move {
             let sent = monotonic_ns();
-            let outcome = probe(&target.check.kind, target.addr, target.check.timeout).await;
+            let timeout = confirm.unwrap_or(target.check.timeout);
+            let outcome = probe(&target.check.kind, target.addr, timeout).await;
             let done = Done {
                 ok: outcome.ok,
                 hard: outcome.reason.is_hard(),
                 local: outcome.reason.is_local(),
+                confirm: confirm.is_some(),
+                latency: outcome.latency,
             };
             // Waiting here when the receiver lags keeps this probe in flight:
             // the per-target cap then holds new probes back.
@@ -686,10 +735,13 @@ impl Run {
         }
         let was_down = slot.is_down();
         let again = match done {
-            Some(done) => slot.finished(done),
+            // A failed confirmation is confirmed the same way.
+            Some(done) => slot
+                .finished(done)
+                .then(|| done.confirm.then(|| slot.confirm_timeout())),
             None => {
                 slot.in_flight = slot.in_flight.saturating_sub(1);
-                false
+                None
             }
         };
         if was_down && !slot.is_down() {
@@ -702,8 +754,8 @@ impl Run {
             }
             self.heap.push(Reverse((next, id, timer)));
         }
-        if again {
-            self.launch(id);
+        if let Some(confirm) = again {
+            self.launch(id, confirm);
         }
     }
 }
@@ -780,6 +832,7 @@ mod tests {
             timeout: 15 * MS,
             rise: 3,
             fall,
+            silence: None,
         };
         let target = Target {
             addr: "198.18.0.1:80".parse().unwrap(),
@@ -797,6 +850,8 @@ mod tests {
             reprobes: 0,
             failing: 0,
             last_forced: None,
+            recent: [Duration::ZERO; RECENT],
+            recent_next: 0,
         };
         slot.reinterval(5 * MS);
         slot
@@ -806,22 +861,70 @@ mod tests {
         ok: true,
         hard: false,
         local: false,
+        confirm: false,
+        latency: Duration::from_micros(200),
     };
     const HARD: Done = Done {
         ok: false,
         hard: true,
         local: false,
+        confirm: false,
+        latency: Duration::from_micros(200),
     };
     const SOFT: Done = Done {
         ok: false,
         hard: false,
         local: false,
+        confirm: false,
+        latency: Duration::from_micros(200),
     };
     const LOCAL: Done = Done {
         ok: false,
         hard: false,
         local: true,
+        confirm: false,
+        latency: Duration::from_micros(200),
     };
+
+    #[test]
+    fn a_confirming_probe_waits_eight_recent_round_trips_within_bounds() {
+        let mut s = slot(2);
+        s.in_flight = 20;
+        assert_eq!(s.confirm_timeout(), CONFIRM_FLOOR);
+        for _ in 0..RECENT {
+            s.finished(PASS); // 200 µs each
+        }
+        assert_eq!(s.confirm_timeout(), CONFIRM_FLOOR);
+        s.finished(Done {
+            latency: 500 * Duration::from_micros(1),
+            ..PASS
+        });
+        assert_eq!(s.confirm_timeout(), 4 * MS);
+        s.finished(Done {
+            latency: 3 * MS,
+            ..PASS
+        });
+        assert_eq!(s.confirm_timeout(), 15 * MS, "never above the check's timeout");
+        // The slow pass ages out of the ring.
+        for _ in 0..RECENT {
+            s.finished(PASS);
+        }
+        assert_eq!(s.confirm_timeout(), CONFIRM_FLOOR);
+    }
+
+    #[test]
+    fn a_failed_confirmation_is_confirmed_again_fall_minus_one_times() {
+        let mut s = slot(3);
+        s.in_flight = 4;
+        let confirm_timeout = Done {
+            confirm: true,
+            ..SOFT
+        };
+        assert!(s.finished(confirm_timeout));
+        assert!(s.finished(confirm_timeout));
+        assert!(!s.finished(confirm_timeout));
+        assert!(!s.finished(SOFT), "a cadence probe's timeout is not");
+    }
 
     #[test]
     fn fall_failures_in_a_row_slow_the_cadence_until_a_pass() {

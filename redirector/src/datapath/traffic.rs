@@ -1,0 +1,106 @@
+//! Every backend's traffic counters in one system call: the per-CPU
+//! `BACKEND_STATS` array read with `BPF_MAP_LOOKUP_BATCH`, for the daemon's
+//! silence watch, which looks every millisecond. A lookup per backend (aya's
+//! way) would cost a system call per backend per look.
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
+
+use redirector_common::BackendStats;
+
+/// `BPF_MAP_LOOKUP_BATCH` (include/uapi/linux/bpf.h).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Packets a backend was sent and answered with, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Client → backend packets.
+    pub fwd: u64,
+    /// Backend → client packets (NAT replies).
+    pub rev: u64,
+}
+
+/// Reads the first entries of `BACKEND_STATS` at once.
+#[derive(Debug)]
+pub struct TrafficReader {
+    fd: OwnedFd,
+    cpus: usize,
+    keys: Vec<u32>,
+    values: Vec<BackendStats>,
+    out: Vec<Traffic>,
+}
+
+impl TrafficReader {
+    /// A reader of the map `fd` (a `BACKEND_STATS` duplicate).
+    pub(super) fn new(fd: OwnedFd) -> std::io::Result<TrafficReader> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        Ok(TrafficReader {
+            fd,
+            cpus,
+            keys: Vec::new(),
+            values: Vec::new(),
+            out: Vec::new(),
+        })
+    }
+
+    /// The counters of backends `0 .. entries` (`BACKENDS` indexes).
+    pub fn read(&mut self, entries: u32) -> std::io::Result<&[Traffic]> {
+        let n = entries as usize;
+        self.keys.resize(n, 0);
+        // A per-CPU value is one 8-byte-aligned copy per possible CPU
+        // (`BackendStats` is 32 bytes: no padding between them).
+        self.values.resize(n * self.cpus, BackendStats::default());
+        let mut next = 0u32;
+        let mut attr = BatchAttr {
+            out_batch: std::ptr::from_mut(&mut next) as u64,
+            keys: self.keys.as_mut_ptr() as u64,
+            values: self.values.as_mut_ptr() as u64,
+            count: entries,
+            map_fd: u32::try_from(self.fd.as_fd().as_raw_fd()).unwrap_or(u32::MAX),
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` points at buffers of `entries` keys and
+        // `entries × cpus` values that outlive the call; the kernel writes at
+        // most `count` elements and one key to `out_batch`.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        // ENOENT: the end of the map was reached; `count` says how far.
+        if ret < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+        }
+        let got = (attr.count as usize).min(n);
+        self.out.clear();
+        self.out.resize(n, Traffic::default());
+        for (i, key) in self.keys.iter().take(got).enumerate() {
+            let Some(slot) = self.out.get_mut(*key as usize) else {
+                continue;
+            };
+            for s in self.values.iter().skip(i * self.cpus).take(self.cpus) {
+                slot.fwd += s.fwd_packets;
+                slot.rev += s.rev_packets;
+            }
+        }
+        Ok(&self.out)
+    }
+}
