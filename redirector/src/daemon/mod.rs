@@ -230,10 +230,17 @@ impl Daemon {
         let pins = PinDir::new(&cfg.control.bpffs_dir);
         // One daemon per data plane, before anything is read or written.
         let lock = start::instance_lock(&cfg.control, &pins)?;
+        // An older version's data plane is taken over, not refused: its
+        // matching pins move here before anything is loaded.
+        let sizes = crate::datapath::Sizes {
+            max_services: cfg.gateway.max_services,
+            flow_entries: cfg.gateway.flow_table_size,
+        };
+        let migration = Datapath::plan_migration(&pins, sizes)?;
         // Anything pinned is adopted (and checked), never removed by a
         // refused start: even what is left of a data plane may be forwarding.
         let adopting = pins.anything();
-        let started = start::prepare(cfg, config_path, pins.clone(), adopting, lock, metrics)
+        let started = start::prepare(cfg, config_path, pins.clone(), adopting, lock, metrics, migration)
             .and_then(start::Prepared::commit);
         // A refused first start leaves nothing behind; an adopted data plane
         // keeps forwarding as it did.

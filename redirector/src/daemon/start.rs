@@ -23,7 +23,7 @@ use super::{
 use crate::{
     config::{Config, IcmpEcho, Mode, Service},
     control::server::{Incoming, Server},
-    datapath::{Datapath, PinDir, Sizes, monotonic_ns},
+    datapath::{Datapath, Migration, PinDir, Sizes, monotonic_ns},
     health,
     lock::InstanceLock,
     netlink,
@@ -59,6 +59,8 @@ pub(super) struct Prepared {
     plans: Vec<attach::Plan>,
     /// Loaded and verified; the pinned maps reused but not written.
     dp: Datapath,
+    /// An older version's data plane being taken over.
+    migration: Option<Migration>,
 }
 
 /// Phase one: every check that can refuse the start.
@@ -69,12 +71,13 @@ pub(super) fn prepare(
     adopting: bool,
     lock: InstanceLock,
     metrics: MetricsEndpoint,
+    migration: Option<Migration>,
 ) -> Result<Prepared> {
     let sizes = Sizes {
         max_services: cfg.gateway.max_services,
         flow_entries: cfg.gateway.flow_table_size,
     };
-    refuse_other_versions(&pins)?;
+    refuse_other_versions(&pins, migration.is_some())?;
     if adopting {
         pins.check(crate::EBPF_OBJECT, sizes)?;
     }
@@ -117,11 +120,18 @@ pub(super) fn prepare(
         ifindexes,
         plans,
         dp,
+        migration,
     })
 }
 
-fn refuse_other_versions(pins: &PinDir) -> Result<()> {
-    if let Some(other) = pins.other_versions().first() {
+/// A newer version's data plane, or several, is refused (an older one is
+/// being taken over when `migrating`).
+fn refuse_other_versions(pins: &PinDir, migrating: bool) -> Result<()> {
+    let others = pins.other_versions();
+    if migrating && others.len() == 1 {
+        return Ok(());
+    }
+    if let Some(other) = others.first() {
         bail!(
             "{} holds the data plane of another redirector version; this version pins into {}. Upgrade \
              procedure (docs/operations.md): stop the old daemon, run the old version's `redirector \
@@ -175,6 +185,7 @@ impl Prepared {
             ifindexes,
             plans,
             mut dp,
+            migration,
         } = self;
         dp.install_paths().context("installing the program's paths")?;
         dp.set_icmp_echo(cfg.gateway.icmp_echo == IcmpEcho::Answer)
@@ -235,6 +246,12 @@ impl Prepared {
         // SAFETY: the logger owns its fd and AsyncFd owns the logger for as
         // long as it is registered.
         let logger = unsafe { AsyncFd::register(dp.take_logger()?) }.context("watching the program log")?;
+        if let Some(m) = migration {
+            let from = m.version();
+            m.finish(&dp)
+                .with_context(|| format!("taking over version {from}'s data plane"))?;
+            info!("took over version {from}'s data plane: flows, next hops and counters carried over");
+        }
         // Attach last: traffic only ever meets complete maps.
         let links = attach::attach_all(
             &mut dp,

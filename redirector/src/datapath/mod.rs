@@ -21,12 +21,14 @@ use thiserror::Error;
 mod expect;
 mod flows;
 mod hop_maps;
+mod migrate;
 mod pin;
 mod reconcile;
 mod traffic;
 pub use flows::{FlowTable, Swept};
 pub use hop_maps::HopMaps;
 use hop_maps::absent_ok;
+pub use migrate::Migration;
 pub use pin::{PinDir, PinError};
 pub use reconcile::{Drift, Keyed};
 pub use traffic::{Traffic, TrafficReader};
@@ -692,6 +694,24 @@ impl Datapath {
             rev_packets: a.rev_packets + s.rev_packets,
             rev_bytes: a.rev_bytes + s.rev_bytes,
         }))
+    }
+
+    /// Map `name`'s kernel object.
+    pub(super) fn map_data(&self, name: &'static str) -> Result<&MapData> {
+        use aya::maps::Map;
+        match self.map_ref(name)? {
+            Map::Array(m) | Map::PerCpuArray(m) | Map::HashMap(m) | Map::LruHashMap(m) => Ok(m),
+            _ => Err(DatapathError::Missing {
+                kind: "array or hash map",
+                name,
+            }),
+        }
+    }
+
+    /// Takes over an older version's data plane pinned beside this one's,
+    /// before the load (see [`migrate`]).
+    pub fn plan_migration(pins: &PinDir, sizes: Sizes) -> std::result::Result<Option<Migration>, PinError> {
+        migrate::plan(pins, crate::EBPF_OBJECT, sizes)
     }
 
     /// A reader of every backend's traffic counters at once (its own

@@ -120,6 +120,14 @@ impl PinDir {
         }
     }
 
+    /// The pins of another version's directory `dir` under `root`.
+    pub(super) fn at(root: &Path, dir: &Path) -> PinDir {
+        PinDir {
+            root: root.to_path_buf(),
+            dir: dir.to_path_buf(),
+        }
+    }
+
     /// The configured bpffs directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -205,64 +213,12 @@ impl PinDir {
             if !path.exists() {
                 continue;
             }
-            let Some(def) = obj.maps.get(name) else {
-                return Err(PinError::Object(format!("no map {name}")));
-            };
-            let max = super::max_entries(name, sizes).unwrap_or_else(|| def.max_entries());
-            let pinned = MapData::from_pin(&path).map_err(|source| PinError::Open {
-                path: path.clone(),
-                source,
-            })?;
-            let info = pinned.info().map_err(|source| PinError::Open {
-                path: path.clone(),
-                source,
-            })?;
-            let kind = info.map_type().map_err(|source| PinError::Open {
-                path: path.clone(),
-                source,
-            })? as u32;
-            let mismatch = |what: String| PinError::Mismatch {
-                path: path.clone(),
-                what,
-                root: self.root.clone(),
-            };
-            if kind != def.map_type() {
-                return Err(mismatch(format!("map type {kind}, expected {}", def.map_type())));
-            }
-            if info.key_size() != def.key_size() {
-                return Err(mismatch(format!(
-                    "{}-byte keys, expected {}",
-                    info.key_size(),
-                    def.key_size()
-                )));
-            }
-            // Device maps' value size is set by the loader, not the object.
-            let devmap = matches!(
-                kind,
-                k if k == aya::maps::MapType::DevMap as u32 || k == aya::maps::MapType::DevMapHash as u32
-            );
-            if !devmap && info.value_size() != def.value_size() {
-                return Err(mismatch(format!(
-                    "{}-byte values, expected {}",
-                    info.value_size(),
-                    def.value_size()
-                )));
-            }
-            // The kernel marks device maps read-only for programs itself.
-            const BPF_F_RDONLY_PROG: u32 = 1 << 7;
-            let kernel_flags = if devmap { BPF_F_RDONLY_PROG } else { 0 };
-            if info.map_flags() & !kernel_flags != def.map_flags() {
-                return Err(mismatch(format!(
-                    "map flags {:#x}, expected {:#x}",
-                    info.map_flags(),
-                    def.map_flags()
-                )));
-            }
-            if info.max_entries() != max {
-                return Err(mismatch(format!(
-                    "capacity {}, but this configuration asks for {max} (max_services / flow_table_size changed?)",
-                    info.max_entries()
-                )));
+            if let Some(what) = compare(&obj, name, &path, sizes)? {
+                return Err(PinError::Mismatch {
+                    path,
+                    what: what.to_string(),
+                    root: self.root.clone(),
+                });
             }
         }
         Ok(())
@@ -295,4 +251,95 @@ fn mount_bpffs(target: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// How a pinned map differs from what this build declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Difference {
+    /// An array whose capacity grew, all else equal: its entries carry over.
+    Grown {
+        /// Its capacity.
+        old: u32,
+    },
+    /// Anything else: never reused.
+    Other(String),
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Difference::Grown { old } => write!(f, "capacity {old}, smaller than this version's"),
+            Difference::Other(what) => f.write_str(what),
+        }
+    }
+}
+
+/// How the map pinned at `path` differs from `name` in `obj` under `sizes`
+/// (type, key and value size, flags, capacity); `None` when it matches.
+pub(super) fn compare(
+    obj: &aya_obj::Object,
+    name: &str,
+    path: &Path,
+    sizes: Sizes,
+) -> Result<Option<Difference>, PinError> {
+    let Some(def) = obj.maps.get(name) else {
+        return Err(PinError::Object(format!("no map {name}")));
+    };
+    let max = super::max_entries(name, sizes).unwrap_or_else(|| def.max_entries());
+    let open = |source| PinError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let pinned = MapData::from_pin(path).map_err(open)?;
+    let info = pinned.info().map_err(open)?;
+    let kind = info.map_type().map_err(open)? as u32;
+    if kind != def.map_type() {
+        return Ok(Some(Difference::Other(format!(
+            "map type {kind}, expected {}",
+            def.map_type()
+        ))));
+    }
+    if info.key_size() != def.key_size() {
+        return Ok(Some(Difference::Other(format!(
+            "{}-byte keys, expected {}",
+            info.key_size(),
+            def.key_size()
+        ))));
+    }
+    // Device maps' value size is set by the loader, not the object.
+    let devmap = matches!(
+        kind,
+        k if k == aya::maps::MapType::DevMap as u32 || k == aya::maps::MapType::DevMapHash as u32
+    );
+    if !devmap && info.value_size() != def.value_size() {
+        return Ok(Some(Difference::Other(format!(
+            "{}-byte values, expected {}",
+            info.value_size(),
+            def.value_size()
+        ))));
+    }
+    // The kernel marks device maps read-only for programs itself.
+    const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+    let kernel_flags = if devmap { BPF_F_RDONLY_PROG } else { 0 };
+    if info.map_flags() & !kernel_flags != def.map_flags() {
+        return Ok(Some(Difference::Other(format!(
+            "map flags {:#x}, expected {:#x}",
+            info.map_flags(),
+            def.map_flags()
+        ))));
+    }
+    if info.max_entries() != max {
+        let array =
+            kind == aya::maps::MapType::Array as u32 || kind == aya::maps::MapType::PerCpuArray as u32;
+        if array && info.max_entries() < max && super::max_entries(name, sizes).is_none() {
+            return Ok(Some(Difference::Grown {
+                old: info.max_entries(),
+            }));
+        }
+        return Ok(Some(Difference::Other(format!(
+            "capacity {}, but this configuration asks for {max} (max_services / flow_table_size changed?)",
+            info.max_entries()
+        ))));
+    }
+    Ok(None)
 }
