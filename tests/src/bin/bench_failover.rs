@@ -148,7 +148,8 @@ fn config(interval: Option<&str>, extra: Option<&str>) -> String {
 
 /// The flood phase's target: a UDP service whose backends have nothing on
 /// the port (their kernels drop the datagrams; ICMP errors are rate-limited),
-/// probed by ping so its own probes stay healthy.
+/// probed by ping so its own probes stay healthy. One-way traffic: no
+/// silence watch, as the docs advise.
 const SINK: &str = r#"
 [[service]]
 name = "sink"
@@ -159,7 +160,24 @@ primary = "198.18.2.2"
 secondary = "198.18.3.2"
 [service.health]
 kind = "icmp"
+silence = "off"
 "#;
+
+/// Waits until every service is active on its primary with both backends up.
+fn settled(socket: &std::path::Path, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let st = redirector_tests::client::status_json(socket);
+        let services = st["services"].as_array().cloned().unwrap_or_default();
+        if services.iter().all(|s| s["active"] == "primary") && redirector_tests::client::all_up(&st) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("services did not settle on their primaries within {within:?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
 
 /// Arrival lines of a server: `udp|tcp SEQ NS`.
 fn drain(server: &Server, into: &mut Vec<(Series, u64, u64)>) {
@@ -611,6 +629,10 @@ fn main() -> Result<()> {
     // while the primary keeps serving.
     if a.busy_secs > 0 {
         wait_serving(&run.lab.client, "primary", Duration::from_secs(10))?;
+        // Every service back on a healthy primary (a UDP backend is probed
+        // once a second while down): a failback late from the last fault is
+        // not this phase's.
+        settled(&run.leftovers.socket, Duration::from_secs(10))?;
         let t_busy = unix_ms();
         let cpus = thread::available_parallelism().map_or(2, |n| n.get());
         let mut hogs = Vec::new();
@@ -660,9 +682,9 @@ fn main() -> Result<()> {
     if !a.scale.is_empty() {
         println!();
         println!(
-            "| services | backends probed | effective interval | probes/s | daemon CPU (% of one vCPU) | kill → failover decided (median / max over services) |"
+            "| services | backends probed | effective interval | probes/s | daemon CPU (% of one vCPU) | kill → failover decided (median / max over services) | the one with traffic (dns4, 1 request/ms): kill → decided, cause |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|---|");
         for &n in &a.scale {
             scale(n)?;
         }
@@ -863,10 +885,16 @@ fn cpu_time() -> Duration {
 
 /// `n` DSR services on the lab's two backends (TCP probes of their port 80)
 /// with the default health settings: the probing cost at that scale, and how
-/// long after the primary's server is killed each service decides.
+/// long after the primary's server is killed each service decides. One more
+/// service, NAT UDP `dns4`, carries a client's request every ms: its
+/// failure shows in the traffic whatever the stretched probe interval.
 fn scale(n: usize) -> Result<()> {
-    let mut config =
-        String::from("[gateway]\ninterfaces = [\"g-c\", \"g-p\", \"g-s\"]\nxdp_mode = \"driver\"\n");
+    let mut config = String::from(
+        "[gateway]\ninterfaces = [\"g-c\", \"g-p\", \"g-s\"]\nbackend_interfaces = [\"g-p\", \"g-s\"]\n\
+         xdp_mode = \"driver\"\nmax_services = 2048\n\
+         [[service]]\nname = \"dns4\"\nvip = \"198.18.100.1\"\nport = 53\nprotocol = \"udp\"\n\
+         primary = \"198.18.2.2\"\nsecondary = \"198.18.3.2\"\n",
+    );
     for i in 0..n {
         config.push_str(&format!(
             "[[service]]\nname = \"s{i}\"\nvip = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\n\
@@ -894,18 +922,77 @@ fn scale(n: usize) -> Result<()> {
         },
     );
     let interval = interval.unwrap_or(f64::NAN);
+    let stop = Arc::new(AtomicBool::new(false));
+    let resolver = {
+        let (stop, ns) = (stop.clone(), run.lab.client.name.clone());
+        thread::spawn(move || {
+            let _in = redirector_tests::netns::enter(&ns);
+            let until = Instant::now() + Duration::from_secs(60);
+            let mut open = std::collections::VecDeque::new();
+            while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                // A new source port per request, as resolvers do.
+                if let Ok(sock) = UdpSocket::bind("198.18.1.2:0") {
+                    let _ = sock.send_to(b"seq:0", "198.18.100.1:53");
+                    open.push_back(sock);
+                }
+                if open.len() > 50 {
+                    open.pop_front();
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    // Followed live: the event log keeps the last 1024 transitions, fewer
+    // than this kill makes.
+    let watcher = {
+        let socket = run.leftovers.socket.clone();
+        thread::spawn(move || {
+            let mut found = None;
+            let _ = client::call(
+                &socket,
+                Request::Events { follow: true },
+                Some(Duration::from_secs(10)),
+                |r| match r {
+                    Response::Event(e) if e.service == "dns4" && e.from != e.to => {
+                        found = Some(e);
+                        false
+                    }
+                    _ => true,
+                },
+            );
+            found
+        })
+    };
+    thread::sleep(Duration::from_millis(100));
     let kill_unix = unix_ms();
     run.primary.kill();
     thread::sleep(Duration::from_millis(500 + (interval * 3.0) as u64));
-    let mut decided: Vec<f64> = events(&run.leftovers.socket)
+    stop.store(true, Ordering::Relaxed);
+    let _ = resolver.join();
+    let all = events(&run.leftovers.socket);
+    let traffic = watcher
+        .join()
+        .ok()
+        .flatten()
+        .filter(|e| e.unix_ms >= kill_unix)
+        .map_or("none".to_owned(), |e| {
+            format!(
+                "{} ms (detection {:.1} ms), {}",
+                e.unix_ms - kill_unix,
+                e.detection_ms.unwrap_or(f64::NAN),
+                e.cause
+            )
+        });
+    let mut decided: Vec<f64> = all
         .into_iter()
-        .filter(|e| e.unix_ms >= kill_unix && e.from != e.to)
+        .filter(|e| e.service != "dns4" && e.unix_ms >= kill_unix && e.from != e.to)
         .map(|e| (e.unix_ms - kill_unix) as f64)
         .collect();
     decided.sort_by(f64::total_cmp);
-    let backends = 2 * n;
+    let backends = 2 * (n + 1);
     println!(
-        "| {n} | {backends} | {interval:.1} ms | {:.0} | {:.1} | {} of {n} failed over: {:.0} / {:.0} ms |",
+        "| {n} + 1 | {backends} | {interval:.1} ms | {:.0} | {:.1} | {} of {n} failed over: {:.0} / {:.0} ms | {traffic} |",
         backends as f64 * 1000.0 / interval,
         cpu * 100.0,
         decided.len(),
