@@ -70,6 +70,10 @@ pub mod names {
     /// Ifindex → 1 for each `[gateway] backend_interfaces` link: a signal
     /// arriving there can be evidence (not pinned: written at each start).
     pub const BACKEND_IFACES: &str = "BACKEND_IFACES";
+    /// Per-CPU [`super::Handshakes`] indexed like `BACKENDS`: TCP SYNs sent
+    /// to a backend and its SYN-ACKs, for the silence watch (not pinned:
+    /// counts start afresh with each program).
+    pub const HANDSHAKES: &str = "HANDSHAKES";
 
     /// Every map that holds state of the data plane: pinned, so the data
     /// plane outlives the daemon and a restarted daemon adopts them.
@@ -372,6 +376,18 @@ pub struct FlowValue {
 pub struct Addr {
     /// IPv6 or IPv4-mapped address.
     pub addr: Ip,
+}
+
+/// A backend's TCP handshakes (per CPU): connections asked for and
+/// accepted. Unlike packets, a SYN always expects an answer: the trailing
+/// ACK of a closed connection does not.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Handshakes {
+    /// Clients' SYNs (without ACK) forwarded to the backend.
+    pub syns: u64,
+    /// The backend's SYN-ACKs to clients (NAT replies).
+    pub syn_acks: u64,
 }
 
 /// Per-backend traffic counters (per CPU).

@@ -48,7 +48,7 @@ mod program {
         icmp::{self, Verdict},
         maps::{
             BACKEND_ADDRS, BACKENDS, CLIENT_HOPS, EGRESS, HOP_REQUESTS, LOCAL_ADDRS, PATHS, PORTS, REVERSE,
-            SERVICE_VIPS, SERVICES, SWITCH, VIPS, count, count_backend, count_refused,
+            SERVICE_VIPS, SERVICES, SWITCH, VIPS, count, count_backend, count_handshake, count_refused,
         },
         parse::{self, Deferred, IcmpParsed, Packet, Parsed, parse},
         rewrite::{self, Side},
@@ -265,6 +265,9 @@ mod program {
             return pass(Counter::Fragmented);
         }
         count_backend(index, frame_len(ctx), false);
+        if pkt.syn != 0 {
+            count_handshake(index, false);
+        }
         send(ctx, pkt.v6, &be.hop)
     }
 

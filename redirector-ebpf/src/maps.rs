@@ -6,7 +6,7 @@ use aya_ebpf::{
 use redirector_common::{
     AclKey, Addr, Backend, BackendStats, Counter, DEFAULT_ACL_ENTRIES, DEFAULT_CLIENT_HOPS,
     DEFAULT_FLOW_ENTRIES, DEFAULT_MAX_SERVICES, EMBRYO_SHARE, Endpoint, FLOW_WAYS, FRAG_BUCKETS, FlowBucket,
-    FlowSettings, NextHop, ReverseInfo, ServiceInfo, ServiceVip, SwitchState,
+    FlowSettings, Handshakes, NextHop, ReverseInfo, ServiceInfo, ServiceVip, SwitchState,
 };
 
 #[map]
@@ -76,6 +76,9 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
 
 #[map]
+pub static HANDSHAKES: PerCpuArray<Handshakes> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
+
+#[map]
 pub static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 
 #[map]
@@ -112,6 +115,22 @@ pub fn count_refused(service: u32) {
     if let Some(v) = REFUSED.get_ptr_mut(service) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *v += 1 };
+    }
+}
+
+/// A client's SYN forwarded to backend `index` (`syn_ack`: false), or the
+/// backend's SYN-ACK to a client (true).
+#[inline(always)]
+pub fn count_handshake(index: u32, syn_ack: bool) {
+    if let Some(h) = HANDSHAKES.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe {
+            if syn_ack {
+                (*h).syn_acks += 1;
+            } else {
+                (*h).syns += 1;
+            }
+        }
     }
 }
 

@@ -17,15 +17,17 @@ use redirector_common::{
 };
 
 use crate::{
-    maps::{BACKEND_IFACES, BACKENDS, SIGNAL_LAST, SIGNALS, count},
+    maps::{BACKEND_IFACES, BACKENDS, SIGNAL_LAST, SIGNALS, count, count_handshake},
     parse::ptr_at,
 };
 
+const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
 /// A TCP reply from backend `index` (`BACKENDS` index) whose header starts at
-/// `l4_off`: a RST|ACK with sequence 0 answers a SYN on a closed port.
+/// `l4_off`: a RST|ACK with sequence 0 answers a SYN on a closed port; a
+/// SYN|ACK accepts one (counted for the silence watch).
 #[inline(always)]
 pub fn tcp_reply(ctx: &XdpContext, l4_off: usize, index: u32) {
     // Sequence number at offset 4, flags at 13.
@@ -37,6 +39,9 @@ pub fn tcp_reply(ctx: &XdpContext, l4_off: usize, index: u32) {
     };
     // SAFETY: bounds-checked single-byte-aligned reads.
     let (seq, flags) = unsafe { (*seq, *flags) };
+    if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK {
+        count_handshake(index, true);
+    }
     if flags & (TCP_RST | TCP_ACK) == TCP_RST | TCP_ACK && seq == [0; 4] {
         // A NAT reply: its source is the backend's address and port.
         report(index, SIGNAL_RST_CLOSED, from_backends_hop(ctx, index));

@@ -205,9 +205,10 @@ pub struct Daemon {
     moved_interfaces: HashSet<String>,
     /// Reconciliation ticks so far (the work is spread over them).
     reconcile_ticks: u32,
-    /// Every backend's packet counters in one read ([`silence`]); `None`
-    /// when this kernel cannot batch (silences are then not watched).
-    traffic: Option<crate::datapath::TrafficReader>,
+    /// Every backend's packet counters and TCP handshakes, each in one read
+    /// ([`silence`]); `None` when this kernel cannot batch (silences are
+    /// then not watched).
+    traffic: Option<silence::Readers>,
     /// Per `BACKENDS` index, the silence watch.
     quiet: Vec<silence::Quiet>,
 }

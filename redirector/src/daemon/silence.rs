@@ -3,10 +3,12 @@
 //! server) is probed at once with a short timeout, instead of waiting for
 //! the probe timeout meant for its slowest moments.
 //!
-//! Every [`POLL`] the daemon reads all backends' packet counters in one
-//! system call (`BACKEND_STATS`, which the data plane keeps anyway: the
-//! forwarding path pays nothing) and, per backend, notes when packets were
-//! first forwarded after the last answer seen. A silence is a hint, never a
+//! Every [`POLL`] the daemon reads all backends' counters, one system call
+//! per map, and per backend notes when requests were first forwarded after
+//! the last answer seen. For UDP a request is any packet (`BACKEND_STATS`,
+//! which the data plane keeps anyway); for TCP it is a SYN and its answer a
+//! SYN-ACK (`HANDSHAKES`, counted on those packets only): the trailing ACK
+//! of a closed connection expects no answer. A silence is a hint, never a
 //! verdict (a client can send what a healthy server ignores): it asks for
 //! confirming probes, once per silence — a one-way flow costs one probe,
 //! not one per poll. Only answers end a silence.
@@ -15,7 +17,20 @@ use std::time::Duration;
 use log::warn;
 
 use super::{Daemon, services::Hint};
-use crate::{datapath::Traffic, policy::Nanos};
+use crate::{
+    config::Protocol,
+    datapath::{Traffic, TrafficReader},
+    policy::Nanos,
+};
+
+/// The two counters the watch reads.
+#[derive(Debug)]
+pub(super) struct Readers {
+    /// `BACKEND_STATS`: packets each way.
+    pub packets: TrafficReader,
+    /// `HANDSHAKES`: SYNs and SYN-ACKs.
+    pub handshakes: TrafficReader,
+}
 
 /// How often the counters are read while some service watches for silence.
 pub(super) const POLL: Duration = Duration::from_millis(1);
@@ -65,16 +80,24 @@ impl Daemon {
 
     /// One look at every watched backend's counters.
     pub(super) fn silence_tick(&mut self) {
-        let watched: Vec<(u32, Duration)> = self.services.silences().collect();
-        let Some(last) = watched.iter().map(|(id, _)| *id).max() else {
+        let watched: Vec<(u32, Duration, Protocol)> = self.services.silences().collect();
+        let Some(last) = watched.iter().map(|(id, _, _)| *id).max() else {
             return;
         };
-        let Some(reader) = self.traffic.as_mut() else {
+        let Some(readers) = self.traffic.as_mut() else {
             return;
         };
         let entries = (last + 1) * 2;
-        let counters = match reader.read(entries) {
-            Ok(c) => c.to_vec(),
+        let read = readers
+            .packets
+            .read(entries)
+            .map(<[Traffic]>::to_vec)
+            .and_then(|packets| {
+                let handshakes = readers.handshakes.read(entries)?.to_vec();
+                Ok((packets, handshakes))
+            });
+        let (packets, handshakes) = match read {
+            Ok(both) => both,
             Err(e) => {
                 warn!("reading the backends' traffic counters: {e}; silences are not watched");
                 self.traffic = None;
@@ -83,7 +106,11 @@ impl Daemon {
         };
         let now = Nanos(crate::datapath::monotonic_ns());
         self.quiet.resize(entries as usize, Quiet::default());
-        for (id, limit) in watched {
+        for (id, limit, protocol) in watched {
+            let counters = match protocol {
+                Protocol::Tcp => &handshakes,
+                Protocol::Udp => &packets,
+            };
             for slot in 0..2u8 {
                 let index = (id * 2 + u32::from(slot)) as usize;
                 let (Some(t), Some(q)) = (counters.get(index), self.quiet.get_mut(index)) else {

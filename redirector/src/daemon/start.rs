@@ -240,7 +240,13 @@ impl Prepared {
         let signals =
             unsafe { AsyncFd::register(dp.take_signals()?) }.context("watching the data plane's signals")?;
         let traffic = dp
-            .traffic_reader()
+            .traffic_reader(false)
+            .and_then(|packets| {
+                Ok(super::silence::Readers {
+                    packets,
+                    handshakes: dp.traffic_reader(true)?,
+                })
+            })
             .map_err(|e| warn!("{e}: silences in the traffic are not watched"))
             .ok();
         // SAFETY: the logger owns its fd and AsyncFd owns the logger for as

@@ -62,7 +62,7 @@ pub enum DatapathError {
     #[error(transparent)]
     Program(#[from] ProgramError),
     /// The traffic counters could not be read in one batch.
-    #[error("reading BACKEND_STATS in one batch: {source}")]
+    #[error("reading the backends' traffic counters in one batch: {source}")]
     Traffic {
         /// The kernel's answer.
         #[source]
@@ -163,7 +163,9 @@ pub fn max_entries(name: &str, sizes: Sizes) -> Option<u32> {
     let services = sizes.max_services;
     match name {
         names::SERVICES | names::SWITCH => Some(services),
-        names::BACKENDS | names::REVERSE | names::BACKEND_STATS | names::SIGNAL_LAST => Some(services * 2),
+        names::BACKENDS | names::REVERSE | names::BACKEND_STATS | names::SIGNAL_LAST | names::HANDSHAKES => {
+            Some(services * 2)
+        }
         names::REFUSED | names::SERVICE_VIPS => Some(services),
         names::FLOWS => Some(sizes.flow_buckets()),
         names::EMBRYOS => Some(sizes.embryo_buckets()),
@@ -319,8 +321,10 @@ impl Datapath {
                 loader.map_pin_path(name, pins.map(name));
             }
         }
-        if let Some(n) = max_entries(names::SIGNAL_LAST, sizes) {
-            loader.map_max_entries(names::SIGNAL_LAST, n);
+        for name in [names::SIGNAL_LAST, names::HANDSHAKES] {
+            if let Some(n) = max_entries(name, sizes) {
+                loader.map_max_entries(name, n);
+            }
         }
         let mut ebpf = loader.load(object)?;
         let prog: &mut Xdp = ebpf
@@ -714,21 +718,19 @@ impl Datapath {
         migrate::plan(pins, crate::EBPF_OBJECT, sizes)
     }
 
-    /// A reader of every backend's traffic counters at once (its own
-    /// duplicate of the map's fd).
-    pub fn traffic_reader(&self) -> Result<TrafficReader> {
-        let map: &MapData = match self.map_ref(names::BACKEND_STATS)? {
-            aya::maps::Map::PerCpuArray(m) => m,
-            _ => {
-                return Err(DatapathError::Missing {
-                    kind: "per-CPU array",
-                    name: names::BACKEND_STATS,
-                });
-            }
+    /// A reader of every backend's packet counters (`BACKEND_STATS`) or
+    /// TCP handshakes (`HANDSHAKES`) at once, on its own duplicate of the
+    /// map's fd.
+    pub fn traffic_reader(&self, handshakes: bool) -> Result<TrafficReader> {
+        let name = if handshakes {
+            names::HANDSHAKES
+        } else {
+            names::BACKEND_STATS
         };
+        let map = self.map_data(name)?;
         std::os::fd::AsFd::as_fd(map.fd())
             .try_clone_to_owned()
-            .and_then(TrafficReader::new)
+            .and_then(|fd| TrafficReader::new(fd, handshakes))
             .map_err(|source| DatapathError::Traffic { source })
     }
 

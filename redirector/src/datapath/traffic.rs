@@ -1,10 +1,11 @@
 //! Every backend's traffic counters in one system call: the per-CPU
-//! `BACKEND_STATS` array read with `BPF_MAP_LOOKUP_BATCH`, for the daemon's
-//! silence watch, which looks every millisecond. A lookup per backend (aya's
-//! way) would cost a system call per backend per look.
+//! `BACKEND_STATS` (packets) or `HANDSHAKES` (TCP SYNs and SYN-ACKs) array
+//! read with `BPF_MAP_LOOKUP_BATCH`, for the daemon's silence watch, which
+//! looks every millisecond. A lookup per backend (aya's way) would cost a
+//! system call per backend per look.
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 
-use redirector_common::BackendStats;
+use redirector_common::{BackendStats, Handshakes};
 
 /// `BPF_MAP_LOOKUP_BATCH` (include/uapi/linux/bpf.h).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -23,32 +24,47 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Packets a backend was sent and answered with, summed over CPUs.
+/// What a backend was sent and answered with, summed over CPUs: packets,
+/// or TCP SYNs and SYN-ACKs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
-    /// Client → backend packets.
+    /// Client → backend packets (SYNs).
     pub fwd: u64,
-    /// Backend → client packets (NAT replies).
+    /// Backend → client packets (SYN-ACKs).
     pub rev: u64,
 }
 
-/// Reads the first entries of `BACKEND_STATS` at once.
+/// Reads the first entries of `BACKEND_STATS` or `HANDSHAKES` at once.
 #[derive(Debug)]
 pub struct TrafficReader {
     fd: OwnedFd,
     cpus: usize,
+    /// 8-byte words per value, and the words holding `fwd` and `rev`.
+    words: usize,
+    fwd_word: usize,
+    rev_word: usize,
     keys: Vec<u32>,
-    values: Vec<BackendStats>,
+    values: Vec<u64>,
     out: Vec<Traffic>,
 }
 
 impl TrafficReader {
-    /// A reader of the map `fd` (a `BACKEND_STATS` duplicate).
-    pub(super) fn new(fd: OwnedFd) -> std::io::Result<TrafficReader> {
+    /// A reader of the map `fd` (a duplicate of `HANDSHAKES` when
+    /// `handshakes`, else of `BACKEND_STATS`).
+    pub(super) fn new(fd: OwnedFd, handshakes: bool) -> std::io::Result<TrafficReader> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        // Field order of the two `#[repr(C)]` structs, all u64.
+        let (size, fwd_word, rev_word) = if handshakes {
+            (size_of::<Handshakes>(), 0, 1)
+        } else {
+            (size_of::<BackendStats>(), 0, 2)
+        };
         Ok(TrafficReader {
             fd,
             cpus,
+            words: size / 8,
+            fwd_word,
+            rev_word,
             keys: Vec::new(),
             values: Vec::new(),
             out: Vec::new(),
@@ -60,8 +76,8 @@ impl TrafficReader {
         let n = entries as usize;
         self.keys.resize(n, 0);
         // A per-CPU value is one 8-byte-aligned copy per possible CPU
-        // (`BackendStats` is 32 bytes: no padding between them).
-        self.values.resize(n * self.cpus, BackendStats::default());
+        // (both structs are whole u64s: no padding between them).
+        self.values.resize(n * self.cpus * self.words, 0);
         let mut next = 0u32;
         let mut attr = BatchAttr {
             out_batch: std::ptr::from_mut(&mut next) as u64,
@@ -96,9 +112,14 @@ impl TrafficReader {
             let Some(slot) = self.out.get_mut(*key as usize) else {
                 continue;
             };
-            for s in self.values.iter().skip(i * self.cpus).take(self.cpus) {
-                slot.fwd += s.fwd_packets;
-                slot.rev += s.rev_packets;
+            for cpu in self
+                .values
+                .chunks_exact(self.words)
+                .skip(i * self.cpus)
+                .take(self.cpus)
+            {
+                slot.fwd += cpu.get(self.fwd_word).copied().unwrap_or(0);
+                slot.rev += cpu.get(self.rev_word).copied().unwrap_or(0);
             }
         }
         Ok(&self.out)
