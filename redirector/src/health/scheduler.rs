@@ -20,7 +20,7 @@
 //!   a millisecond, one forged RST meets a passing re-probe, and a backend that
 //!   stays down costs one probe per interval.
 //! - **Confirming a silence.** [`Scheduler::confirm_now`] (the traffic went
-//!   unanswered) probes at once with a short timeout — eight times the
+//!   unanswered) probes at once with a short timeout — four times the
 //!   slowest of the target's last passing probes, at least
 //!   [`CONFIRM_FLOOR`], at most its `timeout` — and re-probes the same way
 //!   after a failure, `fall − 1` times: a backend that stopped answering is
@@ -51,7 +51,7 @@ use crate::config::HealthCheck;
 
 /// The shortest timeout of a confirming probe ([`Scheduler::confirm_now`]):
 /// above this host's scheduling noise.
-pub const CONFIRM_FLOOR: Duration = Duration::from_millis(2);
+pub const CONFIRM_FLOOR: Duration = Duration::from_micros(1500);
 /// Passing probes whose latency sets a confirming probe's timeout.
 const RECENT: usize = 8;
 
@@ -395,11 +395,11 @@ impl Slot {
         self.in_flight < self.cap
     }
 
-    /// The timeout of a confirming probe: eight times the slowest recent
+    /// The timeout of a confirming probe: four times the slowest recent
     /// pass, within [`CONFIRM_FLOOR`] ..= the check's timeout.
     fn confirm_timeout(&self) -> Duration {
         let slowest = self.recent.iter().max().copied().unwrap_or_default();
-        (slowest * 8)
+        (slowest * 4)
             .max(CONFIRM_FLOOR)
             .min(self.target.check.timeout.max(CONFIRM_FLOOR))
     }
@@ -887,7 +887,7 @@ mod tests {
     };
 
     #[test]
-    fn a_confirming_probe_waits_eight_recent_round_trips_within_bounds() {
+    fn a_confirming_probe_waits_four_recent_round_trips_within_bounds() {
         let mut s = slot(2);
         s.in_flight = 20;
         assert_eq!(s.confirm_timeout(), CONFIRM_FLOOR);
@@ -899,9 +899,9 @@ mod tests {
             latency: 500 * Duration::from_micros(1),
             ..PASS
         });
-        assert_eq!(s.confirm_timeout(), 4 * MS);
+        assert_eq!(s.confirm_timeout(), 2 * MS);
         s.finished(Done {
-            latency: 3 * MS,
+            latency: 5 * MS,
             ..PASS
         });
         assert_eq!(s.confirm_timeout(), 15 * MS, "never above the check's timeout");
