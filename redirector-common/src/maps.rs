@@ -70,10 +70,9 @@ pub mod names {
     /// Ifindex → 1 for each `[gateway] backend_interfaces` link: a signal
     /// arriving there can be evidence (not pinned: written at each start).
     pub const BACKEND_IFACES: &str = "BACKEND_IFACES";
-    /// Per-CPU [`super::Handshakes`] indexed like `BACKENDS`: TCP SYNs sent
-    /// to a backend and its SYN-ACKs, for the silence watch (not pinned:
-    /// counts start afresh with each program).
-    pub const HANDSHAKES: &str = "HANDSHAKES";
+    /// [`super::Seen`] indexed like `BACKENDS`, memory-mapped by the daemon's
+    /// silence watch (not pinned: it starts afresh with each program).
+    pub const SEEN: &str = "SEEN";
 
     /// Every map that holds state of the data plane: pinned, so the data
     /// plane outlives the daemon and a restarted daemon adopts them.
@@ -378,16 +377,18 @@ pub struct Addr {
     pub addr: Ip,
 }
 
-/// A backend's TCP handshakes (per CPU): connections asked for and
-/// accepted. Unlike packets, a SYN always expects an answer: the trailing
-/// ACK of a closed connection does not.
+/// What a NAT backend was sent and answered since the daemon last looked
+/// (it swaps each flag back to 0). A request is a UDP packet or a TCP SYN
+/// (a closed connection's last ACK expects no answer); an answer is a UDP
+/// reply or a SYN-ACK. The program stores a flag only when it is 0, so a
+/// busy backend costs one store per flag per look, not one per packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct Handshakes {
-    /// Clients' SYNs (without ACK) forwarded to the backend.
-    pub syns: u64,
-    /// The backend's SYN-ACKs to clients (NAT replies).
-    pub syn_acks: u64,
+pub struct Seen {
+    /// 1: a request was forwarded.
+    pub asked: u32,
+    /// 1: an answer came back.
+    pub answered: u32,
 }
 
 /// Per-backend traffic counters (per CPU).

@@ -48,7 +48,7 @@ mod program {
         icmp::{self, Verdict},
         maps::{
             BACKEND_ADDRS, BACKENDS, CLIENT_HOPS, EGRESS, HOP_REQUESTS, LOCAL_ADDRS, PATHS, PORTS, REVERSE,
-            SERVICE_VIPS, SERVICES, SWITCH, VIPS, count, count_backend, count_handshake, count_refused,
+            SERVICE_VIPS, SERVICES, SWITCH, VIPS, count, count_backend, count_refused, seen,
         },
         parse::{self, Deferred, IcmpParsed, Packet, Parsed, parse},
         rewrite::{self, Side},
@@ -265,8 +265,9 @@ mod program {
             return pass(Counter::Fragmented);
         }
         count_backend(index, frame_len(ctx), false);
-        if pkt.syn != 0 {
-            count_handshake(index, false);
+        // The silence watch: a NAT backend's answers cross the gateway.
+        if mode == Mode::Nat as u8 && (pkt.proto != PROTO_TCP || pkt.syn != 0) {
+            seen(index, false);
         }
         send(ctx, pkt.v6, &be.hop)
     }
@@ -284,8 +285,11 @@ mod program {
             return pass(Counter::Passed);
         }
         if pkt.proto == PROTO_TCP {
-            // A closed port's answer to a client's SYN: a hint for the daemon.
+            // A closed port's answer to a client's SYN: a hint for the
+            // daemon; a SYN-ACK: an answer for its silence watch.
             signals::tcp_reply(ctx, usize::from(pkt.l4_off), index);
+        } else {
+            seen(index, true);
         }
         if pkt.ttl <= 1 {
             return pass(Counter::TtlExpired);

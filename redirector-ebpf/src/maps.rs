@@ -6,7 +6,7 @@ use aya_ebpf::{
 use redirector_common::{
     AclKey, Addr, Backend, BackendStats, Counter, DEFAULT_ACL_ENTRIES, DEFAULT_CLIENT_HOPS,
     DEFAULT_FLOW_ENTRIES, DEFAULT_MAX_SERVICES, EMBRYO_SHARE, Endpoint, FLOW_WAYS, FRAG_BUCKETS, FlowBucket,
-    FlowSettings, Handshakes, NextHop, ReverseInfo, ServiceInfo, ServiceVip, SwitchState,
+    FlowSettings, NextHop, ReverseInfo, Seen, ServiceInfo, ServiceVip, SwitchState,
 };
 
 #[map]
@@ -76,7 +76,7 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
 
 #[map]
-pub static HANDSHAKES: PerCpuArray<Handshakes> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
+pub static SEEN: Array<Seen> = Array::with_max_entries(DEFAULT_MAX_SERVICES * 2, MMAPABLE);
 
 #[map]
 pub static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
@@ -118,17 +118,21 @@ pub fn count_refused(service: u32) {
     }
 }
 
-/// A client's SYN forwarded to backend `index` (`syn_ack`: false), or the
-/// backend's SYN-ACK to a client (true).
+/// A request forwarded to backend `index` (`answer`: false), or its answer
+/// to a client (true), for the silence watch: a store only when the flag
+/// is clear (the daemon clears it at each look).
 #[inline(always)]
-pub fn count_handshake(index: u32, syn_ack: bool) {
-    if let Some(h) = HANDSHAKES.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, no concurrent writer.
+pub fn seen(index: u32, answer: bool) {
+    if let Some(s) = SEEN.get_ptr_mut(index) {
+        // SAFETY: a valid array slot; racing stores all write 1.
         unsafe {
-            if syn_ack {
-                (*h).syn_acks += 1;
+            let flag = if answer {
+                &raw mut (*s).answered
             } else {
-                (*h).syns += 1;
+                &raw mut (*s).asked
+            };
+            if *flag == 0 {
+                *flag = 1;
             }
         }
     }

@@ -17,7 +17,7 @@ use redirector_common::{
 };
 
 use crate::{
-    maps::{BACKEND_IFACES, BACKENDS, SIGNAL_LAST, SIGNALS, count, count_handshake},
+    maps::{BACKEND_IFACES, BACKENDS, SIGNAL_LAST, SIGNALS, count, seen},
     parse::ptr_at,
 };
 
@@ -40,7 +40,7 @@ pub fn tcp_reply(ctx: &XdpContext, l4_off: usize, index: u32) {
     // SAFETY: bounds-checked single-byte-aligned reads.
     let (seq, flags) = unsafe { (*seq, *flags) };
     if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK {
-        count_handshake(index, true);
+        seen(index, true);
     }
     if flags & (TCP_RST | TCP_ACK) == TCP_RST | TCP_ACK && seq == [0; 4] {
         // A NAT reply: its source is the backend's address and port.

@@ -2105,3 +2105,80 @@ fn a_refusal_is_evidence_only_from_the_backends_own_hop_on_a_backend_interface()
         lab.h.ingress_ifindex = if_in;
     }
 }
+
+/// Issue 11: the silence watch's flags. A NAT backend is flagged *asked*
+/// by a client's UDP packet or TCP SYN (not by a later TCP segment: a
+/// closed connection's last ACK expects no answer) and *answered* by its
+/// UDP reply or SYN-ACK (not by another TCP segment, nor by an answer to
+/// the gateway's own probe); DSR backends are never flagged (their answers
+/// bypass the gateway). Taking the flags clears them.
+#[test]
+fn requests_and_answers_raise_the_silence_flags_of_nat_backends_only() {
+    let Some(mut lab) = lab("seen") else { return };
+    let client_hop = lab.client_hop();
+    let seen = lab.h.dp.seen_map().unwrap();
+    for s in lab.svcs.clone() {
+        let name = &s.svc.name;
+        let index = s.id * 2 + u32::from(SLOT_PRIMARY);
+        let tcp = s.svc.protocol == Protocol::Tcp;
+        lab.h
+            .dp
+            .hop_maps()
+            .unwrap()
+            .set_client_hop(s.client, client_hop)
+            .unwrap();
+        assert_eq!(seen.take(index), Some((false, false)), "{name}");
+        let (act, _) = lab.h.run(&s.request(41000, true).build());
+        assert_eq!(act, REDIRECT, "{name}");
+        let nat = s.svc.mode == Mode::Nat;
+        assert_eq!(seen.take(index), Some((nat, false)), "{name}: a request");
+        assert_eq!(seen.take(index), Some((false, false)), "{name}: taken");
+        if tcp {
+            lab.h.run(&s.request(41000, false).build());
+            assert_eq!(seen.take(index), Some((false, false)), "{name}: a later segment");
+        }
+        if !nat {
+            continue;
+        }
+        let be = s.svc.primary;
+        let bport = be.port.unwrap_or(s.svc.port);
+        let answer = |to: IpAddr, l4: L4| {
+            let mut r = Spec::new(be.addr, bport, to, 41000, l4);
+            (r.smac, r.dmac) = (P_MAC, GW_P_MAC);
+            r.build()
+        };
+        let (reply, other) = if tcp {
+            (
+                answer(s.client, L4::Tcp { syn: true, ack: true }),
+                Some(answer(
+                    s.client,
+                    L4::Tcp {
+                        syn: false,
+                        ack: true,
+                    },
+                )),
+            )
+        } else {
+            (answer(s.client, L4::Udp), None)
+        };
+        if let Some(other) = other {
+            lab.h.run(&other);
+            assert_eq!(seen.take(index), Some((false, false)), "{name}: a plain ACK");
+        }
+        let own = if s.client.is_ipv4() {
+            ip("198.18.2.1")
+        } else {
+            ip("2001:2:0:2::1")
+        };
+        let probe = if tcp {
+            answer(own, L4::Tcp { syn: true, ack: true })
+        } else {
+            answer(own, L4::Udp)
+        };
+        lab.h.run(&probe);
+        assert_eq!(seen.take(index), Some((false, false)), "{name}: a probe's answer");
+        let (act, _) = lab.h.run(&reply);
+        assert_eq!(act, TX, "{name}");
+        assert_eq!(seen.take(index), Some((false, true)), "{name}: an answer");
+    }
+}

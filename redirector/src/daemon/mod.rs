@@ -205,10 +205,9 @@ pub struct Daemon {
     moved_interfaces: HashSet<String>,
     /// Reconciliation ticks so far (the work is spread over them).
     reconcile_ticks: u32,
-    /// Every backend's packet counters and TCP handshakes, each in one read
-    /// ([`silence`]); `None` when this kernel cannot batch (silences are
-    /// then not watched).
-    traffic: Option<silence::Readers>,
+    /// The silence watch's flags, memory-mapped ([`silence`]); `None` when
+    /// they could not be mapped (silences are then not watched).
+    seen: Option<crate::datapath::SeenMap>,
     /// Per `BACKENDS` index, the silence watch.
     quiet: Vec<silence::Quiet>,
 }

@@ -427,11 +427,11 @@ impl Services {
         self.ask(id, slot, true)
     }
 
-    /// Services watched for silence: (id, their `silence`, protocol).
-    pub fn silences(&self) -> impl Iterator<Item = (u32, Duration, crate::config::Protocol)> + '_ {
+    /// Services watched for silence: (id, their `silence`).
+    pub fn silences(&self) -> impl Iterator<Item = (u32, Duration)> + '_ {
         self.by_id
             .iter()
-            .filter_map(|(&id, s)| s.cfg.health.silence.map(|t| (id, t, s.cfg.protocol)))
+            .filter_map(|(&id, s)| s.cfg.health.silence.map(|t| (id, t)))
     }
 
     fn ask(&mut self, id: u32, slot: u8, confirm: bool) -> (Hint, Option<&str>) {

@@ -239,14 +239,8 @@ impl Prepared {
         // for as long as it is registered.
         let signals =
             unsafe { AsyncFd::register(dp.take_signals()?) }.context("watching the data plane's signals")?;
-        let traffic = dp
-            .traffic_reader(false)
-            .and_then(|packets| {
-                Ok(super::silence::Readers {
-                    packets,
-                    handshakes: dp.traffic_reader(true)?,
-                })
-            })
+        let seen = dp
+            .seen_map()
             .map_err(|e| warn!("{e}: silences in the traffic are not watched"))
             .ok();
         // SAFETY: the logger owns its fd and AsyncFd owns the logger for as
@@ -321,7 +315,7 @@ impl Prepared {
             notifier: None,
             moved_interfaces: HashSet::new(),
             reconcile_ticks: 0,
-            traffic,
+            seen,
             quiet: Vec::new(),
         })
     }

@@ -24,14 +24,14 @@ mod hop_maps;
 mod migrate;
 mod pin;
 mod reconcile;
-mod traffic;
+mod seen;
 pub use flows::{FlowTable, Swept};
 pub use hop_maps::HopMaps;
 use hop_maps::absent_ok;
 pub use migrate::Migration;
 pub use pin::{PinDir, PinError};
 pub use reconcile::{Drift, Keyed};
-pub use traffic::{Traffic, TrafficReader};
+pub use seen::SeenMap;
 
 use crate::config::{Mode, Prefix, Service};
 
@@ -61,13 +61,6 @@ pub enum DatapathError {
     /// Program load or attach failed.
     #[error(transparent)]
     Program(#[from] ProgramError),
-    /// The traffic counters could not be read in one batch.
-    #[error("reading the backends' traffic counters in one batch: {source}")]
-    Traffic {
-        /// The kernel's answer.
-        #[source]
-        source: std::io::Error,
-    },
     /// The kernel refused an egress interface for redirects.
     #[error("egress interface {ifindex}: {source}")]
     Egress {
@@ -163,7 +156,7 @@ pub fn max_entries(name: &str, sizes: Sizes) -> Option<u32> {
     let services = sizes.max_services;
     match name {
         names::SERVICES | names::SWITCH => Some(services),
-        names::BACKENDS | names::REVERSE | names::BACKEND_STATS | names::SIGNAL_LAST | names::HANDSHAKES => {
+        names::BACKENDS | names::REVERSE | names::BACKEND_STATS | names::SIGNAL_LAST | names::SEEN => {
             Some(services * 2)
         }
         names::REFUSED | names::SERVICE_VIPS => Some(services),
@@ -321,7 +314,7 @@ impl Datapath {
                 loader.map_pin_path(name, pins.map(name));
             }
         }
-        for name in [names::SIGNAL_LAST, names::HANDSHAKES] {
+        for name in [names::SIGNAL_LAST, names::SEEN] {
             if let Some(n) = max_entries(name, sizes) {
                 loader.map_max_entries(name, n);
             }
@@ -718,20 +711,17 @@ impl Datapath {
         migrate::plan(pins, crate::EBPF_OBJECT, sizes)
     }
 
-    /// A reader of every backend's packet counters (`BACKEND_STATS`) or
-    /// TCP handshakes (`HANDSHAKES`) at once, on its own duplicate of the
-    /// map's fd.
-    pub fn traffic_reader(&self, handshakes: bool) -> Result<TrafficReader> {
-        let name = if handshakes {
-            names::HANDSHAKES
-        } else {
-            names::BACKEND_STATS
-        };
-        let map = self.map_data(name)?;
+    /// The silence watch's flags (`SEEN`), memory-mapped.
+    pub fn seen_map(&self) -> Result<SeenMap> {
+        let map = self.map_data(names::SEEN)?;
+        let entries = map.info().map_err(map_err(names::SEEN))?.max_entries();
         std::os::fd::AsFd::as_fd(map.fd())
             .try_clone_to_owned()
-            .and_then(|fd| TrafficReader::new(fd, handshakes))
-            .map_err(|source| DatapathError::Traffic { source })
+            .and_then(|fd| SeenMap::new(fd, entries))
+            .map_err(|source| DatapathError::Dup {
+                map: names::SEEN,
+                source,
+            })
     }
 
     /// The backend slot a client's flow is pinned to, if an entry was written.

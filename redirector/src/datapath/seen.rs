@@ -1,0 +1,100 @@
+//! The silence watch's flags (`SEEN`) seen from userspace: the array
+//! memory-mapped, so a look at every backend is a few thousand atomic swaps
+//! in memory, with no system call, whatever the number of services.
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use redirector_common::Seen;
+
+/// `SEEN`, mapped.
+#[derive(Debug)]
+pub struct SeenMap {
+    base: NonNull<Seen>,
+    entries: usize,
+    len: usize,
+    _fd: OwnedFd,
+}
+
+// SAFETY: plain shared memory owned by this value; every access is an
+// atomic swap of an aligned u32.
+unsafe impl Send for SeenMap {}
+
+impl SeenMap {
+    /// Maps the array `fd` of `entries` values.
+    pub(super) fn new(fd: OwnedFd, entries: u32) -> std::io::Result<SeenMap> {
+        let entries = entries as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let len = (entries * size_of::<Seen>()).div_ceil(page).max(1) * page;
+        // SAFETY: a fresh shared mapping of an mmapable BPF array of
+        // `entries` values; the kernel checks the length against the map.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = NonNull::new(ptr.cast::<Seen>()).ok_or_else(std::io::Error::last_os_error)?;
+        Ok(SeenMap {
+            base,
+            entries,
+            len,
+            _fd: fd,
+        })
+    }
+
+    /// Backend `index`'s flags since the last call — (asked, answered) —
+    /// cleared at once, so a request or answer is never lost between the
+    /// read and the clear. `None` outside the array.
+    pub fn take(&self, index: u32) -> Option<(bool, bool)> {
+        let i = index as usize;
+        if i >= self.entries {
+            return None;
+        }
+        // SAFETY: i < entries: inside the mapping; `Seen` is two aligned
+        // u32s, which the program stores to and this swaps atomically.
+        let (asked, answered) = unsafe {
+            let s = self.base.as_ptr().add(i);
+            (
+                AtomicU32::from_ptr(&raw mut (*s).asked),
+                AtomicU32::from_ptr(&raw mut (*s).answered),
+            )
+        };
+        // A load first: an idle backend's line is never written.
+        let take =
+            |flag: &AtomicU32| flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::AcqRel) != 0;
+        Some((take(asked), take(answered)))
+    }
+}
+
+impl SeenMap {
+    /// Raises both flags of backend `index`, as traffic would (benchmarks
+    /// and tests of the watch).
+    pub fn raise(&self, index: u32) {
+        if (index as usize) < self.entries {
+            // SAFETY: inside the mapping, as in `take`.
+            unsafe {
+                let s = self.base.as_ptr().add(index as usize);
+                AtomicU32::from_ptr(&raw mut (*s).asked).store(1, Ordering::Relaxed);
+                AtomicU32::from_ptr(&raw mut (*s).answered).store(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for SeenMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
