@@ -297,17 +297,31 @@ pub struct Server {
 impl Server {
     /// Starts it and waits until every socket is bound.
     pub fn start(ns: &NetNs, name: &str, own4: &str, own6: &str, log: bool) -> Server {
+        let args = [
+            "--tcp".to_owned(),
+            format!("{own4}:8080"),
+            "--tcp".to_owned(),
+            format!("[{own6}]:8080"),
+            "--tcp".to_owned(),
+            "0.0.0.0:80".to_owned(),
+            "--udp".to_owned(),
+            format!("{own4}:53"),
+            "--udp".to_owned(),
+            format!("[{own6}]:53"),
+            "--udp".to_owned(),
+            "[2001:2::200]:53".to_owned(),
+        ];
+        Self::start_args(ns, name, &args, log)
+    }
+
+    /// A server bound to what `args` (`--tcp ADDR`, `--udp ADDR`) say.
+    pub fn start_args(ns: &NetNs, name: &str, args: &[impl AsRef<std::ffi::OsStr>], log: bool) -> Server {
         use std::io::BufRead as _;
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["netns", "exec", &ns.name])
             .arg(lab_server_binary())
             .arg(name)
-            .args(["--tcp", &format!("{own4}:8080")])
-            .args(["--tcp", &format!("[{own6}]:8080")])
-            .args(["--tcp", "0.0.0.0:80"])
-            .args(["--udp", &format!("{own4}:53")])
-            .args(["--udp", &format!("[{own6}]:53")])
-            .args(["--udp", "[2001:2::200]:53"])
+            .args(args)
             .stdout(std::process::Stdio::piped());
         if log {
             cmd.arg("--log");

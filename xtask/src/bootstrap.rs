@@ -162,6 +162,29 @@ pub fn ensure() -> Result<()> {
     ensure_linker(&route)
 }
 
+/// The peers the failover benchmark compares with, from Debian packages.
+const PEERS: &[(&str, &str)] = &[
+    ("haproxy", "haproxy"),
+    ("keepalived", "keepalived"),
+    ("conntrack", "conntrack"),
+];
+
+/// Installs the peers (`bench failover --peers`) if missing.
+pub fn ensure_peers() -> Result<()> {
+    let missing: Vec<&str> = PEERS
+        .iter()
+        .filter(|(bin, _)| !cmd::ok(&["sh", "-c", &format!("command -v {bin}")]))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_debian() {
+        bail!("the peers benchmark needs {}: install them", missing.join(" "));
+    }
+    apt_install(&missing)
+}
+
 /// Tools the namespace tests and the lab use.
 pub fn ensure_lab_tools() -> Result<()> {
     let missing: Vec<&str> = LAB_TOOLS

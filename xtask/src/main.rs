@@ -90,6 +90,10 @@ enum Bench {
         /// Seconds of the traffic-flood phase (both vCPUs saturated by packets through the gateway; 0 skips it).
         #[arg(long, default_value_t = 60)]
         flood_secs: u32,
+        /// Instead: redirector against HAProxy, keepalived VRRP and nftables DNAT + prober, interleaved
+        /// (installs haproxy, keepalived and conntrack if missing).
+        #[arg(long)]
+        peers: bool,
     },
     /// ns/packet of the XDP program in the kernel (BPF_PROG_TEST_RUN).
     Datapath {
@@ -239,11 +243,16 @@ fn main() -> Result<()> {
                     runs,
                     busy_secs,
                     flood_secs,
+                    peers,
                 } => {
                     lab_prerequisites("the failover benchmark")?;
                     // The lab's server processes are a binary of their own.
                     cmd::cargo(&root, &["build", "--release", "-p", "redirector-tests", "--bins"])?;
                     let (r, b, f) = (runs.to_string(), busy_secs.to_string(), flood_secs.to_string());
+                    if peers {
+                        bootstrap::ensure_peers()?;
+                        return run_tool(&root, "bench-failover", &["--peers", "--runs", &r]);
+                    }
                     run_tool(
                         &root,
                         "bench-failover",

@@ -26,6 +26,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+
+#[path = "bench_failover/peers.rs"]
+mod peers;
 use redirector::control::{
     client,
     proto::{Request, Response},
@@ -82,6 +85,8 @@ struct Args {
     /// (`timeout = "25ms"; fall = 3`).
     health: Option<String>,
     verbose: bool,
+    /// Compare with the peers (HAProxy, nftables + prober) instead.
+    peers: bool,
     /// Service counts for the probing-cost phase.
     scale: Vec<usize>,
 }
@@ -94,6 +99,7 @@ fn args() -> Result<Args> {
         interval: None,
         health: None,
         verbose: false,
+        peers: false,
         scale: vec![1, 1024],
     };
     let mut it = std::env::args().skip(1);
@@ -105,6 +111,7 @@ fn args() -> Result<Args> {
             "--interval" => a.interval = Some(it.next().context("--interval DURATION (e.g. 100ms)")?),
             "--health" => a.health = Some(it.next().context("--health 'key = value; …'")?),
             "--verbose" => a.verbose = true,
+            "--peers" => a.peers = true,
             "--scale" => {
                 a.scale = it
                     .next()
@@ -254,6 +261,23 @@ fn client_for(
     src: std::net::Ipv4Addr,
     max: Duration,
 ) -> thread::JoinHandle<(u64, u64)> {
+    let vip = match series {
+        Series::Udp => SocketAddr::from(([198, 18, 100, 1], 53)),
+        Series::Tcp => SocketAddr::from(([198, 18, 100, 1], 80)),
+    };
+    client_to(ns, series, stop, first_seq, src, max, vip)
+}
+
+/// [`client_for`] to `vip` (another system's, in the peers comparison).
+fn client_to(
+    ns: &NetNs,
+    series: Series,
+    stop: Arc<AtomicBool>,
+    first_seq: u64,
+    src: std::net::Ipv4Addr,
+    max: Duration,
+    vip: SocketAddr,
+) -> thread::JoinHandle<(u64, u64)> {
     let name = ns.name.clone();
     thread::spawn(move || {
         let _in = redirector_tests::netns::enter(&name);
@@ -261,7 +285,6 @@ fn client_for(
         let (mut sent, mut answered) = (0u64, 0u64);
         match series {
             Series::Udp => {
-                let vip: SocketAddr = "198.18.100.1:53".parse().unwrap_or_else(|_| unreachable!());
                 let Ok(sock) = UdpSocket::bind((src, 0)) else {
                     return (0, 0);
                 };
@@ -297,7 +320,6 @@ fn client_for(
             Series::Tcp => {
                 // A new connection every 10 ms whatever the earlier ones do
                 // (a connection to a silent primary must not hold the next one back).
-                let vip: SocketAddr = "198.18.100.1:80".parse().unwrap_or_else(|_| unreachable!());
                 let start = Instant::now();
                 let mut conns = Vec::new();
                 while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
@@ -546,6 +568,9 @@ fn main() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark creates network namespaces and loads XDP programs: run it as root");
+    }
+    if a.peers {
+        return peers::compare(a.runs, &config(a.interval.as_deref(), a.health.as_deref()));
     }
     let started = Instant::now();
     let mut run = Running::start_with("bfo", &config(a.interval.as_deref(), a.health.as_deref()), true);

@@ -1,0 +1,571 @@
+//! `cargo xtask bench failover --peers`: redirector and the systems a user
+//! would pick instead, in the same lab, interleaved run by run (system after
+//! system for each fault, then the next fault, then the next run), so the
+//! VM's drift hits them alike.
+//!
+//! - **redirector** with its defaults (the lab's `dns4` and `web4`);
+//! - **HAProxy** (TCP only: it carries no UDP) in the gateway's namespace on
+//!   198.18.101.1:80, the secondary as `backup`, `check inter 10ms fall 2
+//!   rise 2`, `on-marked-down shutdown-sessions`;
+//! - **nftables DNAT switched by a prober**: 198.18.102.1 (UDP 53, TCP 80)
+//!   rewritten to the active backend by a rule in the gateway's namespace; a
+//!   prober thread probes both backends every 10 ms (a UDP request, timeout
+//!   10 ms, fall 2 rise 2) and switches with a rule swap through a pre-started
+//!   `nft -i` plus `conntrack -D` of the VIP's entries (else a running UDP
+//!   flow stays on the dead backend until its entry expires). The
+//!   `conntrack` exec (~4 ms here) is part of that system's cost.
+//!
+//! The peers' backends are a second `lab-server` per backend namespace (UDP
+//! 5301, TCP 8091, arrivals logged like the lab's): a kill kills the system's
+//! own server. A link down (the primary's only link) and a silent drop (an
+//! input drop policy in the primary's namespace) hit every system alike;
+//! the silent drop goes through a pre-started `nft -i` in that namespace,
+//! timed from its answer to a follow-up `list`, so no exec is counted.
+//! keepalived VRRP needs the servers on one L2 segment with the VIP moving
+//! between them, a topology of its own: not measured here yet.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use redirector_tests::{
+    lab::{Running, Server},
+    netns::{NetNs, in_ns},
+};
+
+use super::{Fault, Series, client_to, drain, link_down_now, monotonic_ns, percentile, source};
+
+/// The systems compared.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum System {
+    Redirector,
+    Haproxy,
+    NftProber,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Redirector => "redirector (defaults)",
+            System::Haproxy => "HAProxy 2.6 (inter 10ms fall 2 rise 2, backup)",
+            System::NftProber => "nftables DNAT + 10 ms prober",
+        }
+    }
+
+    /// The VIP it serves `series` on, if it carries that series.
+    fn vip(self, series: Series) -> Option<SocketAddr> {
+        let (addr, port) = match (self, series) {
+            (System::Redirector, Series::Udp) => ([198, 18, 100, 1], 53),
+            (System::Redirector, Series::Tcp) => ([198, 18, 100, 1], 80),
+            (System::Haproxy, Series::Udp) => return None,
+            (System::Haproxy, Series::Tcp) => ([198, 18, 101, 1], 80),
+            (System::NftProber, Series::Udp) => ([198, 18, 102, 1], 53),
+            (System::NftProber, Series::Tcp) => ([198, 18, 102, 1], 80),
+        };
+        Some(SocketAddr::from((Ipv4Addr::from(addr), port)))
+    }
+}
+
+/// A process killed (with its process group's `ip netns exec`) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A pre-started `nft -i` in a namespace: a command is in force when nft
+/// answers the `list` that follows it.
+struct NftShell {
+    _child: Proc,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl NftShell {
+    fn start(ns: &str) -> Result<NftShell> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-i"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting nft -i")?;
+        let stdin = child.stdin.take().context("nft stdin")?;
+        let stdout = child.stdout.take().context("nft stdout")?;
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(NftShell {
+            _child: Proc(child),
+            stdin,
+            lines,
+        })
+    }
+
+    /// Runs `command` (one line: one transaction), then waits until table
+    /// `marker` (which the command leaves in place) is listed back.
+    fn run(&mut self, command: &str, marker: &str) -> Result<()> {
+        while self.lines.try_recv().is_ok() {}
+        writeln!(self.stdin, "{command}\nlist table {marker}")?;
+        self.stdin.flush()?;
+        let want = format!("table {marker} {{");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.trim() == want => return Ok(()),
+                Ok(_) => {}
+                Err(_) => bail!("nft did not confirm {command:?}"),
+            }
+        }
+    }
+}
+
+/// The peers' own servers: one per backend namespace.
+struct PeerServers {
+    primary: Server,
+    secondary: Server,
+}
+
+const PEER_ARGS: [&str; 4] = ["--udp", "0.0.0.0:5301", "--tcp", "0.0.0.0:8091"];
+
+fn peer_server(ns: &NetNs, name: &str) -> Server {
+    Server::start_args(ns, name, &PEER_ARGS, true)
+}
+
+/// HAProxy in the gateway's namespace.
+fn haproxy(gw: &NetNs) -> Result<Proc> {
+    in_ns(&gw.name, &["ip", "addr", "add", "198.18.101.1/32", "dev", "lo"]);
+    let cfg = std::env::temp_dir().join(format!("{}-haproxy.cfg", gw.name));
+    std::fs::write(
+        &cfg,
+        "global\n  maxconn 4000\n\
+         defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\
+         frontend vip\n  bind 198.18.101.1:80\n  default_backend pair\n\
+         backend pair\n\
+         \x20 server primary 198.18.2.2:8091 check inter 10ms fall 2 rise 2 on-marked-down shutdown-sessions\n\
+         \x20 server secondary 198.18.3.2:8091 check inter 10ms fall 2 rise 2 backup on-marked-down shutdown-sessions\n",
+    )?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &gw.name, "haproxy", "-db", "-f"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting haproxy (apt-get install haproxy)")?;
+    Ok(Proc(child))
+}
+
+/// The nftables DNAT rules toward `backend`, one transaction.
+fn dnat_rules(backend: Ipv4Addr) -> String {
+    format!(
+        "flush chain ip rdrpeer pre ; \
+         add rule ip rdrpeer pre ip daddr 198.18.102.1 udp dport 53 dnat to {backend}:5301 ; \
+         add rule ip rdrpeer pre ip daddr 198.18.102.1 tcp dport 80 dnat to {backend}:8091"
+    )
+}
+
+/// The DNAT table and its prober thread (stopped on drop).
+struct NftProber {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for NftProber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const PRIMARY: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+const SECONDARY: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
+
+fn nft_prober(gw: &NetNs) -> Result<NftProber> {
+    let mut shell = NftShell::start(&gw.name)?;
+    shell.run(
+        "add table ip rdrpeer ; add chain ip rdrpeer pre { type nat hook prerouting priority -100 ; }",
+        "ip rdrpeer",
+    )?;
+    shell.run(&dnat_rules(PRIMARY), "ip rdrpeer")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flag, ns) = (stop.clone(), gw.name.clone());
+    let thread = thread::spawn(move || {
+        let _in = redirector_tests::netns::enter(&ns);
+        let probe = |to: Ipv4Addr| -> bool {
+            let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
+                return false;
+            };
+            let mut buf = [0u8; 64];
+            s.connect((to, 5301)).is_ok()
+                && s.set_read_timeout(Some(Duration::from_millis(10))).is_ok()
+                && s.send(b"probe").is_ok()
+                && s.recv(&mut buf).is_ok()
+        };
+        // (consecutive passes, consecutive failures, up) per backend.
+        let mut state = [(0u32, 0u32, true); 2];
+        let mut active = 0usize;
+        // Bounded: the benchmark stops it; 30 minutes at most.
+        let until = Instant::now() + Duration::from_secs(1800);
+        let mut next = Instant::now();
+        while !flag.load(Ordering::Relaxed) && Instant::now() < until {
+            for (i, to) in [PRIMARY, SECONDARY].into_iter().enumerate() {
+                let ok = probe(to);
+                let st = &mut state[i];
+                if ok {
+                    st.0 += 1;
+                    st.1 = 0;
+                    if st.0 >= 2 {
+                        st.2 = true;
+                    }
+                } else {
+                    st.1 += 1;
+                    st.0 = 0;
+                    if st.1 >= 2 {
+                        st.2 = false;
+                    }
+                }
+            }
+            // The primary when it is up, else the secondary when it is.
+            let want = if state[0].2 || !state[1].2 { 0 } else { 1 };
+            if want != active {
+                let to = if want == 0 { PRIMARY } else { SECONDARY };
+                if shell.run(&dnat_rules(to), "ip rdrpeer").is_ok() {
+                    let _ = Command::new("conntrack")
+                        .args(["-D", "--orig-dst", "198.18.102.1"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                    active = want;
+                }
+            }
+            next += Duration::from_millis(10);
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                thread::sleep(d);
+            } else {
+                next = Instant::now();
+            }
+        }
+        drop(shell);
+    });
+    Ok(NftProber {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// One run's figure.
+struct Sample {
+    ms: f64,
+    lost: u64,
+}
+
+/// Waits until `system` answers a fresh `series` request from the primary.
+fn wait_primary(ns: &NetNs, system: System, series: Series, within: Duration) -> Result<()> {
+    let _in = ns.enter();
+    let Some(vip) = system.vip(series) else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let who = match series {
+            Series::Udp => UdpSocket::bind("198.18.1.2:0").ok().and_then(|s| {
+                let mut buf = [0u8; 128];
+                s.set_read_timeout(Some(Duration::from_millis(100))).ok()?;
+                s.send_to(b"ping", vip).ok()?;
+                let (n, _) = s.recv_from(&mut buf).ok()?;
+                Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+            }),
+            Series::Tcp => std::net::TcpStream::connect_timeout(&vip, Duration::from_millis(100))
+                .ok()
+                .and_then(|mut c| {
+                    use std::io::Read as _;
+                    c.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+                    c.write_all(b"ping").ok()?;
+                    let mut s = String::new();
+                    c.read_to_string(&mut s).ok()?;
+                    Some(s)
+                }),
+        };
+        if who.is_some_and(|w| w.starts_with("primary")) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    bail!("{} is not served by the primary after {within:?}", system.name())
+}
+
+/// The lab, the peers and the fault injectors.
+struct Bench {
+    run: Running,
+    peers: PeerServers,
+    _haproxy: Proc,
+    _prober: NftProber,
+    silent: NftShell,
+}
+
+impl Bench {
+    fn servers(&mut self, system: System) -> (&mut Server, &mut Server) {
+        match system {
+            System::Redirector => (&mut self.run.primary, &mut self.run.secondary),
+            _ => (&mut self.peers.primary, &mut self.peers.secondary),
+        }
+    }
+
+    /// Injects `fault` on `system`; the instant it is surely in force.
+    fn inject(&mut self, system: System, fault: Fault) -> Result<u64> {
+        match fault {
+            Fault::Kill => self.servers(system).0.kill(),
+            Fault::LinkDown => link_down_now(&self.run.lab.primary, "p0")?,
+            Fault::SilentDrop => self.silent.run(
+                "add table inet rdrbench ; add chain inet rdrbench in { type filter hook input priority 0 ; policy drop ; }",
+                "inet rdrbench",
+            )?,
+        }
+        Ok(monotonic_ns())
+    }
+
+    fn repair(&mut self, system: System, fault: Fault) -> Result<()> {
+        let p = self.run.lab.primary.name.clone();
+        match fault {
+            Fault::Kill => match system {
+                System::Redirector => {
+                    self.run.primary = Server::start(
+                        &self.run.lab.primary,
+                        "primary",
+                        "198.18.2.2",
+                        "2001:2:0:2::2",
+                        true,
+                    );
+                }
+                _ => self.peers.primary = peer_server(&self.run.lab.primary, "primary"),
+            },
+            Fault::LinkDown => {
+                in_ns(&p, &["ip", "link", "set", "p0", "up"]);
+                // Setting a link down deleted the routes through it.
+                in_ns(
+                    &p,
+                    &["ip", "route", "replace", "198.18.0.0/15", "via", "198.18.2.1"],
+                );
+                in_ns(
+                    &p,
+                    &[
+                        "ip",
+                        "-6",
+                        "route",
+                        "replace",
+                        "2001:2::/48",
+                        "via",
+                        "2001:2:0:2::1",
+                    ],
+                );
+            }
+            Fault::SilentDrop => {
+                // The marker table stays; the drop chain goes.
+                self.silent
+                    .run("delete chain inet rdrbench in", "inet rdrbench")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn one(&mut self, system: System, series: Series, fault: Fault, seq: u64, k: usize) -> Result<Sample> {
+        let vip = system.vip(series).context("series not carried")?;
+        wait_primary(&self.run.lab.client, system, series, Duration::from_secs(10))?;
+        let mut arrivals = Vec::new();
+        {
+            let (p, s) = self.servers(system);
+            drain(p, &mut arrivals);
+            drain(s, &mut arrivals);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let c = client_to(
+            &self.run.lab.client,
+            series,
+            stop.clone(),
+            seq,
+            source(k),
+            Duration::from_secs(10),
+            vip,
+        );
+        thread::sleep(Duration::from_millis(60));
+        let t_fault = self.inject(system, fault)?;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut at = None;
+        while Instant::now() < deadline && at.is_none() {
+            thread::sleep(Duration::from_millis(5));
+            let mut got = Vec::new();
+            drain(self.servers(system).1, &mut got);
+            at = got
+                .iter()
+                .filter(|(s, _, ns)| *s == series && *ns >= t_fault)
+                .map(|(_, _, ns)| *ns)
+                .min();
+        }
+        thread::sleep(Duration::from_millis(40));
+        stop.store(true, Ordering::Relaxed);
+        let (sent, answered) = c.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+        self.repair(system, fault)?;
+        Ok(Sample {
+            // `None`: never within 3 s.
+            ms: at.map_or(f64::INFINITY, |at| (at - t_fault) as f64 / 1e6),
+            lost: sent.saturating_sub(answered),
+        })
+    }
+}
+
+/// Runs the comparison: `runs` per system, fault and series.
+pub(super) fn compare(runs: usize, config: &str) -> Result<()> {
+    let started = Instant::now();
+    let run = Running::start_with("bfp", config, true);
+    super::add_sources(&run, 2 * 3 * 3 * runs + 1)?;
+    let peers = PeerServers {
+        primary: peer_server(&run.lab.primary, "primary"),
+        secondary: peer_server(&run.lab.secondary, "secondary"),
+    };
+    let haproxy = haproxy(&run.lab.gw)?;
+    let prober = nft_prober(&run.lab.gw)?;
+    let mut silent = NftShell::start(&run.lab.primary.name)?;
+    silent.run("add table inet rdrbench", "inet rdrbench")?;
+    let mut b = Bench {
+        run,
+        peers,
+        _haproxy: haproxy,
+        _prober: prober,
+        silent,
+    };
+    println!("peers: {runs} runs per system, fault and series, interleaved (HAProxy: TCP only)");
+    let systems = [System::Redirector, System::Haproxy, System::NftProber];
+    let faults = [Fault::Kill, Fault::LinkDown, Fault::SilentDrop];
+    let mut samples: BTreeMap<(Series, Fault, System), Vec<Sample>> = BTreeMap::new();
+    let (mut seq, mut k) = (1u64, 0usize);
+    for i in 0..runs {
+        for series in [Series::Udp, Series::Tcp] {
+            for fault in faults {
+                for system in systems {
+                    if system.vip(series).is_none() {
+                        continue;
+                    }
+                    match b.one(system, series, fault, seq, k) {
+                        Ok(s) => samples.entry((series, fault, system)).or_default().push(s),
+                        Err(e) => eprintln!("run {i} {} {series:?} {}: {e:#}", system.name(), fault.name()),
+                    }
+                    seq += 100_000;
+                    k += 1;
+                }
+            }
+        }
+        eprintln!(
+            "peers: {} runs done ({:.0} s)",
+            i + 1,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    print_tables(&samples);
+    println!("peers: total {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn print_tables(samples: &BTreeMap<(Series, Fault, System), Vec<Sample>>) {
+    println!();
+    println!(
+        "| series | fault | system | runs | min | median | p90 | p99 | max | never (within 3 s) | requests lost (median / max) |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut medians: BTreeMap<(Series, Fault), Vec<(System, f64)>> = BTreeMap::new();
+    for ((series, fault, system), v) in samples {
+        let mut ms: Vec<f64> = v.iter().map(|s| s.ms).filter(|m| m.is_finite()).collect();
+        ms.sort_by(f64::total_cmp);
+        let never = v.len() - ms.len();
+        let mut lost: Vec<u64> = v.iter().map(|s| s.lost).collect();
+        lost.sort_unstable();
+        let cell = |p: f64| {
+            if ms.is_empty() {
+                "never".to_owned()
+            } else {
+                format!("{:.1}", percentile(&ms, p))
+            }
+        };
+        let series_name = match series {
+            Series::Udp => "UDP, 1 request/ms",
+            Series::Tcp => "TCP, 1 connection/10 ms",
+        };
+        println!(
+            "| {series_name} | {} | {} | {} | {} | {} | {} | {} | {} | {never} | {} / {} |",
+            fault.name(),
+            system.name(),
+            v.len(),
+            cell(0.0),
+            cell(0.5),
+            cell(0.9),
+            cell(0.99),
+            cell(1.0),
+            lost.get(lost.len() / 2).copied().unwrap_or(0),
+            lost.last().copied().unwrap_or(0),
+        );
+        // A system that missed more than half never "has" a median.
+        let median = if never * 2 > v.len() {
+            f64::INFINITY
+        } else {
+            let mut all: Vec<f64> = v.iter().map(|s| s.ms).collect();
+            all.sort_by(f64::total_cmp);
+            percentile(&all, 0.5)
+        };
+        medians
+            .entry((*series, *fault))
+            .or_default()
+            .push((*system, median));
+    }
+    println!();
+    println!("| series | fault | redirector median | best peer (median) | best peer ÷ redirector |");
+    println!("|---|---|---:|---|---:|");
+    for ((series, fault), v) in &medians {
+        let ours = v.iter().find(|(s, _)| *s == System::Redirector).map(|x| x.1);
+        let best = v
+            .iter()
+            .filter(|(s, _)| *s != System::Redirector)
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let (Some(ours), Some((peer, theirs))) = (ours, best) else {
+            continue;
+        };
+        let series_name = match series {
+            Series::Udp => "UDP",
+            Series::Tcp => "TCP",
+        };
+        let ratio = if theirs.is_finite() {
+            format!("{:.1}×", theirs / ours)
+        } else {
+            "∞ (never)".to_owned()
+        };
+        let theirs = if theirs.is_finite() {
+            format!("{theirs:.1} ms")
+        } else {
+            "never".to_owned()
+        };
+        println!(
+            "| {series_name} | {} | {ours:.1} ms | {} ({theirs}) | {ratio} |",
+            fault.name(),
+            peer.name()
+        );
+    }
+}
