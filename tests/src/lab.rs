@@ -269,7 +269,7 @@ impl Lab {
 }
 
 /// `lab-server` next to the running executable (tests run from `deps/`).
-fn lab_server_binary() -> std::path::PathBuf {
+pub fn lab_server_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let mut dir = exe.parent().unwrap().to_path_buf();
     if dir.ends_with("deps") {
@@ -316,10 +316,22 @@ impl Server {
 
     /// A server bound to what `args` (`--tcp ADDR`, `--udp ADDR`) say.
     pub fn start_args(ns: &NetNs, name: &str, args: &[impl AsRef<std::ffi::OsStr>], log: bool) -> Server {
+        Self::start_bin(ns, &lab_server_binary(), name, args, log)
+    }
+
+    /// [`Server::start_args`] from a copy of the binary at `bin` (a process
+    /// name of its own, for a supervisor that tracks processes by name).
+    pub fn start_bin(
+        ns: &NetNs,
+        bin: &std::path::Path,
+        name: &str,
+        args: &[impl AsRef<std::ffi::OsStr>],
+        log: bool,
+    ) -> Server {
         use std::io::BufRead as _;
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["netns", "exec", &ns.name])
-            .arg(lab_server_binary())
+            .arg(bin)
             .arg(name)
             .args(args)
             .stdout(std::process::Stdio::piped());

@@ -15,14 +15,25 @@
 //!   flow stays on the dead backend until its entry expires). The
 //!   `conntrack` exec (~4 ms here) is part of that system's cost.
 //!
-//! The peers' backends are a second `lab-server` per backend namespace (UDP
-//! 5301, TCP 8091, arrivals logged like the lab's): a kill kills the system's
-//! own server. A link down (the primary's only link) and a silent drop (an
-//! input drop policy in the primary's namespace) hit every system alike;
-//! the silent drop goes through a pre-started `nft -i` in that namespace,
-//! timed from its answer to a follow-up `list`, so no exec is counted.
-//! keepalived VRRP needs the servers on one L2 segment with the VIP moving
-//! between them, a topology of its own: not measured here yet.
+//! - **keepalived VRRP** (`vrrp_version 3`, `advert_int 0.01`): the VIP
+//!   moves between the servers, which share one L2 segment (a bridge in the
+//!   gateway's namespace, 198.18.110.0/24, beside their own links); once
+//!   plain (198.18.110.100: VRRP alone never sees a process die), once
+//!   tracking the server process (198.18.110.101). `track_process` cannot
+//!   run here: it listens on the kernel's process connector, which only the
+//!   initial network namespace gets (keepalived logs `Failed to set/clear
+//!   process event listen - errno 111`), and Debian's keepalived has no
+//!   `net_namespace`; so the tracking is a `track_script` running `pgrep`,
+//!   whose shortest interval is 1 s.
+//!
+//! Each peer has its own `lab-server` per backend namespace (arrivals logged
+//! like the lab's; the VRRP ones under process names of their own, which
+//! the tracking matches): a kill kills the system's own server. A link
+//! down sets the link the system's traffic reaches the primary by down (the
+//! lab's `p0`; VRRP: `v0` on the bridge), a silent drop is an input drop
+//! policy in the primary's namespace; both hit every system alike. The
+//! silent drop goes through a pre-started `nft -i` in that namespace, timed
+//! from its answer to a follow-up `list`, so no exec is counted.
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, Write as _},
@@ -51,6 +62,8 @@ enum System {
     Redirector,
     Haproxy,
     NftProber,
+    Vrrp,
+    VrrpTrack,
 }
 
 impl System {
@@ -59,6 +72,8 @@ impl System {
             System::Redirector => "redirector (defaults)",
             System::Haproxy => "HAProxy 2.6 (inter 10ms fall 2 rise 2, backup)",
             System::NftProber => "nftables DNAT + 10 ms prober",
+            System::Vrrp => "keepalived VRRP (advert_int 0.01)",
+            System::VrrpTrack => "keepalived VRRP + track_script (pgrep every 1 s)",
         }
     }
 
@@ -71,6 +86,10 @@ impl System {
             (System::Haproxy, Series::Tcp) => ([198, 18, 101, 1], 80),
             (System::NftProber, Series::Udp) => ([198, 18, 102, 1], 53),
             (System::NftProber, Series::Tcp) => ([198, 18, 102, 1], 80),
+            (System::Vrrp, Series::Udp) => ([198, 18, 110, 100], VRRP_PLAIN.0),
+            (System::Vrrp, Series::Tcp) => ([198, 18, 110, 100], VRRP_PLAIN.1),
+            (System::VrrpTrack, Series::Udp) => ([198, 18, 110, 101], VRRP_TRACK.0),
+            (System::VrrpTrack, Series::Tcp) => ([198, 18, 110, 101], VRRP_TRACK.1),
         };
         Some(SocketAddr::from((Ipv4Addr::from(addr), port)))
     }
@@ -149,6 +168,157 @@ const PEER_ARGS: [&str; 4] = ["--udp", "0.0.0.0:5301", "--tcp", "0.0.0.0:8091"];
 
 fn peer_server(ns: &NetNs, name: &str) -> Server {
     Server::start_args(ns, name, &PEER_ARGS, true)
+}
+
+/// A VRRP variant's servers: a copy of `lab-server` named `comm` (what the
+/// tracking `pgrep -x` matches), bound to all addresses.
+fn vrrp_server(
+    ns: &NetNs,
+    dir: &std::path::Path,
+    comm: &str,
+    name: &str,
+    ports: (u16, u16),
+) -> Result<Server> {
+    let bin = dir.join(comm);
+    if !bin.exists() {
+        std::fs::copy(redirector_tests::lab::lab_server_binary(), &bin)?;
+    }
+    let args = [
+        "--udp".to_owned(),
+        format!("0.0.0.0:{}", ports.0),
+        "--tcp".to_owned(),
+        format!("0.0.0.0:{}", ports.1),
+    ];
+    Ok(Server::start_bin(ns, &bin, name, &args, true))
+}
+
+/// The VRRP segment, keepalived on both servers (one instance per variant)
+/// and the variants' servers.
+struct Vrrp {
+    dir: std::path::PathBuf,
+    /// (primary, secondary) of the plain and of the tracked variant.
+    plain: (Server, Server),
+    track: (Server, Server),
+    _keepalived: Vec<Proc>,
+}
+
+impl Drop for Vrrp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const VRRP_PLAIN: (u16, u16) = (5302, 8092);
+const VRRP_TRACK: (u16, u16) = (5303, 8093);
+
+fn keepalived_conf(primary: bool) -> String {
+    let (state, priority, me) = if primary {
+        ("MASTER", 150, "p")
+    } else {
+        ("BACKUP", 100, "s")
+    };
+    let instance = |name: &str, vrid: u8, vip: &str, track: &str| {
+        format!(
+            "vrrp_instance {name} {{\n  state {state}\n  interface v0\n  virtual_router_id {vrid}\n  \
+             priority {priority}\n  advert_int 0.01\n  virtual_ipaddress {{\n    {vip}/24\n  }}\n{track}}}\n"
+        )
+    };
+    format!(
+        "global_defs {{\n  router_id rdr_{me}\n  vrrp_version 3\n  vrrp_garp_master_delay 0\n  \
+         script_user root\n  enable_script_security\n}}\n\
+         vrrp_script server {{\n  script \"/usr/bin/pgrep -x vrrp-track-{me}\"\n  interval 1\n  timeout 1\n  \
+         fall 1\n  rise 1\n}}\n{}{}",
+        instance("plain", 51, "198.18.110.100", ""),
+        instance(
+            "track",
+            52,
+            "198.18.110.101",
+            "  track_script {\n    server\n  }\n"
+        ),
+    )
+}
+
+fn vrrp(run: &Running) -> Result<Vrrp> {
+    let gw = &run.lab.gw.name;
+    in_ns(gw, &["ip", "link", "add", "vbr", "type", "bridge"]);
+    in_ns(gw, &["ip", "addr", "add", "198.18.110.1/24", "dev", "vbr"]);
+    in_ns(gw, &["ip", "link", "set", "vbr", "up"]);
+    let dir = std::env::temp_dir().join(format!("{gw}-vrrp"));
+    std::fs::create_dir_all(&dir)?;
+    let mut keepalived = Vec::new();
+    for (ns, end, addr, primary) in [
+        (&run.lab.primary, "vp", "198.18.110.2/24", true),
+        (&run.lab.secondary, "vs", "198.18.110.3/24", false),
+    ] {
+        in_ns(
+            gw,
+            &[
+                "ip", "link", "add", end, "type", "veth", "peer", "name", "v0", "netns", &ns.name,
+            ],
+        );
+        in_ns(gw, &["ip", "link", "set", end, "master", "vbr"]);
+        in_ns(gw, &["ip", "link", "set", end, "up"]);
+        in_ns(&ns.name, &["ip", "addr", "add", addr, "dev", "v0"]);
+        in_ns(&ns.name, &["ip", "link", "set", "v0", "up"]);
+        // Answers from a VIP go back the way their requests came.
+        in_ns(
+            &ns.name,
+            &["ip", "rule", "add", "from", "198.18.110.0/24", "table", "110"],
+        );
+        in_ns(
+            &ns.name,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                "198.18.110.1",
+                "dev",
+                "v0",
+                "table",
+                "110",
+            ],
+        );
+        let me = if primary { "p" } else { "s" };
+        let conf = dir.join(format!("keepalived-{me}.conf"));
+        std::fs::write(&conf, keepalived_conf(primary))?;
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "keepalived",
+                "--dont-fork",
+                "--log-console",
+                "--vrrp",
+            ])
+            .arg("--use-file")
+            .arg(&conf)
+            .arg("--pid")
+            .arg(dir.join(format!("keepalived-{me}.pid")))
+            .arg("--vrrp_pid")
+            .arg(dir.join(format!("vrrp-{me}.pid")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting keepalived (apt-get install keepalived)")?;
+        keepalived.push(Proc(child));
+    }
+    let plain = (
+        vrrp_server(&run.lab.primary, &dir, "vrrp-plain-p", "primary", VRRP_PLAIN)?,
+        vrrp_server(&run.lab.secondary, &dir, "vrrp-plain-s", "secondary", VRRP_PLAIN)?,
+    );
+    let track = (
+        vrrp_server(&run.lab.primary, &dir, "vrrp-track-p", "primary", VRRP_TRACK)?,
+        vrrp_server(&run.lab.secondary, &dir, "vrrp-track-s", "secondary", VRRP_TRACK)?,
+    );
+    Ok(Vrrp {
+        dir,
+        plain,
+        track,
+        _keepalived: keepalived,
+    })
 }
 
 /// HAProxy in the gateway's namespace.
@@ -317,18 +487,30 @@ fn wait_primary(ns: &NetNs, system: System, series: Series, within: Duration) ->
 
 /// The lab, the peers and the fault injectors.
 struct Bench {
-    run: Running,
-    peers: PeerServers,
+    // Dropped in this order: keepalived before the lab's namespaces.
+    vrrp: Vrrp,
     _haproxy: Proc,
     _prober: NftProber,
     silent: NftShell,
+    peers: PeerServers,
+    run: Running,
 }
 
 impl Bench {
     fn servers(&mut self, system: System) -> (&mut Server, &mut Server) {
         match system {
             System::Redirector => (&mut self.run.primary, &mut self.run.secondary),
-            _ => (&mut self.peers.primary, &mut self.peers.secondary),
+            System::Haproxy | System::NftProber => (&mut self.peers.primary, &mut self.peers.secondary),
+            System::Vrrp => (&mut self.vrrp.plain.0, &mut self.vrrp.plain.1),
+            System::VrrpTrack => (&mut self.vrrp.track.0, &mut self.vrrp.track.1),
+        }
+    }
+
+    /// The primary's link that `system`'s traffic reaches it by.
+    fn link(system: System) -> &'static str {
+        match system {
+            System::Vrrp | System::VrrpTrack => "v0",
+            _ => "p0",
         }
     }
 
@@ -336,7 +518,7 @@ impl Bench {
     fn inject(&mut self, system: System, fault: Fault) -> Result<u64> {
         match fault {
             Fault::Kill => self.servers(system).0.kill(),
-            Fault::LinkDown => link_down_now(&self.run.lab.primary, "p0")?,
+            Fault::LinkDown => link_down_now(&self.run.lab.primary, Self::link(system))?,
             Fault::SilentDrop => self.silent.run(
                 "add table inet rdrbench ; add chain inet rdrbench in { type filter hook input priority 0 ; policy drop ; }",
                 "inet rdrbench",
@@ -358,8 +540,31 @@ impl Bench {
                         true,
                     );
                 }
-                _ => self.peers.primary = peer_server(&self.run.lab.primary, "primary"),
+                System::Haproxy | System::NftProber => {
+                    self.peers.primary = peer_server(&self.run.lab.primary, "primary");
+                }
+                System::Vrrp => {
+                    self.vrrp.plain.0 = vrrp_server(
+                        &self.run.lab.primary,
+                        &self.vrrp.dir,
+                        "vrrp-plain-p",
+                        "primary",
+                        VRRP_PLAIN,
+                    )?;
+                }
+                System::VrrpTrack => {
+                    self.vrrp.track.0 = vrrp_server(
+                        &self.run.lab.primary,
+                        &self.vrrp.dir,
+                        "vrrp-track-p",
+                        "primary",
+                        VRRP_TRACK,
+                    )?;
+                }
             },
+            Fault::LinkDown if Self::link(system) == "v0" => {
+                in_ns(&p, &["ip", "link", "set", "v0", "up"]);
+            }
             Fault::LinkDown => {
                 in_ns(&p, &["ip", "link", "set", "p0", "up"]);
                 // Setting a link down deleted the routes through it.
@@ -438,24 +643,32 @@ impl Bench {
 pub(super) fn compare(runs: usize, config: &str) -> Result<()> {
     let started = Instant::now();
     let run = Running::start_with("bfp", config, true);
-    super::add_sources(&run, 2 * 3 * 3 * runs + 1)?;
+    super::add_sources(&run, 2 * 3 * 5 * runs + 1)?;
     let peers = PeerServers {
         primary: peer_server(&run.lab.primary, "primary"),
         secondary: peer_server(&run.lab.secondary, "secondary"),
     };
     let haproxy = haproxy(&run.lab.gw)?;
     let prober = nft_prober(&run.lab.gw)?;
+    let vrrp = vrrp(&run)?;
     let mut silent = NftShell::start(&run.lab.primary.name)?;
     silent.run("add table inet rdrbench", "inet rdrbench")?;
     let mut b = Bench {
-        run,
-        peers,
+        vrrp,
         _haproxy: haproxy,
         _prober: prober,
         silent,
+        peers,
+        run,
     };
     println!("peers: {runs} runs per system, fault and series, interleaved (HAProxy: TCP only)");
-    let systems = [System::Redirector, System::Haproxy, System::NftProber];
+    let systems = [
+        System::Redirector,
+        System::Haproxy,
+        System::NftProber,
+        System::Vrrp,
+        System::VrrpTrack,
+    ];
     let faults = [Fault::Kill, Fault::LinkDown, Fault::SilentDrop];
     let mut samples: BTreeMap<(Series, Fault, System), Vec<Sample>> = BTreeMap::new();
     let (mut seq, mut k) = (1u64, 0usize);
