@@ -13,7 +13,9 @@
 //!   10 ms, fall 2 rise 2) and switches with a rule swap through a pre-started
 //!   `nft -i` plus `conntrack -D` of the VIP's entries (else a running UDP
 //!   flow stays on the dead backend until its entry expires). The
-//!   `conntrack` exec (~4 ms here) is part of that system's cost.
+//!   `conntrack` exec (~4 ms here) is part of that system's cost; only the
+//!   VIP's flows are tracked (`notrack` for the gateway's own traffic), as
+//!   on a gateway that does nothing else, so the delete walks a short table.
 //!
 //! - **keepalived VRRP** (`vrrp_version 3`, `advert_int 0.01`): the VIP
 //!   moves between the servers, which share one L2 segment (a bridge in the
@@ -377,6 +379,20 @@ fn nft_prober(gw: &NetNs) -> Result<NftProber> {
         "add table ip rdrpeer ; add chain ip rdrpeer pre { type nat hook prerouting priority -100 ; }",
         "ip rdrpeer",
     )?;
+    // Only the VIP's flows in conntrack, as on a gateway that does nothing
+    // else: the lab's other probes and HAProxy's connections (all to or
+    // from the gateway itself) would fill the table, and `conntrack -D`
+    // walks all of it (~100 ms here).
+    shell.run(
+        "add chain ip rdrpeer raw_pre { type filter hook prerouting priority raw ; fib daddr type local notrack ; } ; \
+         add chain ip rdrpeer raw_out { type filter hook output priority raw ; notrack ; }",
+        "ip rdrpeer",
+    )?;
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &gw.name, "conntrack", "-F"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     shell.run(&dnat_rules(PRIMARY), "ip rdrpeer")?;
     let stop = Arc::new(AtomicBool::new(false));
     let (flag, ns) = (stop.clone(), gw.name.clone());
