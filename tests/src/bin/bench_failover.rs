@@ -38,6 +38,23 @@ use redirector_tests::{
     netns::{NetNs, in_ns},
 };
 
+/// Time between two TCP connections of the TCP series, µs (`--tcp-per-sec`).
+static TCP_EVERY_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(10_000);
+
+fn tcp_every() -> Duration {
+    Duration::from_micros(TCP_EVERY_US.load(Ordering::Relaxed).max(1))
+}
+
+/// The TCP series' name, with its rate.
+fn tcp_series_name() -> String {
+    let every = tcp_every();
+    if every >= Duration::from_millis(1) && every.subsec_micros() % 1000 == 0 {
+        format!("TCP, 1 connection/{} ms", every.as_millis())
+    } else {
+        format!("TCP, {:.0} connections/s", 1.0 / every.as_secs_f64())
+    }
+}
+
 fn monotonic_ns() -> u64 {
     redirector::datapath::monotonic_ns()
 }
@@ -112,6 +129,10 @@ fn args() -> Result<Args> {
             "--health" => a.health = Some(it.next().context("--health 'key = value; …'")?),
             "--verbose" => a.verbose = true,
             "--peers" => a.peers = true,
+            "--tcp-per-sec" => {
+                let rate: u64 = it.next().context("--tcp-per-sec N")?.parse()?;
+                TCP_EVERY_US.store(1_000_000 / rate.clamp(1, 10_000), Ordering::Relaxed);
+            }
             "--scale" => {
                 a.scale = it
                     .next()
@@ -318,7 +339,7 @@ fn client_to(
                 }
             }
             Series::Tcp => {
-                // A new connection every 10 ms whatever the earlier ones do
+                // A new connection every 10 ms (`--tcp-per-sec`) whatever the earlier ones do
                 // (a connection to a silent primary must not hold the next one back).
                 let start = Instant::now();
                 let mut conns = Vec::new();
@@ -337,7 +358,7 @@ fn client_to(
                             && c.read_to_end(&mut s).is_ok()
                             && !s.is_empty()
                     }));
-                    let next = start + Duration::from_millis(10 * sent);
+                    let next = start + tcp_every() * u32::try_from(sent).unwrap_or(u32::MAX);
                     if let Some(d) = next.checked_duration_since(Instant::now()) {
                         thread::sleep(d);
                     }
@@ -633,8 +654,8 @@ fn main() -> Result<()> {
         let mut inj: Vec<f64> = v.iter().map(|s| s.injection_ms).collect();
         inj.sort_by(f64::total_cmp);
         let series = match series {
-            Series::Udp => "UDP, 1 request/ms",
-            Series::Tcp => "TCP, 1 connection/10 ms",
+            Series::Udp => "UDP, 1 request/ms".to_owned(),
+            Series::Tcp => tcp_series_name(),
         };
         println!(
             "| {series} | {} | {sig} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} / {} | {:.2} ms |",

@@ -736,8 +736,8 @@ fn print_tables(samples: &BTreeMap<(Series, Fault, System), Vec<Sample>>) {
             }
         };
         let series_name = match series {
-            Series::Udp => "UDP, 1 request/ms",
-            Series::Tcp => "TCP, 1 connection/10 ms",
+            Series::Udp => "UDP, 1 request/ms".to_owned(),
+            Series::Tcp => super::tcp_series_name(),
         };
         println!(
             "| {series_name} | {} | {} | {} | {} | {} | {} | {} | {} | {never} | {} / {} |",
