@@ -48,7 +48,7 @@ fn tcp_every() -> Duration {
 /// The TCP series' name, with its rate.
 fn tcp_series_name() -> String {
     let every = tcp_every();
-    if every >= Duration::from_millis(1) && every.subsec_micros() % 1000 == 0 {
+    if every >= Duration::from_millis(1) && every.subsec_micros().is_multiple_of(1000) {
         format!("TCP, 1 connection/{} ms", every.as_millis())
     } else {
         format!("TCP, {:.0} connections/s", 1.0 / every.as_secs_f64())
