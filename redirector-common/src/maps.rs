@@ -564,6 +564,10 @@ pub const BENCH_TEMPLATE_LEN: usize = 128;
 pub const VARY_V4_SRC: usize = 14 + 12;
 /// `BenchTemplate::vary_off` for the last 32 bits of the IPv6 source address.
 pub const VARY_V6_SRC: usize = 14 + 8 + 12;
+/// `BenchTemplate::vary_off` for an IPv4 UDP/TCP source port: the run
+/// counter's low 16 bits, 65,536 flows over and over (valid addresses, so
+/// the kernel's own forwarding path takes them too).
+pub const VARY_V4_SPORT: usize = 14 + 20;
 
 /// Value of the benchmark object's `TEMPLATE` map.
 #[repr(C)]
@@ -572,7 +576,8 @@ pub struct BenchTemplate {
     /// The original frame (only the first `frame length` bytes are copied).
     pub bytes: [u8; BENCH_TEMPLATE_LEN],
     /// [`VARY_V4_SRC`] or [`VARY_V6_SRC`]: overwrite that 32-bit field with a
-    /// run counter, a fresh 5-tuple every run; anything else: no change.
+    /// run counter, a fresh 5-tuple every run; [`VARY_V4_SPORT`]: the
+    /// counter's low 16 bits as the source port; anything else: no change.
     pub vary_off: u32,
     /// The run counter.
     pub counter: u32,

@@ -8,6 +8,9 @@
 //! - `forward_static`: the least any L2 redirector does — write the MACs of the
 //!   one next hop in `STATIC_HOP` and `bpf_redirect_map` to it — a second
 //!   reference for what redirector's own logic costs on top of forwarding;
+//! - `drop`: returns `XDP_DROP` (a generator's own cost, with `restore`);
+//! - `count_drop`: counts the frame in `RECEIVED` and drops it — a receiver
+//!   whose own stack costs nothing (the throughput benchmark);
 //! - `restore`: copies a template frame from `TEMPLATE` over the packet, then
 //!   tail-calls `TARGET[0]`. With `BPF_PROG_TEST_RUN`'s repeat count the kernel
 //!   reruns on the same (already rewritten) buffer; restoring first makes every
@@ -21,13 +24,13 @@ mod program {
     use aya_ebpf::{
         bindings::xdp_action,
         macros::{map, xdp},
-        maps::{Array, DevMapHash, LruHashMap, ProgramArray},
+        maps::{Array, DevMapHash, LruHashMap, PerCpuArray, ProgramArray},
         programs::XdpContext,
     };
 
     use redirector_common::{
-        BENCH_TEMPLATE_LEN as TEMPLATE_LEN, BenchTemplate, FlowKey, FlowValue, NextHop, VARY_V4_SRC,
-        VARY_V6_SRC,
+        BENCH_TEMPLATE_LEN as TEMPLATE_LEN, BenchTemplate, FlowKey, FlowValue, NextHop, VARY_V4_SPORT,
+        VARY_V4_SRC, VARY_V6_SRC,
     };
 
     const BPF_F_NO_COMMON_LRU: u32 = 2;
@@ -127,6 +130,23 @@ mod program {
     }
 
     #[xdp]
+    pub fn drop(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_DROP
+    }
+
+    #[map]
+    static RECEIVED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+    #[xdp]
+    pub fn count_drop(_ctx: XdpContext) -> u32 {
+        if let Some(n) = RECEIVED.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot; no concurrent writer.
+            unsafe { *n += 1 };
+        }
+        xdp_action::XDP_DROP
+    }
+
+    #[xdp]
     pub fn restore(ctx: XdpContext) -> u32 {
         let Some(t) = TEMPLATE.get_ptr_mut(0) else {
             return xdp_action::XDP_ABORTED;
@@ -151,7 +171,13 @@ mod program {
         // constant offset (IPv4 source address, or the last word of the IPv6 one).
         unsafe {
             let voff = (*t).vary_off;
-            if voff == VARY_V4_SRC as u32 || voff == VARY_V6_SRC as u32 {
+            if voff == VARY_V4_SPORT as u32 {
+                (*t).counter = (*t).counter.wrapping_add(1);
+                let port = ((*t).counter & 0xffff) as u16;
+                if start + VARY_V4_SPORT + 2 <= end {
+                    core::ptr::write_unaligned((start + VARY_V4_SPORT) as *mut u16, port.to_be());
+                }
+            } else if voff == VARY_V4_SRC as u32 || voff == VARY_V6_SRC as u32 {
                 (*t).counter = (*t).counter.wrapping_add(1);
                 let c = (*t).counter;
                 if voff == VARY_V4_SRC as u32 {

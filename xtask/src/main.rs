@@ -95,6 +95,16 @@ enum Bench {
         #[arg(long)]
         peers: bool,
     },
+    /// Packets/s through the gateway in the lab (in-kernel generator): the static XDP forwarder,
+    /// kernel routing, nftables DNAT and redirector, interleaved.
+    Throughput {
+        /// Rounds of interleaved measurements.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Frames per measurement.
+        #[arg(long, default_value_t = 500_000)]
+        packets: u32,
+    },
     /// ns/packet of the XDP program in the kernel (BPF_PROG_TEST_RUN).
     Datapath {
         /// Rounds of interleaved measurements.
@@ -258,6 +268,11 @@ fn main() -> Result<()> {
                         "bench-failover",
                         &["--runs", &r, "--busy-secs", &b, "--flood-secs", &f],
                     )
+                }
+                Bench::Throughput { rounds, packets } => {
+                    lab_prerequisites("the throughput benchmark")?;
+                    let (r, n) = (rounds.to_string(), packets.to_string());
+                    run_tool(&root, "bench-throughput", &["--rounds", &r, "--packets", &n])
                 }
                 Bench::Datapath { rounds, repeat } => {
                     let r = rounds.to_string();
