@@ -325,8 +325,27 @@ fn ifindex(dev: &str) -> Result<u32> {
 
 /// What runs on the gateway's `g-c` for one variant (detached on drop).
 enum Gateway {
-    Lab { _obj: Ebpf },
-    Redirector { _dp: Box<Datapath> },
+    Lab {
+        _obj: Ebpf,
+    },
+    Redirector {
+        _dp: Box<Datapath>,
+    },
+    /// `pass` and the DNAT table, removed after the variant: conntrack then
+    /// leaves the other variants' packets alone.
+    Nft {
+        _obj: Ebpf,
+        ns: String,
+    },
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Gateway::Nft { ns, .. } = self {
+            in_ns(ns, &["nft", "delete", "table", "ip", "tp"]);
+            in_ns(ns, &["conntrack", "-F"]);
+        }
+    }
 }
 
 fn svc(name: &str, vip: &str, mode: Mode) -> Result<Service> {
@@ -369,10 +388,46 @@ fn gateway(gw: &NetNs, v: Variant) -> Result<Gateway> {
             lab_prog(&mut obj, "forward_static")?.attach("g-c", XdpMode::Driver)?;
             Ok(Gateway::Lab { _obj: obj })
         }
-        Variant::Routing | Variant::NftDnat => {
+        Variant::Routing => {
             let mut obj = Ebpf::load(redirector::LAB_OBJECT)?;
             lab_prog(&mut obj, "pass")?.attach("g-c", XdpMode::Driver)?;
             Ok(Gateway::Lab { _obj: obj })
+        }
+        Variant::NftDnat => {
+            let mut obj = Ebpf::load(redirector::LAB_OBJECT)?;
+            lab_prog(&mut obj, "pass")?.attach("g-c", XdpMode::Driver)?;
+            let ns = gw.name.clone();
+            in_ns(&ns, &["nft", "add", "table", "ip", "tp"]);
+            in_ns(
+                &ns,
+                &[
+                    "nft",
+                    "add",
+                    "chain",
+                    "ip",
+                    "tp",
+                    "pre",
+                    "{ type nat hook prerouting priority -100 ; }",
+                ],
+            );
+            in_ns(
+                &ns,
+                &[
+                    "nft",
+                    "add",
+                    "rule",
+                    "ip",
+                    "tp",
+                    "pre",
+                    "ip",
+                    "daddr",
+                    "198.18.102.1",
+                    "dnat",
+                    "to",
+                    "198.18.2.2",
+                ],
+            );
+            Ok(Gateway::Nft { _obj: obj, ns })
         }
         Variant::RedirectorNat | Variant::RedirectorDsr | Variant::RedirectorSecondary => {
             let mut dp = Datapath::load(Sizes::default())?;
@@ -440,36 +495,6 @@ fn main() -> Result<()> {
         Receiver::attach(&t.primary, "p0")?,
         Receiver::attach(&t.secondary, "s0")?,
     ];
-    in_ns(&t.gw.name, &["nft", "add", "table", "ip", "tp"]);
-    in_ns(
-        &t.gw.name,
-        &[
-            "nft",
-            "add",
-            "chain",
-            "ip",
-            "tp",
-            "pre",
-            "{ type nat hook prerouting priority -100 ; }",
-        ],
-    );
-    in_ns(
-        &t.gw.name,
-        &[
-            "nft",
-            "add",
-            "rule",
-            "ip",
-            "tp",
-            "pre",
-            "ip",
-            "daddr",
-            "198.18.102.1",
-            "dnat",
-            "to",
-            "198.18.2.2",
-        ],
-    );
     let mut generator = Generator::new(&t.client)?;
     let started = Instant::now();
     let mut results: BTreeMap<(bool, Variant), Vec<Sample>> = BTreeMap::new();
