@@ -283,6 +283,22 @@ fn events(s: &Setup) -> Vec<EventRecord> {
     out
 }
 
+/// The first failover event of `service` after the first `seen` events,
+/// waited for until `deadline` (`what`: the fault, for the message).
+fn failover_event(s: &Setup, service: &str, seen: usize, deadline: Instant, what: &str) -> EventRecord {
+    loop {
+        let found = events(s)
+            .into_iter()
+            .skip(seen)
+            .find(|e| e.service == service && e.cause.starts_with("failover"));
+        if let Some(e) = found {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "{what}: {service} never failed over");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A resolver's queries: one UDP request to dns4 per ms, each from a new
 /// source port (a new flow, so each goes to the active backend), until
 /// stopped (at most 120 s). Returns the stop flag and the count sent.
@@ -380,17 +396,7 @@ fn ten_udp_kills_in_a_row_are_decided_on_the_clients_refusals_when_probes_get_no
         let seen = events(&s).len();
         s.primary.kill();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let event = loop {
-            let found = events(&s)
-                .into_iter()
-                .skip(seen)
-                .find(|e| e.service == "dns4" && e.cause.starts_with("failover"));
-            if let Some(e) = found {
-                break e;
-            }
-            assert!(Instant::now() < deadline, "kill {k}: dns4 never failed over");
-            thread::sleep(Duration::from_millis(10));
-        };
+        let event = failover_event(&s, "dns4", seen, deadline, &format!("kill {k}"));
         decided.push((event.cause, event.detection_ms));
         thread::sleep(Duration::from_millis(1000));
         s.primary = Server::start(&s.lab.primary, "primary", "198.18.2.2", "2001:2:0:2::2", false);
@@ -470,17 +476,7 @@ fn a_silent_drop_under_traffic_is_confirmed_by_short_probes_long_before_the_next
     let deadline = dropped + Duration::from_secs(5);
     let mut noticed = Vec::new();
     for service in ["dns4", "web4"] {
-        let event = loop {
-            let found = events(&s)
-                .into_iter()
-                .skip(seen)
-                .find(|e| e.service == service && e.cause.starts_with("failover"));
-            if let Some(e) = found {
-                break e;
-            }
-            assert!(Instant::now() < deadline, "{service} never failed over");
-            thread::sleep(Duration::from_millis(5));
-        };
+        let event = failover_event(&s, service, seen, deadline, "silent drop");
         eprintln!(
             "{service}: silent drop → decision seen after {:?}: {} (detection {:?} ms)",
             dropped.elapsed(),

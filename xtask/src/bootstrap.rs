@@ -171,23 +171,17 @@ const PEERS: &[(&str, &str)] = &[
 
 /// Installs the peers (`bench failover --peers`) if missing.
 pub fn ensure_peers() -> Result<()> {
-    let missing: Vec<&str> = PEERS
-        .iter()
-        .filter(|(bin, _)| !cmd::ok(&["sh", "-c", &format!("command -v {bin}")]))
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !is_debian() {
-        bail!("the peers benchmark needs {}: install them", missing.join(" "));
-    }
-    apt_install(&missing)
+    ensure_tools(PEERS)
 }
 
 /// Tools the namespace tests and the lab use.
 pub fn ensure_lab_tools() -> Result<()> {
-    let missing: Vec<&str> = LAB_TOOLS
+    ensure_tools(LAB_TOOLS)
+}
+
+/// Installs the packages of the `(binary, package)` pairs whose binary is missing.
+fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
         .iter()
         .filter(|(bin, _)| !cmd::ok(&["sh", "-c", &format!("command -v {bin}")]))
         .map(|(_, pkg)| *pkg)

@@ -1,12 +1,7 @@
 //! The flow tables seen from userspace: the arrays (`FLOWS`, `EMBRYOS`,
 //! `DIRECT`) memory-mapped, so a sweep reads them at memory speed and clears an entry
 //! with one aligned store, as the program does (`redirector_common::flow`).
-use std::{
-    collections::HashSet,
-    os::fd::{AsFd, AsRawFd, OwnedFd},
-    ptr::NonNull,
-    time::Duration,
-};
+use std::{collections::HashSet, os::fd::OwnedFd, ptr::NonNull, time::Duration};
 
 use redirector_common::{
     FlowBucket, FlowEntry, FlowKey, FlowSettings,
@@ -28,25 +23,7 @@ unsafe impl Send for Mapped {}
 impl Mapped {
     fn new(fd: OwnedFd, buckets: u32) -> std::io::Result<Mapped> {
         let buckets = buckets as usize;
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let len = (buckets * size_of::<FlowBucket>()).div_ceil(page) * page;
-        // SAFETY: a fresh shared mapping of an mmapable BPF array of `buckets`
-        // values; the kernel checks the length against the map.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let base = NonNull::new(ptr.cast::<FlowBucket>()).ok_or_else(std::io::Error::last_os_error)?;
+        let (base, len) = super::mmap::map_shared::<FlowBucket>(&fd, buckets * size_of::<FlowBucket>())?;
         Ok(Mapped {
             base,
             buckets,

@@ -22,6 +22,7 @@ mod expect;
 mod flows;
 mod hop_maps;
 mod migrate;
+mod mmap;
 mod pin;
 mod reconcile;
 mod seen;

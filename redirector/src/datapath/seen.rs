@@ -2,7 +2,7 @@
 //! memory-mapped, so a look at every backend is a few thousand atomic swaps
 //! in memory, with no system call, whatever the number of services.
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::fd::OwnedFd,
     ptr::NonNull,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -26,25 +26,7 @@ impl SeenMap {
     /// Maps the array `fd` of `entries` values.
     pub(super) fn new(fd: OwnedFd, entries: u32) -> std::io::Result<SeenMap> {
         let entries = entries as usize;
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let len = (entries * size_of::<Seen>()).div_ceil(page).max(1) * page;
-        // SAFETY: a fresh shared mapping of an mmapable BPF array of
-        // `entries` values; the kernel checks the length against the map.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let base = NonNull::new(ptr.cast::<Seen>()).ok_or_else(std::io::Error::last_os_error)?;
+        let (base, len) = super::mmap::map_shared::<Seen>(&fd, entries * size_of::<Seen>())?;
         Ok(SeenMap {
             base,
             entries,
