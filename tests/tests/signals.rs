@@ -446,18 +446,27 @@ fn a_silent_drop_under_traffic_is_confirmed_by_short_probes_long_before_the_next
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>()
     };
+    // A silence is a hint: a server stalled 3 ms on two busy vCPUs (a Python
+    // server, a debug-build daemon) may cost a probe, which passes. Counting
+    // a connection's last ACK as a request would make one per connection
+    // (~100 here), and a hint must never be confirmed on a healthy backend.
     let healthy = scrape(&s);
-    assert_eq!(
-        silent(&healthy, "web4"),
-        0.0,
-        "healthy TCP traffic made a silence\n{healthy}"
-    );
-    assert_eq!(
-        silent(&healthy, "dns4"),
-        0.0,
-        "healthy UDP traffic made a silence\n{healthy}"
-    );
+    for service in ["web4", "dns4"] {
+        assert!(
+            silent(&healthy, service) <= 5.0,
+            "healthy {service} traffic made silences\n{healthy}"
+        );
+        assert_eq!(
+            checks(&healthy, service, "confirmed"),
+            0.0,
+            "a healthy {service} backend was confirmed silent\n{healthy}"
+        );
+    }
     let seen = events(&s).len();
+    assert!(
+        !events(&s).iter().any(|e| e.cause.starts_with("failover")),
+        "healthy traffic moved a service"
+    );
     let p = s.lab.primary.name.clone();
     in_ns(&p, &["nft", "add", "table", "inet", "silent"]);
     in_ns(
