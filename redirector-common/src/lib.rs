@@ -21,3 +21,33 @@ pub use maps::*;
 ///    of the gateway-traffic work (ICMP, fragments, options, allow lists).
 /// 4: the `FlowMoved` and signal counters (`SIGNALS`, `SIGNAL_LAST` are new, not pinned).
 pub const ABI_VERSION: u32 = 4;
+
+/// Optional parts of the forwarding paths a benchmark may switch off at load
+/// time (`ABLATE`, a read-only global) to measure what each costs. The
+/// daemon always loads 0: the verifier then knows every such branch and
+/// removes the dead side, so the switches cost the paths nothing.
+pub mod ablate {
+    /// Per-backend packet and byte counters (`BACKEND_STATS`).
+    pub const STATS: u32 = 1 << 0;
+    /// The silence watch's flags (`SEEN`).
+    pub const SEEN: u32 = 1 << 1;
+    /// TCP replies read for signals (closed-port RST) and SYN-ACKs.
+    pub const SIGNALS: u32 = 1 << 2;
+    /// The frame-size check against the egress MTU.
+    pub const MTU: u32 = 1 << 3;
+    /// The TTL check and decrement.
+    pub const TTL: u32 = 1 << 4;
+    /// The per-port pre-filter (`PORTS`) before the hash lookups.
+    pub const PORTS: u32 = 1 << 5;
+    /// Every switch above.
+    pub const ALL: u32 = STATS | SEEN | SIGNALS | MTU | TTL | PORTS;
+    /// Each switch with its name, in benchmark tables.
+    pub const NAMES: [(u32, &str); 6] = [
+        (STATS, "backend counters"),
+        (SEEN, "silence flags"),
+        (SIGNALS, "reply signals"),
+        (MTU, "MTU check"),
+        (TTL, "TTL check + decrement"),
+        (PORTS, "port pre-filter"),
+    ];
+}

@@ -392,6 +392,9 @@ fn translate<const V6: bool>(
 /// is judged, and sent, by its IP length.
 #[inline(always)]
 pub fn too_big_for(ctx: &XdpContext, v6: bool, ifindex: u32) -> Option<u32> {
+    if !crate::maps::on(redirector_common::ablate::MTU) {
+        return None;
+    }
     let frame = ctx.data_end() - ctx.data();
     if frame - ETH_LEN <= if v6 { 1280 } else { 576 } {
         return None;

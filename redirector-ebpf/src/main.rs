@@ -39,7 +39,7 @@ mod program {
     use aya_log_ebpf::debug;
     use redirector_common::{
         Addr, Counter, Endpoint, FlowKey, Ip, Mode, NextHop, PORT_BACKEND, PORT_SERVICE, PROTO_TCP,
-        SWITCH_DROP, SWITCH_PASS, addr_bucket, paths,
+        SWITCH_DROP, SWITCH_PASS, ablate, addr_bucket, paths,
     };
 
     use crate::{
@@ -48,7 +48,7 @@ mod program {
         icmp::{self, Verdict},
         maps::{
             BACKEND_ADDRS, BACKENDS, CLIENT_HOPS, EGRESS, HOP_REQUESTS, LOCAL_ADDRS, PATHS, PORTS, REVERSE,
-            SERVICE_VIPS, SERVICES, SWITCH, VIPS, count, count_backend, count_refused, seen,
+            SERVICE_VIPS, SERVICES, SWITCH, VIPS, count, count_backend, count_refused, on, seen,
         },
         parse::{self, Deferred, IcmpParsed, Packet, Parsed, parse},
         rewrite::{self, Side},
@@ -196,6 +196,9 @@ mod program {
 
     #[inline(always)]
     fn port_flags(port_be: u16) -> u8 {
+        if !on(ablate::PORTS) {
+            return PORT_SERVICE | PORT_BACKEND;
+        }
         PORTS.get(u32::from(u16::from_be(port_be))).copied().unwrap_or(0)
     }
 
@@ -219,7 +222,7 @@ mod program {
             }
             return pass(Counter::AllDownPassed);
         }
-        if pkt.ttl <= 1 {
+        if on(ablate::TTL) && pkt.ttl <= 1 {
             return pass(Counter::TtlExpired);
         }
         let key = FlowKey {
@@ -287,11 +290,13 @@ mod program {
         if pkt.proto == PROTO_TCP {
             // A closed port's answer to a client's SYN: a hint for the
             // daemon; a SYN-ACK: an answer for its silence watch.
-            signals::tcp_reply(ctx, usize::from(pkt.l4_off), index);
+            if on(ablate::SIGNALS) {
+                signals::tcp_reply(ctx, usize::from(pkt.l4_off), index);
+            }
         } else {
             seen(index, true);
         }
-        if pkt.ttl <= 1 {
+        if on(ablate::TTL) && pkt.ttl <= 1 {
             return pass(Counter::TtlExpired);
         }
         // No hop yet: judged by the ingress link (ifindex 0), which it fits;
@@ -423,7 +428,9 @@ mod program {
                 Err(_) => return pass(Counter::RedirectFailed),
             }
         };
-        rewrite::dec_ttl(ctx, v6);
+        if on(ablate::TTL) {
+            rewrite::dec_ttl(ctx, v6);
+        }
         rewrite::set_macs(ctx, hop);
         action
     }

@@ -1,13 +1,25 @@
 //! Map definitions. Sizes here are defaults; the loader sets the real ones.
 use aya_ebpf::{
+    Global,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use redirector_common::{
     AclKey, Addr, Backend, BackendStats, Counter, DEFAULT_ACL_ENTRIES, DEFAULT_CLIENT_HOPS,
     DEFAULT_FLOW_ENTRIES, DEFAULT_MAX_SERVICES, EMBRYO_SHARE, Endpoint, FLOW_WAYS, FRAG_BUCKETS, FlowBucket,
-    FlowSettings, NextHop, ReverseInfo, Seen, ServiceInfo, ServiceVip, SwitchState,
+    FlowSettings, NextHop, ReverseInfo, Seen, ServiceInfo, ServiceVip, SwitchState, ablate,
 };
+
+/// A benchmark's switches (`redirector_common::ablate`). The daemon loads
+/// 0, and read-only: the verifier then removes every switched-off side.
+#[unsafe(no_mangle)]
+static ABLATE: Global<u32> = Global::new(0);
+
+/// Is the optional `part` (an `ablate` bit) of the paths on?
+#[inline(always)]
+pub fn on(part: u32) -> bool {
+    ABLATE.load() & part == 0
+}
 
 #[map]
 pub static SERVICES: HashMap<Endpoint, ServiceInfo> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -123,6 +135,9 @@ pub fn count_refused(service: u32) {
 /// is clear (the daemon clears it at each look).
 #[inline(always)]
 pub fn seen(index: u32, answer: bool) {
+    if !on(ablate::SEEN) {
+        return;
+    }
     if let Some(s) = SEEN.get_ptr_mut(index) {
         // SAFETY: a valid array slot; racing stores all write 1.
         unsafe {
@@ -140,6 +155,9 @@ pub fn seen(index: u32, answer: bool) {
 
 #[inline(always)]
 pub fn count_backend(index: u32, bytes: u64, reply: bool) {
+    if !on(ablate::STATS) {
+        return;
+    }
     if let Some(s) = BACKEND_STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe {

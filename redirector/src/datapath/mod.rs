@@ -253,7 +253,14 @@ impl Datapath {
     /// Loads the embedded object with `sizes` (program not yet attached),
     /// with fresh maps that live as long as this value (tests, benchmarks).
     pub fn load(sizes: Sizes) -> Result<Self> {
-        let mut dp = Self::load_bytes(crate::EBPF_OBJECT, sizes, None)?;
+        Self::load_ablated(sizes, 0)
+    }
+
+    /// [`Datapath::load`] with the optional parts of the paths in `ablate`
+    /// (`redirector_common::ablate` bits) switched off: for the benchmarks'
+    /// per-feature ablation, never the daemon.
+    pub fn load_ablated(sizes: Sizes, ablate: u32) -> Result<Self> {
+        let mut dp = Self::load_object(crate::EBPF_OBJECT, sizes, None, ablate)?;
         dp.install_paths()?;
         Ok(dp)
     }
@@ -295,6 +302,10 @@ impl Datapath {
 
     /// Loads `object` (tests and benchmarks pass the same embedded bytes).
     pub fn load_bytes(object: &[u8], sizes: Sizes, pins: Option<&PinDir>) -> Result<Self> {
+        Self::load_object(object, sizes, pins, 0)
+    }
+
+    fn load_object(object: &[u8], sizes: Sizes, pins: Option<&PinDir>, ablate: u32) -> Result<Self> {
         // aya-log statements below the process's log level are skipped in the
         // kernel before any formatting: off the hot path unless asked for.
         let log_level: u8 = match log::max_level() {
@@ -307,6 +318,7 @@ impl Datapath {
         };
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &log_level, true);
+        loader.override_global("ABLATE", &ablate, true);
         for name in names::PINNED {
             if let Some(n) = max_entries(name, sizes) {
                 loader.map_max_entries(name, n);

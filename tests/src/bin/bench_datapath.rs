@@ -22,7 +22,7 @@ use redirector::{
 };
 use redirector_common::{
     BENCH_TEMPLATE_LEN, BenchTemplate, FLOW_WAYS, NextHop, SLOT_PRIMARY, SLOT_SECONDARY, SWITCH_PINNED,
-    SwitchState, VARY_V4_SRC, VARY_V6_SRC,
+    SwitchState, VARY_V4_SRC, VARY_V6_SRC, ablate,
 };
 use redirector_tests::{
     netns::{NetNs, ifindex},
@@ -117,6 +117,16 @@ fn stats(v: &mut [f64]) -> (f64, f64, f64) {
     (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
+/// The rows the ablation table measures.
+const ABLATION_CASES: [&str; 6] = [
+    "nat ipv4 tcp, established",
+    "nat ipv6 udp, established",
+    "dsr ipv4 tcp, established",
+    "dsr ipv6 udp, established",
+    "nat reply ipv4 tcp",
+    "nat reply ipv6 udp",
+];
+
 fn main() -> Result<()> {
     let (rounds, repeat) = args()?;
     // SAFETY: geteuid has no preconditions.
@@ -128,10 +138,6 @@ fn main() -> Result<()> {
     let _entered = ns.enter();
     let (if_in, if_p, if_s) = (ifindex("in0"), ifindex("p0"), ifindex("s0"));
 
-    let mut dp = Datapath::load(Sizes::default())?;
-    for i in [if_in, if_p, if_s] {
-        dp.add_egress(i)?;
-    }
     let hp = NextHop {
         ifindex: if_p,
         dst_mac: [2, 0, 0, 0, 2, 2],
@@ -222,30 +228,58 @@ fn main() -> Result<()> {
             )?
         },
     ];
-    for (id, s) in services.iter().enumerate() {
-        dp.set_service(u32::try_from(id)?, s, [hp, hs], both_up(SLOT_PRIMARY))?;
-    }
-    let down = SwitchState {
-        active: SLOT_SECONDARY,
-        up: 0b10,
-        drained: 0,
-        flags: SWITCH_PINNED,
-        share: 0,
-        _pad: 0,
-        generation: 1,
-    };
-    dp.set_switch(4, down)?;
-    dp.set_switch(5, down)?;
     let client4 = ip("198.18.1.2")?;
     let client6 = ip("2001:2:0:1::2")?;
-    let client_hop = NextHop {
-        ifindex: if_in,
-        dst_mac: [2, 0, 0, 0, 1, 2],
-        src_mac: [2, 0, 0, 0, 1, 1],
+    // The real object, configured by the real data-plane code; `ablate`
+    // switches optional parts of its paths off (the ablation table).
+    let configured = |ablate: u32| -> Result<Datapath> {
+        let mut dp = Datapath::load_ablated(Sizes::default(), ablate)?;
+        for i in [if_in, if_p, if_s] {
+            dp.add_egress(i)?;
+        }
+        for (id, s) in services.iter().enumerate() {
+            dp.set_service(u32::try_from(id)?, s, [hp, hs], both_up(SLOT_PRIMARY))?;
+        }
+        let down = SwitchState {
+            active: SLOT_SECONDARY,
+            up: 0b10,
+            drained: 0,
+            flags: SWITCH_PINNED,
+            share: 0,
+            _pad: 0,
+            generation: 1,
+        };
+        dp.set_switch(4, down)?;
+        dp.set_switch(5, down)?;
+        let client_hop = NextHop {
+            ifindex: if_in,
+            dst_mac: [2, 0, 0, 0, 1, 2],
+            src_mac: [2, 0, 0, 0, 1, 1],
+        };
+        let mut hop_maps = dp.hop_maps()?;
+        hop_maps.set_client_hop(client4, client_hop)?;
+        hop_maps.set_client_hop(client6, client_hop)?;
+        Ok(dp)
     };
-    let mut hop_maps = dp.hop_maps()?;
-    hop_maps.set_client_hop(client4, client_hop)?;
-    hop_maps.set_client_hop(client6, client_hop)?;
+    let mut dp = configured(0)?;
+    // One switched off at a time, then all of them.
+    let ablations: Vec<(String, u32)> = [("full, fresh maps (control)".to_owned(), 0)]
+        .into_iter()
+        .chain(
+            ablate::NAMES
+                .iter()
+                .map(|&(bit, name)| (format!("− {name}"), bit)),
+        )
+        .chain([("− all of them".to_owned(), ablate::ALL)])
+        .collect();
+    let ablated: Vec<(Datapath, ProgramFd)> = ablations
+        .iter()
+        .map(|(_, bits)| -> Result<_> {
+            let mut d = configured(*bits)?;
+            let fd = d.program()?.fd()?.try_clone()?;
+            Ok((d, fd))
+        })
+        .collect::<Result<_>>()?;
 
     let tcp = |syn| L4::Tcp { syn, ack: !syn };
     let v4_src = VARY_V4_SRC as u32;
@@ -618,6 +652,17 @@ fn main() -> Result<()> {
             Ok(())
         };
 
+    // Steady-state rows (no table work, the same 5-tuple every run): what
+    // each optional part costs them.
+    let ablation_rows: Vec<usize> = cases
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| ABLATION_CASES.contains(&c.name) && c.vary_off == 0 && c.seed.is_none())
+        .map(|(i, _)| i)
+        .collect();
+    let mut ablation_full: Vec<Vec<f64>> = vec![Vec::new(); ablation_rows.len()];
+    let mut ablation_results: Vec<Vec<Vec<f64>>> =
+        vec![vec![Vec::new(); ablations.len()]; ablation_rows.len()];
     let n = cases.len();
     let varies = [0, v4_src, v6_src];
     let mut trivial = Vec::new();
@@ -630,7 +675,7 @@ fn main() -> Result<()> {
     // The run counter the restore wrapper writes over the source address:
     // never reset, so no two runs of the benchmark share a 5-tuple.
     let mut fresh: u32 = 1;
-    for _ in 0..rounds {
+    for round in 0..rounds {
         // Per round, so the subtraction sees the same machine speed as the cases.
         let direct = {
             let p: &Xdp = bench.program("trivial").context("trivial")?.try_into()?;
@@ -725,6 +770,24 @@ fn main() -> Result<()> {
             };
             results[i].push(ns - round_overhead[k]);
         }
+        // The ablation, interleaved: for each row the full object's run and
+        // each variant's, back to back, starting one further each round (the
+        // first run after a switch of rows is measured slower).
+        let variants = ablated.len() + 1;
+        for (r, &i) in ablation_rows.iter().enumerate() {
+            let c = &cases[i];
+            for v in (0..variants).map(|v| (v + round as usize) % variants) {
+                let fd = if v == 0 { &redirector_fd } else { &ablated[v - 1].1 };
+                set_target(&mut bench, fd, &c.frame, 0, 0)?;
+                let ns =
+                    run(restore(&bench)?, &c.frame, repeat, if_in)?.as_nanos() as f64 - round_overhead[0];
+                if v == 0 {
+                    ablation_full[r].push(ns);
+                } else {
+                    ablation_results[r][v - 1].push(ns);
+                }
+            }
+        }
     }
     let (t_min, t_med, t_max) = stats(&mut trivial);
     let o: Vec<f64> = overheads.iter_mut().map(|v| stats(v).1).collect();
@@ -763,6 +826,27 @@ fn main() -> Result<()> {
     }
     println!();
     println!("flow entries after the run: {}", dp.flow_count()?);
+    println!();
+    println!(
+        "Per-feature ablation: the same object loaded with optional parts switched off (`ABLATE`, \
+         a read-only global the verifier prunes; the daemon loads none off). Median ns per run, \
+         interleaved with the full object in every round; in brackets, what the part costs the row."
+    );
+    println!();
+    let header: Vec<&str> = ablations.iter().map(|(name, _)| name.as_str()).collect();
+    println!("| case | full | {} |", header.join(" | "));
+    println!("|---|---:|{}", "---:|".repeat(header.len()));
+    for (r, &i) in ablation_rows.iter().enumerate() {
+        let full = stats(&mut ablation_full[r]).1;
+        let cells: Vec<String> = ablation_results[r]
+            .iter_mut()
+            .map(|v| {
+                let md = stats(v).1;
+                format!("{md:.1} ({:+.1})", full - md)
+            })
+            .collect();
+        println!("| {} | {full:.1} | {} |", cases[i].name, cells.join(" | "));
+    }
     reconciliation(hp, hs)?;
     silence_watch()?;
     Ok(())

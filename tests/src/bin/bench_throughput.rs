@@ -39,7 +39,7 @@ use redirector::{
     datapath::{Datapath, Sizes, both_up},
 };
 use redirector_common::{
-    BENCH_TEMPLATE_LEN, BenchTemplate, NextHop, SLOT_PRIMARY, SLOT_SECONDARY, VARY_V4_SPORT,
+    BENCH_TEMPLATE_LEN, BenchTemplate, NextHop, SLOT_PRIMARY, SLOT_SECONDARY, VARY_V4_SPORT, ablate,
 };
 use redirector_tests::netns::{NetNs, in_ns, sh};
 
@@ -63,16 +63,19 @@ enum Variant {
     RedirectorNat,
     RedirectorDsr,
     RedirectorSecondary,
+    /// The per-feature ablation's floor: NAT without its optional parts.
+    RedirectorNatBare,
 }
 
 impl Variant {
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 7] = [
         Variant::Forwarder,
         Variant::Routing,
         Variant::NftDnat,
         Variant::RedirectorNat,
         Variant::RedirectorDsr,
         Variant::RedirectorSecondary,
+        Variant::RedirectorNatBare,
     ];
 
     fn name(self) -> &'static str {
@@ -83,6 +86,9 @@ impl Variant {
             Variant::RedirectorNat => "redirector nat (primary active)",
             Variant::RedirectorDsr => "redirector dsr (primary active)",
             Variant::RedirectorSecondary => "redirector nat on its secondary (flow entries)",
+            Variant::RedirectorNatBare => {
+                "ablation: redirector nat without counters, silence flags, signals, MTU and TTL checks"
+            }
         }
     }
 
@@ -91,7 +97,7 @@ impl Variant {
         match self {
             Variant::Forwarder | Variant::Routing => ([198, 18, 2, 2], true),
             Variant::NftDnat => ([198, 18, 102, 1], true),
-            Variant::RedirectorNat => ([198, 18, 100, 1], true),
+            Variant::RedirectorNat | Variant::RedirectorNatBare => ([198, 18, 100, 1], true),
             Variant::RedirectorDsr => ([198, 18, 100, 2], true),
             Variant::RedirectorSecondary => ([198, 18, 100, 1], false),
         }
@@ -429,9 +435,16 @@ fn gateway(gw: &NetNs, v: Variant) -> Result<Gateway> {
             );
             Ok(Gateway::Nft { _obj: obj, ns })
         }
-        Variant::RedirectorNat | Variant::RedirectorDsr | Variant::RedirectorSecondary => {
-            let mut dp = Datapath::load(Sizes::default())?;
-            dp.install_paths()?;
+        Variant::RedirectorNat
+        | Variant::RedirectorDsr
+        | Variant::RedirectorSecondary
+        | Variant::RedirectorNatBare => {
+            let off = if v == Variant::RedirectorNatBare {
+                ablate::ALL & !ablate::PORTS
+            } else {
+                0
+            };
+            let mut dp = Datapath::load_ablated(Sizes::default(), off)?;
             for i in [gc, gp, gs] {
                 dp.add_egress(i)?;
             }
