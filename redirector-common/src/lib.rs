@@ -20,7 +20,8 @@ pub use maps::*;
 /// 3: set-associative flow tables (`FLOWS`, `EMBRYOS`, `FLOW_SETTINGS`), the datapath counters
 ///    of the gateway-traffic work (ICMP, fragments, options, allow lists).
 /// 4: the `FlowMoved` and signal counters (`SIGNALS`, `SIGNAL_LAST` are new, not pinned).
-pub const ABI_VERSION: u32 = 4;
+/// 5: `SERVICE_INDEX` (a build without it would leave its copies stale).
+pub const ABI_VERSION: u32 = 5;
 
 /// Optional parts of the forwarding paths a benchmark may switch off at load
 /// time (`ABLATE`, a read-only global) to measure what each costs. The

@@ -73,10 +73,16 @@ pub mod names {
     /// [`super::Seen`] indexed like `BACKENDS`, memory-mapped by the daemon's
     /// silence watch (not pinned: it starts afresh with each program).
     pub const SEEN: &str = "SEEN";
+    /// [`super::service_slot`] of a `SERVICES` key → [`super::IndexedService`]:
+    /// a copy of the entry of one key with that slot, found with a cheap
+    /// hash and an array load instead of the hash map's lookup. Pinned, so a
+    /// restarted daemon that removes a service clears the copy the running
+    /// program reads.
+    pub const SERVICE_INDEX: &str = "SERVICE_INDEX";
 
     /// Every map that holds state of the data plane: pinned, so the data
     /// plane outlives the daemon and a restarted daemon adopts them.
-    pub const PINNED: [&str; 23] = [
+    pub const PINNED: [&str; 24] = [
         SERVICES,
         SWITCH,
         BACKENDS,
@@ -97,6 +103,7 @@ pub mod names {
         COUNTERS,
         BACKEND_STATS,
         PORTS,
+        SERVICE_INDEX,
         BACKEND_ADDRS,
         PATHS,
         HOP_REQUESTS,
@@ -187,7 +194,7 @@ pub enum Mode {
 
 /// Value of `SERVICES`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ServiceInfo {
     /// Index into `SWITCH`, and `id * 2 + slot` into `BACKENDS`.
     pub id: u32,
@@ -198,6 +205,47 @@ pub struct ServiceInfo {
     pub acl: u8,
     /// Always zero.
     pub _pad: [u8; 2],
+}
+
+/// Value of `SERVICE_INDEX`: when `valid`, a copy of the `SERVICES` entry
+/// (key and value) of one key whose [`service_slot`] is this entry's index.
+/// The program compares the whole key with the packet's and looks
+/// `SERVICES` up on any mismatch (another key of the slot, an empty slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct IndexedService {
+    /// The key's VIP (IPv4-mapped for v4).
+    pub vip: Ip,
+    /// Its `SERVICES` value.
+    pub info: ServiceInfo,
+    /// The key's port, network order.
+    pub port_be: u16,
+    /// The key's protocol.
+    pub proto: u8,
+    /// 1: this entry holds a copy.
+    pub valid: u8,
+}
+
+/// Entries of `SERVICE_INDEX` (a power of two): at the default 1024
+/// services about 1.5 % share a slot with another and take the hash lookup.
+pub const SERVICE_INDEX_SLOTS: u32 = 65536;
+
+/// The `SERVICE_INDEX` slot of a `SERVICES` key: the words of the key
+/// folded and mixed by murmur3's finaliser (a few instructions, against the
+/// hash map's jhash and bucket walk).
+#[inline(always)]
+pub fn service_slot(addr: &Ip, port_be: u16, proto: u8) -> u32 {
+    let mut h = addr[0]
+        ^ addr[1].rotate_left(7)
+        ^ addr[2].rotate_left(13)
+        ^ addr[3].rotate_left(19)
+        ^ (u32::from(port_be) | u32::from(proto) << 16);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h & (SERVICE_INDEX_SLOTS - 1)
 }
 
 /// Value of `SERVICE_VIPS`.
@@ -623,6 +671,7 @@ const _: () = {
     assert!(core::mem::size_of::<Addr>() == 16);
     assert!(core::mem::size_of::<AclKey>() == 20);
     assert!(core::mem::size_of::<ServiceVip>() == 20);
+    assert!(core::mem::size_of::<IndexedService>() == 28);
     assert!(core::mem::size_of::<BackendStats>() == 32);
     assert!(core::mem::size_of::<BenchTemplate>() == 136);
     assert!(core::mem::size_of::<Signal>() == 8);
@@ -657,6 +706,8 @@ mod user {
     unsafe impl aya::Pod for AclKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ServiceVip {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IndexedService {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::FlowEntry {}
     // SAFETY: as above.

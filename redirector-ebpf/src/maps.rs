@@ -7,7 +7,7 @@ use aya_ebpf::{
 use redirector_common::{
     AclKey, Addr, Backend, BackendStats, Counter, DEFAULT_ACL_ENTRIES, DEFAULT_CLIENT_HOPS,
     DEFAULT_FLOW_ENTRIES, DEFAULT_MAX_SERVICES, EMBRYO_SHARE, Endpoint, FLOW_WAYS, FRAG_BUCKETS, FlowBucket,
-    FlowSettings, NextHop, ReverseInfo, Seen, ServiceInfo, ServiceVip, SwitchState, ablate,
+    FlowSettings, IndexedService, NextHop, ReverseInfo, Seen, ServiceInfo, ServiceVip, SwitchState, ablate,
 };
 
 /// A benchmark's switches (`redirector_common::ablate`). The daemon loads
@@ -92,6 +92,10 @@ pub static SEEN: Array<Seen> = Array::with_max_entries(DEFAULT_MAX_SERVICES * 2,
 
 #[map]
 pub static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+
+#[map]
+pub static SERVICE_INDEX: Array<IndexedService> =
+    Array::with_max_entries(redirector_common::SERVICE_INDEX_SLOTS, 0);
 
 #[map]
 pub static BACKEND_ADDRS: Array<u8> = Array::with_max_entries(65536, 0);

@@ -2182,3 +2182,86 @@ fn requests_and_answers_raise_the_silence_flags_of_nat_backends_only() {
         assert_eq!(seen.take(index), Some((false, true)), "{name}: an answer");
     }
 }
+
+/// `SERVICE_INDEX` copies one `SERVICES` entry per slot (a cheap hash of
+/// the key; an array load instead of the hash lookup). Two services whose
+/// keys share a slot are each forwarded to their own backends, whichever
+/// the slot copies; a removed service is forwarded no more (its copy is
+/// cleared before its key goes) and its slot passes to the other; a
+/// service published again on another id is forwarded by that id's state.
+#[test]
+fn services_sharing_an_index_slot_are_each_forwarded_and_a_removed_one_is_not() {
+    let Some(mut lab) = lab("svcindex") else { return };
+    let base = lab
+        .svcs
+        .iter()
+        .find(|s| s.svc.name == "nat-tcp4")
+        .unwrap()
+        .clone();
+    // Two more VIPs of the benchmarking range whose port-80 TCP keys share a slot.
+    let slot_of = |a: [u8; 4]| {
+        let mut addr = [0u32, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), 0];
+        addr[3] = u32::from_ne_bytes(a);
+        redirector_common::service_slot(&addr, 80u16.to_be(), 6)
+    };
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0..=u16::MAX)
+        .map(|i| {
+            let [hi, lo] = i.to_be_bytes();
+            [198, 19, hi, lo]
+        })
+        .find_map(|v| seen.insert(slot_of(v), v).map(|w| (w, v)))
+        .unwrap();
+    let mk = |id: u32, v: [u8; 4]| Svc {
+        id,
+        svc: Service {
+            name: format!("vip-{}", v[3]),
+            vip: IpAddr::from(v),
+            ..base.svc.clone()
+        },
+        ..base.clone()
+    };
+    let (first, second) = (mk(10, a), mk(11, b));
+    let check = |lab: &mut Lab, s: &Svc, slot: u8, what: &str| {
+        lab.serve(s);
+        let req = s.request(41000, true);
+        let (act, out) = lab.h.run(&req.build());
+        assert_eq!(act, REDIRECT, "{what}: {}", s.svc.name);
+        assert_eq!(out, s.forwarded(&req, slot).build(), "{what}: {}", s.svc.name);
+    };
+    lab.h
+        .dp
+        .set_service(first.id, &first.svc, hops(), both_up(SLOT_PRIMARY))
+        .unwrap();
+    lab.h
+        .dp
+        .set_service(second.id, &second.svc, hops(), both_up(SLOT_SECONDARY))
+        .unwrap();
+    check(&mut lab, &first, SLOT_PRIMARY, "sharing a slot");
+    check(&mut lab, &second, SLOT_SECONDARY, "sharing a slot");
+    // The slot copies the first; removing it hands the slot to the second.
+    lab.h.dp.remove_service(first.id).unwrap();
+    let f = first.request(41000, true).build();
+    let (act, out) = lab.h.run(&f);
+    assert_eq!((act, &out), (PASS, &f), "a removed service is still forwarded");
+    check(&mut lab, &second, SLOT_SECONDARY, "after a removal");
+    // Published again on a free id, on its secondary: now the slot's other key.
+    let again = Svc {
+        id: 20,
+        ..first.clone()
+    };
+    lab.h
+        .dp
+        .set_service(again.id, &again.svc, hops(), both_up(SLOT_SECONDARY))
+        .unwrap();
+    check(&mut lab, &again, SLOT_SECONDARY, "published again");
+    lab.h.dp.remove_service(second.id).unwrap();
+    let f = second.request(41000, true).build();
+    assert_eq!(lab.h.run(&f), (PASS, f), "a removed service is still forwarded");
+    // Alone in its slot: forwarded by its own id, flips included.
+    check(&mut lab, &again, SLOT_SECONDARY, "alone in its slot");
+    lab.h.dp.set_switch(again.id, both_up(SLOT_PRIMARY)).unwrap();
+    check(&mut lab, &again, SLOT_PRIMARY, "alone, flipped");
+    // The lab's own services (several per port) are untouched by all this.
+    check(&mut lab, &base, SLOT_PRIMARY, "another service");
+}

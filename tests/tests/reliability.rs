@@ -650,7 +650,8 @@ fn map_entries_changed_behind_the_daemons_back_are_repaired() {
         redirector_common::SLOT_PRIMARY
     );
 
-    // SERVICES: the service's key deleted (its traffic would go to the stack).
+    // SERVICES: the service's key deleted (its `SERVICE_INDEX` copy keeps
+    // serving it meanwhile: the copy equals the configured entry).
     let mut services: HashMap<MapData, Endpoint, ServiceInfo> =
         HashMap::try_from(Map::HashMap(pinned("SERVICES"))).unwrap();
     let key = services
@@ -660,8 +661,13 @@ fn map_entries_changed_behind_the_daemons_back_are_repaired() {
         .map(|(k, _)| k)
         .unwrap();
     services.remove(&key).unwrap();
-    wait_for(client, "primary");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while services.get(&key, 0).is_err() {
+        assert!(Instant::now() < deadline, "the SERVICES key was never restored");
+        thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(services.get(&key, 0).unwrap().id, id);
+    wait_for(client, "primary");
 
     // BACKENDS: the primary's address pointed at a host that is not there.
     let mut backends: Array<MapData, Backend> = Array::try_from(Map::Array(pinned("BACKENDS"))).unwrap();

@@ -102,6 +102,8 @@ fn as_previous_version(s: &Setup, d: &mut Daemon) -> std::path::PathBuf {
     let new = s.left.bpffs_dir.join(format!("v{ABI_VERSION}"));
     let old = s.left.bpffs_dir.join(format!("v{}", ABI_VERSION - 1));
     std::fs::rename(&new, &old).unwrap();
+    // It had no SERVICE_INDEX (its program keeps its own, unpinned now).
+    std::fs::remove_file(old.join("SERVICE_INDEX")).unwrap();
     // The previous version had three counters fewer.
     std::fs::remove_file(old.join("COUNTERS")).unwrap();
     pin_array(

@@ -26,6 +26,7 @@ mod mmap;
 mod pin;
 mod reconcile;
 mod seen;
+mod service_index;
 pub use flows::{FlowTable, Swept};
 pub use hop_maps::HopMaps;
 use hop_maps::absent_ok;
@@ -243,6 +244,8 @@ pub struct Datapath {
     /// resolver's [`HopMaps`]), so the resolver's read-modify-write of a
     /// hop never interleaves with a whole entry written here.
     backends_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    /// The published `SERVICES` keys by `SERVICE_INDEX` slot.
+    by_slot: service_index::BySlot,
 }
 
 pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -358,8 +361,10 @@ impl Datapath {
             sizes,
             vip_flags: VIP_ECHO_ANSWER,
             backends_lock: std::sync::Arc::default(),
+            by_slot: service_index::BySlot::new(),
         };
         dp.init_flow_settings()?;
+        dp.mirror_published()?;
         Ok(dp)
     }
 
@@ -560,7 +565,8 @@ impl Datapath {
             .map_err(map_err(names::VIPS))?;
         self.hash::<Endpoint, ServiceInfo>(names::SERVICES)?
             .insert(key, info, 0)
-            .map_err(map_err(names::SERVICES))
+            .map_err(map_err(names::SERVICES))?;
+        self.index_published(key, info)
     }
 
     /// Answer ICMP echo to VIPs in XDP (`true`) or pass it to the stack:
@@ -594,9 +600,13 @@ impl Datapath {
             .filter(|(_, info)| info.id == id)
             .map(|(k, _)| k)
             .collect();
-        let mut services = self.hash::<Endpoint, ServiceInfo>(names::SERVICES)?;
         for k in &keys {
-            absent_ok(names::SERVICES, services.remove(k))?;
+            self.index_unpublishing(k)?;
+            absent_ok(
+                names::SERVICES,
+                self.hash::<Endpoint, ServiceInfo>(names::SERVICES)?.remove(k),
+            )?;
+            self.index_unpublished(k)?;
         }
         // A VIP no other service uses any more is no VIP (ICMP echo).
         let still: std::collections::HashSet<Ip> =

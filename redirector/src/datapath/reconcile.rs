@@ -35,7 +35,7 @@ pub struct Drift {
 }
 
 impl Drift {
-    fn count(&mut self, map: &'static str) {
+    pub(super) fn count(&mut self, map: &'static str) {
         match self.repaired.iter_mut().find(|(m, _)| *m == map) {
             Some((_, n)) => *n += 1,
             None => self.repaired.push((map, 1)),
@@ -115,6 +115,8 @@ impl Datapath {
                     .map(|&(id, svc)| expect::service(id, svc))
                     .collect();
                 self.reconcile_hash(names::SERVICES, &want, |have, want| have == want, &mut drift)?;
+                let published: Vec<(Endpoint, ServiceInfo)> = want.into_iter().collect();
+                self.reconcile_index(&published, &mut drift)?;
             }
             Keyed::Reverse => {
                 let want: StdHashMap<Endpoint, ReverseInfo> = running
