@@ -31,7 +31,7 @@ use redirector_common::{
 
 use crate::{
     flows::{self, Table},
-    maps::{EMBRYOS, FLOW_SETTINGS, FLOWS, count},
+    maps::{EMBRYOS, FLOW_SETTINGS, FLOWS, SERVICE_VIPS, count},
 };
 
 #[inline(always)]
@@ -188,20 +188,24 @@ fn new_flow_target(key: &FlowKey, st: &SwitchState, active: u8) -> u8 {
         return active;
     }
     let share_ok = st.share > 0 && st.is_up(SLOT_SECONDARY) && st.drained & 0b10 == 0;
-    if share_ok && flow_hash(key) % 100 < u32::from(st.share) {
+    if share_ok && share_hash(key) % 100 < u32::from(st.share) {
         SLOT_SECONDARY
     } else {
         SLOT_PRIMARY
     }
 }
 
-/// A well-mixed 32-bit hash of the client's address and port and the service
-/// (murmur3's finaliser over the folded words): spreads load sharing evenly.
+/// A well-mixed 32-bit hash of the client's address and port and the
+/// service's VIP (murmur3's finaliser over the folded words): spreads load
+/// sharing evenly, and depends on nothing a gateway assigns locally (the
+/// service id), so every gateway of a cluster with the same configuration
+/// shares the same flows.
 #[inline(always)]
-fn flow_hash(key: &FlowKey) -> u32 {
+fn share_hash(key: &FlowKey) -> u32 {
+    let vip = SERVICE_VIPS.get(key.service).map_or([0; 4], |v| v.vip);
     let mut h =
         key.addr[0] ^ key.addr[1].rotate_left(7) ^ key.addr[2].rotate_left(13) ^ key.addr[3].rotate_left(19);
-    h ^= u32::from(key.port_be) ^ key.service.rotate_left(16);
+    h ^= u32::from(key.port_be) ^ (vip[0] ^ vip[1] ^ vip[2] ^ vip[3]).rotate_left(16);
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;

@@ -2265,3 +2265,40 @@ fn services_sharing_an_index_slot_are_each_forwarded_and_a_removed_one_is_not() 
     // The lab's own services (several per port) are untouched by all this.
     check(&mut lab, &base, SLOT_PRIMARY, "another service");
 }
+
+/// Issue 12: gateways of a cluster assign service ids locally, so the load-
+/// sharing hash must not depend on them. The same service published under
+/// another id shares exactly the same client flows.
+#[test]
+fn load_sharing_picks_the_same_flows_whatever_the_services_local_id() {
+    let Some(mut lab) = lab("shareid") else { return };
+    let s = lab
+        .svcs
+        .iter()
+        .find(|s| s.svc.name == "nat-udp4")
+        .unwrap()
+        .clone();
+    let st = SwitchState {
+        share: 50,
+        ..state(SLOT_PRIMARY, 0b11)
+    };
+    let decide = |lab: &mut Lab, s: &Svc| -> Vec<u8> {
+        lab.h.dp.set_switch(s.id, st).unwrap();
+        // Fresh flows (and the entries of the previous id's removed).
+        (30000..30400u16).map(|p| slot_of(lab, s, p, true)).collect()
+    };
+    let first = decide(&mut lab, &s);
+    let shared = first.iter().filter(|&&x| x == SLOT_SECONDARY).count();
+    assert!((140..=260).contains(&shared), "{shared} of 400 shared");
+    lab.h.dp.remove_service(s.id).unwrap();
+    let moved = Svc { id: 30, ..s.clone() };
+    lab.h
+        .dp
+        .set_service(moved.id, &moved.svc, hops(), both_up(SLOT_PRIMARY))
+        .unwrap();
+    assert_eq!(
+        decide(&mut lab, &moved),
+        first,
+        "the shared flows depend on the local id"
+    );
+}
