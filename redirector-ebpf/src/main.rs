@@ -121,13 +121,13 @@ mod program {
         // One array load per direction keeps most foreign traffic off the hash maps.
         let to_port = port_flags(pkt.dport_be);
         if to_port & PORT_SERVICE != 0 {
-            let vip = Endpoint {
-                addr: pkt.dst,
-                port_be: pkt.dport_be,
-                proto: pkt.proto,
-                _pad: 0,
-            };
             if let Some(svc) = indexed_service(pkt).or_else(|| {
+                let vip = Endpoint {
+                    addr: pkt.dst,
+                    port_be: pkt.dport_be,
+                    proto: pkt.proto,
+                    _pad: 0,
+                };
                 // SAFETY: read-only use of a value userspace replaces atomically.
                 unsafe { SERVICES.get(&vip) }.copied()
             }) {

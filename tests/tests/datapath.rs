@@ -132,6 +132,15 @@ impl Lab {
             .unwrap();
     }
 
+    /// The lab's service called `name`.
+    fn named(&self, name: &str) -> Svc {
+        self.svcs
+            .iter()
+            .find(|s| s.svc.name == name)
+            .unwrap_or_else(|| panic!("no service {name} in the lab"))
+            .clone()
+    }
+
     /// The services of one protocol.
     fn of(&self, proto: Protocol) -> Vec<Svc> {
         self.svcs
@@ -308,12 +317,7 @@ fn forward_every_mode_family_and_protocol() {
 #[test]
 fn ipv4_udp_zero_checksum_stays_zero() {
     let Some(mut lab) = lab("udp0") else { return };
-    let s = lab
-        .svcs
-        .iter()
-        .find(|s| s.svc.name == "nat-udp4")
-        .unwrap()
-        .clone();
+    let s = lab.named("nat-udp4");
     lab.h.dp.set_switch(s.id, both_up(SLOT_SECONDARY)).unwrap(); // secondary remaps the port
     let mut req = s.request(40001, false);
     req.udp_zero_csum = true;
@@ -741,12 +745,7 @@ fn sweep_clears_pinned_and_steady_state_skips_the_flow_table() {
 #[test]
 fn ipv6_udp_without_checksum_is_malformed_and_untouched() {
     let Some(mut lab) = lab("udp6z") else { return };
-    let s = lab
-        .svcs
-        .iter()
-        .find(|s| s.svc.name == "nat-udp6")
-        .unwrap()
-        .clone();
+    let s = lab.named("nat-udp6");
     let mut f = s.request(40001, false).build();
     // Zero the UDP checksum (invalid in IPv6).
     f[14 + 40 + 6] = 0;
@@ -761,7 +760,7 @@ fn ipv6_udp_without_checksum_is_malformed_and_untouched() {
 fn udp_checksum_that_computes_to_zero_is_sent_as_all_ones() {
     let Some(mut lab) = lab("udpffff") else { return };
     for name in ["nat-udp4", "nat-udp6"] {
-        let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
+        let s = lab.named(name);
         // Find a payload whose forwarded packet's UDP checksum computes to 0
         // (etherparse then writes 0xffff, as RFC 768 requires).
         let mut req = s.request(40002, false);
@@ -1043,7 +1042,7 @@ fn syn_flood_on_the_secondary_never_evicts_established_flows() {
     let Some(mut lab) = lab("synflood") else { return };
     let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
     for name in ["nat-tcp4", "dsr-tcp6"] {
-        let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
+        let s = lab.named(name);
         let id = s.id;
         lab.h.dp.set_switch(id, state(s2, 0b10)).unwrap();
         // Established flows on the secondary (handshake completed).
@@ -1167,18 +1166,8 @@ fn allow_and_deny_lists_drop_refused_clients_and_count_them() {
     let prefixes = |list: &[&str]| -> Vec<redirector::config::Prefix> {
         list.iter().map(|p| p.parse().unwrap()).collect()
     };
-    let mut s4 = lab
-        .svcs
-        .iter()
-        .find(|s| s.svc.name == "nat-tcp4")
-        .unwrap()
-        .clone();
-    let mut s6 = lab
-        .svcs
-        .iter()
-        .find(|s| s.svc.name == "dsr-udp6")
-        .unwrap()
-        .clone();
+    let mut s4 = lab.named("nat-tcp4");
+    let mut s6 = lab.named("dsr-udp6");
     s4.svc.allow = prefixes(&["198.18.1.0/24"]);
     s4.svc.deny = prefixes(&["198.18.1.128/25"]);
     s6.svc.deny = prefixes(&["2001:2:0:1::/64"]);
@@ -1219,12 +1208,7 @@ fn allow_and_deny_lists_drop_refused_clients_and_count_them() {
     assert_eq!(lab.h.dp.refused(s4.id).unwrap(), 2);
     assert_eq!(lab.h.dp.refused(s6.id).unwrap(), 1);
     // Another service on the same VIP has no lists.
-    let udp4 = lab
-        .svcs
-        .iter()
-        .find(|s| s.svc.name == "nat-udp4")
-        .unwrap()
-        .clone();
+    let udp4 = lab.named("nat-udp4");
     assert_eq!(verdict(&mut lab, &udp4, "198.19.0.1"), REDIRECT);
 
     // A reload's change: the deny list goes, the allow list widens.
@@ -1573,12 +1557,7 @@ fn packets_too_big_for_their_link_get_icmp_and_ipv4_without_df_goes_to_the_stack
     assert!(lab.h.counter(Counter::TooBig) >= 8);
 
     // IPv4 without "don't fragment": rewritten, then the stack fragments it.
-    let s = lab
-        .svcs
-        .iter()
-        .find(|s| s.svc.name == "nat-udp4")
-        .unwrap()
-        .clone();
+    let s = lab.named("nat-udp4");
     let mut frame = big(s.request(44001, false)).build();
     frame[14 + 6] &= !0x40; // clear DF
     fix_ipv4_header_checksum(&mut frame);
@@ -1651,7 +1630,7 @@ fn every_fragment_of_a_datagram_goes_where_its_first_went() {
     let (p, s2) = (SLOT_PRIMARY, SLOT_SECONDARY);
     let mut id = 100;
     for name in ["nat-udp4", "nat-udp6", "dsr-udp6", "nat-tcp4"] {
-        let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
+        let s = lab.named(name);
         lab.serve(&s);
         let big = |mut spec: Spec| {
             spec.payload = (0..3000u32).map(|i| i as u8).collect();
@@ -1712,7 +1691,7 @@ fn fuzzer_findings_stay_fixed() {
     let Some(mut lab) = lab("fuzzfound") else { return };
     redirector_tests::netns::sh(&["ip", "link", "set", "p0", "mtu", "1280"]);
     for name in ["nat-udp4", "nat-tcp6"] {
-        let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
+        let s = lab.named(name);
         lab.serve(&s);
         let router = client_side_router(s.client);
         let reply = Spec::new(s.svc.vip, s.svc.port, s.client, 46000, s.l4(false));
@@ -1763,12 +1742,7 @@ fn fuzzer_findings_stay_fixed() {
         assert_eq!(out, s.forwarded(&req, SLOT_PRIMARY).build(), "{name}");
     }
     // 2. An ICMPv6 error whose quote is not IPv6: not translated.
-    let s = lab
-        .svcs
-        .iter()
-        .find(|s| s.svc.name == "nat-tcp6")
-        .unwrap()
-        .clone();
+    let s = lab.named("nat-tcp6");
     let mut quote = ip_packet(&Spec::new(s.svc.vip, s.svc.port, s.client, 46002, s.l4(false)));
     quote[0] = 0x45;
     let err = icmp_error(
@@ -1817,7 +1791,7 @@ fn ipv4_options_and_ipv6_extension_headers_routers_need_not_act_on_are_forwarded
     let unsupported = lab.h.counter(Counter::Unsupported);
     let mut passed = 0;
     for name in ["nat-tcp4", "nat-udp4", "dsr-tcp4"] {
-        let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
+        let s = lab.named(name);
         let req = s.request(47000, true);
         // NOP NOP NOP EOL: forwarded with its options, rewritten as usual.
         let opts = [1, 1, 1, 0];
@@ -1837,7 +1811,7 @@ fn ipv4_options_and_ipv6_extension_headers_routers_need_not_act_on_are_forwarded
         }
     }
     for name in ["nat-udp6", "nat-tcp6", "dsr-udp6"] {
-        let s = lab.svcs.iter().find(|s| s.svc.name == name).unwrap().clone();
+        let s = lab.named(name);
         let req = s.request(47001, true);
         let want = s.forwarded(&req, SLOT_PRIMARY).build();
         // Destination options; hop-by-hop of padding only; a routing header
@@ -1861,12 +1835,7 @@ fn ipv4_options_and_ipv6_extension_headers_routers_need_not_act_on_are_forwarded
     }
     assert_eq!(lab.h.counter(Counter::Unsupported) - unsupported, passed);
     // A NAT reply with options: translated back like any reply.
-    let s = lab
-        .svcs
-        .iter()
-        .find(|s| s.svc.name == "nat-udp4")
-        .unwrap()
-        .clone();
+    let s = lab.named("nat-udp4");
     lab.serve(&s);
     let mut reply = Spec::new(s.svc.primary.addr, 53, s.client, 47000, s.l4(false));
     (reply.smac, reply.dmac) = (P_MAC, GW_P_MAC);
@@ -2192,16 +2161,10 @@ fn requests_and_answers_raise_the_silence_flags_of_nat_backends_only() {
 #[test]
 fn services_sharing_an_index_slot_are_each_forwarded_and_a_removed_one_is_not() {
     let Some(mut lab) = lab("svcindex") else { return };
-    let base = lab
-        .svcs
-        .iter()
-        .find(|s| s.svc.name == "nat-tcp4")
-        .unwrap()
-        .clone();
+    let base = lab.named("nat-tcp4");
     // Two more VIPs of the benchmarking range whose port-80 TCP keys share a slot.
-    let slot_of = |a: [u8; 4]| {
-        let mut addr = [0u32, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), 0];
-        addr[3] = u32::from_ne_bytes(a);
+    let index_slot = |a: [u8; 4]| {
+        let addr = redirector::datapath::addr16(IpAddr::from(a));
         redirector_common::service_slot(&addr, 80u16.to_be(), 6)
     };
     let mut seen = std::collections::HashMap::new();
@@ -2210,7 +2173,7 @@ fn services_sharing_an_index_slot_are_each_forwarded_and_a_removed_one_is_not() 
             let [hi, lo] = i.to_be_bytes();
             [198, 19, hi, lo]
         })
-        .find_map(|v| seen.insert(slot_of(v), v).map(|w| (w, v)))
+        .find_map(|v| seen.insert(index_slot(v), v).map(|w| (w, v)))
         .unwrap();
     let mk = |id: u32, v: [u8; 4]| Svc {
         id,
@@ -2272,12 +2235,7 @@ fn services_sharing_an_index_slot_are_each_forwarded_and_a_removed_one_is_not() 
 #[test]
 fn load_sharing_picks_the_same_flows_whatever_the_services_local_id() {
     let Some(mut lab) = lab("shareid") else { return };
-    let s = lab
-        .svcs
-        .iter()
-        .find(|s| s.svc.name == "nat-udp4")
-        .unwrap()
-        .clone();
+    let s = lab.named("nat-udp4");
     let st = SwitchState {
         share: 50,
         ..state(SLOT_PRIMARY, 0b11)

@@ -446,8 +446,8 @@ fn a_silent_drop_under_traffic_is_confirmed_by_short_probes_long_before_the_next
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>()
     };
-    // A silence is a hint: a server stalled 3 ms on two busy vCPUs (a Python
-    // server, a debug-build daemon) may cost a probe, which passes. Counting
+    // A silence is a hint: the lab server stalled 3 ms on two busy vCPUs
+    // (beside a debug-build daemon) may cost a probe, which passes. Counting
     // a connection's last ACK as a request would make one per connection
     // (~100 here), and a hint must never be confirmed on a healthy backend.
     let healthy = scrape(&s);
