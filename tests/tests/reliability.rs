@@ -731,6 +731,8 @@ fn a_flapping_primary_stays_held_across_a_restart() {
     let sock = s.left.socket.clone();
     let mut d = s.daemon();
     wait_for(&s.lab.client, "primary");
+    // Up, not merely not-yet-probed: only an up backend's fall is a flap.
+    wait_health(&sock, "web4", 0, "up");
     // Four times down within the flap window: held on the fourth rise.
     for round in 0..4 {
         s.primary.kill();
