@@ -1,6 +1,7 @@
 //! redirector: loader, control plane and CLI of the XDP failover redirector.
 #![deny(missing_docs)]
 
+pub mod announce;
 pub mod clock;
 pub mod config;
 pub mod control;

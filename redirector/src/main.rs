@@ -113,6 +113,19 @@ enum Command {
     },
     /// Remove the XDP program, its links and pins (stops the daemon if it runs).
     Detach,
+    /// Withdraw every VIP from the routing daemon (`[announce]`), e.g. before
+    /// an upgrade; kept across restarts until `announce`. Forwarding goes on.
+    Withdraw {
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Publish every servable VIP to the routing daemon again.
+    Announce {
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -190,6 +203,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         } => drain(&ctl.socket, service, backend, false, reason),
         Command::Events { follow } => events(&ctl.socket, follow),
         Command::Detach => detach(&ctl),
+        Command::Withdraw { reason } => done(&ctl.socket, Request::Announce { on: false, reason }),
+        Command::Announce { reason } => done(&ctl.socket, Request::Announce { on: true, reason }),
     }
 }
 

@@ -152,6 +152,22 @@ pub enum Request {
     },
     /// `RTM_GETADDR` dump of all local addresses.
     AddressDump,
+    /// `RTM_NEWROUTE` / `RTM_DELROUTE` of one host route in a table.
+    RouteSet {
+        /// The routing table.
+        table: u32,
+        /// The route's destination (a /32 or /128).
+        addr: IpAddr,
+    },
+    /// `RTM_GETROUTE` dump of one table.
+    RouteDump {
+        /// The routing table.
+        table: u32,
+    },
+    /// `RTM_NEWLINK` changing an interface's flags.
+    LinkSet(u32),
+    /// `RTM_DELLINK` of an interface.
+    LinkDelete(u32),
     /// The change monitor's socket.
     Monitor,
 }
@@ -168,6 +184,10 @@ impl fmt::Display for Request {
                 write!(f, "managed-neighbour request for {addr} on ifindex {ifindex}")
             }
             Self::AddressDump => write!(f, "local address dump"),
+            Self::RouteSet { table, addr } => write!(f, "route change for {addr} in table {table}"),
+            Self::RouteDump { table } => write!(f, "route dump of table {table}"),
+            Self::LinkSet(ifindex) => write!(f, "link change of ifindex {ifindex}"),
+            Self::LinkDelete(ifindex) => write!(f, "link removal of ifindex {ifindex}"),
             Self::Monitor => write!(f, "rtnetlink change monitor"),
         }
     }
@@ -273,7 +293,7 @@ fn detail_suffix(detail: &Option<String>) -> String {
 
 impl NetlinkError {
     /// The errno carried by a [`NetlinkError::Kernel`] error.
-    fn kernel_errno(&self) -> Option<i32> {
+    pub(crate) fn kernel_errno(&self) -> Option<i32> {
         match self {
             Self::Kernel { source, .. } => source.raw_os_error(),
             _ => None,
@@ -659,10 +679,10 @@ fn align4(len: usize) -> usize {
 
 /// The kernel's answer to one request: its payload messages in order.
 #[derive(Default)]
-struct Reply {
-    messages: Vec<RouteNetlinkMessage>,
+pub(crate) struct Reply {
+    pub(crate) messages: Vec<RouteNetlinkMessage>,
     /// A dump part carried `NLM_F_DUMP_INTR`: the table changed during it.
-    interrupted: bool,
+    pub(crate) interrupted: bool,
 }
 
 /// Relevant part of one neighbour entry.
@@ -683,14 +703,16 @@ impl NeighbourEntry {
 }
 
 /// A request socket (`NETLINK_ROUTE`, bound to a kernel-assigned port).
-struct Conn {
+/// One netlink socket for a series of requests (other modules' requests use
+/// it too: [`crate::announce`]).
+pub(crate) struct Conn {
     socket: Socket,
     port: u32,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    fn open(request: Request) -> Result<Conn, NetlinkError> {
+    pub(crate) fn open(request: Request) -> Result<Conn, NetlinkError> {
         let io_err = |source| NetlinkError::Io { request, source };
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(io_err)?;
         let address = socket.bind_auto().map_err(io_err)?;
@@ -713,7 +735,7 @@ impl Conn {
     /// Sends one request and collects the reply. Non-dump requests carry
     /// `NLM_F_ACK`, so the reply ends with the kernel's ACK or error; a dump
     /// ends with `NLMSG_DONE`. Messages of other requests are skipped.
-    fn transact(
+    pub(crate) fn transact(
         &mut self,
         request: Request,
         message: RouteNetlinkMessage,

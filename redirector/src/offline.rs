@@ -137,6 +137,7 @@ pub fn status(ctl: &Control) -> Result<Status> {
         .map(|ms| format!(" since {}", render_age(unix_ms_now().saturating_sub(ms))))
         .unwrap_or_default();
     Ok(Status {
+        announce: None,
         pid: None,
         version: env!("CARGO_PKG_VERSION").into(),
         pins: pins.dir().display().to_string(),
@@ -171,10 +172,20 @@ pub fn detach(ctl: &Control) -> Result<String> {
         e => e.into(),
     })?;
     pins.remove()?;
-    Ok(format!(
+    let mut done = format!(
         "detached: removed the XDP links and maps pinned in {}",
         pins.dir().display()
-    ))
+    );
+    // What a clean stop left published goes with the data plane.
+    if let Some(a) = State::load(&ctl.state_dir).ok().and_then(|s| s.announced)
+        && crate::announce::remove_left(&a.device)?
+    {
+        done.push_str(&format!(
+            ", and the announce device {} with its routes in table {}",
+            a.device, a.table
+        ));
+    }
+    Ok(done)
 }
 
 fn render_age(ms: u64) -> String {
@@ -227,6 +238,22 @@ pub fn render(st: &Status) -> String {
     }
     if let Some(n) = &st.note {
         let _ = writeln!(out, "NOTE: {n}");
+    }
+    if let Some(a) = &st.announce {
+        let _ = writeln!(out, "announce: routes on {} in table {}", a.device, a.table);
+        if let Some(w) = &a.withdrawn {
+            let _ = writeln!(
+                out,
+                "  WITHDRAWN: {w}; `redirector announce` publishes them again"
+            );
+        }
+        for v in &a.vips {
+            let mark = if v.published { "published" } else { "not published" };
+            let _ = writeln!(out, "  {:<24} {mark} ({})", v.vip, v.why);
+        }
+        if let Some(e) = &a.error {
+            let _ = writeln!(out, "  ROUTE CHANGE FAILING (retried every second): {e}");
+        }
     }
     for s in &st.services {
         let _ = writeln!(out);

@@ -79,6 +79,34 @@ pub struct State {
     /// When the daemon last stopped cleanly (ms since the Unix epoch).
     #[serde(default)]
     pub stopped_unix_ms: Option<u64>,
+    /// An operator withdrew every VIP from the routing daemon
+    /// (`redirector withdraw`): kept across restarts until `announce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn: Option<Withdrawal>,
+    /// The `[announce]` the daemon last ran with: a restart without it (or
+    /// with another device or table) removes the device a clean stop left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced: Option<Announced>,
+}
+
+/// `[announce]` as the state file remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announced {
+    /// The TUN device.
+    pub device: String,
+    /// The kernel table.
+    pub table: u32,
+}
+
+/// Who withdrew the VIPs, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withdrawal {
+    /// The operator.
+    pub who: String,
+    /// Their reason.
+    pub why: Option<String>,
+    /// When (ms since the Unix epoch).
+    pub unix_ms: u64,
 }
 
 /// What [`State::assign`] changed.

@@ -3,6 +3,7 @@
 //! test-run harness around the real compiled XDP object.
 #![expect(clippy::unwrap_used, reason = "test helpers: a failed setup is a failed test")]
 
+pub mod bird;
 pub mod client;
 pub mod daemon;
 pub mod lab;

@@ -23,6 +23,8 @@ const LAB_TOOLS: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("nft", "nftables"),
     ("nsenter", "util-linux"),
+    // BIRD 2: the routing daemon of the multi-gateway lab and tests.
+    ("bird", "bird2"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -176,7 +178,14 @@ pub fn ensure_peers() -> Result<()> {
 
 /// Tools the namespace tests and the lab use.
 pub fn ensure_lab_tools() -> Result<()> {
-    ensure_tools(LAB_TOOLS)
+    let had_bird = cmd::ok(&["sh", "-c", "command -v bird"]);
+    ensure_tools(LAB_TOOLS)?;
+    if !had_bird {
+        // The package starts BIRD on the host with its sample config; the
+        // lab runs its own BIRD processes in namespaces only.
+        let _ = cmd::ok(&["systemctl", "disable", "--now", "bird"]);
+    }
+    Ok(())
 }
 
 /// Installs the packages of the `(binary, package)` pairs whose binary is missing.

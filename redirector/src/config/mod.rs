@@ -54,6 +54,10 @@
 //! bpffs_dir = "/sys/fs/bpf/redirector"      # absolute, not the same as state_dir
 //! metrics = "127.0.0.1:9630"      # "addr:port" or "[ipv6]:port", port not 0; default: none
 //! probe_budget = 5000             # probes per second over all backends, 100..=1000000
+//!
+//! [announce]                      # optional: publish servable VIPs for BIRD/FRR
+//! table = 100                     # required: a kernel table of its own, 1..=2^32-1 but 253-255
+//! device = "redirector0"          # the TUN device the daemon creates; default redirector0
 //! ```
 //!
 //! Durations are strings: an integer or decimal number and a unit, one of
@@ -74,6 +78,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod announce;
 mod control;
 mod failover;
 mod gateway;
@@ -86,6 +91,7 @@ mod service;
 mod tests;
 mod toml_source;
 mod values;
+pub use announce::*;
 pub use control::*;
 pub use failover::*;
 pub use gateway::*;
@@ -94,6 +100,7 @@ pub use prefix::{Prefix, PrefixError};
 pub use service::*;
 pub use values::parse_duration;
 
+use announce::{RawAnnounce, convert_announce};
 use control::{RawControl, convert_control};
 use gateway::{RawGateway, convert_gateway};
 use service::{RawServices, convert_service};
@@ -108,6 +115,9 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Control-plane settings.
     pub control: Control,
+    /// Where the servable VIPs are published for a routing daemon; `None`:
+    /// nowhere.
+    pub announce: Option<Announce>,
 }
 
 // ---------------------------------------------------------------------------
@@ -374,6 +384,7 @@ struct RawConfig {
     #[serde(default)]
     service: RawServices,
     control: Option<Spanned<RawControl>>,
+    announce: Option<Spanned<RawAnnounce>>,
 }
 
 impl Config {
@@ -482,11 +493,16 @@ impl Config {
         }
 
         let control = convert_control(&src, raw.control.as_ref())?;
+        let announce = match &raw.announce {
+            Some(a) => Some(convert_announce(&src, a, &gateway.interfaces)?),
+            None => None,
+        };
 
         Ok(Config {
             gateway,
             services,
             control,
+            announce,
         })
     }
 }

@@ -344,6 +344,7 @@ fn config() -> impl Strategy<Value = Config> {
                 .map(|(s, name)| Service { name, ..s })
                 .collect(),
             control,
+            announce: None,
         })
         .prop_filter("consistent services", consistent)
 }

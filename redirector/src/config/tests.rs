@@ -1873,3 +1873,44 @@ fn control_probe_budget_range() {
         assert_eq!(cfg.control.probe_budget, ok);
     }
 }
+
+#[test]
+fn announce_table_and_device() {
+    let cfg = parse(&format!("{GATEWAY}[announce]\ntable = 100\n"));
+    assert_eq!(
+        cfg.announce,
+        Some(Announce {
+            device: DEFAULT_ANNOUNCE_DEVICE.into(),
+            table: 100,
+        })
+    );
+    let cfg = parse(&format!(
+        "{GATEWAY}[announce]\ntable = 4000000000\ndevice = \"vips0\"\n"
+    ));
+    assert_eq!(
+        cfg.announce.map(|a| (a.device, a.table)),
+        Some(("vips0".into(), 4_000_000_000))
+    );
+    assert_eq!(parse(GATEWAY).announce, None);
+    let msg = err(&format!("{GATEWAY}[announce]\ndevice = \"vips0\"\n"));
+    assert_contains(&msg, &["[announce]", "table"]);
+    for (table, name) in [(253, "default"), (254, "main"), (255, "local")] {
+        let msg = err(&format!("{GATEWAY}[announce]\ntable = {table}\n"));
+        assert_contains(
+            &msg,
+            &[
+                "test.toml:4:",
+                "key \"table\"",
+                &format!("kernel's \"{name}\" table"),
+            ],
+        );
+    }
+    let msg = err(&format!("{GATEWAY}[announce]\ntable = 0\n"));
+    assert_contains(&msg, &["key \"table\"", "out of range"]);
+    let msg = err(&format!("{GATEWAY}[announce]\ntable = 100\ndevice = \"eth0\"\n"));
+    assert_contains(&msg, &["key \"device\"", "one of [gateway] interfaces"]);
+    let msg = err(&format!("{GATEWAY}[announce]\ntable = 100\ndevice = \"a/b\"\n"));
+    assert_contains(&msg, &["key \"device\""]);
+    let msg = err(&format!("{GATEWAY}[announce]\ntable = 100\nspeaker = \"bgp\"\n"));
+    assert_contains(&msg, &["[announce]", "speaker"]);
+}

@@ -55,6 +55,14 @@ pub enum Request {
     Reload,
     /// Remove the program, links and pins, then stop.
     Detach,
+    /// Publish the servable VIPs to the routing daemon again (`true`,
+    /// `redirector announce`) or withdraw them all (`redirector withdraw`).
+    Announce {
+        /// Announce or withdraw.
+        on: bool,
+        /// Why (recorded).
+        reason: Option<String>,
+    },
 }
 
 /// A request line.
@@ -110,6 +118,35 @@ pub struct Status {
     pub note: Option<String>,
     /// Every service.
     pub services: Vec<ServiceStatus>,
+    /// The VIPs published for the routing daemon, with `[announce]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceStatus>,
+}
+
+/// `[announce]` in [`Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnnounceStatus {
+    /// The TUN device.
+    pub device: String,
+    /// The kernel table.
+    pub table: u32,
+    /// An operator's `withdraw` in force, described.
+    pub withdrawn: Option<String>,
+    /// Every VIP of the configuration.
+    pub vips: Vec<VipStatus>,
+    /// The last route change that failed (retried every second).
+    pub error: Option<String>,
+}
+
+/// One VIP in [`AnnounceStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VipStatus {
+    /// The address.
+    pub vip: String,
+    /// Its route is in the table now.
+    pub published: bool,
+    /// Why it is (not) published.
+    pub why: String,
 }
 
 /// One service in [`Status`].

@@ -11,8 +11,14 @@ impl Daemon {
     /// Writes decisions and records events. A failed write is logged; the
     /// machine's next write for that service carries the whole state again.
     pub(super) fn apply(&mut self, effects: Vec<(u32, Effect)>) {
+        // A written decision may change what can be served; a first verdict
+        // that changes nothing waits for the reconcile tick.
+        let wrote = effects.iter().any(|(_, e)| matches!(e, Effect::Write(_)));
         if self.record(effects) {
             self.persist();
+        }
+        if wrote {
+            self.announce();
         }
     }
 
@@ -20,6 +26,7 @@ impl Daemon {
     /// the state holding the action is on disk.
     pub(super) fn apply_acked(&mut self, effects: Vec<(u32, Effect)>, ack: Ack) {
         self.record(effects);
+        self.announce();
         self.saver.save(self.state.clone(), Some(ack));
     }
 

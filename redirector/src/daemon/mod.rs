@@ -41,6 +41,7 @@
 //! compares the maps the config determines with the intent; [`host`] handles
 //! the ground moving (interfaces, pins); [`sweep`] expires idle flows.
 //! Nothing on this loop waits on netlink or disk.
+mod announce;
 mod apply;
 mod attach;
 mod decide;
@@ -210,6 +211,8 @@ pub struct Daemon {
     seen: Option<crate::datapath::SeenMap>,
     /// Per `BACKENDS` index, the silence watch.
     quiet: Vec<silence::Quiet>,
+    /// The VIPs published for the routing daemon (`[announce]`).
+    announcing: announce::Announcing,
 }
 
 impl Daemon {
@@ -400,6 +403,15 @@ impl Daemon {
         }
         if let Some(n) = &self.notifier {
             n.send("STOPPING=1");
+        }
+        // A clean stop leaves the VIPs published (the data plane keeps
+        // forwarding); a detach withdraws them.
+        if let Some(a) = self.announcing.announcer.take() {
+            a.finish(if detached {
+                crate::announce::Exit::Withdraw
+            } else {
+                crate::announce::Exit::Keep
+            });
         }
         if !detached {
             self.state.intents = self.services.intents();

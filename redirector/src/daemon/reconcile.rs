@@ -26,6 +26,8 @@ impl Daemon {
     pub(super) fn reconcile(&mut self) {
         let tick = self.reconcile_ticks % TICKS;
         self.reconcile_ticks = self.reconcile_ticks.wrapping_add(1);
+        // First verdicts that changed no decision, and services gone.
+        self.announce();
         if tick == 0 {
             match self.switches.reconcile(&mut self.dp) {
                 Ok(repaired) if !repaired.is_empty() => {

@@ -140,6 +140,9 @@ fn gateway_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     {
         v.push("[control] socket/state_dir/bpffs_dir/metrics");
     }
+    if old.announce != new.announce {
+        v.push("[announce]");
+    }
     v
 }
 
@@ -357,6 +360,7 @@ impl Daemon {
         self.state.intents = self.services.intents();
         self.state.flaps = self.services.flaps();
         self.cfg = plan.cfg;
+        self.announce();
         self.persist();
         Ok(summary)
     }

@@ -135,6 +135,17 @@ impl Daemon {
                 });
             }
             Request::Reload => self.begin_reload(Some(reply)),
+            Request::Announce { on, reason } => match self.set_announcing(on, who(&peer).to_string(), reason)
+            {
+                Ok(message) => {
+                    let ack = Ack {
+                        reply: reply.clone(),
+                        response: Response::Done { message },
+                    };
+                    self.saver.save(self.state.clone(), Some(ack));
+                }
+                Err(message) => answer(Response::Error { message }),
+            },
             Request::Detach => {
                 info!("operator {}: detach", who(&peer));
                 // Unpinned links detach once the last fd (ours) closes.
@@ -242,6 +253,7 @@ impl Daemon {
             pins: self.pins.dir().display().to_string(),
             note: None,
             services,
+            announce: self.announce_status(),
         }
     }
 }

@@ -18,9 +18,11 @@ use redirector_common::{SLOT_PRIMARY, SWITCH_DROP, SWITCH_PASS, SwitchState};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use super::{
-    Daemon, EVENT_LOG, apply::Switches, attach, hops::Hops, persist::Saver, resolver, services::Services,
+    Daemon, EVENT_LOG, announce::Announcing, apply::Switches, attach, hops::Hops, persist::Saver, resolver,
+    services::Services,
 };
 use crate::{
+    announce::Announcer,
     config::{Config, IcmpEcho, Mode, Service},
     control::server::{Incoming, Server},
     datapath::{Datapath, Migration, PinDir, Sizes, monotonic_ns},
@@ -28,7 +30,7 @@ use crate::{
     lock::InstanceLock,
     netlink,
     policy::{AllDown, Desired, Intent, Nanos, Seed, Slot},
-    state::{Assignment, State},
+    state::{Announced, Assignment, State},
 };
 
 /// The metrics endpoint, bound before anything else (a busy port refuses
@@ -53,6 +55,8 @@ pub(super) struct Prepared {
     requests: mpsc::Receiver<Incoming>,
     state: State,
     assignment: Assignment,
+    /// `[announce]`'s thread, the device taken over or created.
+    announcer: Option<Announcer>,
     resolver: resolver::Subscribed,
     links_monitor: netlink::Monitor,
     ifindexes: Vec<u32>,
@@ -85,6 +89,7 @@ pub(super) fn prepare(
     let (request_tx, requests) = mpsc::channel(64);
     let server = Server::spawn(&cfg.control.socket, request_tx)?;
     let mut state = State::load(&cfg.control.state_dir)?;
+    let announcer = start_announcer(&cfg, &mut state)?;
     // Subscribe before reading any state, so no change between the reads
     // below and the event loops goes unseen.
     let resolver = resolver::Resolver::subscribe()?;
@@ -115,6 +120,7 @@ pub(super) fn prepare(
         requests,
         state,
         assignment,
+        announcer,
         resolver,
         links_monitor,
         ifindexes,
@@ -122,6 +128,30 @@ pub(super) fn prepare(
         dp,
         migration,
     })
+}
+
+/// Takes over (or creates) the `[announce]` device; a device a clean stop
+/// left under another name or table is removed first, with its routes.
+fn start_announcer(cfg: &Config, state: &mut State) -> Result<Option<Announcer>> {
+    let now = cfg.announce.as_ref().map(|a| Announced {
+        device: a.device.clone(),
+        table: a.table,
+    });
+    if let Some(old) = &state.announced
+        && now.as_ref() != Some(old)
+    {
+        match crate::announce::remove_left(&old.device) {
+            Ok(true) => info!(
+                "[announce]: removed device {} (table {}) of the previous configuration",
+                old.device, old.table
+            ),
+            Ok(false) => {}
+            Err(e) => warn!("[announce]: removing the previous device: {e}"),
+        }
+    }
+    let announcer = cfg.announce.as_ref().map(Announcer::start).transpose()?;
+    state.announced = now;
+    Ok(announcer)
 }
 
 /// A newer version's data plane, or several, is refused (an older one is
@@ -180,6 +210,7 @@ impl Prepared {
             requests,
             mut state,
             assignment,
+            announcer,
             resolver,
             links_monitor,
             ifindexes,
@@ -282,7 +313,7 @@ impl Prepared {
             health::Scheduler::spawn_thread(cfg.control.probe_budget, report_tx)
                 .context("starting the prober")?,
         );
-        Ok(Daemon {
+        let mut daemon = Daemon {
             dp,
             pins,
             links,
@@ -317,7 +348,10 @@ impl Prepared {
             reconcile_ticks: 0,
             seen,
             quiet: Vec::new(),
-        })
+            announcing: Announcing::new(announcer),
+        };
+        daemon.announce();
+        Ok(daemon)
     }
 }
 

@@ -237,6 +237,11 @@ impl Backend {
         matches!(self.health, Health::Up | Health::Unknown { up: true })
     }
 
+    /// It has had a verdict (it is not unknown).
+    pub(super) fn known(&self) -> bool {
+        !matches!(self.health, Health::Unknown { .. })
+    }
+
     /// When it came up, if it is `Up` (unknown does not count for failback).
     pub(super) fn up_since(&self) -> Option<Nanos> {
         match self.health {

@@ -565,6 +565,18 @@ impl Machine {
         }
     }
 
+    /// Whether this gateway can serve the service, for announcing its VIP:
+    /// `Some(false)` while `all_down` drops or passes its traffic,
+    /// `Some(true)` once a backend has had a verdict otherwise, `None`
+    /// before any (a fresh start has not probed yet; an adopted one keeps
+    /// what its predecessor announced until it has).
+    pub fn servable(&self) -> Option<bool> {
+        if self.desired().all_down.is_some() {
+            return Some(false);
+        }
+        self.backends.iter().any(Backend::known).then_some(true)
+    }
+
     /// Each backend's flap history, to persist (empty when none).
     pub fn flaps(&self) -> [Vec<Nanos>; 2] {
         [self.backends[0].flap_times(), self.backends[1].flap_times()]

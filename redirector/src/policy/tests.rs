@@ -1053,3 +1053,57 @@ fn a_backend_flapping_while_held_is_reported_held_once() {
     }
     assert!(m.next_deadline().is_some(), "the hold still ends by itself");
 }
+
+#[test]
+fn servable_waits_for_a_verdict_and_ends_only_when_all_down_drops_or_passes() {
+    // Fresh: nothing probed yet, nothing to announce.
+    let mut m = machine(Policy {
+        all_down: AllDown::Drop,
+        ..policy()
+    });
+    assert_eq!(m.servable(), None);
+    // One probe is no verdict yet (fall = 2).
+    probe(&mut m, 1, P, false);
+    assert_eq!(m.servable(), None);
+    // A verdict, even a failing one: the secondary (unknown) counts as up.
+    probe(&mut m, 2, P, false);
+    assert_eq!(m.servable(), Some(true), "the secondary serves");
+    probes(&mut m, 10, S, false, 2);
+    assert_eq!(m.servable(), Some(false), "both down, all_down = drop");
+    probes(&mut m, 20, S, true, 3);
+    assert_eq!(m.servable(), Some(true));
+
+    // all_down = keep forwards to a down backend: still served.
+    let mut m = both_up(policy());
+    probes(&mut m, 100, P, false, 2);
+    probes(&mut m, 110, S, false, 2);
+    assert!(m.desired().up == [false, false]);
+    assert_eq!(m.servable(), Some(true));
+
+    // Adopted: unknown with the pinned up bits, undecided until a verdict;
+    // adopted all down with drop: not servable at once.
+    let seed = |up: [bool; 2], all_down| Seed {
+        desired: Desired {
+            active: P,
+            up,
+            drained: [false; 2],
+            all_down,
+            share: 0,
+        },
+        intent: Intent::default(),
+        flaps: Default::default(),
+    };
+    let pol = Policy {
+        all_down: AllDown::Pass,
+        ..policy()
+    };
+    let a = Machine::adopt("web".into(), pol.clone(), ms(0), seed([true, true], None));
+    assert_eq!(a.servable(), None);
+    let a = Machine::adopt(
+        "web".into(),
+        pol,
+        ms(0),
+        seed([false, false], Some(AllDown::Pass)),
+    );
+    assert_eq!(a.servable(), Some(false));
+}
