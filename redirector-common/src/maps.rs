@@ -70,6 +70,10 @@ pub mod names {
     /// Ifindex → 1 for each `[gateway] backend_interfaces` link: a signal
     /// arriving there can be evidence (not pinned: written at each start).
     pub const BACKEND_IFACES: &str = "BACKEND_IFACES";
+    /// [`super::ingress_slot`] of an ifindex → [`super::IngressMac`]: the
+    /// MAC of each attached interface, so that a frame addressed to another
+    /// host is left to the stack (not pinned: written at each start).
+    pub const INGRESS_MACS: &str = "INGRESS_MACS";
     /// [`super::Seen`] indexed like `BACKENDS`, memory-mapped by the daemon's
     /// silence watch (not pinned: it starts afresh with each program).
     pub const SEEN: &str = "SEEN";
@@ -470,6 +474,47 @@ pub const SIGNAL_INTERVAL_NS: u64 = 10_000_000;
 /// completes `fall = 2` without waiting for a probe.
 pub const EVIDENCE_INTERVAL_NS: u64 = 1_000_000;
 
+/// Slots of `INGRESS_MACS`.
+pub const INGRESS_SLOTS: u32 = 1024;
+
+/// The `INGRESS_MACS` slot of an interface.
+#[inline(always)]
+pub const fn ingress_slot(ifindex: u32) -> u32 {
+    ifindex % INGRESS_SLOTS
+}
+
+/// An attached interface and its MAC. A frame that arrives on it addressed
+/// to another MAC (a promiscuous or virtual NIC, a switch flooding an
+/// unknown destination) is another host's: forwarding it too would
+/// duplicate it. A slot whose `ifindex` is not the ingress interface's
+/// checks nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct IngressMac {
+    /// The interface (0: an empty slot).
+    pub ifindex: u32,
+    /// Its MAC's bytes as three native-endian 16-bit words, as the program
+    /// reads the frame's destination.
+    pub mac: [u16; 3],
+    /// Zero.
+    pub _pad: u16,
+}
+
+impl IngressMac {
+    /// The entry of `ifindex` with MAC `mac`.
+    pub fn new(ifindex: u32, mac: [u8; 6]) -> IngressMac {
+        IngressMac {
+            ifindex,
+            mac: [
+                u16::from_ne_bytes([mac[0], mac[1]]),
+                u16::from_ne_bytes([mac[2], mac[3]]),
+                u16::from_ne_bytes([mac[4], mac[5]]),
+            ],
+            _pad: 0,
+        }
+    }
+}
+
 /// Capacity of `BACKEND_IFACES`: the most `backend_interfaces` a gateway may list.
 pub const MAX_BACKEND_IFACES: u32 = 64;
 
@@ -675,6 +720,7 @@ const _: () = {
     assert!(core::mem::size_of::<BackendStats>() == 32);
     assert!(core::mem::size_of::<BenchTemplate>() == 136);
     assert!(core::mem::size_of::<Signal>() == 8);
+    assert!(core::mem::size_of::<IngressMac>() == 12);
 };
 
 #[cfg(feature = "user")]
@@ -716,6 +762,8 @@ mod user {
     unsafe impl aya::Pod for crate::FlowSettings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Signal {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IngressMac {}
 }
 
 #[cfg(test)]

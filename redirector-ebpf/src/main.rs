@@ -65,6 +65,11 @@ mod program {
     #[xdp]
     #[inline(always)]
     pub fn redirector(ctx: XdpContext) -> u32 {
+        // Another host's frame (flooded, or seen by a promiscuous NIC) is
+        // not ours: the stack drops it as the kernel always does.
+        if !parse::addressed_here(&ctx) {
+            return pass(Counter::Passed);
+        }
         let pkt = match parse(&ctx) {
             Parsed::Packet(p) => p,
             Parsed::Icmp(_) => return tail(&ctx, paths::ICMP),

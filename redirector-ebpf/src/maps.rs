@@ -117,6 +117,10 @@ pub static SIGNAL_LAST: Array<u64> = Array::with_max_entries(DEFAULT_MAX_SERVICE
 pub static BACKEND_IFACES: HashMap<u32, u8> =
     HashMap::with_max_entries(redirector_common::MAX_BACKEND_IFACES, 0);
 
+#[map]
+pub static INGRESS_MACS: Array<redirector_common::IngressMac> =
+    Array::with_max_entries(redirector_common::INGRESS_SLOTS, 0);
+
 #[inline(always)]
 pub fn count(c: Counter) {
     if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {

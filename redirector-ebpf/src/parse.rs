@@ -275,6 +275,31 @@ pub struct Packet {
 }
 
 #[inline(always)]
+/// Whether the frame is addressed to the interface it arrived on: its
+/// destination MAC is the one `INGRESS_MACS` holds for it. An interface
+/// without an entry (a test run, a slot two interfaces share) checks
+/// nothing; broadcast and multicast frames are not addressed here (no VIP
+/// traffic comes that way).
+#[inline(always)]
+pub fn addressed_here(ctx: &XdpContext) -> bool {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let Some(e) = crate::maps::INGRESS_MACS.get(redirector_common::ingress_slot(ifindex)) else {
+        return true;
+    };
+    if e.ifindex != ifindex || ifindex == 0 {
+        return true;
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return true;
+    };
+    // SAFETY: eth is bounds-checked and 2-byte aligned (see the module comment).
+    let dst = unsafe { (*eth).dst };
+    dst[0] == e.mac[0] && dst[1] == e.mac[1] && dst[2] == e.mac[2]
+}
+
+// Inlined into each program: as a BPF function its context pointers would
+// travel as arguments, which the verifier refuses.
+#[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Parsed {
     let frame_len = ctx.data_end() - ctx.data();
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {

@@ -5,6 +5,7 @@
 
 pub mod bird;
 pub mod client;
+pub mod cluster;
 pub mod daemon;
 pub mod lab;
 pub mod netns;

@@ -2260,3 +2260,47 @@ fn load_sharing_picks_the_same_flows_whatever_the_services_local_id() {
         "the shared flows depend on the local id"
     );
 }
+
+/// A frame that reaches the program addressed to another host's MAC (a
+/// switch flooding an unknown destination, a promiscuous or virtual NIC)
+/// is not ours: forwarding it too would duplicate it. With the ingress
+/// interface's MAC known, it goes to the stack untouched — for a VIP, a
+/// NAT reply and ICMP alike — while frames to that MAC are forwarded.
+#[test]
+fn frames_addressed_to_another_mac_pass_untouched() {
+    let Some(mut lab) = lab("othermac") else { return };
+    let s = lab.named("nat-udp4");
+    let own = [0x02, 0, 0, 0, 0x01, 0x01];
+    let req = s.request(40000, false);
+    // Before the interface's MAC is known: no check (test runs, a shared slot).
+    let (act, _) = lab.h.run(&req.build());
+    assert_eq!(act, REDIRECT);
+    let if_in = lab.if_in;
+    lab.h.dp.hop_maps().unwrap().set_ingress_mac(if_in, own).unwrap();
+    let mut to_us = req.clone();
+    to_us.dmac = own;
+    let (act, out) = lab.h.run(&to_us.build());
+    assert_eq!(act, REDIRECT);
+    assert_eq!(out, s.forwarded(&to_us, SLOT_PRIMARY).build());
+    for other in [
+        [0x02, 0, 0, 0, 0x01, 0x02],
+        [0xff; 6],
+        [0x01, 0x00, 0x5e, 0, 0, 1],
+        [0x02, 0, 0, 0, 0x02, 0x01],
+    ] {
+        let mut frame = req.clone();
+        frame.dmac = other;
+        let bytes = frame.build();
+        let (act, out) = lab.h.run(&bytes);
+        assert_eq!((act, &out), (PASS, &bytes), "to {other:02x?}");
+    }
+    // Another interface's entry in another slot does not matter.
+    lab.h
+        .dp
+        .hop_maps()
+        .unwrap()
+        .set_ingress_mac(if_in + 1, [0x02, 0, 0, 0, 9, 9])
+        .unwrap();
+    let (act, _) = lab.h.run(&to_us.build());
+    assert_eq!(act, REDIRECT);
+}

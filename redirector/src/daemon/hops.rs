@@ -68,6 +68,10 @@ pub struct Hops {
     deferred: Option<Vec<Neighbour>>,
     /// Backends whose egress interface changed since [`Hops::take_egress_changes`].
     egress_changed: Vec<((u32, u8), u32)>,
+    /// The MAC written to `INGRESS_MACS` per configured interface.
+    macs: HashMap<u32, [u8; 6]>,
+    /// Interfaces said to share an `INGRESS_MACS` slot.
+    warned_slots: HashSet<u32>,
 }
 
 impl Hops {
@@ -84,6 +88,8 @@ impl Hops {
             warned: HashSet::new(),
             deferred: Some(Vec::new()),
             egress_changed: Vec::new(),
+            macs: HashMap::new(),
+            warned_slots: HashSet::new(),
         }
     }
 
@@ -258,6 +264,7 @@ impl Hops {
     /// them (health probes) must never be translated. Link-local addresses
     /// are left out: no NAT client is ever reached through one.
     pub fn sync_locals(&mut self, dp: &mut HopMaps) -> Result<()> {
+        self.sync_ingress(dp);
         let now: HashSet<IpAddr> = netlink::local_addrs()?
             .into_iter()
             .filter(|a| !is_link_local(a))
@@ -272,6 +279,41 @@ impl Hops {
         }
         self.locals = now;
         Ok(())
+    }
+
+    /// Mirrors each configured interface's MAC into `INGRESS_MACS`: frames
+    /// addressed to another MAC are another host's. Two interfaces in one
+    /// slot are both left unchecked (said once); an interface whose MAC
+    /// cannot be read keeps its entry.
+    fn sync_ingress(&mut self, dp: &mut HopMaps) {
+        let mut by_slot: HashMap<u32, Vec<u32>> = HashMap::new();
+        for &i in &self.allowed {
+            by_slot
+                .entry(redirector_common::ingress_slot(i))
+                .or_default()
+                .push(i);
+        }
+        for (slot, ifs) in by_slot {
+            if let [ifindex] = ifs[..] {
+                match netlink::link_mac(ifindex) {
+                    Ok(mac) if self.macs.get(&ifindex) != Some(&mac) => {
+                        if let Err(e) = dp.set_ingress_mac(ifindex, mac) {
+                            warn!("writing the MAC of ifindex {ifindex}: {e}");
+                            continue;
+                        }
+                        self.macs.insert(ifindex, mac);
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("reading the MAC of ifindex {ifindex}: {e}"),
+                }
+            } else if ifs.iter().any(|i| !self.warned_slots.contains(i)) {
+                warn!(
+                    "interfaces {ifs:?} share slot {slot} of INGRESS_MACS: frames to other hosts' MACs are \
+                     not told apart on them"
+                );
+                self.warned_slots.extend(ifs);
+            }
+        }
     }
 
     /// Re-resolves the backends selected by `which` and writes what changed.

@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, MapData, MapError};
-use redirector_common::{Addr, Backend as KBackend, NextHop, names};
+use redirector_common::{Addr, Backend as KBackend, IngressMac, NextHop, ingress_slot, names};
 
 use super::{DatapathError, addr16, from16, map_err};
 
@@ -26,6 +26,7 @@ pub struct HopMaps {
     pub(super) backends_lock: std::sync::Arc<std::sync::Mutex<()>>,
     pub(super) client_hops: HashMap<MapData, Addr, NextHop>,
     pub(super) local_addrs: HashMap<MapData, Addr, u8>,
+    pub(super) ingress_macs: Array<MapData, IngressMac>,
 }
 
 /// A removal of a key that is already gone is not an error.
@@ -39,6 +40,14 @@ pub(super) fn absent_ok(map: &'static str, r: std::result::Result<(), MapError>)
 }
 
 impl HopMaps {
+    /// Records `mac` as interface `ifindex`'s: frames arriving there for
+    /// another MAC go to the stack untouched.
+    pub fn set_ingress_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<()> {
+        self.ingress_macs
+            .set(ingress_slot(ifindex), IngressMac::new(ifindex, mac), 0)
+            .map_err(map_err(names::INGRESS_MACS))
+    }
+
     /// Replaces the next hop of one backend, resolved for `addr` (keeps its
     /// address and port). Returns false, writing nothing, when the entry no
     /// longer holds `addr`: the id belongs to another backend now.

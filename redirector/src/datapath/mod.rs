@@ -866,11 +866,14 @@ impl Datapath {
             .map_err(map_err(names::CLIENT_HOPS))?;
         let local_addrs = HashMap::try_from(aya::maps::Map::HashMap(self.dup(names::LOCAL_ADDRS)?))
             .map_err(map_err(names::LOCAL_ADDRS))?;
+        let ingress_macs = Array::try_from(aya::maps::Map::Array(self.dup(names::INGRESS_MACS)?))
+            .map_err(map_err(names::INGRESS_MACS))?;
         Ok(HopMaps {
             backends,
             backends_lock: std::sync::Arc::clone(&self.backends_lock),
             client_hops,
             local_addrs,
+            ingress_macs,
         })
     }
 

@@ -1,0 +1,389 @@
+//! The multi-gateway lab: N gateways, each running redirector and BIRD,
+//! behind a router running BIRD with ECMP (L4 hash), the backends on one
+//! LAN every gateway reaches. Addresses only from 198.18.0.0/15.
+//!
+//! ```text
+//!                         front (bridge in the router)        lan (bridge)
+//!                          ┌ g-r 198.18.10.11  gw1  g-b 198.18.2.11 ┐
+//! client 198.18.1.2 ─ router 198.18.10.1 ─ g-r 198.18.10.12  gw2  g-b 198.18.2.12 ├─ primary 198.18.2.2
+//!                          └ …                                      ├─ secondary 198.18.2.3
+//!                    router 198.18.2.1 ─────────────────────────────┘ (DSR replies go straight back)
+//! ```
+//! The gateways share one segment with the router, as behind a switch: a
+//! dead gateway's link going away tells the router nothing, BFD does.
+//! The router learns each VIP from every gateway (eBGP, BFD 20 ms × 3) and
+//! installs one multipath route. Backends send NAT replies to clients over
+//! a multipath route through the gateways (any gateway reverses any NAT
+//! reply), skipping a gateway whose neighbour entry failed
+//! (`fib_multipath_use_neigh`, fast neighbour timers); DSR replies go to the
+//! router directly.
+#![expect(clippy::unwrap_used, reason = "test helpers: a failed setup is a failed test")]
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use aya::{Ebpf, programs::Xdp};
+
+use crate::{
+    bird::Bird,
+    daemon::Daemon,
+    lab::{Leftovers, Server},
+    netns::{NetNs, in_ns, sh},
+};
+
+/// The VIP of the NAT services (web4 tcp 80 → 8080, dns4 udp 53).
+pub const NAT_VIP: &str = "198.18.100.1";
+/// The VIP of the DSR service (dsr-dns4 udp 53).
+pub const DSR_VIP: &str = "198.18.100.2";
+/// The kernel table of `[announce]` on every gateway.
+pub const ANNOUNCE_TABLE: u32 = 100;
+
+/// The configuration every gateway runs (its `[control]` is added per gateway).
+pub const CLUSTER_CONFIG: &str = r#"
+[gateway]
+interfaces = ["g-r", "g-b"]
+backend_interfaces = ["g-b"]
+xdp_mode = "driver"
+
+[[service]]
+name = "web4"
+vip = "198.18.100.1"
+port = 80
+protocol = "tcp"
+primary = "198.18.2.2:8080"
+secondary = "198.18.2.3:8080"
+
+[[service]]
+name = "dns4"
+vip = "198.18.100.1"
+port = 53
+protocol = "udp"
+primary = "198.18.2.2"
+secondary = "198.18.2.3"
+
+[[service]]
+name = "dsr-dns4"
+vip = "198.18.100.2"
+port = 53
+protocol = "udp"
+mode = "dsr"
+primary = "198.18.2.2"
+secondary = "198.18.2.3"
+
+[announce]
+table = 100
+"#;
+
+/// One gateway: its namespace, daemon, BIRD and private places.
+pub struct ClusterGateway {
+    /// `gw<N>`'s namespace.
+    pub ns: NetNs,
+    /// Its uplink address (the router's BGP neighbour).
+    pub uplink: String,
+    /// Its daemon, while running.
+    pub daemon: Option<Daemon>,
+    /// Its BIRD, while running.
+    pub bird: Option<Bird>,
+    /// Socket, state and pins.
+    pub left: Leftovers,
+    /// Its config file.
+    pub config: PathBuf,
+}
+
+/// The whole cluster lab; everything is removed on drop.
+pub struct Cluster {
+    /// Keeps the `pass` programs on the far ends of redirects.
+    _pass: Vec<Ebpf>,
+    /// The client namespace.
+    pub client: NetNs,
+    /// The router namespace.
+    pub router: NetNs,
+    /// The backend LAN's bridge namespace.
+    pub lan: NetNs,
+    /// The primary backend.
+    pub primary: NetNs,
+    /// The secondary backend.
+    pub secondary: NetNs,
+    /// The gateways, `gw1` first.
+    pub gateways: Vec<ClusterGateway>,
+    /// The router's BIRD.
+    pub router_bird: Option<Bird>,
+    /// Server processes on the backends.
+    pub servers: Vec<Server>,
+}
+
+fn pass_on(ns: &NetNs, ifname: &str) -> Ebpf {
+    let mut pass = Ebpf::load(redirector::LAB_OBJECT).unwrap();
+    let prog: &mut Xdp = pass.program_mut("pass").unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    let _in = ns.enter();
+    prog.attach(ifname, aya::programs::XdpMode::Driver).unwrap();
+    pass
+}
+
+fn veth(a_ns: &NetNs, a: &str, b_ns: &NetNs, b: &str) {
+    sh(&[
+        "ip", "link", "add", a, "netns", &a_ns.name, "type", "veth", "peer", "name", b, "netns", &b_ns.name,
+    ]);
+    in_ns(&a_ns.name, &["ip", "link", "set", a, "up"]);
+    in_ns(&b_ns.name, &["ip", "link", "set", b, "up"]);
+}
+
+fn addr(ns: &NetNs, cidr: &str, dev: &str) {
+    in_ns(&ns.name, &["ip", "addr", "add", cidr, "dev", dev]);
+}
+
+impl Cluster {
+    /// Builds the namespaces and links for `n` gateways (1..=9), starts the
+    /// backends' servers and the router's BIRD; no gateway runs anything yet.
+    pub fn new(tag: &str, n: u8) -> Cluster {
+        assert!((1..=9).contains(&n));
+        let client = NetNs::new(&format!("{tag}c"));
+        let router = NetNs::new(&format!("{tag}r"));
+        let lan = NetNs::new(&format!("{tag}l"));
+        let primary = NetNs::new(&format!("{tag}p"));
+        let secondary = NetNs::new(&format!("{tag}s"));
+        let mut pass = Vec::new();
+        // Router: forwards, spreads flows by an L4 hash.
+        for s in ["net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1"] {
+            in_ns(&router.name, &["sysctl", "-qw", s]);
+        }
+        veth(&client, "c0", &router, "r-c");
+        addr(&client, "198.18.1.2/24", "c0");
+        addr(&router, "198.18.1.1/24", "r-c");
+        in_ns(
+            &client.name,
+            &["ip", "route", "add", "198.18.0.0/15", "via", "198.18.1.1"],
+        );
+        in_ns(&client.name, &["ethtool", "-K", "c0", "tx", "off"]);
+        // The backend LAN: one bridge, the router and both backends on it.
+        in_ns(&lan.name, &["ip", "link", "add", "br0", "type", "bridge"]);
+        in_ns(&lan.name, &["ip", "link", "set", "br0", "up"]);
+        let port = |name: &str| in_ns(&lan.name, &["ip", "link", "set", name, "master", "br0"]);
+        veth(&router, "r-b", &lan, "l-r");
+        port("l-r");
+        addr(&router, "198.18.2.1/24", "r-b");
+        for (ns, dev, host, name) in [(&primary, "p0", 2, "l-p"), (&secondary, "s0", 3, "l-s")] {
+            veth(ns, dev, &lan, name);
+            port(name);
+            addr(ns, &format!("198.18.2.{host}/24"), dev);
+            addr(ns, &format!("{DSR_VIP}/32"), "lo");
+            in_ns(&ns.name, &["ethtool", "-K", dev, "tx", "off"]);
+            for s in [
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+                // NAT replies: a gateway whose neighbour entry failed is skipped.
+                "net.ipv4.fib_multipath_use_neigh=1",
+                "net.ipv4.fib_multipath_hash_policy=1",
+            ] {
+                in_ns(&ns.name, &["sysctl", "-qw", s]);
+            }
+            for s in [
+                "net.ipv4.neigh.p0.base_reachable_time_ms=200",
+                "net.ipv4.neigh.p0.delay_first_probe_time=0",
+                "net.ipv4.neigh.p0.retrans_time_ms=50",
+            ] {
+                in_ns(&ns.name, &["sysctl", "-qw", &s.replace("p0", dev)]);
+            }
+            // DSR replies and anything else: straight to the router.
+            in_ns(&ns.name, &["ip", "route", "add", "default", "via", "198.18.2.1"]);
+        }
+        // The front segment: a bridge in the router with its address on it.
+        in_ns(&router.name, &["ip", "link", "add", "front", "type", "bridge"]);
+        in_ns(&router.name, &["ip", "link", "set", "front", "up"]);
+        addr(&router, "198.18.10.1/24", "front");
+        let mut gateways = Vec::new();
+        for i in 1..=n {
+            let ns = NetNs::new(&format!("{tag}g{i}"));
+            in_ns(&ns.name, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            let rdev = format!("f-g{i}");
+            veth(&router, &rdev, &ns, "g-r");
+            in_ns(&router.name, &["ip", "link", "set", &rdev, "master", "front"]);
+            addr(&ns, &format!("198.18.10.{}/24", 10 + i), "g-r");
+            let ldev = format!("l-g{i}");
+            veth(&ns, "g-b", &lan, &ldev);
+            port(&ldev);
+            addr(&ns, &format!("198.18.2.{}/24", 10 + i), "g-b");
+            in_ns(
+                &ns.name,
+                &["ip", "route", "add", "198.18.0.0/15", "via", "198.18.10.1"],
+            );
+            // The bridges flood frames for a dead gateway's MAC to the
+            // survivors, as switches do; their programs leave those to the
+            // stack (not addressed to them), so BFD ends the outage.
+            // The far ends of the gateway's redirects run XDP (native veth
+            // redirects deliver only then).
+            pass.push(pass_on(&router, &rdev));
+            pass.push(pass_on(&lan, &ldev));
+            let left = Leftovers::new(&ns);
+            let config = std::env::temp_dir().join(format!("{}.toml", ns.name));
+            std::fs::write(
+                &config,
+                format!(
+                    "{CLUSTER_CONFIG}\n[control]\nsocket = {:?}\nstate_dir = {:?}\nbpffs_dir = {:?}\n",
+                    left.socket, left.state_dir, left.bpffs_dir
+                ),
+            )
+            .unwrap();
+            gateways.push(ClusterGateway {
+                ns,
+                uplink: format!("198.18.10.{}", 10 + i),
+                daemon: None,
+                bird: None,
+                left,
+                config,
+            });
+        }
+        // NAT replies to clients: through every gateway.
+        let mut route = vec!["ip", "route", "add", "198.18.1.0/24"];
+        let hops: Vec<String> = (1..=n).map(|i| format!("198.18.2.{}", 10 + i)).collect();
+        for h in &hops {
+            route.extend(["nexthop", "via", h]);
+        }
+        for ns in [&primary, &secondary] {
+            in_ns(&ns.name, &route);
+        }
+        let servers = [
+            (&primary, "primary", "198.18.2.2"),
+            (&secondary, "secondary", "198.18.2.3"),
+        ]
+        .into_iter()
+        .map(|(ns, name, own)| {
+            Server::start_args(
+                ns,
+                name,
+                &[
+                    "--tcp".to_owned(),
+                    format!("{own}:8080"),
+                    "--udp".to_owned(),
+                    format!("{own}:53"),
+                    "--udp".to_owned(),
+                    format!("{DSR_VIP}:53"),
+                ],
+                false,
+            )
+        })
+        .collect();
+        let sessions: String = gateways
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                format!(
+                    "protocol bgp gw{} from redirector_gateway {{ neighbor {} as GATEWAY_AS; }}\n",
+                    i + 1,
+                    g.uplink
+                )
+            })
+            .collect();
+        let router_bird = Bird::start(
+            &router,
+            "define ROUTER_ID = 198.18.1.1;\ndefine ROUTER_AS = 65000;\ndefine GATEWAY_AS = 65001;",
+            "router.conf",
+            &sessions,
+        );
+        Cluster {
+            _pass: pass,
+            client,
+            router,
+            lan,
+            primary,
+            secondary,
+            gateways,
+            router_bird: Some(router_bird),
+            servers,
+        }
+    }
+
+    /// Starts gateway `i`'s (0-based) redirector and BIRD; waits until its
+    /// BGP session is up.
+    pub fn start_gateway(&mut self, i: usize) {
+        let g = &mut self.gateways[i];
+        g.daemon = Some(Daemon::start(&g.ns, &g.config, &g.left.socket));
+        let id = g.uplink.clone();
+        let router = "198.18.10.1";
+        g.bird = Some(Bird::start(
+            &g.ns,
+            &format!(
+                "define GATEWAY_ID = {id};\ndefine GATEWAY_AS = 65001;\ndefine UPLINK = {router};\n\
+                 define UPLINK_AS = 65000;\ndefine ANNOUNCE_TABLE = {ANNOUNCE_TABLE};"
+            ),
+            "gateway.conf",
+            "",
+        ));
+        if let Some(b) = &self.router_bird {
+            b.wait_established(&format!("gw{}", i + 1), Duration::from_secs(30));
+        }
+    }
+
+    /// The router's next hops (gateway uplink addresses) for `vip` now.
+    pub fn router_hops(&self, vip: &str) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.router.name, "route", "show", vip])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let mut hops: Vec<String> = words
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_owned())
+            .collect();
+        hops.sort();
+        hops
+    }
+
+    /// The gateway (uplink address) the router sends a UDP flow from the
+    /// client's `sport` to `vip:dport` to, by its own hash (`ip route get`).
+    pub fn router_choice(&self, vip: &str, sport: u16, dport: u16) -> Option<String> {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &self.router.name,
+                "route",
+                "get",
+                vip,
+                "from",
+                "198.18.1.2",
+                "iif",
+                "r-c",
+                "ipproto",
+                "udp",
+                "sport",
+                &sport.to_string(),
+                "dport",
+                &dport.to_string(),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        words.windows(2).find(|w| w[0] == "via").map(|w| w[1].to_owned())
+    }
+
+    /// Kills gateway `i` as a host death: its links are deleted (its peers
+    /// see the carrier go), then its processes.
+    pub fn kill_gateway(&mut self, i: usize) {
+        for dev in ["g-r", "g-b"] {
+            in_ns(&self.gateways[i].ns.name, &["ip", "link", "del", dev]);
+        }
+        self.kill_gateway_processes(i);
+    }
+
+    /// Kills gateway `i`'s BIRD and redirector (after its links went).
+    pub fn kill_gateway_processes(&mut self, i: usize) {
+        let g = &mut self.gateways[i];
+        g.bird = None;
+        g.daemon = None;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // BIRDs and daemons first, then the namespaces (their own drops).
+        self.router_bird = None;
+        for g in &mut self.gateways {
+            g.bird = None;
+            g.daemon = None;
+            let _ = std::fs::remove_file(&g.config);
+        }
+    }
+}

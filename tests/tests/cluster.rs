@@ -1,0 +1,225 @@
+//! Several gateways behind an ECMP router (`redirector_tests::cluster`):
+//! each runs redirector with `[announce]` and BIRD with the configs of
+//! `docs/examples/bird/` verbatim; the router runs BIRD with multipath and
+//! BFD. A gateway's death (its links deleted) moves its flows to the
+//! survivors, which forward them correctly (no flow entry is needed while
+//! the primary is active), and the router stops using it within BFD's
+//! detection time.
+#![expect(clippy::unwrap_used, reason = "tests")]
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{SocketAddr, UdpSocket},
+    thread,
+    time::{Duration, Instant},
+};
+
+use redirector_tests::{bird, cluster::Cluster, netns, require_root};
+
+const FLOWS: u16 = 100;
+const FIRST_PORT: u16 = 41000;
+
+/// Per flow: (sent at, seq) and answered seqs with when.
+struct Run {
+    sent: Vec<Vec<(Instant, u64)>>,
+    answered: HashMap<u64, Instant>,
+}
+
+/// 1 UDP request per ms over `FLOWS` flows (each its own source port) to
+/// `vip:53` from the client for `secs`, calling `at_ms.1` once `at_ms.0` ms
+/// in.
+fn traffic(c: &Cluster, vip: &str, secs: u64, at_ms: (u64, &mut dyn FnMut())) -> Run {
+    let _in = c.client.enter();
+    let to: SocketAddr = format!("{vip}:53").parse().unwrap();
+    let socks: Vec<UdpSocket> = (0..FLOWS)
+        .map(|i| {
+            let s = UdpSocket::bind(("198.18.1.2", FIRST_PORT + i)).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let mut run = Run {
+        sent: vec![Vec::new(); FLOWS as usize],
+        answered: HashMap::new(),
+    };
+    let t0 = Instant::now();
+    let (fault_at, fault) = at_ms;
+    let mut faulted = false;
+    let mut seq = 0u64;
+    let mut buf = [0u8; 256];
+    while t0.elapsed() < Duration::from_secs(secs) {
+        if !faulted && t0.elapsed() >= Duration::from_millis(fault_at) {
+            faulted = true;
+            fault();
+        }
+        let flow = (seq % u64::from(FLOWS)) as usize;
+        seq += 1;
+        socks[flow].send_to(format!("seq:{seq}").as_bytes(), to).unwrap();
+        run.sent[flow].push((Instant::now(), seq));
+        for s in &socks {
+            while let Ok((n, _)) = s.recv_from(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if let Some((_, q)) = text.split_once(" seq:") {
+                    run.answered
+                        .entry(q.parse().unwrap())
+                        .or_insert_with(Instant::now);
+                }
+            }
+        }
+        thread::sleep(Duration::from_micros(900));
+    }
+    thread::sleep(Duration::from_millis(200));
+    for s in &socks {
+        while let Ok((n, _)) = s.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            if let Some((_, q)) = text.split_once(" seq:") {
+                run.answered
+                    .entry(q.parse().unwrap())
+                    .or_insert_with(Instant::now);
+            }
+        }
+    }
+    run
+}
+
+fn wait_hops(c: &Cluster, vip: &str, want: usize, within: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let hops = c.router_hops(vip);
+        if hops.len() == want {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < within,
+            "router has {hops:?} for {vip}, want {want} hops"
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_dead_gateways_flows_move_to_the_survivors_which_serve_them() {
+    if !require_root("cluster") || !bird::available("cluster") {
+        return;
+    }
+    let mut c = Cluster::new("cl", 3);
+    for i in 0..3 {
+        c.start_gateway(i);
+    }
+    for vip in [
+        redirector_tests::cluster::NAT_VIP,
+        redirector_tests::cluster::DSR_VIP,
+    ] {
+        wait_hops(&c, vip, 3, Duration::from_secs(10));
+    }
+    let vip = redirector_tests::cluster::NAT_VIP;
+    let before: Vec<Option<String>> = (0..FLOWS)
+        .map(|i| c.router_choice(vip, FIRST_PORT + i, 53))
+        .collect();
+    let dead = c.gateways[1].uplink.clone();
+    let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+    for g in before.iter().flatten() {
+        *spread.entry(g.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        spread.len(),
+        3,
+        "the router spreads the flows over every gateway: {spread:?}"
+    );
+
+    // Kill gw2 one second into the run; the router must drop it by BFD.
+    // A watcher notes when the router's route loses it.
+    let router = c.router.name.clone();
+    let watcher = thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until {
+            let out = std::process::Command::new("ip")
+                .args(["-n", &router, "route", "show", vip])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).matches(" via ").count() < 3 {
+                return Some(Instant::now());
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        None
+    });
+    let mut killed_at = None;
+    let run = {
+        let mut fault = || {
+            killed_at = Some(Instant::now());
+            // The kill runs in the client's namespace thread: enter gw2's.
+            let name = c.gateways[1].ns.name.clone();
+            let _in = netns::enter(&name);
+            for dev in ["g-r", "g-b"] {
+                std::process::Command::new("ip")
+                    .args(["link", "del", dev])
+                    .status()
+                    .unwrap();
+            }
+        };
+        traffic(&c, vip, 4, (1000, &mut fault))
+    };
+    let killed_at = killed_at.unwrap();
+    c.kill_gateway_processes(1);
+    assert_eq!(
+        c.router_hops(vip).len(),
+        2,
+        "the router still uses the dead gateway"
+    );
+    let after: Vec<Option<String>> = (0..FLOWS)
+        .map(|i| c.router_choice(vip, FIRST_PORT + i, 53))
+        .collect();
+
+    // Requests sent after the kill and never answered, on the dead
+    // gateway's flows and on the survivors'; the outage is the window from
+    // the kill to the last lost request (1 request per ms over all flows).
+    let (mut dead_flows, mut moved_survivors) = (0, 0);
+    let (mut lost_dead, mut lost_survivors) = (0, 0);
+    let mut outage = Duration::ZERO;
+    let mut broken = Vec::new();
+    for f in 0..FLOWS as usize {
+        let was_dead = before[f].as_deref() == Some(dead.as_str());
+        if was_dead {
+            dead_flows += 1;
+        } else if before[f] != after[f] {
+            moved_survivors += 1;
+        }
+        let later: Vec<&(Instant, u64)> = run.sent[f].iter().filter(|(t, _)| *t >= killed_at).collect();
+        for (t, s) in &later {
+            if !run.answered.contains_key(s) {
+                outage = outage.max(t.duration_since(killed_at));
+                if was_dead {
+                    lost_dead += 1;
+                } else {
+                    lost_survivors += 1;
+                }
+            }
+        }
+        if !later.last().is_some_and(|(_, s)| run.answered.contains_key(s)) {
+            broken.push(f);
+        }
+    }
+    let bfd = watcher
+        .join()
+        .unwrap()
+        .expect("the router never dropped the dead gateway")
+        .duration_since(killed_at);
+    eprintln!(
+        "3 gateways, gw2 killed (links deleted): {dead_flows} of {FLOWS} flows were on it; requests lost: \
+         {lost_dead} on its flows, {lost_survivors} on the survivors' flows ({moved_survivors} of them \
+         rehashed by plain multipath); last lost request {:.0} ms after the kill; router dropped gw2 after \
+         {:.0} ms",
+        outage.as_secs_f64() * 1e3,
+        bfd.as_secs_f64() * 1e3
+    );
+    assert!(
+        broken.is_empty(),
+        "flows never answered after the kill: {broken:?}"
+    );
+    assert!(dead_flows > 0);
+    assert!(
+        outage < Duration::from_secs(2),
+        "requests lost up to {outage:?} after the kill"
+    );
+}
