@@ -109,6 +109,13 @@ pub struct Cluster {
     pub router_bird: Option<Bird>,
     /// Server processes on the backends.
     pub servers: Vec<Server>,
+    /// `ecmp-groups` on the router (it prints `ready` as a server does).
+    _groups: Option<Server>,
+}
+
+/// A binary of this package next to the running test executable.
+fn lab_binary(name: &str) -> PathBuf {
+    crate::lab::lab_server_binary().with_file_name(name)
 }
 
 fn pass_on(ns: &NetNs, ifname: &str) -> Ebpf {
@@ -134,8 +141,10 @@ fn addr(ns: &NetNs, cidr: &str, dev: &str) {
 
 impl Cluster {
     /// Builds the namespaces and links for `n` gateways (1..=9), starts the
-    /// backends' servers and the router's BIRD; no gateway runs anything yet.
-    pub fn new(tag: &str, n: u8) -> Cluster {
+    /// backends' servers and the router's BIRD (with `resilient`, its routes
+    /// go to table 200 and `ecmp-groups` keeps them as resilient next-hop
+    /// groups in main); no gateway runs anything yet.
+    pub fn new(tag: &str, n: u8, resilient: bool) -> Cluster {
         assert!((1..=9).contains(&n));
         let client = NetNs::new(&format!("{tag}c"));
         let router = NetNs::new(&format!("{tag}r"));
@@ -276,10 +285,16 @@ impl Cluster {
             .collect();
         let router_bird = Bird::start(
             &router,
-            "define ROUTER_ID = 198.18.1.1;\ndefine ROUTER_AS = 65000;\ndefine GATEWAY_AS = 65001;",
+            &format!(
+                "define ROUTER_ID = 198.18.1.1;\ndefine ROUTER_AS = 65000;\ndefine GATEWAY_AS = 65001;\n\
+                 define KERNEL_TABLE = {};",
+                if resilient { 200 } else { 254 }
+            ),
             "router.conf",
             &sessions,
         );
+        let groups = resilient
+            .then(|| Server::start_bin(&router, &lab_binary("ecmp-groups"), "200", &[] as &[&str], false));
         Cluster {
             _pass: pass,
             client,
@@ -290,6 +305,7 @@ impl Cluster {
             gateways,
             router_bird: Some(router_bird),
             servers,
+            _groups: groups,
         }
     }
 
@@ -314,21 +330,10 @@ impl Cluster {
         }
     }
 
-    /// The router's next hops (gateway uplink addresses) for `vip` now.
+    /// The router's next hops (gateway uplink addresses) for `vip` now, in
+    /// the main table: a multipath route's, or its resilient group's.
     pub fn router_hops(&self, vip: &str) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["-n", &self.router.name, "route", "show", vip])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let words: Vec<&str> = text.split_whitespace().collect();
-        let mut hops: Vec<String> = words
-            .windows(2)
-            .filter(|w| w[0] == "via")
-            .map(|w| w[1].to_owned())
-            .collect();
-        hops.sort();
-        hops
+        router_hops(&self.router.name, vip)
     }
 
     /// The gateway (uplink address) the router sends a UDP flow from the
@@ -374,6 +379,50 @@ impl Cluster {
         g.bird = None;
         g.daemon = None;
     }
+}
+
+/// [`Cluster::router_hops`] of the router namespace `router`.
+pub fn router_hops(router: &str, vip: &str) -> Vec<String> {
+    let show = |args: &[&str]| {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(router)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let after = |text: &str, key: &str| -> Vec<String> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        words
+            .windows(2)
+            .filter(|w| w[0] == key)
+            .map(|w| w[1].to_owned())
+            .collect()
+    };
+    let route = show(&["route", "show", vip]);
+    let mut hops = match after(&route, "nhid").first() {
+        Some(group) => {
+            let g = show(&["nexthop", "show", "id", group]);
+            after(&g, "group")
+                .first()
+                .map(|members| {
+                    members
+                        .split('/')
+                        .flat_map(|m| {
+                            after(
+                                &show(&["nexthop", "show", "id", m.split(',').next().unwrap_or(m)]),
+                                "via",
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+        None => after(&route, "via"),
+    };
+    hops.sort();
+    hops
 }
 
 impl Drop for Cluster {

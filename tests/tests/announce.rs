@@ -286,7 +286,8 @@ fn bird_announces_the_published_vips_to_a_router_and_withdraws_them_when_the_dae
     // The client namespace plays the router: eBGP with BFD to the gateway.
     let router = Bird::start(
         &s.lab.client,
-        "define ROUTER_ID = 198.18.1.2;\ndefine ROUTER_AS = 65000;\ndefine GATEWAY_AS = 65001;",
+        "define ROUTER_ID = 198.18.1.2;\ndefine ROUTER_AS = 65000;\ndefine GATEWAY_AS = 65001;\n\
+         define KERNEL_TABLE = 254;",
         "router.conf",
         "protocol bgp gw1 from redirector_gateway { neighbor 198.18.1.1 as GATEWAY_AS; }",
     );
