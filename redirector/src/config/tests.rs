@@ -1055,7 +1055,8 @@ fn unknown_key_stays_on_one_line() {
     let msg = err(&format!("\"a\\nb\" = 1\n{GATEWAY}"));
     assert_eq!(
         msg,
-        "test.toml:1: unknown key \"a\\nb\", expected one of \"gateway\", \"service\", \"control\""
+        "test.toml:1: unknown key \"a\\nb\", expected one of \"gateway\", \"service\", \"control\", \
+         \"announce\""
     );
     let msg = err(&format!("{GATEWAY}\"x\\ty\" = 1\n"));
     assert_contains(&msg, &["test.toml:3: [gateway]: unknown key \"x\\ty\""]);
