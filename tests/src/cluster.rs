@@ -364,15 +364,6 @@ impl Cluster {
         words.windows(2).find(|w| w[0] == "via").map(|w| w[1].to_owned())
     }
 
-    /// Kills gateway `i` as a host death: its links are deleted (its peers
-    /// see the carrier go), then its processes.
-    pub fn kill_gateway(&mut self, i: usize) {
-        for dev in ["g-r", "g-b"] {
-            in_ns(&self.gateways[i].ns.name, &["ip", "link", "del", dev]);
-        }
-        self.kill_gateway_processes(i);
-    }
-
     /// Kills gateway `i`'s BIRD and redirector (after its links went).
     pub fn kill_gateway_processes(&mut self, i: usize) {
         let g = &mut self.gateways[i];

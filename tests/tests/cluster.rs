@@ -60,30 +60,24 @@ fn traffic(c: &Cluster, vip: &str, secs: u64, at_ms: (u64, &mut dyn FnMut())) ->
         seq += 1;
         socks[flow].send_to(format!("seq:{seq}").as_bytes(), to).unwrap();
         run.sent[flow].push((Instant::now(), seq));
-        for s in &socks {
-            while let Ok((n, _)) = s.recv_from(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]);
-                if let Some((_, q)) = text.split_once(" seq:") {
-                    run.answered
-                        .entry(q.parse().unwrap())
-                        .or_insert_with(Instant::now);
-                }
-            }
-        }
+        collect(&socks, &mut buf, &mut run.answered);
         thread::sleep(Duration::from_micros(900));
     }
     thread::sleep(Duration::from_millis(200));
-    for s in &socks {
-        while let Ok((n, _)) = s.recv_from(&mut buf) {
+    collect(&socks, &mut buf, &mut run.answered);
+    run
+}
+
+/// Takes every answer `NAME seq:N` waiting on `socks`, noting when it came.
+fn collect(socks: &[UdpSocket], buf: &mut [u8], answered: &mut HashMap<u64, Instant>) {
+    for s in socks {
+        while let Ok((n, _)) = s.recv_from(buf) {
             let text = String::from_utf8_lossy(&buf[..n]);
             if let Some((_, q)) = text.split_once(" seq:") {
-                run.answered
-                    .entry(q.parse().unwrap())
-                    .or_insert_with(Instant::now);
+                answered.entry(q.parse().unwrap()).or_insert_with(Instant::now);
             }
         }
     }
-    run
 }
 
 fn wait_hops(c: &Cluster, vip: &str, want: usize, within: Duration) -> Duration {
