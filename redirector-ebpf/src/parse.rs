@@ -274,7 +274,6 @@ pub struct Packet {
     pub frag_id: u32,
 }
 
-#[inline(always)]
 /// Whether the frame is addressed to the interface it arrived on: its
 /// destination MAC is the one `INGRESS_MACS` holds for it. An interface
 /// without an entry (a test run, a slot two interfaces share) checks

@@ -193,8 +193,30 @@ impl Cluster {
             ] {
                 in_ns(&ns.name, &["sysctl", "-qw", &s.replace("p0", dev)]);
             }
-            // DSR replies and anything else: straight to the router.
+            // DSR replies and anything else: straight to the router. The
+            // DSR replies (from the VIP) by a rule of their own: the NAT
+            // replies' route to the clients through the gateways is more
+            // specific than the default.
             in_ns(&ns.name, &["ip", "route", "add", "default", "via", "198.18.2.1"]);
+            in_ns(
+                &ns.name,
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "198.18.2.1",
+                    "table",
+                    "10",
+                ],
+            );
+            in_ns(
+                &ns.name,
+                &[
+                    "ip", "rule", "add", "from", DSR_VIP, "lookup", "10", "priority", "100",
+                ],
+            );
         }
         // The front segment: a bridge in the router with its address on it.
         in_ns(&router.name, &["ip", "link", "add", "front", "type", "bridge"]);
