@@ -113,8 +113,9 @@ enum Command {
     },
     /// Remove the XDP program, its links and pins (stops the daemon if it runs).
     Detach,
-    /// Withdraw every VIP from the routing daemon (`[announce]`), e.g. before
-    /// an upgrade; kept across restarts until `announce`. Forwarding goes on.
+    /// Withdraw every VIP from the routing daemon (`[announce]`; the track
+    /// file says 254, FAULT for keepalived), e.g. before an upgrade; kept
+    /// across restarts until `announce`. Forwarding goes on.
     Withdraw {
         /// Why (recorded).
         #[arg(long)]

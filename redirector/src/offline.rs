@@ -177,7 +177,17 @@ pub fn detach(ctl: &Control) -> Result<String> {
         pins.dir().display()
     );
     // What a clean stop left published goes with the data plane.
-    if let Some(a) = State::load(&ctl.state_dir).ok().and_then(|s| s.announced)
+    let state = State::load(&ctl.state_dir).ok();
+    if let Some(path) = state.as_ref().and_then(|s| s.track_file.as_ref()) {
+        crate::announce::track::write(path, crate::announce::track::FAULT)
+            .with_context(|| format!("writing the track file {}", path.display()))?;
+        done.push_str(&format!(
+            ", the track file {} says {} (FAULT)",
+            path.display(),
+            crate::announce::track::FAULT
+        ));
+    }
+    if let Some(a) = state.and_then(|s| s.announced)
         && crate::announce::remove_left(&a.device)?
     {
         done.push_str(&format!(
@@ -240,7 +250,13 @@ pub fn render(st: &Status) -> String {
         let _ = writeln!(out, "NOTE: {n}");
     }
     if let Some(a) = &st.announce {
-        let _ = writeln!(out, "announce: routes on {} in table {}", a.device, a.table);
+        if let (Some(device), Some(table)) = (&a.device, a.table) {
+            let _ = writeln!(out, "announce: routes on {device} in table {table}");
+        }
+        if let Some((path, value)) = &a.track_file {
+            let value = value.map_or_else(|| "not written yet".to_owned(), |v| v.to_string());
+            let _ = writeln!(out, "announce: track file {path} holds {value}");
+        }
         if let Some(w) = &a.withdrawn {
             let _ = writeln!(
                 out,

@@ -87,6 +87,10 @@ pub struct State {
     /// with another device or table) removes the device a clean stop left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announced: Option<Announced>,
+    /// `[announce] track_file` the daemon last ran with: `detach` writes
+    /// FAULT there, a restart with another (or none) too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_file: Option<PathBuf>,
 }
 
 /// `[announce]` as the state file remembers it.

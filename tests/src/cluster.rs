@@ -1,6 +1,9 @@
 //! The multi-gateway lab: N gateways, each running redirector and BIRD,
 //! behind a router running BIRD with ECMP (L4 hash), the backends on one
-//! LAN every gateway reaches. Addresses only from 198.18.0.0/15.
+//! LAN every gateway reaches; or ([`Front::Vrrp`]) a pair of gateways
+//! running redirector and keepalived, the router's static route for the
+//! VIPs pointing at the address VRRP moves between them. Addresses only
+//! from 198.18.0.0/15.
 //!
 //! ```text
 //!                         front (bridge in the router)        lan (bridge)
@@ -19,13 +22,21 @@
 //! router directly.
 #![expect(clippy::unwrap_used, reason = "test helpers: a failed setup is a failed test")]
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, UdpSocket},
+    path::PathBuf,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
 use aya::{Ebpf, programs::Xdp};
 
 use crate::{
     bird::Bird,
     daemon::Daemon,
+    keepalived::Keepalived,
     lab::{Leftovers, Server},
     netns::{NetNs, in_ns, sh},
 };
@@ -36,6 +47,26 @@ pub const NAT_VIP: &str = "198.18.100.1";
 pub const DSR_VIP: &str = "198.18.100.2";
 /// The kernel table of `[announce]` on every gateway.
 pub const ANNOUNCE_TABLE: u32 = 100;
+/// The address VRRP moves between the gateways of a pair (the router's
+/// next hop for the VIPs).
+pub const VRRP_ADDRESS: &str = "198.18.10.100";
+/// The backend-side address VRRP moves with it (the backends' route to the
+/// clients).
+pub const VRRP_BACKEND_ADDRESS: &str = "198.18.2.100";
+
+/// How the router reaches the gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// eBGP + BFD from every gateway, ECMP on the router; `resilient`:
+    /// kernel resilient next-hop groups instead of plain multipath.
+    Bgp {
+        /// Resilient next-hop groups (`ecmp-groups`).
+        resilient: bool,
+    },
+    /// A VRRP pair (keepalived): the router's static route for the VIPs
+    /// goes to [`VRRP_ADDRESS`].
+    Vrrp,
+}
 
 /// The configuration every gateway runs (its `[control]` is added per gateway).
 pub const CLUSTER_CONFIG: &str = r#"
@@ -83,6 +114,10 @@ pub struct ClusterGateway {
     pub daemon: Option<Daemon>,
     /// Its BIRD, while running.
     pub bird: Option<Bird>,
+    /// Its keepalived, while running ([`Front::Vrrp`]).
+    pub keepalived: Option<Keepalived>,
+    /// Its `[announce] track_file` ([`Front::Vrrp`]).
+    pub track_file: PathBuf,
     /// Socket, state and pins.
     pub left: Leftovers,
     /// Its config file.
@@ -105,12 +140,78 @@ pub struct Cluster {
     pub secondary: NetNs,
     /// The gateways, `gw1` first.
     pub gateways: Vec<ClusterGateway>,
+    /// How the router reaches them.
+    pub front: Front,
     /// The router's BIRD.
     pub router_bird: Option<Bird>,
     /// Server processes on the backends.
     pub servers: Vec<Server>,
     /// `ecmp-groups` on the router (it prints `ready` as a server does).
     _groups: Option<Server>,
+}
+
+/// UDP flows of [`traffic`], one client source port each.
+pub const FLOWS: u16 = 100;
+/// The first flow's source port.
+pub const FIRST_PORT: u16 = 41000;
+
+/// Per flow: (sent at, seq) and answered seqs with when.
+pub struct Run {
+    /// Per flow, the requests sent: when, and their sequence number.
+    pub sent: Vec<Vec<(Instant, u64)>>,
+    /// Answered sequence numbers, with when the answer came.
+    pub answered: HashMap<u64, Instant>,
+}
+
+/// 1 UDP request per ms over `FLOWS` flows (each its own source port) to
+/// `vip:53` from the client for `secs`, calling `at_ms.1` once `at_ms.0` ms
+/// in.
+pub fn traffic(c: &Cluster, vip: &str, secs: u64, at_ms: (u64, &mut dyn FnMut())) -> Run {
+    let _in = c.client.enter();
+    let to: SocketAddr = format!("{vip}:53").parse().unwrap();
+    let socks: Vec<UdpSocket> = (0..FLOWS)
+        .map(|i| {
+            let s = UdpSocket::bind(("198.18.1.2", FIRST_PORT + i)).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let mut run = Run {
+        sent: vec![Vec::new(); FLOWS as usize],
+        answered: HashMap::new(),
+    };
+    let t0 = Instant::now();
+    let (fault_at, fault) = at_ms;
+    let mut faulted = false;
+    let mut seq = 0u64;
+    let mut buf = [0u8; 256];
+    while t0.elapsed() < Duration::from_secs(secs) {
+        if !faulted && t0.elapsed() >= Duration::from_millis(fault_at) {
+            faulted = true;
+            fault();
+        }
+        let flow = (seq % u64::from(FLOWS)) as usize;
+        seq += 1;
+        socks[flow].send_to(format!("seq:{seq}").as_bytes(), to).unwrap();
+        run.sent[flow].push((Instant::now(), seq));
+        collect(&socks, &mut buf, &mut run.answered);
+        thread::sleep(Duration::from_micros(900));
+    }
+    thread::sleep(Duration::from_millis(200));
+    collect(&socks, &mut buf, &mut run.answered);
+    run
+}
+
+/// Takes every answer `NAME seq:N` waiting on `socks`, noting when it came.
+fn collect(socks: &[UdpSocket], buf: &mut [u8], answered: &mut HashMap<u64, Instant>) {
+    for s in socks {
+        while let Ok((n, _)) = s.recv_from(buf) {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            if let Some((_, q)) = text.split_once(" seq:") {
+                answered.entry(q.parse().unwrap()).or_insert_with(Instant::now);
+            }
+        }
+    }
 }
 
 /// A binary of this package next to the running test executable.
@@ -141,11 +242,12 @@ fn addr(ns: &NetNs, cidr: &str, dev: &str) {
 
 impl Cluster {
     /// Builds the namespaces and links for `n` gateways (1..=9), starts the
-    /// backends' servers and the router's BIRD (with `resilient`, its routes
-    /// go to table 200 and `ecmp-groups` keeps them as resilient next-hop
-    /// groups in main); no gateway runs anything yet.
-    pub fn new(tag: &str, n: u8, resilient: bool) -> Cluster {
+    /// backends' servers and, with [`Front::Bgp`], the router's BIRD (with
+    /// `resilient`, its routes go to table 200 and `ecmp-groups` keeps them
+    /// as resilient next-hop groups in main); no gateway runs anything yet.
+    pub fn new(tag: &str, n: u8, front: Front) -> Cluster {
         assert!((1..=9).contains(&n));
+        assert!(front != Front::Vrrp || n == 2, "a VRRP pair is two gateways");
         let client = NetNs::new(&format!("{tag}c"));
         let router = NetNs::new(&format!("{tag}r"));
         let lan = NetNs::new(&format!("{tag}l"));
@@ -247,10 +349,18 @@ impl Cluster {
             pass.push(pass_on(&lan, &ldev));
             let left = Leftovers::new(&ns);
             let config = std::env::temp_dir().join(format!("{}.toml", ns.name));
+            let track_file = left.state_dir.join("track");
+            let base = match front {
+                Front::Bgp { .. } => CLUSTER_CONFIG.to_owned(),
+                Front::Vrrp => CLUSTER_CONFIG.replace(
+                    "[announce]\ntable = 100\n",
+                    &format!("[announce]\ntrack_file = {track_file:?}\n"),
+                ),
+            };
             std::fs::write(
                 &config,
                 format!(
-                    "{CLUSTER_CONFIG}\n[control]\nsocket = {:?}\nstate_dir = {:?}\nbpffs_dir = {:?}\n",
+                    "{base}\n[control]\nsocket = {:?}\nstate_dir = {:?}\nbpffs_dir = {:?}\n",
                     left.socket, left.state_dir, left.bpffs_dir
                 ),
             )
@@ -260,15 +370,23 @@ impl Cluster {
                 uplink: format!("198.18.10.{}", 10 + i),
                 daemon: None,
                 bird: None,
+                keepalived: None,
+                track_file,
                 left,
                 config,
             });
         }
-        // NAT replies to clients: through every gateway.
+        // NAT replies to clients: through every gateway, or the pair's
+        // backend-side VRRP address.
         let mut route = vec!["ip", "route", "add", "198.18.1.0/24"];
         let hops: Vec<String> = (1..=n).map(|i| format!("198.18.2.{}", 10 + i)).collect();
-        for h in &hops {
-            route.extend(["nexthop", "via", h]);
+        match front {
+            Front::Bgp { .. } => {
+                for h in &hops {
+                    route.extend(["nexthop", "via", h]);
+                }
+            }
+            Front::Vrrp => route.extend(["via", VRRP_BACKEND_ADDRESS]),
         }
         for ns in [&primary, &secondary] {
             in_ns(&ns.name, &route);
@@ -294,29 +412,18 @@ impl Cluster {
             )
         })
         .collect();
-        let sessions: String = gateways
-            .iter()
-            .enumerate()
-            .map(|(i, g)| {
-                format!(
-                    "protocol bgp gw{} from redirector_gateway {{ neighbor {} as GATEWAY_AS; }}\n",
-                    i + 1,
-                    g.uplink
-                )
-            })
-            .collect();
-        let router_bird = Bird::start(
-            &router,
-            &format!(
-                "define ROUTER_ID = 198.18.1.1;\ndefine ROUTER_AS = 65000;\ndefine GATEWAY_AS = 65001;\n\
-                 define KERNEL_TABLE = {};",
-                if resilient { 200 } else { 254 }
-            ),
-            "router.conf",
-            &sessions,
-        );
-        let groups = resilient
-            .then(|| Server::start_bin(&router, &lab_binary("ecmp-groups"), "200", &[] as &[&str], false));
+        let (router_bird, groups) = match front {
+            Front::Bgp { resilient } => {
+                let (bird, groups) = router_bgp(&router, &gateways, resilient);
+                (Some(bird), groups)
+            }
+            Front::Vrrp => {
+                for vip in [NAT_VIP, DSR_VIP] {
+                    in_ns(&router.name, &["ip", "route", "add", vip, "via", VRRP_ADDRESS]);
+                }
+                (None, None)
+            }
+        };
         Cluster {
             _pass: pass,
             client,
@@ -325,17 +432,35 @@ impl Cluster {
             primary,
             secondary,
             gateways,
-            router_bird: Some(router_bird),
+            front,
+            router_bird,
             servers,
             _groups: groups,
         }
     }
 
-    /// Starts gateway `i`'s (0-based) redirector and BIRD; waits until its
-    /// BGP session is up.
+    /// Starts gateway `i`'s (0-based) redirector and BIRD (waits until its
+    /// BGP session is up), or with [`Front::Vrrp`] its redirector and
+    /// keepalived (`gw1` preferred: priority 150, `gw2` 100).
     pub fn start_gateway(&mut self, i: usize) {
         let g = &mut self.gateways[i];
         g.daemon = Some(Daemon::start(&g.ns, &g.config, &g.left.socket));
+        if self.front == Front::Vrrp {
+            g.keepalived = Some(Keepalived::start(
+                &g.ns,
+                &[
+                    ("IFACE", "g-r".to_owned()),
+                    ("ADDRESS", format!("{VRRP_ADDRESS}/24")),
+                    ("BACKEND_IFACE", "g-b".to_owned()),
+                    ("BACKEND_ADDRESS", format!("{VRRP_BACKEND_ADDRESS}/24")),
+                    ("VRID", "51".to_owned()),
+                    ("PRIORITY", if i == 0 { "150" } else { "100" }.to_owned()),
+                    ("TRACK_FILE", g.track_file.display().to_string()),
+                ],
+                "gateway.conf",
+            ));
+            return;
+        }
         let id = g.uplink.clone();
         let router = "198.18.10.1";
         g.bird = Some(Bird::start(
@@ -350,6 +475,22 @@ impl Cluster {
         if let Some(b) = &self.router_bird {
             b.wait_established(&format!("gw{}", i + 1), Duration::from_secs(30));
         }
+    }
+
+    /// The gateways (0-based) that hold [`VRRP_ADDRESS`] now.
+    pub fn vrrp_masters(&self) -> Vec<usize> {
+        self.gateways
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| {
+                let out = Command::new("ip")
+                    .args(["-n", &g.ns.name, "-br", "addr", "show", "dev", "g-r"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).contains(&format!("{VRRP_ADDRESS}/"))
+            })
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// The router's next hops (gateway uplink addresses) for `vip` now, in
@@ -386,12 +527,43 @@ impl Cluster {
         words.windows(2).find(|w| w[0] == "via").map(|w| w[1].to_owned())
     }
 
-    /// Kills gateway `i`'s BIRD and redirector (after its links went).
+    /// Kills gateway `i`'s BIRD or keepalived and redirector (after its
+    /// links went).
     pub fn kill_gateway_processes(&mut self, i: usize) {
         let g = &mut self.gateways[i];
         g.bird = None;
+        g.keepalived = None;
         g.daemon = None;
     }
+}
+
+/// The router's BIRD with a session per gateway, and with `resilient`
+/// `ecmp-groups` keeping its routes as resilient groups.
+fn router_bgp(router: &NetNs, gateways: &[ClusterGateway], resilient: bool) -> (Bird, Option<Server>) {
+    let sessions: String = gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            format!(
+                "protocol bgp gw{} from redirector_gateway {{ neighbor {} as GATEWAY_AS; }}\n",
+                i + 1,
+                g.uplink
+            )
+        })
+        .collect();
+    let router_bird = Bird::start(
+        router,
+        &format!(
+            "define ROUTER_ID = 198.18.1.1;\ndefine ROUTER_AS = 65000;\ndefine GATEWAY_AS = 65001;\n\
+                 define KERNEL_TABLE = {};",
+            if resilient { 200 } else { 254 }
+        ),
+        "router.conf",
+        &sessions,
+    );
+    let groups = resilient
+        .then(|| Server::start_bin(router, &lab_binary("ecmp-groups"), "200", &[] as &[&str], false));
+    (router_bird, groups)
 }
 
 /// [`Cluster::router_hops`] of the router namespace `router`.
@@ -444,6 +616,7 @@ impl Drop for Cluster {
         self.router_bird = None;
         for g in &mut self.gateways {
             g.bird = None;
+            g.keepalived = None;
             g.daemon = None;
             let _ = std::fs::remove_file(&g.config);
         }

@@ -7,6 +7,7 @@ pub mod bird;
 pub mod client;
 pub mod cluster;
 pub mod daemon;
+pub mod keepalived;
 pub mod lab;
 pub mod netns;
 pub mod packets;

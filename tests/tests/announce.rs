@@ -29,11 +29,35 @@ const DEVICE: &str = "rdr-vips";
 /// Every VIP of the lab's configuration.
 const VIPS: [&str; 4] = ["198.18.100.1", "198.18.100.2", "2001:2::100", "2001:2::200"];
 
-fn config(extra_service: &str) -> String {
+fn config(tag: &str, extra_service: &str) -> String {
     format!(
-        "{}\n[announce]\ntable = {TABLE}\ndevice = \"{DEVICE}\"\n",
-        lab_config_with(extra_service)
+        "{}\n[announce]\ntable = {TABLE}\ndevice = \"{DEVICE}\"\ntrack_file = {:?}\n",
+        lab_config_with(extra_service),
+        track_path(tag)
     )
+}
+
+/// The test's `[announce] track_file` (for keepalived).
+fn track_path(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("rdr-{tag}-{}-track", std::process::id()))
+}
+
+/// What the track file holds.
+fn track(tag: &str) -> Option<u32> {
+    std::fs::read_to_string(track_path(tag)).ok()?.trim().parse().ok()
+}
+
+/// Waits until the track file holds `want`.
+fn wait_track(tag: &str, want: u32, what: &str) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while track(tag) != Some(want) {
+        assert!(
+            Instant::now() < until,
+            "{what}: track file holds {:?}, want {want}",
+            track(tag)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The destinations of the host routes in the announce table through the
@@ -88,7 +112,10 @@ fn vips_are_published_while_servable_and_withdrawn_when_all_down_by_an_operator_
     if !require_root("announce") {
         return;
     }
-    let mut s = Setup::with_config("ann-a", &config("[service.failover]\nall_down = \"drop\"\n"));
+    let mut s = Setup::with_config(
+        "ann-a",
+        &config("ann-a", "[service.failover]\nall_down = \"drop\"\n"),
+    );
     // The lab's servers without port 80, which processes of their own serve:
     // killing those takes exactly one VIP's services down (198.18.100.2,
     // dsr-web4). Killing every backend at once would be the gateway's own
@@ -96,11 +123,13 @@ fn vips_are_published_while_servable_and_withdrawn_when_all_down_by_an_operator_
     let (mut p80, mut s80) = servers_without_port_80(&mut s);
     let mut d = s.daemon();
     wait_published(&s.lab.gw, &set(&VIPS), Duration::from_secs(5), "after the start");
+    wait_track("ann-a", 0, "after the start");
     let status = cli_ok(&s.left.socket, &["status"]);
     assert!(
         status.contains(&format!("announce: routes on {DEVICE} in table {TABLE}")),
         "{status}"
     );
+    assert!(status.contains("-track holds 0"), "{status}");
     assert!(
         status.contains("198.18.100.2             published (servable)"),
         "{status}"
@@ -112,6 +141,8 @@ fn vips_are_published_while_servable_and_withdrawn_when_all_down_by_an_operator_
     s80.kill();
     let others = set(&["198.18.100.1", "2001:2::100", "2001:2::200"]);
     wait_published(&s.lab.gw, &others, Duration::from_secs(5), "dsr-web4 all down");
+    // keepalived's track file counts the VIPs that cannot be served.
+    wait_track("ann-a", 1, "dsr-web4 all down");
     let status = cli_ok(&s.left.socket, &["status"]);
     assert!(
         status.contains("198.18.100.2             not published (every service of it is all down"),
@@ -119,10 +150,13 @@ fn vips_are_published_while_servable_and_withdrawn_when_all_down_by_an_operator_
     );
     s80 = web80(&s.lab.secondary, "secondary80");
     wait_published(&s.lab.gw, &set(&VIPS), Duration::from_secs(5), "secondary back");
+    wait_track("ann-a", 0, "secondary back");
 
     // An operator's withdraw holds across a restart, until `announce`.
     cli_ok(&s.left.socket, &["withdraw", "--reason", "upgrade"]);
     wait_published(&s.lab.gw, &BTreeSet::new(), Duration::from_secs(2), "withdrawn");
+    // 254: FAULT for keepalived, whatever the weight.
+    assert_eq!(track("ann-a"), Some(254), "a withdraw's track file");
     let status = cli_ok(&s.left.socket, &["status"]);
     assert!(status.contains("WITHDRAWN: withdrawn by"), "{status}");
     assert!(status.contains("\"upgrade\""), "{status}");
@@ -130,11 +164,17 @@ fn vips_are_published_while_servable_and_withdrawn_when_all_down_by_an_operator_
     d = s.daemon();
     thread::sleep(Duration::from_millis(500));
     assert!(published(&s.lab.gw).is_empty(), "a restart undid the withdraw");
+    assert_eq!(
+        track("ann-a"),
+        Some(254),
+        "a restart undid the withdraw (track file)"
+    );
     cli_ok(&s.left.socket, &["announce"]);
     wait_published(&s.lab.gw, &set(&VIPS), Duration::from_secs(2), "announced again");
+    wait_track("ann-a", 0, "announced again");
 
     // A reload without the services of 198.18.100.2 (dsr-web4) withdraws it.
-    let without: String = config("")
+    let without: String = config("ann-a", "")
         .split("[[service]]")
         .filter(|b| !b.contains("name = \"dsr-web4\""))
         .collect::<Vec<_>>()
@@ -156,6 +196,7 @@ fn vips_are_published_while_servable_and_withdrawn_when_all_down_by_an_operator_
     assert_eq!(published(&s.lab.gw).len(), 3);
     drop(d);
     drop(s80);
+    let _ = std::fs::remove_file(track_path("ann-a"));
 }
 
 /// A server on TCP port 80 only.
@@ -205,7 +246,7 @@ fn the_announcement_survives_a_clean_restart_and_goes_with_the_daemons_death_and
     if !require_root("announce") {
         return;
     }
-    let s = Setup::with_config("ann-b", &config(""));
+    let s = Setup::with_config("ann-b", &config("ann-b", ""));
     let mut d = s.daemon();
     wait_published(&s.lab.gw, &set(&VIPS), Duration::from_secs(5), "after the start");
 
@@ -250,9 +291,11 @@ fn the_announcement_survives_a_clean_restart_and_goes_with_the_daemons_death_and
         Duration::from_secs(5),
         "after the restart",
     );
+    wait_track("ann-b", 0, "after the restart");
     cli_ok(&s.left.socket, &["detach"]);
     let _ = d.0.wait();
     assert!(!device_exists(&s.lab.gw), "detach left the device");
+    assert_eq!(track("ann-b"), Some(254), "detach left the track file able");
     d = s.daemon();
     wait_published(
         &s.lab.gw,
@@ -260,8 +303,10 @@ fn the_announcement_survives_a_clean_restart_and_goes_with_the_daemons_death_and
         Duration::from_secs(5),
         "after a fresh start",
     );
+    wait_track("ann-b", 0, "after a fresh start");
     d.signal(libc::SIGTERM);
     assert!(device_exists(&s.lab.gw));
+    assert_eq!(track("ann-b"), Some(0), "a clean stop changed the track file");
     // The operator's CLI on the gateway (its network namespace).
     let out = Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{}", s.lab.gw.name))
@@ -275,6 +320,12 @@ fn the_announcement_survives_a_clean_restart_and_goes_with_the_daemons_death_and
     let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains(&format!("the announce device {DEVICE}")), "{out}");
     assert!(!device_exists(&s.lab.gw), "offline detach left the device");
+    assert_eq!(
+        track("ann-b"),
+        Some(254),
+        "offline detach left the track file able"
+    );
+    let _ = std::fs::remove_file(track_path("ann-b"));
 }
 
 #[test]
@@ -282,7 +333,7 @@ fn bird_announces_the_published_vips_to_a_router_and_withdraws_them_when_the_dae
     if !require_root("announce") || !bird::available("announce with BIRD") {
         return;
     }
-    let s = Setup::with_config("ann-c", &config(""));
+    let s = Setup::with_config("ann-c", &config("ann-c", ""));
     // The client namespace plays the router: eBGP with BFD to the gateway.
     let router = Bird::start(
         &s.lab.client,
@@ -349,4 +400,5 @@ fn bird_announces_the_published_vips_to_a_router_and_withdraws_them_when_the_dae
     assert_eq!(learned(), set(&VIPS), "a clean stop withdrew the VIPs");
     drop(gateway);
     drop(router);
+    let _ = std::fs::remove_file(track_path("ann-c"));
 }

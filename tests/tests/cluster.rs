@@ -8,78 +8,17 @@
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     io::Write,
-    net::{SocketAddr, UdpSocket},
     thread,
     time::{Duration, Instant},
 };
 
 use redirector_tests::{
     bird,
-    cluster::{self, Cluster},
+    cluster::{self, Cluster, FIRST_PORT, FLOWS, Front, traffic},
     require_root,
 };
-
-const FLOWS: u16 = 100;
-const FIRST_PORT: u16 = 41000;
-
-/// Per flow: (sent at, seq) and answered seqs with when.
-struct Run {
-    sent: Vec<Vec<(Instant, u64)>>,
-    answered: HashMap<u64, Instant>,
-}
-
-/// 1 UDP request per ms over `FLOWS` flows (each its own source port) to
-/// `vip:53` from the client for `secs`, calling `at_ms.1` once `at_ms.0` ms
-/// in.
-fn traffic(c: &Cluster, vip: &str, secs: u64, at_ms: (u64, &mut dyn FnMut())) -> Run {
-    let _in = c.client.enter();
-    let to: SocketAddr = format!("{vip}:53").parse().unwrap();
-    let socks: Vec<UdpSocket> = (0..FLOWS)
-        .map(|i| {
-            let s = UdpSocket::bind(("198.18.1.2", FIRST_PORT + i)).unwrap();
-            s.set_nonblocking(true).unwrap();
-            s
-        })
-        .collect();
-    let mut run = Run {
-        sent: vec![Vec::new(); FLOWS as usize],
-        answered: HashMap::new(),
-    };
-    let t0 = Instant::now();
-    let (fault_at, fault) = at_ms;
-    let mut faulted = false;
-    let mut seq = 0u64;
-    let mut buf = [0u8; 256];
-    while t0.elapsed() < Duration::from_secs(secs) {
-        if !faulted && t0.elapsed() >= Duration::from_millis(fault_at) {
-            faulted = true;
-            fault();
-        }
-        let flow = (seq % u64::from(FLOWS)) as usize;
-        seq += 1;
-        socks[flow].send_to(format!("seq:{seq}").as_bytes(), to).unwrap();
-        run.sent[flow].push((Instant::now(), seq));
-        collect(&socks, &mut buf, &mut run.answered);
-        thread::sleep(Duration::from_micros(900));
-    }
-    thread::sleep(Duration::from_millis(200));
-    collect(&socks, &mut buf, &mut run.answered);
-    run
-}
-
-/// Takes every answer `NAME seq:N` waiting on `socks`, noting when it came.
-fn collect(socks: &[UdpSocket], buf: &mut [u8], answered: &mut HashMap<u64, Instant>) {
-    for s in socks {
-        while let Ok((n, _)) = s.recv_from(buf) {
-            let text = String::from_utf8_lossy(&buf[..n]);
-            if let Some((_, q)) = text.split_once(" seq:") {
-                answered.entry(q.parse().unwrap()).or_insert_with(Instant::now);
-            }
-        }
-    }
-}
 
 fn wait_hops(c: &Cluster, vip: &str, want: usize, within: Duration) -> Duration {
     let t0 = Instant::now();
@@ -113,7 +52,7 @@ struct Death {
 /// Three gateways, traffic to `vip`, gateway `kill` (0-based) dies (its
 /// links deleted) a second into a four-second run.
 fn gateway_death(tag: &str, resilient: bool, vip: &'static str, kill: usize) -> Death {
-    let mut c = Cluster::new(tag, 3, resilient);
+    let mut c = Cluster::new(tag, 3, Front::Bgp { resilient });
     for i in 0..3 {
         c.start_gateway(i);
     }

@@ -25,6 +25,8 @@ const LAB_TOOLS: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     // BIRD 2: the routing daemon of the multi-gateway lab and tests.
     ("bird", "bird2"),
+    // keepalived: the VRRP pair of gateways (lab and tests) and a peer.
+    ("keepalived", "keepalived"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -178,12 +180,16 @@ pub fn ensure_peers() -> Result<()> {
 
 /// Tools the namespace tests and the lab use.
 pub fn ensure_lab_tools() -> Result<()> {
-    let had_bird = cmd::ok(&["sh", "-c", "command -v bird"]);
+    let had = |bin: &str| cmd::ok(&["sh", "-c", &format!("command -v {bin}")]);
+    let (had_bird, had_keepalived) = (had("bird"), had("keepalived"));
     ensure_tools(LAB_TOOLS)?;
+    // The packages may start their daemons on the host; the lab runs its
+    // own processes in namespaces only.
     if !had_bird {
-        // The package starts BIRD on the host with its sample config; the
-        // lab runs its own BIRD processes in namespaces only.
         let _ = cmd::ok(&["systemctl", "disable", "--now", "bird"]);
+    }
+    if !had_keepalived {
+        let _ = cmd::ok(&["systemctl", "disable", "--now", "keepalived"]);
     }
     Ok(())
 }

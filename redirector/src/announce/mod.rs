@@ -18,6 +18,7 @@
 //! Netlink calls run on this module's own thread, never on the event loop;
 //! a failed change is retried every second.
 pub mod routes;
+pub mod track;
 mod tun;
 
 use std::{
@@ -32,7 +33,7 @@ use std::{
 use log::{info, warn};
 use thiserror::Error;
 
-use crate::{config::Announce, netlink::NetlinkError};
+use crate::{config::AnnounceRoutes, netlink::NetlinkError};
 pub use tun::Tun;
 
 /// How often a failed route change is tried again.
@@ -95,7 +96,7 @@ enum Command {
 
 /// The thread that keeps the announce table equal to the wish.
 pub struct Announcer {
-    cfg: Announce,
+    cfg: AnnounceRoutes,
     adopted: BTreeSet<IpAddr>,
     tx: mpsc::Sender<Command>,
     published: Arc<Mutex<Published>>,
@@ -114,7 +115,7 @@ impl Announcer {
     /// Creates (or takes over) the device, sets it up and reads what a
     /// stopped daemon left published; nothing changes until the first
     /// [`Announcer::want`].
-    pub fn start(cfg: &Announce) -> Result<Announcer, AnnounceError> {
+    pub fn start(cfg: &AnnounceRoutes) -> Result<Announcer, AnnounceError> {
         let tun = Tun::open(&cfg.device).map_err(|source| AnnounceError::Device {
             device: cfg.device.clone(),
             source,
@@ -160,7 +161,7 @@ impl Announcer {
     }
 
     /// The configuration it runs with.
-    pub fn config(&self) -> &Announce {
+    pub fn config(&self) -> &AnnounceRoutes {
         &self.cfg
     }
 

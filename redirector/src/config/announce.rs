@@ -1,11 +1,14 @@
 //! The `[announce]` table: where the daemon publishes the VIPs it can serve,
-//! for a routing daemon (BIRD, FRR) to announce to routers.
+//! for a routing daemon (BIRD, FRR) to announce to routers (`table`), and
+//! for keepalived to follow (`track_file`).
 //!
 //! Each announceable VIP is a host route (/32, /128) in a dedicated kernel
 //! table, through a TUN device the daemon owns: the device, and with it every
 //! route, vanishes when the daemon dies. No `ip rule` should point at the
 //! table: it is a list for the routing daemon, not a forwarding table.
-use std::ops::RangeInclusive;
+//! The track file holds one integer for keepalived's `track_file`
+//! ([`crate::announce::track`]).
+use std::{ops::RangeInclusive, path::PathBuf};
 
 use toml::Spanned;
 
@@ -21,9 +24,18 @@ pub const ANNOUNCE_TABLE_RANGE: RangeInclusive<u32> = 1..=u32::MAX;
 /// Tables the kernel itself uses.
 const RESERVED_TABLES: [(u32, &str); 3] = [(253, "default"), (254, "main"), (255, "local")];
 
-/// The validated `[announce]` table.
+/// The validated `[announce]` table: at least one of its two ways.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Announce {
+    /// Host routes for a routing daemon (`table`, `device`).
+    pub routes: Option<AnnounceRoutes>,
+    /// The file keepalived's `track_file` reads (`track_file`).
+    pub track_file: Option<PathBuf>,
+}
+
+/// Where the host routes go.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AnnounceRoutes {
     /// The TUN device the host routes go through (created by the daemon).
     pub device: String,
     /// The kernel routing table that holds them.
@@ -35,6 +47,7 @@ raw_table! {
     pub(super) RawAnnounce, "an [announce] table" {
         device: RawValue,
         table: RawValue,
+        track_file: RawValue,
     }
 }
 
@@ -50,6 +63,31 @@ pub(super) fn convert_announce(
     };
     let r = raw.get_ref();
     sec.unknown_keys(&r.unknown, RawAnnounce::KEYS)?;
+    let track_file = r
+        .track_file
+        .as_ref()
+        .map(|v| sec.absolute_path("track_file", v))
+        .transpose()?;
+    let Some(v) = &r.table else {
+        if let Some(d) = &r.device {
+            return Err(sec.invalid(
+                "device",
+                &d.span(),
+                "a device without `table` publishes nothing; add `table`",
+            ));
+        }
+        if track_file.is_none() {
+            return Err(sec.invalid(
+                "table",
+                &raw.span(),
+                "[announce] needs `table` (host routes for BIRD/FRR), `track_file` (for keepalived), or both",
+            ));
+        }
+        return Ok(Announce {
+            routes: None,
+            track_file,
+        });
+    };
     let device = match &r.device {
         Some(v) => {
             let name = sec.string("device", v)?;
@@ -68,7 +106,6 @@ pub(super) fn convert_announce(
         }
         None => DEFAULT_ANNOUNCE_DEVICE.to_owned(),
     };
-    let v = sec.required("table", &r.table)?;
     let table = sec.ranged("table", v, ANNOUNCE_TABLE_RANGE)?;
     if let Some((_, name)) = RESERVED_TABLES.iter().find(|(t, _)| *t == table) {
         return Err(sec.invalid(
@@ -80,5 +117,8 @@ pub(super) fn convert_announce(
             ),
         ));
     }
-    Ok(Announce { device, table })
+    Ok(Announce {
+        routes: Some(AnnounceRoutes { device, table }),
+        track_file,
+    })
 }

@@ -55,9 +55,11 @@
 //! metrics = "127.0.0.1:9630"      # "addr:port" or "[ipv6]:port", port not 0; default: none
 //! probe_budget = 5000             # probes per second over all backends, 100..=1000000
 //!
-//! [announce]                      # optional: publish servable VIPs for BIRD/FRR
-//! table = 100                     # required: a kernel table of its own, 1..=2^32-1 but 253-255
+//! [announce]                      # optional: publish servable VIPs for BIRD/FRR or keepalived
+//! table = 100                     # host routes in a kernel table of its own, 1..=2^32-1 but 253-255
 //! device = "redirector0"          # the TUN device the daemon creates; default redirector0
+//! track_file = "/run/redirector/track"  # for keepalived: 0 able, N VIPs unservable, 254 FAULT
+//!                                 # (table, track_file or both)
 //! ```
 //!
 //! Durations are strings: an integer or decimal number and a unit, one of

@@ -1881,15 +1881,18 @@ fn announce_table_and_device() {
     assert_eq!(
         cfg.announce,
         Some(Announce {
-            device: DEFAULT_ANNOUNCE_DEVICE.into(),
-            table: 100,
+            routes: Some(AnnounceRoutes {
+                device: DEFAULT_ANNOUNCE_DEVICE.into(),
+                table: 100,
+            }),
+            track_file: None,
         })
     );
     let cfg = parse(&format!(
         "{GATEWAY}[announce]\ntable = 4000000000\ndevice = \"vips0\"\n"
     ));
     assert_eq!(
-        cfg.announce.map(|a| (a.device, a.table)),
+        cfg.announce.and_then(|a| a.routes).map(|a| (a.device, a.table)),
         Some(("vips0".into(), 4_000_000_000))
     );
     assert_eq!(parse(GATEWAY).announce, None);
@@ -1914,4 +1917,29 @@ fn announce_table_and_device() {
     assert_contains(&msg, &["key \"device\""]);
     let msg = err(&format!("{GATEWAY}[announce]\ntable = 100\nspeaker = \"bgp\"\n"));
     assert_contains(&msg, &["[announce]", "speaker"]);
+}
+
+#[test]
+fn announce_track_file_alone_or_with_routes() {
+    let cfg = parse(&format!(
+        "{GATEWAY}[announce]\ntrack_file = \"/run/redirector/track\"\n"
+    ));
+    assert_eq!(
+        cfg.announce,
+        Some(Announce {
+            routes: None,
+            track_file: Some("/run/redirector/track".into()),
+        })
+    );
+    let cfg = parse(&format!(
+        "{GATEWAY}[announce]\ntable = 100\ntrack_file = \"/run/redirector/track\"\n"
+    ));
+    assert!(
+        cfg.announce
+            .is_some_and(|a| a.routes.is_some() && a.track_file.is_some())
+    );
+    let msg = err(&format!("{GATEWAY}[announce]\n"));
+    assert_contains(&msg, &["[announce]", "table", "track_file"]);
+    let msg = err(&format!("{GATEWAY}[announce]\ntrack_file = \"track\"\n"));
+    assert_contains(&msg, &["key \"track_file\"", "absolute"]);
 }

@@ -126,10 +126,15 @@ pub struct Status {
 /// `[announce]` in [`Status`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AnnounceStatus {
-    /// The TUN device.
-    pub device: String,
-    /// The kernel table.
-    pub table: u32,
+    /// The TUN device (with `table`).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// The kernel table (with `table`).
+    #[serde(default)]
+    pub table: Option<u32>,
+    /// The track file (with `track_file`) and what it holds.
+    #[serde(default)]
+    pub track_file: Option<(String, Option<u32>)>,
     /// An operator's `withdraw` in force, described.
     pub withdrawn: Option<String>,
     /// Every VIP of the configuration.
@@ -143,7 +148,8 @@ pub struct AnnounceStatus {
 pub struct VipStatus {
     /// The address.
     pub vip: String,
-    /// Its route is in the table now.
+    /// Its route is in the table now (without routes: it counts as servable
+    /// in the track file).
     pub published: bool,
     /// Why it is (not) published.
     pub why: String,

@@ -406,6 +406,9 @@ impl Daemon {
         }
         // A clean stop leaves the VIPs published (the data plane keeps
         // forwarding); a detach withdraws them.
+        if detached {
+            self.track_detached();
+        }
         if let Some(a) = self.announcing.announcer.take() {
             a.finish(if detached {
                 crate::announce::Exit::Withdraw

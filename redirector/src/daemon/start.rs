@@ -22,7 +22,10 @@ use super::{
     services::Services,
 };
 use crate::{
-    announce::Announcer,
+    announce::{
+        Announcer,
+        track::{self, TrackFile},
+    },
     config::{Config, IcmpEcho, Mode, Service},
     control::server::{Incoming, Server},
     datapath::{Datapath, Migration, PinDir, Sizes, monotonic_ns},
@@ -57,6 +60,8 @@ pub(super) struct Prepared {
     assignment: Assignment,
     /// `[announce]`'s thread, the device taken over or created.
     announcer: Option<Announcer>,
+    /// `[announce] track_file`, with what a previous run left in it.
+    tracker: Option<TrackFile>,
     resolver: resolver::Subscribed,
     links_monitor: netlink::Monitor,
     ifindexes: Vec<u32>,
@@ -90,6 +95,7 @@ pub(super) fn prepare(
     let server = Server::spawn(&cfg.control.socket, request_tx)?;
     let mut state = State::load(&cfg.control.state_dir)?;
     let announcer = start_announcer(&cfg, &mut state)?;
+    let tracker = start_tracker(&cfg, &mut state);
     // Subscribe before reading any state, so no change between the reads
     // below and the event loops goes unseen.
     let resolver = resolver::Resolver::subscribe()?;
@@ -121,6 +127,7 @@ pub(super) fn prepare(
         state,
         assignment,
         announcer,
+        tracker,
         resolver,
         links_monitor,
         ifindexes,
@@ -133,7 +140,8 @@ pub(super) fn prepare(
 /// Takes over (or creates) the `[announce]` device; a device a clean stop
 /// left under another name or table is removed first, with its routes.
 fn start_announcer(cfg: &Config, state: &mut State) -> Result<Option<Announcer>> {
-    let now = cfg.announce.as_ref().map(|a| Announced {
+    let routes = cfg.announce.as_ref().and_then(|a| a.routes.as_ref());
+    let now = routes.map(|a| Announced {
         device: a.device.clone(),
         table: a.table,
     });
@@ -149,9 +157,32 @@ fn start_announcer(cfg: &Config, state: &mut State) -> Result<Option<Announcer>>
             Err(e) => warn!("[announce]: removing the previous device: {e}"),
         }
     }
-    let announcer = cfg.announce.as_ref().map(Announcer::start).transpose()?;
+    let announcer = routes.map(Announcer::start).transpose()?;
     state.announced = now;
     Ok(announcer)
+}
+
+/// Opens `[announce] track_file`; a file a previous run kept under another
+/// path is told FAULT (nothing keeps it any more).
+fn start_tracker(cfg: &Config, state: &mut State) -> Option<TrackFile> {
+    let now = cfg.announce.as_ref().and_then(|a| a.track_file.clone());
+    if let Some(old) = &state.track_file
+        && now.as_ref() != Some(old)
+    {
+        match track::write(old, track::FAULT) {
+            Ok(()) => info!(
+                "[announce]: track file {} of the previous configuration now says {} (FAULT)",
+                old.display(),
+                track::FAULT
+            ),
+            Err(e) => warn!(
+                "[announce]: writing the previous track file {}: {e}",
+                old.display()
+            ),
+        }
+    }
+    state.track_file.clone_from(&now);
+    now.as_deref().map(TrackFile::open)
 }
 
 /// A newer version's data plane, or several, is refused (an older one is
@@ -211,6 +242,7 @@ impl Prepared {
             mut state,
             assignment,
             announcer,
+            tracker,
             resolver,
             links_monitor,
             ifindexes,
@@ -313,6 +345,7 @@ impl Prepared {
             health::Scheduler::spawn_thread(cfg.control.probe_budget, report_tx)
                 .context("starting the prober")?,
         );
+        let vips = cfg.services.iter().map(|s| s.vip).collect();
         let mut daemon = Daemon {
             dp,
             pins,
@@ -348,7 +381,7 @@ impl Prepared {
             reconcile_ticks: 0,
             seen,
             quiet: Vec::new(),
-            announcing: Announcing::new(announcer),
+            announcing: Announcing::new(announcer, tracker, &vips),
         };
         daemon.announce();
         Ok(daemon)
