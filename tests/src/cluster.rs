@@ -17,9 +17,9 @@
 //! The router learns each VIP from every gateway (eBGP, BFD 20 ms × 3) and
 //! installs one multipath route. Backends send NAT replies to clients over
 //! a multipath route through the gateways (any gateway reverses any NAT
-//! reply), skipping a gateway whose neighbour entry failed
-//! (`fib_multipath_use_neigh`, fast neighbour timers); DSR replies go to the
-//! router directly.
+//! reply) that their BIRD learns from every gateway (eBGP, BFD 20 ms × 3:
+//! `docs/examples/bird/backend.conf`, `gateway-return.conf`); DSR replies go
+//! to the router directly.
 #![expect(clippy::unwrap_used, reason = "test helpers: a failed setup is a failed test")]
 
 use std::{
@@ -144,6 +144,8 @@ pub struct Cluster {
     pub front: Front,
     /// The router's BIRD.
     pub router_bird: Option<Bird>,
+    /// The backends' BIRD (their route back to the clients), with BGP.
+    pub backend_birds: Vec<Bird>,
     /// Server processes on the backends.
     pub servers: Vec<Server>,
     /// `ecmp-groups` on the router (it prints `ready` as a server does).
@@ -282,18 +284,10 @@ impl Cluster {
             for s in [
                 "net.ipv4.conf.all.arp_ignore=1",
                 "net.ipv4.conf.all.arp_announce=2",
-                // NAT replies: a gateway whose neighbour entry failed is skipped.
-                "net.ipv4.fib_multipath_use_neigh=1",
+                // NAT replies spread over the gateways by an L4 hash.
                 "net.ipv4.fib_multipath_hash_policy=1",
             ] {
                 in_ns(&ns.name, &["sysctl", "-qw", s]);
-            }
-            for s in [
-                "net.ipv4.neigh.p0.base_reachable_time_ms=200",
-                "net.ipv4.neigh.p0.delay_first_probe_time=0",
-                "net.ipv4.neigh.p0.retrans_time_ms=50",
-            ] {
-                in_ns(&ns.name, &["sysctl", "-qw", &s.replace("p0", dev)]);
             }
             // DSR replies and anything else: straight to the router. The
             // DSR replies (from the VIP) by a rule of their own: the NAT
@@ -376,20 +370,14 @@ impl Cluster {
                 config,
             });
         }
-        // NAT replies to clients: through every gateway, or the pair's
-        // backend-side VRRP address.
-        let mut route = vec!["ip", "route", "add", "198.18.1.0/24"];
-        let hops: Vec<String> = (1..=n).map(|i| format!("198.18.2.{}", 10 + i)).collect();
-        match front {
-            Front::Bgp { .. } => {
-                for h in &hops {
-                    route.extend(["nexthop", "via", h]);
-                }
+        // NAT replies to clients: with BGP, a multipath route the backends'
+        // BIRD learns from every gateway (BFD drops a dead one); with VRRP,
+        // the pair's backend-side address.
+        if front == Front::Vrrp {
+            let route = ["ip", "route", "add", "198.18.1.0/24", "via", VRRP_BACKEND_ADDRESS];
+            for ns in [&primary, &secondary] {
+                in_ns(&ns.name, &route);
             }
-            Front::Vrrp => route.extend(["via", VRRP_BACKEND_ADDRESS]),
-        }
-        for ns in [&primary, &secondary] {
-            in_ns(&ns.name, &route);
         }
         let servers = [
             (&primary, "primary", "198.18.2.2"),
@@ -412,6 +400,28 @@ impl Cluster {
             )
         })
         .collect();
+        let backend_birds = match front {
+            Front::Bgp { .. } => [(&primary, "198.18.2.2"), (&secondary, "198.18.2.3")]
+                .into_iter()
+                .map(|(ns, id)| {
+                    let sessions: String = (1..=n)
+                        .map(|i| {
+                            format!(
+                                "protocol bgp gw{i} from redirector_return {{ neighbor 198.18.2.{} as GATEWAY_AS; }}\n",
+                                10 + i
+                            )
+                        })
+                        .collect();
+                    Bird::start(
+                        ns,
+                        &format!("define BACKEND_ID = {id};\ndefine BACKEND_AS = 65002;\ndefine GATEWAY_AS = 65001;"),
+                        "backend.conf",
+                        &sessions,
+                    )
+                })
+                .collect(),
+            Front::Vrrp => Vec::new(),
+        };
         let (router_bird, groups) = match front {
             Front::Bgp { resilient } => {
                 let (bird, groups) = router_bgp(&router, &gateways, resilient);
@@ -434,6 +444,7 @@ impl Cluster {
             gateways,
             front,
             router_bird,
+            backend_birds,
             servers,
             _groups: groups,
         }
@@ -467,13 +478,23 @@ impl Cluster {
             &g.ns,
             &format!(
                 "define GATEWAY_ID = {id};\ndefine GATEWAY_AS = 65001;\ndefine UPLINK = {router};\n\
-                 define UPLINK_AS = 65000;\ndefine ANNOUNCE_TABLE = {ANNOUNCE_TABLE};"
+                 define UPLINK_AS = 65000;\ndefine ANNOUNCE_TABLE = {ANNOUNCE_TABLE};\n\
+                 define RETURN_PREFIX = 198.18.1.0/24;"
             ),
             "gateway.conf",
-            "",
+            &format!(
+                "include \"{}\";\n\
+                 protocol bgp backend1 from redirector_backend {{ neighbor 198.18.2.2 as 65002; }}\n\
+                 protocol bgp backend2 from redirector_backend {{ neighbor 198.18.2.3 as 65002; }}\n",
+                crate::bird::example("gateway-return.conf").display()
+            ),
         ));
+        let name = format!("gw{}", i + 1);
         if let Some(b) = &self.router_bird {
-            b.wait_established(&format!("gw{}", i + 1), Duration::from_secs(30));
+            b.wait_established(&name, Duration::from_secs(30));
+        }
+        for b in &self.backend_birds {
+            b.wait_established(&name, Duration::from_secs(30));
         }
     }
 
@@ -525,6 +546,45 @@ impl Cluster {
         let text = String::from_utf8_lossy(&out.stdout);
         let words: Vec<&str> = text.split_whitespace().collect();
         words.windows(2).find(|w| w[0] == "via").map(|w| w[1].to_owned())
+    }
+
+    /// [`Cluster::router_choice`] for many flows of `proto` ("udp", "tcp")
+    /// from the client's `sports` at once (one `ip -batch`, not an exec per
+    /// flow).
+    pub fn router_choices(&self, vip: &str, proto: &str, dport: u16, sports: &[u16]) -> Vec<Option<String>> {
+        use std::io::Write as _;
+        let mut child = Command::new("ip")
+            .args(["-n", &self.router.name, "-o", "-batch", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        for p in sports {
+            writeln!(
+                stdin,
+                "route get {vip} from 198.18.1.2 iif r-c ipproto {proto} sport {p} dport {dport}"
+            )
+            .unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(vip)).collect();
+        assert_eq!(
+            lines.len(),
+            sports.len(),
+            "ip route get answered {} of {}",
+            lines.len(),
+            sports.len()
+        );
+        lines
+            .iter()
+            .map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                words.windows(2).find(|w| w[0] == "via").map(|w| w[1].to_owned())
+            })
+            .collect()
     }
 
     /// Kills gateway `i`'s BIRD or keepalived and redirector (after its
@@ -614,6 +674,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // BIRDs and daemons first, then the namespaces (their own drops).
         self.router_bird = None;
+        self.backend_birds.clear();
         for g in &mut self.gateways {
             g.bird = None;
             g.keepalived = None;

@@ -79,6 +79,16 @@ enum Fuzz {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Several gateways (3 behind ECMP, plain and resilient; a VRRP pair; one alone): a gateway killed,
+    /// drained, and a backend killed, with UDP and long-lived TCP traffic.
+    Gateways {
+        /// Runs per topology and fault (interleaved).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Long-lived TCP connections.
+        #[arg(long, default_value_t = 1000)]
+        tcp: u32,
+    },
     /// Fault → first request served by the secondary, in the lab (server kill, link down, silent drop).
     Failover {
         /// Runs per fault and series.
@@ -268,6 +278,24 @@ fn main() -> Result<()> {
                         "bench-failover",
                         &["--runs", &r, "--busy-secs", &b, "--flood-secs", &f],
                     )
+                }
+                Bench::Gateways { runs, tcp } => {
+                    lab_prerequisites("the gateways benchmark")?;
+                    // The lab's servers and tools, and the daemon the gateways run.
+                    cmd::cargo(
+                        &root,
+                        &[
+                            "build",
+                            "--release",
+                            "-p",
+                            "redirector-tests",
+                            "-p",
+                            "redirector",
+                            "--bins",
+                        ],
+                    )?;
+                    let (r, t) = (runs.to_string(), tcp.to_string());
+                    run_tool(&root, "bench-gateways", &["--runs", &r, "--tcp", &t])
                 }
                 Bench::Throughput { rounds, packets } => {
                     lab_prerequisites("the throughput benchmark")?;

@@ -56,6 +56,25 @@ fn bulk(c: &mut std::net::TcpStream, total: usize, mut got: usize) {
     let _ = c.write_all(&vec![b'x'; total]);
 }
 
+/// A long-lived connection (`hold…`): every read is answered with the
+/// server's name and what was read, until the client closes it or stays
+/// silent for two minutes.
+fn hold(c: &mut std::net::TcpStream, buf: &mut [u8], first: usize, name: &str) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(120)));
+    let mut n = first;
+    loop {
+        let mut reply = format!("{name} ").into_bytes();
+        reply.extend_from_slice(&buf[..n]);
+        if c.write_all(&reply).is_err() {
+            return;
+        }
+        n = match c.read(buf) {
+            Ok(0) | Err(_) => return,
+            Ok(k) => k,
+        };
+    }
+}
+
 /// One TCP connection: a bulk transfer, an HTTP health check, or a request
 /// answered with the server's name.
 fn serve_tcp(mut c: std::net::TcpStream, name: &str, log: bool) {
@@ -69,6 +88,10 @@ fn serve_tcp(mut c: std::net::TcpStream, name: &str, log: bool) {
     }
     if let Some((total, head)) = bulk_of(&buf[..n]) {
         bulk(&mut c, total, n - head);
+        return;
+    }
+    if buf[..n].starts_with(b"hold") {
+        hold(&mut c, &mut buf, n, name);
         return;
     }
     if buf[..n].starts_with(b"GET ") {
