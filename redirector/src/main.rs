@@ -27,6 +27,13 @@ struct Cli {
     /// Configuration file, to find the socket, state and pins of the daemon it configures.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    /// Another gateway's control socket (repeatable; adds to [control] peers): flip, auto, drain and
+    /// undrain reach every gateway, so they decide alike.
+    #[arg(long = "peer", global = true, value_name = "SOCKET")]
+    peers: Vec<PathBuf>,
+    /// Flip, auto, drain and undrain this gateway only, not its peers.
+    #[arg(long, global = true)]
+    local: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,6 +67,9 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Every gateway's status, this one's and its peers' ([control] peers, --peer).
+        #[arg(long)]
+        all: bool,
     },
     /// Pin a service to a backend until `auto` (or for a while).
     Flip {
@@ -164,6 +174,14 @@ fn control(cli: &Cli) -> Result<Control> {
     if let Some(s) = &cli.socket {
         c.socket = s.clone();
     }
+    for p in &cli.peers {
+        if !c.peers.contains(p) && *p != c.socket {
+            c.peers.push(p.clone());
+        }
+    }
+    if cli.local {
+        c.peers.clear();
+    }
     Ok(c)
 }
 
@@ -174,16 +192,31 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Run => daemon::run(&need_config()?),
         Command::Check => check(&need_config()?),
         Command::Reload => done(&ctl.socket, Request::Reload),
-        Command::Status { json } => status(&ctl, json),
+        Command::Status { json, all } => {
+            if !all || ctl.peers.is_empty() {
+                return status(&ctl, json);
+            }
+            for socket in gateways(&ctl) {
+                println!("== {} ==", socket.display());
+                let one = Control {
+                    socket: socket.clone(),
+                    ..ctl.clone()
+                };
+                if let Err(e) = status(&one, json) {
+                    println!("NOT ANSWERING: {e:#}");
+                }
+            }
+            Ok(())
+        }
         Command::Flip {
             service,
             backend,
             for_,
             force,
             reason,
-        } => done(
-            &ctl.socket,
-            Request::Flip {
+        } => intent(
+            &ctl,
+            &Request::Flip {
                 service,
                 to: backend.into(),
                 for_ms: for_.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
@@ -191,17 +224,33 @@ fn dispatch(cli: Cli) -> Result<()> {
                 reason,
             },
         ),
-        Command::Auto { service, reason } => done(&ctl.socket, Request::Auto { service, reason }),
+        Command::Auto { service, reason } => intent(&ctl, &Request::Auto { service, reason }),
         Command::Drain {
             service,
             backend,
             reason,
-        } => drain(&ctl.socket, service, backend, true, reason),
+        } => intent(
+            &ctl,
+            &Request::Drain {
+                service,
+                slot: backend.into(),
+                drained: true,
+                reason,
+            },
+        ),
         Command::Undrain {
             service,
             backend,
             reason,
-        } => drain(&ctl.socket, service, backend, false, reason),
+        } => intent(
+            &ctl,
+            &Request::Drain {
+                service,
+                slot: backend.into(),
+                drained: false,
+                reason,
+            },
+        ),
         Command::Events { follow } => events(&ctl.socket, follow),
         Command::Detach => detach(&ctl),
         Command::Withdraw { reason } => done(&ctl.socket, Request::Announce { on: false, reason }),
@@ -209,37 +258,57 @@ fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
-fn drain(
-    socket: &Path,
-    service: String,
-    backend: Backend,
-    drained: bool,
-    reason: Option<String>,
-) -> Result<()> {
-    let slot = backend.into();
-    done(
-        socket,
-        Request::Drain {
-            service,
-            slot,
-            drained,
-            reason,
-        },
+/// This gateway's socket, then its peers'.
+fn gateways(ctl: &Control) -> impl Iterator<Item = &PathBuf> {
+    std::iter::once(&ctl.socket).chain(&ctl.peers)
+}
+
+/// An operator's intent (flip, auto, drain, undrain): to this gateway and
+/// every peer, in that order, so all of them decide alike. Each answer is
+/// printed with its gateway; a gateway that did not apply it fails the
+/// command, naming it (the requests are idempotent: run it again).
+fn intent(ctl: &Control, request: &Request) -> Result<()> {
+    if ctl.peers.is_empty() {
+        println!("{}", ask(&ctl.socket, request.clone())?);
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    let total = 1 + ctl.peers.len();
+    for socket in gateways(ctl) {
+        match ask(socket, request.clone()) {
+            Ok(m) => println!("{}: {m}", socket.display()),
+            Err(e) => {
+                println!("{}: NOT APPLIED: {e:#}", socket.display());
+                failed.push(socket.display().to_string());
+            }
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "not applied on {} of {total} gateways ({}): the gateways may now decide differently; run the \
+         command again once they answer, or undo it on the others",
+        failed.len(),
+        failed.join(", ")
     )
 }
 
-/// A request answered by one `Done` or `Error`.
+/// A request answered by one `Done` or `Error`, printed.
 fn done(socket: &Path, request: Request) -> Result<()> {
+    println!("{}", ask(socket, request)?);
+    Ok(())
+}
+
+/// A request answered by one `Done` (its message) or `Error`.
+fn ask(socket: &Path, request: Request) -> Result<String> {
     let mut outcome = None;
     client::call(socket, request, Some(Duration::from_secs(10)), |r| {
         outcome = Some(r);
         false
     })?;
     match outcome {
-        Some(Response::Done { message }) => {
-            println!("{message}");
-            Ok(())
-        }
+        Some(Response::Done { message }) => Ok(message),
         Some(Response::Error { message }) => bail!("{message}"),
         Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
         None => bail!("the daemon closed the connection without an answer"),

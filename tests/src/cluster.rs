@@ -370,6 +370,18 @@ impl Cluster {
                 config,
             });
         }
+        // Operator intent reaches every gateway: each lists the others'
+        // sockets as peers (the last table of the file is [control]).
+        for g in &gateways {
+            let peers: Vec<String> = gateways
+                .iter()
+                .filter(|o| o.config != g.config)
+                .map(|o| format!("{:?}", o.left.socket))
+                .collect();
+            let mut text = std::fs::read_to_string(&g.config).unwrap();
+            text.push_str(&format!("peers = [{}]\n", peers.join(", ")));
+            std::fs::write(&g.config, text).unwrap();
+        }
         // NAT replies to clients: with BGP, a multipath route the backends'
         // BIRD learns from every gateway (BFD drops a dead one); with VRRP,
         // the pair's backend-side address.

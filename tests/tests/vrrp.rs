@@ -30,6 +30,82 @@ fn wait(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration 
     t0.elapsed()
 }
 
+/// `redirector --config <gw>'s config> ARGS` from the host.
+fn cli_config(c: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
+    Command::new(redirector_tests::daemon::binary())
+        .arg("--config")
+        .arg(&c.gateways[i].config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `dns4`'s active backend on gateway `i`.
+fn active(c: &Cluster, i: usize) -> String {
+    let st: serde_json::Value =
+        serde_json::from_str(&cli_ok(&c.gateways[i].left.socket, &["status", "--json"])).unwrap();
+    st["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "dns4")
+        .map(|s| s["active"].as_str().unwrap_or_default().to_owned())
+        .unwrap()
+}
+
+/// Waits until `dns4`'s active backends on gw1 and gw2 are `want`.
+fn wait_active(c: &Cluster, want: [&str; 2]) {
+    let t0 = Instant::now();
+    loop {
+        let got = [active(c, 0), active(c, 1)];
+        if got == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "dns4 active on gw1, gw2: {got:?}, want {want:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Operator intent is cluster-wide: a flip on gw1 (whose `[control] peers`
+/// lists gw2's socket) reaches gw2 too; `--local` only gw1; a peer that
+/// does not answer fails the command, naming it, after the others applied.
+fn intent_reaches_both_gateways(c: &Cluster) {
+    let out = cli_config(c, 0, &["flip", "dns4", "secondary", "--reason", "cluster test"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for g in &c.gateways {
+        assert!(text.contains(&g.left.socket.display().to_string()), "{text}");
+    }
+    wait_active(c, ["secondary", "secondary"]);
+    let out = cli_config(c, 0, &["auto", "dns4"]);
+    assert!(out.status.success());
+    wait_active(c, ["primary", "primary"]);
+
+    let out = cli_config(c, 0, &["--local", "flip", "dns4", "secondary"]);
+    assert!(out.status.success());
+    wait_active(c, ["secondary", "primary"]);
+    assert!(cli_config(c, 0, &["--local", "auto", "dns4"]).status.success());
+
+    let gone = std::env::temp_dir().join("rdr-vrrp-no-such-gateway.sock");
+    let out = cli_config(
+        c,
+        0,
+        &["--peer", gone.to_str().unwrap(), "flip", "dns4", "secondary"],
+    );
+    assert!(!out.status.success(), "a flip a peer missed succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not applied on 1 of 3 gateways") && err.contains("rdr-vrrp-no-such-gateway"),
+        "{err}"
+    );
+    wait_active(c, ["secondary", "secondary"]);
+    assert!(cli_config(c, 0, &["auto", "dns4"]).status.success());
+    wait_active(c, ["primary", "primary"]);
+}
+
 fn track(c: &Cluster, i: usize) -> Option<u32> {
     std::fs::read_to_string(&c.gateways[i].track_file)
         .ok()?
@@ -80,6 +156,8 @@ fn a_vrrp_pair_follows_redirector_and_survives_the_preferred_gateways_death() {
     wait("gw1 alone holds the address", Duration::from_secs(10), || {
         c.vrrp_masters() == [0]
     });
+
+    intent_reaches_both_gateways(&c);
 
     // A graceful hand-over: `withdraw` on gw1 makes keepalived give the
     // address up (FAULT); gw2 takes it; the router follows its gratuitous

@@ -35,8 +35,21 @@ enum Command {
     Demo,
     /// The built-in lab topology as a command: up (idempotent), down (also after a crash), status.
     Lab {
-        #[arg(value_parser = ["up", "down", "status"])]
+        /// `cluster`: the multi-gateway lab, running until Ctrl-C.
+        #[arg(value_parser = ["up", "down", "status", "cluster"])]
         action: String,
+        /// `cluster`: how many gateways behind the ECMP router (1..=9; default 3).
+        #[arg(long)]
+        gateways: Option<u8>,
+        /// `cluster`: resilient next-hop groups on the router instead of plain multipath.
+        #[arg(long)]
+        resilient: bool,
+        /// `cluster`: a VRRP pair (keepalived) instead of ECMP.
+        #[arg(long)]
+        vrrp: bool,
+        /// `cluster`: remove it after this many seconds (default: at Ctrl-C).
+        #[arg(long)]
+        secs: Option<u64>,
     },
     /// Benchmarks (not tests); print tables.
     Bench {
@@ -248,9 +261,45 @@ fn main() -> Result<()> {
             )?;
             run_tool(&root, "demo", &[])
         }
-        Command::Lab { action } => {
+        Command::Lab {
+            action,
+            gateways,
+            resilient,
+            vrrp,
+            secs,
+        } => {
             lab_prerequisites("the lab")?;
-            run_tool(&root, "lab", &[&action])
+            if action != "cluster" {
+                return run_tool(&root, "lab", &[&action]);
+            }
+            // The gateways run the daemon; the lab's servers are binaries too.
+            cmd::cargo(
+                &root,
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "redirector-tests",
+                    "-p",
+                    "redirector",
+                    "--bins",
+                ],
+            )?;
+            let mut args = vec!["cluster".to_owned()];
+            if let Some(n) = gateways {
+                args.extend(["--gateways".into(), n.to_string()]);
+            }
+            if resilient {
+                args.push("--resilient".into());
+            }
+            if vrrp {
+                args.push("--vrrp".into());
+            }
+            if let Some(s) = secs {
+                args.extend(["--secs".into(), s.to_string()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_tool(&root, "lab", &args)
         }
         Command::Soak { minutes, seed } => {
             lab_prerequisites("the soak")?;

@@ -1,5 +1,6 @@
 //! The `[control]` table: the operator socket, the state and bpffs
-//! directories, the metrics address and the global probing budget.
+//! directories, the metrics address, the global probing budget and the
+//! other gateways' sockets that operator commands reach too.
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -22,6 +23,10 @@ pub struct Control {
     pub metrics: Option<SocketAddr>,
     /// Probes per second across all backends (the global probing budget).
     pub probe_budget: u32,
+    /// The other gateways' control sockets (e.g. forwarded by `ssh -L`):
+    /// the CLI's operator commands (flip, auto, drain, undrain) reach them
+    /// too, so intent is the same on every gateway.
+    pub peers: Vec<PathBuf>,
 }
 
 /// Default probing budget, probes per second over all backends.
@@ -38,6 +43,7 @@ impl Default for Control {
             bpffs_dir: PathBuf::from("/sys/fs/bpf/redirector"),
             metrics: None,
             probe_budget: DEFAULT_PROBE_BUDGET,
+            peers: Vec::new(),
         }
     }
 }
@@ -50,6 +56,7 @@ raw_table! {
         bpffs_dir: RawValue,
         metrics: RawValue,
         probe_budget: RawValue,
+        peers: RawValue,
     }
 }
 
@@ -73,23 +80,32 @@ pub(super) fn convert_control(
     sec.unknown_keys(&r.unknown, RawControl::KEYS)?;
 
     let socket = match &r.socket {
-        Some(v) => {
-            let socket = sec.absolute_path("socket", v)?;
-            let len = socket.as_os_str().len();
-            if len > MAX_SOCKET_PATH_LEN {
+        Some(v) => socket_path(&sec, "socket", v)?,
+        None => defaults.socket,
+    };
+    let mut peers: Vec<PathBuf> = Vec::new();
+    if let Some(list) = &r.peers {
+        for item in sec.array("peers", list, "an array of socket paths")? {
+            let v = Spanned::new(item.span(), RawValue::Scalar(item.get_ref().clone()));
+            let peer = socket_path(&sec, "peers", &v)?;
+            if peer == socket || peers.contains(&peer) {
                 return Err(sec.invalid(
-                    "socket",
-                    &v.span(),
+                    "peers",
+                    &item.span(),
                     format!(
-                        "{socket:?} is {len} bytes long, a Unix socket path can be at most \
-                         {MAX_SOCKET_PATH_LEN}"
+                        "{:?} is {}",
+                        peer.display().to_string(),
+                        if peer == socket {
+                            "this gateway's own socket"
+                        } else {
+                            "listed more than once"
+                        }
                     ),
                 ));
             }
-            socket
+            peers.push(peer);
         }
-        None => defaults.socket,
-    };
+    }
     let state_dir = match &r.state_dir {
         Some(v) => sec.absolute_path("state_dir", v)?,
         None => defaults.state_dir,
@@ -137,7 +153,25 @@ pub(super) fn convert_control(
         bpffs_dir,
         metrics,
         probe_budget,
+        peers,
     })
+}
+
+/// An absolute path short enough for a Unix socket.
+fn socket_path(sec: &Section<'_>, key: &str, v: &Spanned<RawValue>) -> Result<PathBuf, ConfigError> {
+    let path = sec.absolute_path(key, v)?;
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH_LEN {
+        return Err(sec.invalid(
+            key,
+            &v.span(),
+            format!(
+                "{path:?} is {len} bytes long, a Unix socket path can be at most \
+                 {MAX_SOCKET_PATH_LEN}"
+            ),
+        ));
+    }
+    Ok(path)
 }
 
 /// The metrics listen address: `addr:port` or `[ipv6]:port`, port not 0.

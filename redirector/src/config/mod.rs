@@ -54,6 +54,7 @@
 //! bpffs_dir = "/sys/fs/bpf/redirector"      # absolute, not the same as state_dir
 //! metrics = "127.0.0.1:9630"      # "addr:port" or "[ipv6]:port", port not 0; default: none
 //! probe_budget = 5000             # probes per second over all backends, 100..=1000000
+//! peers = ["/run/redirector/peers/gw2.sock"]  # other gateways' sockets: CLI intent reaches them too
 //!
 //! [announce]                      # optional: publish servable VIPs for BIRD/FRR or keepalived
 //! table = 100                     # host routes in a kernel table of its own, 1..=2^32-1 but 253-255

@@ -306,14 +306,19 @@ fn control() -> impl Strategy<Value = Control> {
         or_default(d.bpffs_dir, "/sys/fs/bpf/[a-z]{1,12}".prop_map(PathBuf::from)),
         proptest::option::of(metrics),
         or_default(d.probe_budget, PROBE_BUDGET_RANGE),
+        // Under a directory of their own: never the socket, distinct.
+        proptest::collection::btree_set("/run/peers/[a-z0-9]{1,8}\\.sock", 0..3),
     )
-        .prop_map(|(socket, state_dir, bpffs_dir, metrics, probe_budget)| Control {
-            socket,
-            state_dir,
-            bpffs_dir,
-            metrics,
-            probe_budget,
-        })
+        .prop_map(
+            |(socket, state_dir, bpffs_dir, metrics, probe_budget, peers)| Control {
+                socket,
+                state_dir,
+                bpffs_dir,
+                metrics,
+                probe_budget,
+                peers: peers.into_iter().map(PathBuf::from).collect(),
+            },
+        )
 }
 
 /// The rules across services that single strategies do not ensure; rarely
@@ -657,6 +662,10 @@ fn emit(cfg: &Config, seed: u64) -> String {
         }
         let budget = c.probe_budget.to_string();
         l.key_or_default(style, "probe_budget", &c.probe_budget, &d.probe_budget, budget);
+        if !c.peers.is_empty() || style.coin() {
+            let peers: Vec<String> = c.peers.iter().map(path).collect();
+            l.key("peers", format!("[{}]", peers.join(", ")));
+        }
         table(&mut out, "[control]", &l);
     }
     out

@@ -776,6 +776,7 @@ probe_budget = 100000
             bpffs_dir: PathBuf::from("/sys/fs/bpf/redirector-test"),
             metrics: Some("[::1]:9630".parse().expect("addr")),
             probe_budget: 100_000,
+            peers: Vec::new(),
         }
     );
 }
@@ -1068,8 +1069,34 @@ fn unknown_key_in_control() {
     assert_eq!(
         msg,
         "test.toml:5: [control]: unknown key \"metric\", expected one of \"socket\", \"state_dir\", \
-         \"bpffs_dir\", \"metrics\", \"probe_budget\""
+         \"bpffs_dir\", \"metrics\", \"probe_budget\", \"peers\""
     );
+}
+
+#[test]
+fn control_peers_are_other_sockets() {
+    let cfg = parse(&format!(
+        "{GATEWAY}[control]\nsocket = \"/run/r.sock\"\npeers = [\"/run/p/gw2.sock\", \"/run/p/gw3.sock\"]\n"
+    ));
+    assert_eq!(
+        cfg.control.peers,
+        vec![
+            std::path::PathBuf::from("/run/p/gw2.sock"),
+            std::path::PathBuf::from("/run/p/gw3.sock")
+        ]
+    );
+    assert!(parse(GATEWAY).control.peers.is_empty());
+    let msg = control_err("socket = \"/run/r.sock\"\npeers = [\"/run/r.sock\"]\n");
+    assert_contains(&msg, &["key \"peers\"", "this gateway's own socket"]);
+    let msg = control_err("peers = [\"/run/p.sock\", \"/run/p.sock\"]\n");
+    assert_contains(&msg, &["key \"peers\"", "more than once"]);
+    let msg = control_err("peers = [\"p.sock\"]\n");
+    assert_contains(&msg, &["key \"peers\"", "not an absolute path"]);
+    let msg = control_err("peers = \"/run/p.sock\"\n");
+    assert_contains(&msg, &["key \"peers\"", "an array of socket paths"]);
+    let long = format!("/{}", "x".repeat(120));
+    let msg = control_err(&format!("peers = [\"{long}\"]\n"));
+    assert_contains(&msg, &["key \"peers\"", "at most 107"]);
 }
 
 #[test]

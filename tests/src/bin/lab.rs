@@ -9,10 +9,18 @@
 //! namespace (killing what runs inside) and the pins, whatever state they are
 //! in. Run redirector in it with only the network namespace switched:
 //! `nsenter --net=/var/run/netns/rdr-lab-gw redirector run --config FILE`.
+//!
+//! `cluster [--gateways N] [--resilient] [--vrrp] [--secs S]` builds the
+//! multi-gateway lab instead (`redirector_tests::cluster`: a router running
+//! BIRD with ECMP and N gateways each running redirector and BIRD, or a VRRP
+//! pair running redirector and keepalived), prints how to reach every part,
+//! and keeps it running until SIGINT/SIGTERM (or S seconds), then removes
+//! all of it.
 use std::{path::Path, process::Command};
 
 use anyhow::{Result, bail};
 use redirector_tests::{
+    cluster::{self, Cluster, Front},
     lab::{DsrVips, LAB_CONFIG, Lab},
     netns::NetNs,
 };
@@ -126,16 +134,141 @@ fn status() {
     }
 }
 
+/// Blocks SIGINT and SIGTERM in this thread and every thread it starts
+/// later, so [`wait_for_signal`] takes them (and the lab's drops run).
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it,
+    // pthread_sigmask only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for SIGINT or SIGTERM, or `secs` seconds.
+fn wait_for_signal(set: &libc::sigset_t, secs: Option<u64>) {
+    let timeout = libc::timespec {
+        tv_sec: secs.map_or(libc::time_t::MAX, |s| {
+            libc::time_t::try_from(s).unwrap_or(libc::time_t::MAX)
+        }),
+        tv_nsec: 0,
+    };
+    // SAFETY: set is initialised and blocked; sigtimedwait writes nothing
+    // through the null info pointer.
+    unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
+}
+
+fn cluster(args: &[String]) -> Result<()> {
+    let (mut n, mut resilient, mut vrrp, mut secs) = (3u8, false, false, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--gateways" => n = it.next().map(|v| v.parse()).transpose()?.unwrap_or(3),
+            "--resilient" => resilient = true,
+            "--vrrp" => vrrp = true,
+            "--secs" => secs = it.next().map(|v| v.parse()).transpose()?,
+            other => bail!(
+                "unknown argument {other}; usage: lab cluster [--gateways N] [--resilient] [--vrrp] [--secs S]"
+            ),
+        }
+    }
+    if vrrp && n != 2 {
+        if args.iter().any(|a| a == "--gateways") {
+            bail!("a VRRP pair is two gateways");
+        }
+        n = 2;
+    }
+    if !(1..=9).contains(&n) {
+        bail!("--gateways 1..=9");
+    }
+    let signals = block_stop_signals();
+    let front = if vrrp {
+        Front::Vrrp
+    } else {
+        Front::Bgp { resilient }
+    };
+    let mut c = Cluster::new("lab", n, front);
+    for i in 0..c.gateways.len() {
+        c.start_gateway(i);
+    }
+    println!("the multi-gateway lab is up ({front:?}):");
+    println!(
+        "  client  {}  198.18.1.2 (routes 198.18.0.0/15 via the router)",
+        c.client.name
+    );
+    println!(
+        "  router  {}  198.18.1.1, front 198.18.10.1, lan 198.18.2.1",
+        c.router.name
+    );
+    for (i, g) in c.gateways.iter().enumerate() {
+        println!(
+            "  gw{}     {}  {} / 198.18.2.{}  config {}  socket {}",
+            i + 1,
+            g.ns.name,
+            g.uplink,
+            11 + i,
+            g.config.display(),
+            g.left.socket.display()
+        );
+    }
+    println!(
+        "  primary {}  198.18.2.2, secondary {}  198.18.2.3",
+        c.primary.name, c.secondary.name
+    );
+    println!(
+        "VIPs: {} (web4 tcp 80, dns4 udp 53, NAT), {} (dsr-dns4 udp 53, DSR)",
+        cluster::NAT_VIP,
+        cluster::DSR_VIP
+    );
+    if let Some(g) = c.gateways.first() {
+        println!(
+            "try:\n  ip netns exec {} sh -c 'echo seq:1 > /dev/udp/{}/53'\n  redirector --config {} status --all\n  \
+             redirector --config {} flip dns4 secondary --for 30s",
+            c.client.name,
+            cluster::NAT_VIP,
+            g.config.display(),
+            g.config.display()
+        );
+    }
+    match front {
+        Front::Vrrp => println!(
+            "  ip -n {} -br addr   (who holds {})",
+            c.router.name,
+            cluster::VRRP_ADDRESS
+        ),
+        Front::Bgp { .. } => println!(
+            "  ip -n {} route show {}   (the router's next hops)",
+            c.router.name,
+            cluster::NAT_VIP
+        ),
+    }
+    println!(
+        "Ctrl-C (SIGINT) or SIGTERM removes it{}",
+        secs.map(|s| format!("; it goes by itself after {s} s"))
+            .unwrap_or_default()
+    );
+    wait_for_signal(&signals, secs);
+    drop(c);
+    println!("the multi-gateway lab is removed");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab creates network namespaces and loads XDP programs: run it as root");
     }
-    match std::env::args().nth(1).as_deref() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
         Some("up") => up(),
         Some("down") => down(),
         Some("status") => status(),
-        _ => bail!("usage: lab up|down|status"),
+        Some("cluster") => return cluster(&args[1..]),
+        _ => bail!("usage: lab up|down|status|cluster [--gateways N] [--resilient] [--vrrp] [--secs S]"),
     }
     Ok(())
 }
