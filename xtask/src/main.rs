@@ -191,6 +191,23 @@ fn fuzz_datapath(root: &Path, cases: u64, seed: Option<u64>, keep_going: bool) -
 }
 
 /// Runs one of the lab's binaries (`tests/src/bin`), release-built, with `args`.
+/// Release builds of the daemon and of every lab binary (servers, tools):
+/// what the demo, the multi-gateway lab and the gateways benchmark run.
+fn build_lab_binaries(root: &Path) -> Result<()> {
+    cmd::cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "redirector-tests",
+            "-p",
+            "redirector",
+            "--bins",
+        ],
+    )
+}
+
 fn run_tool(root: &Path, bin: &str, args: &[&str]) -> Result<()> {
     let mut all = vec!["run", "--release", "-p", "redirector-tests", "--bin", bin, "--"];
     all.extend_from_slice(args);
@@ -247,18 +264,7 @@ fn main() -> Result<()> {
         Command::Demo => {
             lab_prerequisites("the demo")?;
             // The lab's server processes and the CLI the demo runs are binaries of their own.
-            cmd::cargo(
-                &root,
-                &[
-                    "build",
-                    "--release",
-                    "-p",
-                    "redirector-tests",
-                    "-p",
-                    "redirector",
-                    "--bins",
-                ],
-            )?;
+            build_lab_binaries(&root)?;
             run_tool(&root, "demo", &[])
         }
         Command::Lab {
@@ -273,18 +279,7 @@ fn main() -> Result<()> {
                 return run_tool(&root, "lab", &[&action]);
             }
             // The gateways run the daemon; the lab's servers are binaries too.
-            cmd::cargo(
-                &root,
-                &[
-                    "build",
-                    "--release",
-                    "-p",
-                    "redirector-tests",
-                    "-p",
-                    "redirector",
-                    "--bins",
-                ],
-            )?;
+            build_lab_binaries(&root)?;
             let mut args = vec!["cluster".to_owned()];
             if let Some(n) = gateways {
                 args.extend(["--gateways".into(), n.to_string()]);
@@ -331,18 +326,7 @@ fn main() -> Result<()> {
                 Bench::Gateways { runs, tcp } => {
                     lab_prerequisites("the gateways benchmark")?;
                     // The lab's servers and tools, and the daemon the gateways run.
-                    cmd::cargo(
-                        &root,
-                        &[
-                            "build",
-                            "--release",
-                            "-p",
-                            "redirector-tests",
-                            "-p",
-                            "redirector",
-                            "--bins",
-                        ],
-                    )?;
+                    build_lab_binaries(&root)?;
                     let (r, t) = (runs.to_string(), tcp.to_string());
                     run_tool(&root, "bench-gateways", &["--runs", &r, "--tcp", &t])
                 }

@@ -89,10 +89,10 @@ pub fn write(path: &Path, value: u32) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(format!("{value}\n").as_bytes())?;
-    f.sync_all()?;
-    drop(f);
+    // No fsync: readers need atomicity (the rename), not durability (the
+    // file lives in /run and is rewritten at the next start), and the
+    // event loop writes it.
+    std::fs::File::create(&tmp)?.write_all(format!("{value}\n").as_bytes())?;
     std::fs::rename(&tmp, path)
 }
 
