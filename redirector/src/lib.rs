@@ -9,12 +9,14 @@ pub mod daemon;
 pub mod datapath;
 pub mod fault;
 pub mod health;
+pub mod hooks;
 pub mod lock;
 pub mod metrics;
 pub mod netlink;
 pub mod notify;
 pub mod offline;
 pub mod policy;
+pub mod process;
 pub mod state;
 
 /// The compiled redirector XDP object (built by `build.rs` with aya-build).

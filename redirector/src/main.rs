@@ -115,6 +115,17 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Lift a backend's fence (`fence = true` fences the primary when
+    /// traffic leaves it): it may take traffic again when policy says so.
+    Unfence {
+        /// Service name.
+        service: String,
+        /// The backend.
+        backend: Backend,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// The transition log.
     Events {
         /// Keep printing new transitions.
@@ -251,6 +262,18 @@ fn dispatch(cli: Cli) -> Result<()> {
                 reason,
             },
         ),
+        Command::Unfence {
+            service,
+            backend,
+            reason,
+        } => intent(
+            &ctl,
+            &Request::Unfence {
+                service,
+                slot: backend.into(),
+                reason,
+            },
+        ),
         Command::Events { follow } => events(&ctl.socket, follow),
         Command::Detach => detach(&ctl),
         Command::Withdraw { reason } => done(&ctl.socket, Request::Announce { on: false, reason }),
@@ -263,7 +286,7 @@ fn gateways(ctl: &Control) -> impl Iterator<Item = &PathBuf> {
     std::iter::once(&ctl.socket).chain(&ctl.peers)
 }
 
-/// An operator's intent (flip, auto, drain, undrain): to this gateway and
+/// An operator's intent (flip, auto, drain, undrain, unfence): to this gateway and
 /// every peer, in that order, so all of them decide alike. Each answer is
 /// printed with its gateway; a gateway that did not apply it fails the
 /// command, naming it (the requests are idempotent: run it again).

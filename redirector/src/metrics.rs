@@ -98,6 +98,33 @@ struct SignalCheckLabel {
     result: String,
 }
 
+/// Labels of `redirector_hooks_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookLabel {
+    service: String,
+    /// `promote` or `notify`.
+    hook: String,
+    /// `ok`, `failed` (non-zero exit or signal), `timeout`, `error` (could
+    /// not start) or `skipped` (too many in flight).
+    result: String,
+}
+
+/// Labels of `redirector_hook_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookTiming {
+    service: String,
+    hook: String,
+}
+
+/// Buckets of `redirector_hook_duration_seconds`: 1 ms .. 10 min.
+const HOOK_BUCKETS: [f64; 12] = [
+    1e-3, 5e-3, 10e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 5.0, 30.0, 120.0, 600.0,
+];
+
+fn hook_histogram() -> Histogram {
+    Histogram::new(HOOK_BUCKETS)
+}
+
 /// Labels of `redirector_drift_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabel {
@@ -141,6 +168,8 @@ struct Series {
     detection: bool,
     signals: Vec<SignalLabel>,
     signal_checks: Vec<SignalCheckLabel>,
+    hooks: Vec<HookLabel>,
+    hook_timings: Vec<HookTiming>,
 }
 
 /// The metrics the event loop accumulates: probe verdicts and transitions.
@@ -156,6 +185,8 @@ pub struct Metrics {
     suspect: Counter,
     signals: Family<SignalLabel, Counter>,
     signal_checks: Family<SignalCheckLabel, Counter>,
+    hooks: Family<HookLabel, Counter>,
+    hook_duration: HistogramFamily<HookTiming>,
     series: HashMap<String, Series>,
 }
 
@@ -182,6 +213,8 @@ impl Metrics {
         let suspect = Counter::default();
         let signals = Family::default();
         let signal_checks = Family::default();
+        let hooks = Family::default();
+        let hook_duration = HistogramFamily::new_with_constructor(hook_histogram as fn() -> Histogram);
         let mut registry = Registry::default();
         // The registry appends the final full stop to each help text.
         registry.register(
@@ -224,6 +257,16 @@ impl Metrics {
             "Verdicts of the probes data-path signals asked for: confirmed (the probe failed) or dismissed (it passed)",
             signal_checks.clone(),
         );
+        registry.register(
+            "redirector_hooks",
+            "Transition hooks run (promote before traffic moves, notify after an event), by result: ok, failed (non-zero exit or a signal), timeout (killed with its process group), error (could not start), skipped (too many notify hooks waiting)",
+            hooks.clone(),
+        );
+        registry.register(
+            "redirector_hook_duration_seconds",
+            "Time a transition hook ran, in seconds",
+            hook_duration.clone(),
+        );
         Metrics {
             registry,
             probe_duration,
@@ -234,7 +277,34 @@ impl Metrics {
             suspect,
             signals,
             signal_checks,
+            hooks,
+            hook_duration,
             series: HashMap::new(),
+        }
+    }
+
+    /// A hook ended (`took`: how long it ran) or was skipped (`None`).
+    pub fn hook(&mut self, service: &str, hook: &str, result: &str, took: Option<Duration>) {
+        let label = HookLabel {
+            service: service.to_owned(),
+            hook: hook.to_owned(),
+            result: result.to_owned(),
+        };
+        if self.hooks.get(&label).is_none() {
+            self.series_of(service).hooks.push(label.clone());
+        }
+        self.hooks.get_or_create(&label).inc();
+        if let Some(took) = took {
+            let timing = HookTiming {
+                service: service.to_owned(),
+                hook: hook.to_owned(),
+            };
+            if self.hook_duration.get(&timing).is_none() {
+                self.series_of(service).hook_timings.push(timing.clone());
+            }
+            self.hook_duration
+                .get_or_create(&timing)
+                .observe(took.as_secs_f64());
         }
     }
 
@@ -364,6 +434,12 @@ impl Metrics {
         }
         for labels in &series.signal_checks {
             self.signal_checks.remove(labels);
+        }
+        for labels in &series.hooks {
+            self.hooks.remove(labels);
+        }
+        for labels in &series.hook_timings {
+            self.hook_duration.remove(labels);
         }
     }
 

@@ -87,6 +87,7 @@ pub fn status(ctl: &Control) -> Result<Status> {
                 reason: None,
                 local_error: None,
                 drained: st.drained & (1 << slot.index()) != 0,
+                fenced: state.intents.get(&name).is_some_and(|i| i.fenced[slot.index()]),
                 probe_interval_ms: None,
                 packets: s.fwd_packets,
                 bytes: s.fwd_bytes,
@@ -126,6 +127,7 @@ pub fn status(ctl: &Control) -> Result<Status> {
                 .get(&name)
                 .and_then(|i| i.pin.as_ref())
                 .map(|o| format!("pinned to the {} by {}", o.to, o.who)),
+            promotion: None,
             backends: rows,
             last: state.last.get(&name).cloned(),
             flows: None,
@@ -287,6 +289,9 @@ pub fn render(st: &Status) -> String {
         if let Some(o) = &s.override_ {
             let _ = writeln!(out, "  override: {o}");
         }
+        if let Some(p) = &s.promotion {
+            let _ = writeln!(out, "  promotion: {p}");
+        }
         for b in &s.backends {
             let mut line = format!("  {:<9} {:<24} {}", b.slot.to_string(), b.address, b.health);
             if let Some(since) = b.since_s {
@@ -301,6 +306,9 @@ pub fn render(st: &Status) -> String {
             }
             if b.drained {
                 line.push_str(", DRAINED");
+            }
+            if b.fenced {
+                line.push_str(", FENCED (takes no traffic until `redirector unfence`)");
             }
             let _ = write!(
                 line,

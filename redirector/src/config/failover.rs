@@ -1,15 +1,17 @@
 //! The `[service.failover]` table: failback policy and delay, what happens
 //! when both backends are down, the traffic share, flap damping and the
-//! `failback_gate`.
+//! `failback_gate`, the `promote` and `notify` hooks and `fence`.
 use std::ops::{Range, RangeInclusive};
 use std::time::Duration;
 
 use super::ConfigError;
-use super::health::{CheckDefaults, HealthCheck, RawHealth, convert_check};
+use super::health::{CheckDefaults, HealthCheck, RawHealth, command, convert_check};
+use toml::Spanned;
+
 use super::toml_source::{MaybeTable, RawValue, Section, raw_table};
 
 // The decision machine's own vocabulary: one definition of each.
-pub use crate::policy::{AllDown, Failback};
+pub use crate::policy::{AllDown, Failback, PromoteFailure};
 
 /// `[service.failover]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +30,34 @@ pub struct Failover {
     pub flap_hold: Duration,
     /// A probe that must also pass before traffic returns to the primary.
     pub failback_gate: Option<HealthCheck>,
+    /// Runs before traffic moves to the secondary (e.g. promote a standby
+    /// database); traffic waits for it.
+    pub promote: Option<Hook>,
+    /// What a failed or timed-out `promote` does.
+    pub on_promote_failure: PromoteFailure,
+    /// Runs after every event of the service, never delaying a decision.
+    pub notify: Option<Hook>,
+    /// Traffic leaving the primary for the secondary fences the primary
+    /// until `redirector unfence`.
+    pub fence: bool,
 }
+
+/// A command run on a transition: no shell, its own process group, killed
+/// (with the group) at its timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// Program (absolute path) and arguments.
+    pub command: Vec<String>,
+    /// Longest run.
+    pub timeout: Duration,
+}
+
+/// Default `promote_timeout`.
+pub const DEFAULT_PROMOTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `notify_timeout`.
+pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Allowed hook timeouts.
+pub const HOOK_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::from_millis(10)..=Duration::from_secs(600);
 
 /// Default `flap_hold`.
 pub const DEFAULT_FLAP_HOLD: Duration = Duration::from_secs(5);
@@ -49,6 +78,10 @@ impl Default for Failover {
             share: 0,
             flap_hold: DEFAULT_FLAP_HOLD,
             failback_gate: None,
+            promote: None,
+            on_promote_failure: PromoteFailure::Stay,
+            notify: None,
+            fence: false,
         }
     }
 }
@@ -62,10 +95,18 @@ raw_table! {
         share: RawValue,
         flap_hold: RawValue,
         failback_gate: MaybeTable<RawHealth>,
+        promote: RawValue,
+        promote_timeout: RawValue,
+        on_promote_failure: RawValue,
+        notify: RawValue,
+        notify_timeout: RawValue,
+        fence: RawValue,
     }
 }
 
 const FAILBACK_CHOICES: &[(&str, Failback)] = &[("auto", Failback::Auto), ("manual", Failback::Manual)];
+const PROMOTE_FAILURE_CHOICES: &[(&str, PromoteFailure)] =
+    &[("stay", PromoteFailure::Stay), ("move", PromoteFailure::Move)];
 const ALL_DOWN_CHOICES: &[(&str, AllDown)] = &[
     ("keep", AllDown::Keep),
     ("drop", AllDown::Drop),
@@ -110,6 +151,77 @@ pub(super) fn convert_failover(
         )?),
         None => None,
     };
+    let hook = |key: &str,
+                value: &Option<Spanned<RawValue>>,
+                timeout_key: &str,
+                timeout: &Option<Spanned<RawValue>>,
+                default: Duration|
+     -> Result<Option<Hook>, ConfigError> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let timeout = match timeout {
+            Some(t) => sec.duration(timeout_key, t, HOOK_TIMEOUT_RANGE)?,
+            None => default,
+        };
+        Ok(Some(Hook {
+            command: command(&sec, key, value)?,
+            timeout,
+        }))
+    };
+    let promote = hook(
+        "promote",
+        &r.promote,
+        "promote_timeout",
+        &r.promote_timeout,
+        DEFAULT_PROMOTE_TIMEOUT,
+    )?;
+    let notify = hook(
+        "notify",
+        &r.notify,
+        "notify_timeout",
+        &r.notify_timeout,
+        DEFAULT_NOTIFY_TIMEOUT,
+    )?;
+    let on_promote_failure = match &r.on_promote_failure {
+        Some(v) => sec.choice("on_promote_failure", v, PROMOTE_FAILURE_CHOICES)?,
+        None => PromoteFailure::Stay,
+    };
+    // A setting that would do nothing is an error, not silence.
+    for (key, value, needs) in [
+        (
+            "promote_timeout",
+            &r.promote_timeout,
+            ("promote", r.promote.is_some()),
+        ),
+        (
+            "on_promote_failure",
+            &r.on_promote_failure,
+            ("promote", r.promote.is_some()),
+        ),
+        (
+            "notify_timeout",
+            &r.notify_timeout,
+            ("notify", r.notify.is_some()),
+        ),
+    ] {
+        if let (Some(v), (hook, false)) = (value, needs) {
+            return Err(sec.invalid(key, &v.span(), format!("has no effect without `{hook}`")));
+        }
+    }
+    if let (Some(v), true, true) = (&r.promote, promote.is_some(), share > 0) {
+        return Err(sec.invalid(
+            "promote",
+            &v.span(),
+            format!(
+                "cannot be combined with share = {share}: shared flows would reach the secondary before it is promoted"
+            ),
+        ));
+    }
+    let fence = match &r.fence {
+        Some(v) => sec.boolean("fence", v)?,
+        None => false,
+    };
     Ok(Failover {
         failback,
         failback_delay,
@@ -117,5 +229,9 @@ pub(super) fn convert_failover(
         share,
         flap_hold,
         failback_gate,
+        promote,
+        on_promote_failure,
+        notify,
+        fence,
     })
 }

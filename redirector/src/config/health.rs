@@ -317,7 +317,7 @@ pub(super) fn convert_check(
             },
         },
         KindName::Exec => ProbeKind::Exec {
-            command: exec_command(sec, sec.required("command", &r.command)?)?,
+            command: command(sec, "command", sec.required("command", &r.command)?)?,
         },
     };
 
@@ -449,10 +449,15 @@ fn http_expect(sec: &Section<'_>, value: &Spanned<RawValue>) -> Result<Vec<u16>,
     Ok(codes)
 }
 
-/// An exec probe's `command`: program (absolute path) and arguments.
-fn exec_command(sec: &Section<'_>, value: &Spanned<RawValue>) -> Result<Vec<String>, ConfigError> {
+/// A command to run without a shell (an exec probe's `command`, a hook):
+/// program (absolute path) and arguments.
+pub(super) fn command(
+    sec: &Section<'_>,
+    key: &str,
+    value: &Spanned<RawValue>,
+) -> Result<Vec<String>, ConfigError> {
     let items = sec.array(
-        "command",
+        key,
         value,
         "an array of strings such as [\"/usr/local/bin/check\", \"arg\"]",
     )?;
@@ -462,29 +467,25 @@ fn exec_command(sec: &Section<'_>, value: &Spanned<RawValue>) -> Result<Vec<Stri
             toml::Value::String(arg) => arg,
             other => {
                 return Err(sec.invalid(
-                    "command",
+                    key,
                     &item.span(),
                     format!("expected a string, found {}", describe(other)),
                 ));
             }
         };
         if arg.contains('\0') {
-            return Err(sec.invalid(
-                "command",
-                &item.span(),
-                format!("{arg:?} contains a NUL character"),
-            ));
+            return Err(sec.invalid(key, &item.span(), format!("{arg:?} contains a NUL character")));
         }
         command.push(arg.clone());
     }
     match command.first() {
         None => Err(sec.invalid(
-            "command",
+            key,
             &value.span(),
             "must name the program to run, e.g. [\"/usr/local/bin/check\"]",
         )),
         Some(program) if !program.starts_with('/') => Err(sec.invalid(
-            "command",
+            key,
             &value.span(),
             format!("program {program:?} must be an absolute path"),
         )),

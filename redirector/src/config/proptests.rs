@@ -121,29 +121,70 @@ fn failover() -> impl Strategy<Value = Failover> {
     let d = Failover::default();
     let delay = || duration(Duration::ZERO, MAX_FAILBACK_DELAY);
     (
-        or_default(
-            d.failback,
-            prop_oneof![Just(Failback::Auto), Just(Failback::Manual)],
+        (
+            or_default(
+                d.failback,
+                prop_oneof![Just(Failback::Auto), Just(Failback::Manual)],
+            ),
+            or_default(d.failback_delay, delay()),
+            or_default(
+                d.all_down,
+                prop_oneof![Just(AllDown::Keep), Just(AllDown::Drop), Just(AllDown::Pass)],
+            ),
+            or_default(d.share, SHARE_RANGE),
+            or_default(d.flap_hold, delay()),
+            proptest::option::weighted(0.3, health_check(true)),
         ),
-        or_default(d.failback_delay, delay()),
-        or_default(
-            d.all_down,
-            prop_oneof![Just(AllDown::Keep), Just(AllDown::Drop), Just(AllDown::Pass)],
+        (
+            proptest::option::weighted(0.3, hook(DEFAULT_PROMOTE_TIMEOUT)),
+            prop_oneof![Just(PromoteFailure::Stay), Just(PromoteFailure::Move)],
+            proptest::option::weighted(0.3, hook(DEFAULT_NOTIFY_TIMEOUT)),
+            any::<bool>(),
         ),
-        or_default(d.share, SHARE_RANGE),
-        or_default(d.flap_hold, delay()),
-        proptest::option::weighted(0.3, health_check(true)),
     )
         .prop_map(
-            |(failback, failback_delay, all_down, share, flap_hold, failback_gate)| Failover {
-                failback,
-                failback_delay,
-                all_down,
-                share,
-                flap_hold,
-                failback_gate,
+            |(
+                (failback, failback_delay, all_down, share, flap_hold, failback_gate),
+                (promote, on_promote_failure, notify, fence),
+            )| {
+                // Shared flows would reach a standby before its promotion: refused.
+                let promote = promote.filter(|_| share == 0);
+                Failover {
+                    failback,
+                    failback_delay,
+                    all_down,
+                    share,
+                    flap_hold,
+                    failback_gate,
+                    // Only meaningful (and only accepted) with a promote hook.
+                    on_promote_failure: match promote {
+                        Some(_) => on_promote_failure,
+                        None => PromoteFailure::Stay,
+                    },
+                    promote,
+                    notify,
+                    fence,
+                }
             },
         )
+}
+
+fn hook(default: Duration) -> impl Strategy<Value = Hook> {
+    (
+        prop_oneof![
+            Just(vec!["/usr/local/bin/hook".to_owned()]),
+            Just(vec![
+                "/usr/bin/env".to_owned(),
+                "promote db".to_owned(),
+                "--now".to_owned()
+            ]),
+        ],
+        or_default(
+            default,
+            duration(*HOOK_TIMEOUT_RANGE.start(), *HOOK_TIMEOUT_RANGE.end()),
+        ),
+    )
+        .prop_map(|(command, timeout)| Hook { command, timeout })
 }
 
 /// An address of the test ranges: 198.18.0.0/15 or 2001:2::/48.
@@ -532,6 +573,28 @@ fn failover_lines(f: &Failover, style: &mut Style) -> Lines {
     l.key_or_default(style, "share", &f.share, &d.share, f.share.to_string());
     let text = q(&spell(f.flap_hold, style));
     l.key_or_default(style, "flap_hold", &f.flap_hold, &d.flap_hold, text);
+    for (key, hook, default) in [
+        ("promote", &f.promote, DEFAULT_PROMOTE_TIMEOUT),
+        ("notify", &f.notify, DEFAULT_NOTIFY_TIMEOUT),
+    ] {
+        if let Some(hook) = hook {
+            let args: Vec<String> = hook.command.iter().map(|a| q(a)).collect();
+            l.key(key, array(&args, style));
+            let text = q(&spell(hook.timeout, style));
+            l.key_or_default(style, &format!("{key}_timeout"), &hook.timeout, &default, text);
+        }
+    }
+    if f.promote.is_some() {
+        let text = q(&f.on_promote_failure.to_string());
+        l.key_or_default(
+            style,
+            "on_promote_failure",
+            &f.on_promote_failure,
+            &PromoteFailure::Stay,
+            text,
+        );
+    }
+    l.key_or_default(style, "fence", &f.fence, &false, f.fence.to_string());
     l
 }
 

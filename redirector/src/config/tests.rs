@@ -714,6 +714,7 @@ probe_budget = 100000
                 fall: 3,
                 silence: None,
             }),
+            ..Failover::default()
         }
     );
     let dns = &cfg.services[1];
@@ -749,6 +750,7 @@ probe_budget = 100000
                 fall: 1,
                 silence: None,
             }),
+            ..Failover::default()
         }
     );
     let ssh = &cfg.services[2];
@@ -816,6 +818,7 @@ fn control_sections_defaults() {
         share: 0,
         flap_hold: DEFAULT_FLAP_HOLD,
         failback_gate: None,
+        ..Failover::default()
     };
     assert_eq!(cfg.services[0].failover, failover);
     assert_eq!(cfg.services[1].failover, failover);
@@ -1969,4 +1972,59 @@ fn announce_track_file_alone_or_with_routes() {
     assert_contains(&msg, &["[announce]", "table", "track_file"]);
     let msg = err(&format!("{GATEWAY}[announce]\ntrack_file = \"track\"\n"));
     assert_contains(&msg, &["key \"track_file\"", "absolute"]);
+}
+
+#[test]
+fn hooks_and_fence() {
+    let cfg = parse(&with_table(
+        "failover",
+        "promote = [\"/usr/local/bin/promote\", \"--standby\"]\npromote_timeout = \"5s\"\n\
+         on_promote_failure = \"move\"\nnotify = [\"/usr/local/bin/page\"]\nfence = true\n",
+    ));
+    let f = &cfg.services[0].failover;
+    assert_eq!(
+        f.promote,
+        Some(Hook {
+            command: vec!["/usr/local/bin/promote".into(), "--standby".into()],
+            timeout: Duration::from_secs(5),
+        })
+    );
+    assert_eq!(f.on_promote_failure, PromoteFailure::Move);
+    assert_eq!(
+        f.notify,
+        Some(Hook {
+            command: vec!["/usr/local/bin/page".into()],
+            timeout: DEFAULT_NOTIFY_TIMEOUT,
+        })
+    );
+    assert!(f.fence);
+}
+
+#[test]
+fn hook_errors() {
+    let msg = failover_err("promote = \"pg_ctl promote\"\n");
+    assert_contains(
+        &msg,
+        &["test.toml:11", "key \"promote\"", "expected an array of strings"],
+    );
+    let msg = failover_err("notify = [\"notify-send\"]\n");
+    assert_contains(&msg, &["key \"notify\"", "must be an absolute path"]);
+    let msg = failover_err("promote_timeout = \"5s\"\n");
+    assert_contains(
+        &msg,
+        &["key \"promote_timeout\"", "has no effect without `promote`"],
+    );
+    let msg = failover_err("on_promote_failure = \"move\"\n");
+    assert_contains(
+        &msg,
+        &["key \"on_promote_failure\"", "has no effect without `promote`"],
+    );
+    let msg = failover_err("promote = [\"/bin/true\"]\non_promote_failure = \"retry\"\n");
+    assert_contains(&msg, &["unknown value \"retry\"", "\"stay\" or \"move\""]);
+    let msg = failover_err("promote = [\"/bin/true\"]\nshare = 10\n");
+    assert_contains(&msg, &["key \"promote\"", "share = 10", "before it is promoted"]);
+    let msg = failover_err("fence = \"yes\"\n");
+    assert_contains(&msg, &["key \"fence\"", "expected true or false"]);
+    let msg = failover_err("notify = [\"/bin/true\"]\nnotify_timeout = \"1h\"\n");
+    assert_contains(&msg, &["key \"notify_timeout\""]);
 }

@@ -293,6 +293,17 @@ impl Section<'_> {
         })
     }
 
+    pub(super) fn boolean(&self, key: &str, value: &Spanned<RawValue>) -> Result<bool, ConfigError> {
+        match value.get_ref() {
+            RawValue::Scalar(toml::Value::Boolean(b)) => Ok(*b),
+            other => Err(self.invalid(
+                key,
+                &value.span(),
+                format!("expected true or false, found {}", describe_raw(other)),
+            )),
+        }
+    }
+
     pub(super) fn string<'v>(&self, key: &str, value: &'v Spanned<RawValue>) -> Result<&'v str, ConfigError> {
         match value.get_ref() {
             RawValue::Scalar(toml::Value::String(s)) => Ok(s),

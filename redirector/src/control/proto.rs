@@ -46,6 +46,15 @@ pub enum Request {
         /// Why (recorded).
         reason: Option<String>,
     },
+    /// Lift a backend's fence.
+    Unfence {
+        /// Service name.
+        service: String,
+        /// The backend.
+        slot: Slot,
+        /// Why (recorded).
+        reason: Option<String>,
+    },
     /// The transition log; with `follow`, then every new transition.
     Events {
         /// Keep the connection open and stream new events.
@@ -174,6 +183,9 @@ pub struct ServiceStatus {
     pub share: u8,
     /// An operator override, described.
     pub override_: Option<String>,
+    /// A promotion under way or failed, described.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<String>,
     /// Primary then secondary.
     pub backends: Vec<BackendStatus>,
     /// The last transition.
@@ -201,6 +213,9 @@ pub struct BackendStatus {
     pub local_error: Option<String>,
     /// Takes no new flows.
     pub drained: bool,
+    /// Fenced: takes no traffic until an operator unfences it.
+    #[serde(default)]
+    pub fenced: bool,
     /// Effective probe interval in ms.
     pub probe_interval_ms: Option<f64>,
     /// Packets forwarded to it.

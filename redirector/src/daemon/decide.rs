@@ -1,11 +1,17 @@
 //! Effects of decisions, on the event loop: switch-state writes (the one
 //! writer of `SWITCH` is [`Switches`](super::apply::Switches)), events for
 //! the log, followers, metrics and `redirector events`, and the state file
-//! (intents, flap history), saved in order off the loop.
+//! (intents, flap history), saved in order off the loop; hooks started
+//! (`promote` when the machine asks, `notify` after each event) and their
+//! ends fed back.
 use log::{info, warn};
 
 use super::{Daemon, EVENT_LOG, persist::Ack, requests};
-use crate::{control::proto::Response, policy::Effect};
+use crate::{
+    control::proto::Response,
+    hooks::{self, Finished, Kind},
+    policy::{Effect, Event, Input, Nanos},
+};
 
 impl Daemon {
     /// Writes decisions and records events. A failed write is logged; the
@@ -41,8 +47,10 @@ impl Daemon {
                         warn!("service id {id}: writing the switch state: {e:#}");
                     }
                 }
+                Effect::Promote { seq, event } => self.promote(id, seq, &event),
                 Effect::Event(ev) => {
                     info!("{ev}");
+                    self.notify(id, &ev);
                     self.metrics
                         .transition(&ev.service, ev.cause.kind(), ev.detection);
                     let record = requests::record(&ev);
@@ -69,6 +77,78 @@ impl Daemon {
             persist = true;
         }
         persist
+    }
+
+    /// Starts the `promote` hook the machine of service `id` asked for.
+    fn promote(&mut self, id: u32, seq: u64, event: &Event) {
+        let Some(svc) = self.services.get(id) else {
+            return;
+        };
+        let kind = Kind::Promote { seq };
+        match &svc.cfg.failover.promote {
+            Some(hook) => {
+                let env = hooks::env(kind, event, &svc.cfg, requests::record(event).unix_ms);
+                self.hooks.start(id, &svc.cfg.name, kind, hook, env);
+            }
+            // A machine asks only when the hook is configured; answer anyway
+            // so traffic never waits for nothing.
+            None => self.hook_finished(Finished {
+                id,
+                service: svc.cfg.name.clone(),
+                kind,
+                ended: crate::process::Ended::Exit(0),
+                took: std::time::Duration::ZERO,
+            }),
+        }
+    }
+
+    /// Starts the service's `notify` hook for `event`, if it has one.
+    fn notify(&mut self, id: u32, event: &Event) {
+        let Some(svc) = self.services.get(id) else {
+            return;
+        };
+        let Some(hook) = &svc.cfg.failover.notify else {
+            return;
+        };
+        let env = hooks::env(Kind::Notify, event, &svc.cfg, requests::record(event).unix_ms);
+        if !self.hooks.start(id, &svc.cfg.name, Kind::Notify, hook, env) {
+            warn!(
+                "{}: notify skipped: {} notifications already wait",
+                svc.cfg.name,
+                hooks::NOTIFIES_WAITING
+            );
+            self.metrics.hook(&event.service, "notify", "skipped", None);
+        }
+    }
+
+    /// A hook ended: logged and counted; a promotion's end goes to its machine.
+    pub(super) fn hook_finished(&mut self, done: Finished) {
+        let Finished {
+            id,
+            service,
+            kind,
+            ended,
+            took,
+        } = done;
+        self.metrics
+            .hook(&service, kind.name(), ended.result(), Some(took));
+        let line = format!("{service}: {} hook: {ended} after {took:.1?}", kind.name());
+        if ended.ok() {
+            info!("{line}");
+        } else {
+            warn!("{line}");
+        }
+        if let Kind::Promote { seq } = kind {
+            let input = Input::Promoted {
+                seq,
+                ok: ended.ok(),
+                took,
+                detail: ended.to_string(),
+            };
+            let now = Nanos(crate::datapath::monotonic_ns());
+            let effects = self.services.input(id, now, input);
+            self.apply(effects);
+        }
     }
 
     /// Writes the state file off the loop ([`Saver`]).

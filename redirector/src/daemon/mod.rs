@@ -213,6 +213,9 @@ pub struct Daemon {
     quiet: Vec<silence::Quiet>,
     /// The VIPs published for the routing daemon (`[announce]`).
     announcing: announce::Announcing,
+    /// Transition hooks (`promote`, `notify`) and their ends.
+    hooks: crate::hooks::Runner,
+    hook_ends: mpsc::UnboundedReceiver<crate::hooks::Finished>,
 }
 
 impl Daemon {
@@ -354,6 +357,7 @@ impl Daemon {
                     }
                 }
                 got = signals::read(&mut self.signals) => self.signals_in(got),
+                Some(done) = self.hook_ends.recv() => self.hook_finished(done),
                 guard = self.logger.readable_mut() => match guard {
                     Ok(mut guard) => {
                         guard.get_inner_mut().flush();

@@ -13,7 +13,7 @@ use crate::{
         server::{Incoming, Peer},
     },
     datapath::monotonic_ns,
-    policy::{Event, Input, Nanos, Slot, State, Who},
+    policy::{Event, Input, Nanos, Promotion, Slot, State, Who},
 };
 
 /// Wall-clock time of a CLOCK_MONOTONIC instant.
@@ -118,6 +118,19 @@ impl Daemon {
                 };
                 operator(self, &service, input, done);
             }
+            Request::Unfence {
+                service,
+                slot,
+                reason,
+            } => {
+                let done = format!("{service}: {slot} unfenced");
+                let input = Input::Unfence {
+                    slot,
+                    who: who(&peer),
+                    why: reason,
+                };
+                operator(self, &service, input, done);
+            }
             Request::Events { follow } => {
                 // The backlog can exceed the connection's queue: a task sends it
                 // at the reader's pace, then the end marker.
@@ -199,6 +212,7 @@ impl Daemon {
                         reason: b.reason.as_ref().map(ToString::to_string),
                         local_error: svc.local_error[slot.index()].as_ref().map(ToString::to_string),
                         drained: view.desired.drained[slot.index()],
+                        fenced: view.intent.fenced[slot.index()],
                         probe_interval_ms: self
                             .services
                             .probe_interval(id, slot)
@@ -236,6 +250,17 @@ impl Daemon {
                 all_down: view.desired.all_down.map(|a| format!("{a:?}").to_lowercase()),
                 share: view.desired.share,
                 override_,
+                promotion: view.promotion.as_ref().and_then(|p| match p {
+                    Promotion::Running { slot, since, .. } => Some(format!(
+                        "promoting the {slot} for {} (traffic waits)",
+                        humanize(now.saturating_sub(*since))
+                    )),
+                    Promotion::Failed { slot, retry, detail } => Some(format!(
+                        "promoting the {slot} failed ({detail}); again in {}",
+                        humanize(retry.saturating_sub(now))
+                    )),
+                    Promotion::Done { .. } => None,
+                }),
                 backends,
                 last: self
                     .events

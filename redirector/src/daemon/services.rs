@@ -89,6 +89,8 @@ pub fn policy_of(svc: &Service) -> Policy {
             max_hold: f.flap_hold * 12,
             ..policy::FlapDamping::default()
         },
+        promote: f.promote.as_ref().map(|_| f.on_promote_failure),
+        fence: f.fence,
     }
 }
 
@@ -493,6 +495,16 @@ impl Services {
         if let Some(s) = &self.scheduler {
             s.probe_now(target_id(id, Probed::Backend(slot)));
         }
+    }
+
+    /// Service `id`.
+    pub fn get(&self, id: u32) -> Option<&Svc> {
+        self.by_id.get(&id)
+    }
+
+    /// An input that cannot be refused (a hook's answer) for service `id`.
+    pub fn input(&mut self, id: u32, now: Nanos, input: Input) -> Tagged {
+        self.step(id, now, input).unwrap_or_default()
     }
 
     /// An operator request for service `name`.

@@ -346,6 +346,7 @@ impl Prepared {
                 .context("starting the prober")?,
         );
         let vips = cfg.services.iter().map(|s| s.vip).collect();
+        let (hooks, hook_ends) = crate::hooks::Runner::new();
         let mut daemon = Daemon {
             dp,
             pins,
@@ -382,6 +383,8 @@ impl Prepared {
             seen,
             quiet: Vec::new(),
             announcing: Announcing::new(announcer, tracker, &vips),
+            hooks,
+            hook_ends,
         };
         daemon.announce();
         Ok(daemon)

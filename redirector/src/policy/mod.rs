@@ -45,7 +45,27 @@
 //!   operator says `auto`, and — unless forced — when its backend goes down
 //!   (`OverrideBroken`) or is drained; then automatic control decides again.
 //!
-//! Due timers (an override's end, a hold's end, the failback delay) run at
+//! # Promotion and fencing
+//! With a `promote` hook ([`Policy::promote`]), traffic moves to the
+//! secondary only once the hook has run for it: where automatic control or
+//! an override would move it, the machine emits [`Effect::Promote`] (one
+//! promotion at a time, numbered) and keeps `active` until
+//! [`Input::Promoted`] answers. Meanwhile a down or fenced active backend
+//! makes the service count as all down. A failed promotion moves traffic
+//! anyway ([`PromoteFailure::Move`]) or keeps it and tries again after
+//! [`PROMOTE_RETRY`] ([`PromoteFailure::Stay`]). A promotion, once started,
+//! is never cancelled (it may already have made the standby writable); a
+//! move away from the promoted backend forgets it, so the next move there
+//! promotes again.
+//!
+//! With [`Policy::fence`], the decision to move traffic from the primary to
+//! the secondary (before any promotion) fences the primary: it counts as
+//! down whatever its probes say, is refused as a flip target even with
+//! force, and `all_down = keep` drops rather than send to it. The fence is
+//! operator intent (persisted) and ends only by [`Input::Unfence`].
+//!
+//! Due timers (an override's end, a hold's end, the failback delay, a
+//! promotion's retry) run at
 //! the start of every step; [`Input::Tick`] at [`Machine::next_deadline`]
 //! only makes sure a step happens in time. Time never runs backwards: an
 //! older `now` counts as the newest seen.
@@ -65,7 +85,8 @@ use serde::{Deserialize, Serialize};
 
 pub use backend::{BackendView, Reason, State};
 pub use service::{
-    Cause, Desired, Effect, Event, GateVerdict, Input, Intent, Machine, Override, Refused, Seed, View,
+    Cause, Desired, Effect, Event, GateVerdict, Input, Intent, Machine, Override, Promotion, Refused, Seed,
+    View,
 };
 
 /// A CLOCK_MONOTONIC timestamp in nanoseconds.
@@ -164,6 +185,31 @@ impl fmt::Display for AllDown {
     }
 }
 
+/// What a failed or timed-out `promote` hook does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromoteFailure {
+    /// Traffic stays where it is (the service counts as all down while its
+    /// active backend is down or fenced) and the hook runs again after
+    /// [`PROMOTE_RETRY`].
+    #[default]
+    Stay,
+    /// Traffic moves anyway.
+    Move,
+}
+
+impl fmt::Display for PromoteFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PromoteFailure::Stay => "stay",
+            PromoteFailure::Move => "move",
+        })
+    }
+}
+
+/// How long after a failed promotion it is tried again (`on_promote_failure = "stay"`).
+pub const PROMOTE_RETRY: Duration = Duration::from_secs(2);
+
 /// Flap damping (see the module docs for the rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FlapDamping {
@@ -212,11 +258,20 @@ pub struct Policy {
     pub gated: bool,
     /// Flap damping.
     pub flap: FlapDamping,
+    /// A `promote` hook exists: traffic moves to the secondary only once it
+    /// has run (see the module docs); what its failure does.
+    #[serde(default)]
+    pub promote: Option<PromoteFailure>,
+    /// Traffic leaving the primary for the secondary fences the primary:
+    /// it counts as down until an operator unfences it.
+    #[serde(default)]
+    pub fence: bool,
 }
 
 impl Default for Policy {
     /// The configuration's defaults: rise 3, fall 2, automatic failback after
-    /// 1 s, keep on all down, no share, no gate, default flap damping.
+    /// 1 s, keep on all down, no share, no gate, default flap damping, no
+    /// promotion, no fence.
     fn default() -> Self {
         Policy {
             rise: 3,
@@ -227,6 +282,8 @@ impl Default for Policy {
             share: 0,
             gated: false,
             flap: FlapDamping::default(),
+            promote: None,
+            fence: false,
         }
     }
 }

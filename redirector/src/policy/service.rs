@@ -5,7 +5,7 @@ use std::{fmt, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AllDown, Failback, Nanos, Policy, Slot, Who,
+    AllDown, Failback, Nanos, PROMOTE_RETRY, Policy, PromoteFailure, Slot, Who,
     backend::{Backend, BackendView, Change, Reason},
     human,
 };
@@ -70,6 +70,26 @@ pub enum Input {
         /// Their comment.
         why: Option<String>,
     },
+    /// Operator: lift a backend's fence.
+    Unfence {
+        /// The backend.
+        slot: Slot,
+        /// Who asked.
+        who: Who,
+        /// Their comment.
+        why: Option<String>,
+    },
+    /// The `promote` hook started by [`Effect::Promote`] ended.
+    Promoted {
+        /// The promotion's number, from the effect (an answer to an older one is ignored).
+        seq: u64,
+        /// Exit status 0.
+        ok: bool,
+        /// How long the hook ran.
+        took: Duration,
+        /// What went wrong (exit status, timeout), for a failure.
+        detail: String,
+    },
     /// Time passed: deliver at [`Machine::next_deadline`].
     Tick,
 }
@@ -81,6 +101,14 @@ pub enum Effect {
     Write(Desired),
     /// Record and log this event.
     Event(Event),
+    /// Run the `promote` hook for `event`'s [`Cause::Promoting`] and answer
+    /// with [`Input::Promoted`] carrying `seq`.
+    Promote {
+        /// The promotion's number.
+        seq: u64,
+        /// The promotion, as its event tells it (service, from, to, why, who).
+        event: Event,
+    },
 }
 
 /// The switch state the data plane should have: one atomic map write.
@@ -194,6 +222,44 @@ pub enum Cause {
         /// Its `Up` → `Down` transitions within the flap window.
         flaps: u32,
     },
+    /// Traffic leaves the primary for the secondary and `fence = true`: the
+    /// primary takes no traffic until an operator unfences it.
+    Fenced {
+        /// The fenced backend.
+        slot: Slot,
+    },
+    /// An operator lifted a fence.
+    Unfenced {
+        /// The backend.
+        slot: Slot,
+    },
+    /// The `promote` hook runs for `slot` before traffic moves there.
+    Promoting {
+        /// The backend being promoted.
+        slot: Slot,
+        /// Why traffic is to move.
+        on: Box<Cause>,
+    },
+    /// The `promote` hook ended; traffic moved (unless `slot` can no longer take it).
+    Promoted {
+        /// The promoted backend.
+        slot: Slot,
+        /// How long the hook ran.
+        took: Duration,
+        /// Set when the hook failed and traffic moved anyway (`on_promote_failure = "move"`).
+        failed: Option<String>,
+    },
+    /// The `promote` hook failed; traffic stays and the hook runs again at `retry`.
+    PromoteFailed {
+        /// The backend.
+        slot: Slot,
+        /// How long the hook ran.
+        took: Duration,
+        /// What went wrong.
+        detail: String,
+        /// When it runs again.
+        retry: Nanos,
+    },
     /// A new policy changed the desired state.
     PolicyChange,
     /// The data plane's state (adopted at restart) differed from the machine's; rewritten.
@@ -224,6 +290,11 @@ impl Cause {
             Cause::Undrain { .. } => "undrain",
             Cause::HealthChange { .. } => "health_change",
             Cause::FlapHold { .. } => "flap_hold",
+            Cause::Fenced { .. } => "fenced",
+            Cause::Unfenced { .. } => "unfenced",
+            Cause::Promoting { .. } => "promoting",
+            Cause::Promoted { .. } => "promoted",
+            Cause::PromoteFailed { .. } => "promote_failed",
             Cause::PolicyChange => "policy_change",
             Cause::Resync => "resync",
         }
@@ -275,6 +346,36 @@ impl fmt::Display for Cause {
                     "{slot} held down: it went down {flaps} times within the flap window"
                 )
             }
+            Cause::Fenced { slot } => write!(
+                f,
+                "{slot} fenced: it takes no traffic until `redirector unfence SERVICE {slot}`"
+            ),
+            Cause::Unfenced { slot } => write!(f, "{slot} unfenced"),
+            Cause::Promoting { slot, on } => write!(f, "promoting the {slot} before traffic moves ({on})"),
+            Cause::Promoted {
+                slot,
+                took,
+                failed: None,
+            } => write!(f, "{slot} promoted in {}", human(*took)),
+            Cause::Promoted {
+                slot,
+                took,
+                failed: Some(detail),
+            } => write!(
+                f,
+                "promoting the {slot} failed ({detail}) after {}; traffic moved anyway (on_promote_failure = move)",
+                human(*took)
+            ),
+            Cause::PromoteFailed {
+                slot,
+                took,
+                detail,
+                retry: _,
+            } => write!(
+                f,
+                "promoting the {slot} failed ({detail}) after {}; traffic stays, the hook runs again",
+                human(*took)
+            ),
             Cause::PolicyChange => f.write_str("policy changed"),
             Cause::Resync => f.write_str("data plane state rewritten to match the policy"),
         }
@@ -294,6 +395,7 @@ impl fmt::Display for Event {
                 until: Some(until), ..
             } => write!(f, " for {}", human(until.saturating_sub(self.at)))?,
             Cause::FlapHold { until, .. } => write!(f, " for {}", human(until.saturating_sub(self.at)))?,
+            Cause::PromoteFailed { retry, .. } => write!(f, " in {}", human(retry.saturating_sub(self.at)))?,
             _ => {}
         }
         if self.from == self.to {
@@ -333,6 +435,12 @@ pub enum Refused {
     /// A flip towards a drained backend, without force.
     #[error("{slot} is drained; undrain it first, or use --force to pin it anyway")]
     Drained {
+        /// The backend.
+        slot: Slot,
+    },
+    /// A flip towards a fenced backend (force does not lift a fence).
+    #[error("{slot} is fenced; `redirector unfence SERVICE {slot}` once it may take traffic again")]
+    Fenced {
         /// The backend.
         slot: Slot,
     },
@@ -379,6 +487,42 @@ pub struct Intent {
     pub pin: Option<Override>,
     /// Per slot: drained.
     pub drained: [bool; 2],
+    /// Per slot: fenced (counts as down until unfenced).
+    #[serde(default, skip_serializing_if = "is_unfenced")]
+    pub fenced: [bool; 2],
+}
+
+fn is_unfenced(fenced: &[bool; 2]) -> bool {
+    fenced == &[false; 2]
+}
+
+/// Where a promotion stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Promotion {
+    /// The hook runs.
+    Running {
+        /// The backend being promoted.
+        slot: Slot,
+        /// Its number.
+        seq: u64,
+        /// When it started.
+        since: Nanos,
+    },
+    /// The hook failed; it runs again at `retry`.
+    Failed {
+        /// The backend.
+        slot: Slot,
+        /// When it runs again.
+        retry: Nanos,
+        /// What went wrong.
+        detail: String,
+    },
+    /// Promoted (or moved anyway): traffic may go there until it leaves.
+    Done {
+        /// The promoted backend.
+        slot: Slot,
+    },
 }
 
 /// What a restarted daemon finds: the data plane's switch state and the
@@ -431,6 +575,8 @@ pub struct View {
     pub waiting_for_gate: bool,
     /// When the next [`Input::Tick`] is due.
     pub next_deadline: Option<Nanos>,
+    /// The latest promotion, while it matters.
+    pub promotion: Option<Promotion>,
 }
 
 /// An operator request applied in this step.
@@ -450,6 +596,12 @@ struct Step {
     expired: bool,
     op: Option<Op>,
     policy: bool,
+    /// A promotion started in this step (its number and target).
+    promote: Option<(u64, Slot)>,
+    /// A promotion ended in this step: what to tell.
+    promoted: Option<Cause>,
+    /// Fences and failed promotions, told after the headline.
+    notices: Vec<Cause>,
 }
 
 /// One service's decision machine.
@@ -464,6 +616,13 @@ pub struct Machine {
     gate: Option<GateVerdict>,
     /// The primary's up-since for which "failback waits for the gate" was told.
     gate_noted: Option<Nanos>,
+    /// Per slot: fenced (operator intent: only an unfence lifts it).
+    fenced: [bool; 2],
+    promotion: Option<Promotion>,
+    /// The last promotion's number.
+    promotions: u64,
+    /// Traffic waits for a promotion to move.
+    holding: bool,
     /// The last switch state written (or found at adoption).
     written: Desired,
     /// The newest `now` seen: time never runs backwards inside the machine.
@@ -483,6 +642,10 @@ impl Machine {
             drained: [false; 2],
             gate: None,
             gate_noted: None,
+            fenced: [false; 2],
+            promotion: None,
+            promotions: 0,
+            holding: false,
             written: Desired {
                 active: Slot::Primary,
                 up: [true; 2],
@@ -513,6 +676,10 @@ impl Machine {
             drained: seed.intent.drained,
             gate: None,
             gate_noted: None,
+            fenced: seed.intent.fenced,
+            promotion: None,
+            promotions: 0,
+            holding: false,
             written: seed.desired,
             now,
         }
@@ -530,6 +697,7 @@ impl Machine {
             if let Some(old) = from[slot.index()] {
                 m.backends[slot.index()] = self.backends[old.index()].clone();
                 m.drained[slot.index()] = self.drained[old.index()];
+                m.fenced[slot.index()] = self.fenced[old.index()];
             }
         }
         let new_slot = |old: Slot| Slot::ALL.into_iter().find(|s| from[s.index()] == Some(old));
@@ -555,14 +723,25 @@ impl Machine {
 
     /// The switch state the machine wants now (equal to the last write after every step).
     pub fn desired(&self) -> Desired {
-        let all_down = !self.usable(Slot::Primary) && !self.usable(Slot::Secondary);
+        // Waiting for a promotion with nowhere to send traffic counts as all down.
+        let all_down = self.both_down() || (self.holding && !self.usable(self.active));
+        let action = match self.policy.all_down {
+            // Keeping traffic on a fenced backend is what the fence forbids.
+            AllDown::Keep if self.fenced[self.active.index()] => Some(AllDown::Drop),
+            AllDown::Keep => None,
+            other => Some(other),
+        };
         Desired {
             active: self.active,
             up: Slot::ALL.map(|slot| self.usable(slot)),
             drained: self.drained,
-            all_down: (all_down && self.policy.all_down != AllDown::Keep).then_some(self.policy.all_down),
+            all_down: action.filter(|_| all_down),
             share: self.policy.share_pct(),
         }
+    }
+
+    fn both_down(&self) -> bool {
+        !self.usable(Slot::Primary) && !self.usable(Slot::Secondary)
     }
 
     /// Whether this gateway can serve the service, for announcing its VIP:
@@ -571,7 +750,8 @@ impl Machine {
     /// before any (a fresh start has not probed yet; an adopted one keeps
     /// what its predecessor announced until it has).
     pub fn servable(&self) -> Option<bool> {
-        if self.desired().all_down.is_some() {
+        // A promotion in progress is every gateway's wait, not this one's fault.
+        if self.both_down() && self.desired().all_down.is_some() {
             return Some(false);
         }
         self.backends.iter().any(Backend::known).then_some(true)
@@ -587,6 +767,7 @@ impl Machine {
         Intent {
             pin: self.pin.clone(),
             drained: self.drained,
+            fenced: self.fenced,
         }
     }
 
@@ -609,7 +790,11 @@ impl Machine {
         let failback = self.failback_due().filter(|&due| due > self.now);
         let holds = self.backends.iter().filter_map(Backend::held_until);
         let until = self.pin.as_ref().and_then(|pin| pin.until);
-        holds.chain(until).chain(failback).min()
+        let retry = match &self.promotion {
+            Some(Promotion::Failed { retry, .. }) if self.holding => Some(*retry),
+            _ => None,
+        };
+        holds.chain(until).chain(failback).chain(retry).min()
     }
 
     /// Everything `status` shows.
@@ -633,6 +818,7 @@ impl Machine {
             failback_at,
             waiting_for_gate: failback_at.is_some_and(|due| due <= self.now) && !self.gate_ok(),
             next_deadline: self.next_deadline(),
+            promotion: self.promotion.clone(),
         }
     }
 
@@ -724,6 +910,21 @@ impl Machine {
                     step.op = Some(Op { cause, who, why });
                 }
             }
+            Input::Unfence { slot, who, why } => {
+                if std::mem::take(&mut self.fenced[slot.index()]) {
+                    step.op = Some(Op {
+                        cause: Cause::Unfenced { slot },
+                        who,
+                        why,
+                    });
+                }
+            }
+            Input::Promoted {
+                seq,
+                ok,
+                took,
+                detail,
+            } => self.promoted(&mut step, seq, ok, took, detail),
             Input::Tick => {}
         }
         Ok(self.settle(step))
@@ -740,6 +941,9 @@ impl Machine {
             expired: false,
             op: None,
             policy: false,
+            promote: None,
+            promoted: None,
+            notices: Vec::new(),
         };
         for slot in Slot::ALL {
             let change = self.backends[slot.index()].timers(self.now);
@@ -766,10 +970,11 @@ impl Machine {
             broken = Some(pin.to);
             self.pin = None;
         }
-        self.active = match &self.pin {
+        let target = match &self.pin {
             Some(pin) => pin.to,
             None => self.choose(),
         };
+        self.active = self.admit(target, &mut step);
 
         let mut effects = Vec::new();
         let desired = self.desired();
@@ -780,13 +985,31 @@ impl Machine {
         }
 
         let mut told = Vec::new();
+        // Who caused a promotion started in this step.
+        let mut by = (None, None);
+        let promoted = step.promoted.take();
         match step.op.take() {
             // Operator requests never take a backend down: nothing outranks them.
-            Some(op) => told.push((op.cause, Some(op.who), op.why)),
-            None => told.extend(
-                self.headline(&mut step, &mut broken, wrote)
-                    .map(|cause| (cause, None, None)),
-            ),
+            Some(op) => {
+                by = (Some(op.who.clone()), op.why.clone());
+                told.push((op.cause, Some(op.who), op.why));
+            }
+            // Traffic moved because a promotion ended: that is the news.
+            None if promoted.is_some() && self.active != step.from => {
+                told.extend(promoted.map(|cause| (cause, None, None)));
+            }
+            None => {
+                told.extend(
+                    self.headline(&mut step, &mut broken, wrote)
+                        .map(|cause| (cause, None, None)),
+                );
+                told.extend(promoted.map(|cause| (cause, None, None)));
+            }
+        }
+        told.extend(step.notices.drain(..).map(|cause| (cause, None, None)));
+        if let Some((_, slot)) = step.promote {
+            let on = Box::new(self.move_cause(step.from, told.first().map(|(c, _, _)| c)));
+            told.push((Cause::Promoting { slot, on }, by.0, by.1));
         }
         // An override that ended on the side still changed the intent.
         if let Some(slot) = broken {
@@ -827,7 +1050,117 @@ impl Machine {
                 why,
             })
         }));
+        if let Some((seq, _)) = step.promote
+            && let Some(Effect::Event(event)) = effects.last()
+        {
+            let event = event.clone();
+            effects.push(Effect::Promote { seq, event });
+        }
         effects
+    }
+
+    /// Where traffic goes now that automatic control or an override wants
+    /// it at `target`: there, unless a promotion must run first (then it
+    /// stays, and the promotion starts if none is under way). A move from
+    /// the primary fences it when the policy says so.
+    fn admit(&mut self, target: Slot, step: &mut Step) -> Slot {
+        let from = self.active;
+        self.holding = false;
+        if target == from {
+            // Nothing moves: a failed promotion is no longer wanted, one
+            // done for a backend traffic left is forgotten.
+            if matches!(&self.promotion, Some(Promotion::Failed { .. }))
+                || matches!(&self.promotion, Some(Promotion::Done { slot }) if *slot != from)
+            {
+                self.promotion = None;
+            }
+            return target;
+        }
+        if self.policy.fence && from == Slot::Primary && !self.fenced[from.index()] {
+            self.fenced[from.index()] = true;
+            step.notices.push(Cause::Fenced { slot: from });
+        }
+        if target == Slot::Primary || self.policy.promote.is_none() {
+            if !matches!(&self.promotion, Some(Promotion::Running { .. })) {
+                self.promotion = None;
+            }
+            return target;
+        }
+        match &self.promotion {
+            Some(Promotion::Done { slot }) if *slot == target => return target,
+            Some(Promotion::Running { .. }) => {}
+            Some(Promotion::Failed { retry, .. }) if *retry > self.now => {}
+            _ => {
+                self.promotions += 1;
+                self.promotion = Some(Promotion::Running {
+                    slot: target,
+                    seq: self.promotions,
+                    since: self.now,
+                });
+                step.promote = Some((self.promotions, target));
+            }
+        }
+        self.holding = true;
+        from
+    }
+
+    /// The `promote` hook's answer.
+    fn promoted(&mut self, step: &mut Step, seq: u64, ok: bool, took: Duration, detail: String) {
+        let Some(Promotion::Running {
+            slot, seq: running, ..
+        }) = self.promotion
+        else {
+            return;
+        };
+        if running != seq {
+            return;
+        }
+        if ok || self.policy.promote == Some(PromoteFailure::Move) {
+            self.promotion = Some(Promotion::Done { slot });
+            step.promoted = Some(Cause::Promoted {
+                slot,
+                took,
+                failed: (!ok).then_some(detail),
+            });
+        } else {
+            let retry = self.now + PROMOTE_RETRY;
+            self.promotion = Some(Promotion::Failed {
+                slot,
+                retry,
+                detail: detail.clone(),
+            });
+            step.notices.push(Cause::PromoteFailed {
+                slot,
+                took,
+                detail,
+                retry,
+            });
+        }
+    }
+
+    /// Why traffic is to leave `from`, for a promotion's event: the
+    /// operator's request or the step's headline when it says, else what
+    /// `from` is.
+    fn move_cause(&self, from: Slot, told: Option<&Cause>) -> Cause {
+        match told {
+            Some(
+                c @ (Cause::ManualFlip { .. }
+                | Cause::Drain { .. }
+                | Cause::Auto
+                | Cause::OverrideExpired
+                | Cause::OverrideBroken { .. }
+                | Cause::Recovered { .. }),
+            ) => c.clone(),
+            _ if !self.backends[from.index()].usable() => Cause::Failover {
+                slot: from,
+                reason: self.reason(from),
+            },
+            _ if self.drained[from.index()] => Cause::Drain { slot: from },
+            _ => Cause::Failover {
+                slot: from,
+                reason: self.reason(from),
+            },
+        }
     }
 
     /// The cause of what an automatic step did: to traffic, else to the
@@ -910,7 +1243,7 @@ impl Machine {
     }
 
     fn usable(&self, slot: Slot) -> bool {
-        self.backends[slot.index()].usable()
+        self.backends[slot.index()].usable() && !self.fenced[slot.index()]
     }
 
     /// When an automatic failback is due (the gate aside), while one is pending.
@@ -918,7 +1251,8 @@ impl Machine {
         let pending = self.policy.failback == Failback::Auto
             && self.pin.is_none()
             && self.active == Slot::Secondary
-            && !self.drained[Slot::Primary.index()];
+            && !self.drained[Slot::Primary.index()]
+            && !self.fenced[Slot::Primary.index()];
         if !pending {
             return None;
         }
@@ -946,6 +1280,9 @@ impl Machine {
             return Err(Refused::UntilPast {
                 ago: self.now.saturating_sub(until),
             });
+        }
+        if self.fenced[to.index()] {
+            return Err(Refused::Fenced { slot: to });
         }
         if force {
             return Ok(());

@@ -24,6 +24,8 @@ fn policy() -> Policy {
         share: 0,
         gated: false,
         flap: FlapDamping::default(),
+        promote: None,
+        fence: false,
     }
 }
 
@@ -84,7 +86,7 @@ fn writes(effects: &[Effect]) -> Vec<Desired> {
         .iter()
         .filter_map(|e| match e {
             Effect::Write(d) => Some(*d),
-            Effect::Event(_) => None,
+            Effect::Event(_) | Effect::Promote { .. } => None,
         })
         .collect()
 }
@@ -94,7 +96,7 @@ fn events(effects: &[Effect]) -> Vec<Event> {
         .iter()
         .filter_map(|e| match e {
             Effect::Event(ev) => Some(ev.clone()),
-            Effect::Write(_) => None,
+            Effect::Write(_) | Effect::Promote { .. } => None,
         })
         .collect()
 }
@@ -874,6 +876,7 @@ fn adopt_failed_over_and_drained_does_not_flap() {
         intent: Intent {
             pin: Some(pin),
             drained: [true, false],
+            fenced: [false; 2],
         },
         flaps: Default::default(),
     };
@@ -896,6 +899,7 @@ fn adopt_rewrites_drains_that_differ_from_the_intent_at_the_first_step() {
         intent: Intent {
             pin: None,
             drained: [false, true],
+            fenced: [false; 2],
         },
         flaps: Default::default(),
     };
@@ -1106,4 +1110,274 @@ fn servable_waits_for_a_verdict_and_ends_only_when_all_down_drops_or_passes() {
         seed([false, false], Some(AllDown::Pass)),
     );
     assert_eq!(a.servable(), Some(false));
+}
+
+// ---- promotion and fencing ----
+
+fn promoting(fence: bool, on_failure: PromoteFailure) -> Policy {
+    Policy {
+        promote: Some(on_failure),
+        fence,
+        ..policy()
+    }
+}
+
+/// The promotions started by these effects: (number, its event's cause).
+fn promotions(effects: &[Effect]) -> Vec<(u64, Cause)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Promote { seq, event } => Some((*seq, event.cause.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn promoted(m: &mut Machine, at: u64, seq: u64, ok: bool) -> Vec<Effect> {
+    let input = Input::Promoted {
+        seq,
+        ok,
+        took: Duration::from_millis(200),
+        detail: if ok { "exit status 0" } else { "exit status 1" }.into(),
+    };
+    m.step(ms(at), input).unwrap()
+}
+
+#[test]
+fn traffic_moves_to_the_secondary_only_once_it_is_promoted() {
+    let mut m = both_up(promoting(false, PromoteFailure::Stay));
+    let fx = probes(&mut m, 10, P, false, 2);
+    // The primary is down; traffic waits (keep: it still goes where it was).
+    assert_eq!(writes(&fx), vec![desired(P, [false, true])]);
+    let started = promotions(&fx);
+    assert_eq!(started.len(), 1, "{fx:?}");
+    let (seq, cause) = &started[0];
+    assert!(
+        matches!(cause, Cause::Promoting { slot: S, on } if matches!(**on, Cause::Failover { slot: P, .. })),
+        "{cause:?}"
+    );
+    assert_eq!(
+        m.view()
+            .promotion
+            .as_ref()
+            .map(|p| matches!(p, Promotion::Running { slot: S, .. })),
+        Some(true)
+    );
+    // More verdicts meanwhile start no second promotion.
+    assert!(promotions(&probes(&mut m, 12, P, false, 3)).is_empty());
+    let fx = promoted(&mut m, 300, *seq, true);
+    assert_eq!(writes(&fx), vec![desired(S, [false, true])]);
+    assert_eq!(
+        causes(&fx),
+        vec![Cause::Promoted {
+            slot: S,
+            took: Duration::from_millis(200),
+            failed: None
+        }]
+    );
+    assert_eq!(events(&fx)[0].from, P);
+    assert_eq!(events(&fx)[0].to, S);
+}
+
+#[test]
+fn an_answer_to_another_promotion_is_ignored() {
+    let mut m = both_up(promoting(false, PromoteFailure::Stay));
+    let fx = probes(&mut m, 10, P, false, 2);
+    let (seq, _) = promotions(&fx)[0].clone();
+    assert!(promoted(&mut m, 20, seq + 1, true).is_empty());
+    assert_eq!(m.desired().active, P);
+}
+
+#[test]
+fn a_failed_promotion_keeps_traffic_and_runs_again() {
+    let mut m = both_up(promoting(false, PromoteFailure::Stay));
+    let fx = probes(&mut m, 10, P, false, 2);
+    let (seq, _) = promotions(&fx)[0].clone();
+    let fx = promoted(&mut m, 100, seq, false);
+    assert!(writes(&fx).is_empty());
+    assert!(
+        matches!(causes(&fx)[..], [Cause::PromoteFailed { slot: S, .. }]),
+        "{fx:?}"
+    );
+    let retry = 100 + PROMOTE_RETRY.as_millis() as u64;
+    assert_eq!(m.next_deadline(), Some(ms(retry)));
+    assert!(promotions(&tick(&mut m, retry - 1)).is_empty());
+    let fx = tick(&mut m, retry);
+    let again = promotions(&fx);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0, seq + 1);
+    let fx = promoted(&mut m, retry + 50, seq + 1, true);
+    assert_eq!(writes(&fx), vec![desired(S, [false, true])]);
+}
+
+#[test]
+fn a_failed_promotion_moves_traffic_anyway_when_told_to() {
+    let mut m = both_up(promoting(false, PromoteFailure::Move));
+    let fx = probes(&mut m, 10, P, false, 2);
+    let (seq, _) = promotions(&fx)[0].clone();
+    let fx = promoted(&mut m, 100, seq, false);
+    assert_eq!(writes(&fx), vec![desired(S, [false, true])]);
+    assert!(
+        matches!(&causes(&fx)[..], [Cause::Promoted { slot: S, failed: Some(d), .. }] if d == "exit status 1"),
+        "{fx:?}"
+    );
+}
+
+#[test]
+fn drop_applies_while_a_promotion_holds_traffic_on_a_dead_primary() {
+    let mut m = both_up(Policy {
+        all_down: AllDown::Drop,
+        ..promoting(false, PromoteFailure::Stay)
+    });
+    let fx = probes(&mut m, 10, P, false, 2);
+    assert_eq!(
+        writes(&fx),
+        vec![Desired {
+            all_down: Some(AllDown::Drop),
+            ..desired(P, [false, true])
+        }]
+    );
+    // Only a gateway that cannot serve at all stops announcing.
+    assert_eq!(m.servable(), Some(true));
+}
+
+#[test]
+fn a_started_promotion_finishes_even_when_the_primary_recovers() {
+    let mut m = both_up(Policy {
+        rise: 1,
+        ..promoting(false, PromoteFailure::Stay)
+    });
+    let fx = probes(&mut m, 10, P, false, 2);
+    let (seq, _) = promotions(&fx)[0].clone();
+    // Back before the hook answers: traffic stays on the primary.
+    let fx = probe(&mut m, 50, P, true);
+    assert_eq!(writes(&fx), vec![desired(P, [true, true])]);
+    let fx = promoted(&mut m, 100, seq, true);
+    assert!(writes(&fx).is_empty());
+    assert!(
+        matches!(causes(&fx)[..], [Cause::Promoted { slot: S, .. }]),
+        "{fx:?}"
+    );
+    assert_eq!(m.desired().active, P);
+    // The next failure promotes again: the hook must be idempotent.
+    let fx = probes(&mut m, 200, P, false, 2);
+    assert_eq!(promotions(&fx).len(), 1);
+}
+
+#[test]
+fn a_fenced_primary_takes_no_traffic_until_unfenced() {
+    let mut m = both_up(Policy {
+        fence: true,
+        failback_delay: Duration::ZERO,
+        ..policy()
+    });
+    let fx = probes(&mut m, 10, P, false, 2);
+    assert_eq!(writes(&fx), vec![desired(S, [false, true])]);
+    assert!(causes(&fx).contains(&Cause::Fenced { slot: P }), "{fx:?}");
+    assert_eq!(m.intent().fenced, [true, false]);
+    // It comes back: no failback, its up bit stays clear.
+    let fx = probes(&mut m, 100, P, true, 5);
+    assert!(writes(&fx).is_empty(), "{fx:?}");
+    assert_eq!(m.desired(), desired(S, [false, true]));
+    assert_eq!(m.view().backends[0].state, State::Up);
+    // Even a forced flip does not lift the fence.
+    assert_eq!(
+        m.step(ms(200), flip(P, None, true)),
+        Err(Refused::Fenced { slot: P })
+    );
+    let fx = m
+        .step(
+            ms(300),
+            Input::Unfence {
+                slot: P,
+                who: alice(),
+                why: None,
+            },
+        )
+        .unwrap();
+    // Unfenced and up: automatic failback (delay 0) at once.
+    assert_eq!(writes(&fx), vec![desired(P, [true, true])]);
+    assert_eq!(events(&fx)[0].cause, Cause::Unfenced { slot: P });
+    assert_eq!(m.intent().fenced, [false, false]);
+}
+
+#[test]
+fn the_fence_is_set_at_the_decision_and_keep_drops_meanwhile() {
+    let mut m = both_up(promoting(true, PromoteFailure::Stay));
+    let fx = probes(&mut m, 10, P, false, 2);
+    // Fenced before the promotion: not even a primary that comes back may
+    // take writes while the standby is being promoted.
+    assert_eq!(
+        writes(&fx),
+        vec![Desired {
+            all_down: Some(AllDown::Drop),
+            ..desired(P, [false, true])
+        }]
+    );
+    let c = causes(&fx);
+    let fenced = c.iter().position(|c| *c == Cause::Fenced { slot: P });
+    let promoting = c.iter().position(|c| matches!(c, Cause::Promoting { .. }));
+    assert!(fenced.is_some() && promoting.is_some(), "{c:?}");
+    let (seq, _) = promotions(&fx)[0].clone();
+    let fx = promoted(&mut m, 400, seq, true);
+    assert_eq!(writes(&fx), vec![desired(S, [false, true])]);
+}
+
+#[test]
+fn draining_a_fenced_primary_fences_it_and_promotes_first() {
+    let mut m = both_up(promoting(true, PromoteFailure::Stay));
+    let fx = m.step(ms(10), drain(P, true)).unwrap();
+    let started = promotions(&fx);
+    assert_eq!(started.len(), 1, "{fx:?}");
+    assert!(
+        matches!(&started[0].1, Cause::Promoting { slot: S, on } if **on == Cause::Drain { slot: P }),
+        "{started:?}"
+    );
+    assert_eq!(m.intent().fenced, [true, false]);
+    // The promotion's event names the operator who drained.
+    let ev = events(&fx);
+    let prom = ev
+        .iter()
+        .find(|e| matches!(e.cause, Cause::Promoting { .. }))
+        .unwrap();
+    assert_eq!(prom.who, Some(alice()));
+}
+
+#[test]
+fn a_fence_survives_a_restart_and_an_address_swap() {
+    let mut m = both_up(Policy {
+        fence: true,
+        ..policy()
+    });
+    probes(&mut m, 10, P, false, 2);
+    let seed = Seed {
+        desired: m.desired(),
+        intent: m.intent(),
+        flaps: m.flaps(),
+    };
+    let mut adopted = Machine::adopt(
+        "web".into(),
+        Policy {
+            fence: true,
+            ..policy()
+        },
+        ms(1000),
+        seed,
+    );
+    let fx = probes(&mut adopted, 1001, P, true, 5);
+    assert!(writes(&fx).is_empty(), "{fx:?}");
+    assert_eq!(adopted.desired().active, S);
+    // The roles swap by a reload that swaps the addresses: the promoted
+    // standby is the primary now, the old primary (fenced) the secondary.
+    let swapped = adopted.carry_over(
+        Policy {
+            fence: true,
+            ..policy()
+        },
+        ms(2000),
+        [Some(S), Some(P)],
+    );
+    assert_eq!(swapped.intent().fenced, [false, true]);
+    assert_eq!(swapped.desired().active, P);
+    assert_eq!(swapped.desired().up, [true, false]);
 }

@@ -1,0 +1,190 @@
+//! Transition hooks: `promote` runs before traffic moves to the secondary
+//! (the decision machine waits for its answer), `notify` after each event
+//! (nothing waits for it). Both run as [`process::run`] runs commands: no
+//! shell, their own process group, killed with it at their timeout; their
+//! output is logged, their end and duration go to the event loop (events,
+//! metrics). At most [`PROMOTES_IN_FLIGHT`] promotions and
+//! [`NOTIFIES_IN_FLIGHT`] notifications run at once; beyond
+//! [`NOTIFIES_WAITING`] waiting notifications, new ones are skipped and
+//! counted (a promotion is never skipped: traffic waits for it).
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use log::{info, warn};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::{
+    config::{Hook, Service},
+    policy::{Cause, Event, Slot},
+    process::{self, Ended},
+};
+
+/// Promotions running at once (one per service at most: the machine starts
+/// one at a time).
+pub const PROMOTES_IN_FLIGHT: usize = 64;
+/// Notifications running at once.
+pub const NOTIFIES_IN_FLIGHT: usize = 16;
+/// Notifications waiting for a slot before new ones are skipped.
+pub const NOTIFIES_WAITING: usize = 256;
+
+/// Which hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `promote`, for the machine's promotion number `seq`.
+    Promote {
+        /// The promotion's number.
+        seq: u64,
+    },
+    /// `notify`.
+    Notify,
+}
+
+impl Kind {
+    /// `promote` or `notify`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Promote { .. } => "promote",
+            Kind::Notify => "notify",
+        }
+    }
+}
+
+/// A hook that ended, back on the event loop.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The service's id when the hook started.
+    pub id: u32,
+    /// The service's name.
+    pub service: String,
+    /// Which hook.
+    pub kind: Kind,
+    /// How it ended.
+    pub ended: Ended,
+    /// How long it ran.
+    pub took: Duration,
+}
+
+/// Starts hooks on the current tokio runtime and reports their ends.
+pub struct Runner {
+    done: mpsc::UnboundedSender<Finished>,
+    promotes: Arc<Semaphore>,
+    notifies: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Runner {
+    /// A runner and the receiver of its [`Finished`] reports.
+    pub fn new() -> (Runner, mpsc::UnboundedReceiver<Finished>) {
+        let (done, rx) = mpsc::unbounded_channel();
+        let runner = Runner {
+            done,
+            promotes: Arc::new(Semaphore::new(PROMOTES_IN_FLIGHT)),
+            notifies: Arc::new(Semaphore::new(NOTIFIES_IN_FLIGHT)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+        };
+        (runner, rx)
+    }
+
+    /// Starts `hook` for service `id`; false when a notification was
+    /// skipped (too many waiting). Must be called inside a tokio runtime.
+    pub fn start(&self, id: u32, service: &str, kind: Kind, hook: &Hook, env: Vec<(String, String)>) -> bool {
+        let slots = match kind {
+            Kind::Promote { .. } => Arc::clone(&self.promotes),
+            Kind::Notify => {
+                if self.waiting.fetch_add(1, Ordering::Relaxed) >= NOTIFIES_WAITING {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    return false;
+                }
+                Arc::clone(&self.notifies)
+            }
+        };
+        let waiting = Arc::clone(&self.waiting);
+        let done = self.done.clone();
+        let hook = hook.clone();
+        let service = service.to_owned();
+        tokio::spawn(async move {
+            // The semaphore is never closed.
+            let _slot = slots.acquire_owned().await;
+            if kind == Kind::Notify {
+                waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+            let start = Instant::now();
+            let ran = process::run(&hook.command, &env, hook.timeout, true).await;
+            let took = start.elapsed();
+            log_output(&service, kind, &ran);
+            // The loop may be gone (the daemon stops): nothing to tell.
+            let _ = done.send(Finished {
+                id,
+                service,
+                kind,
+                ended: ran.ended,
+                took,
+            });
+        });
+        true
+    }
+}
+
+fn log_output(service: &str, kind: Kind, ran: &process::Ran) {
+    for line in ran.output.lines().filter(|l| !l.trim().is_empty()) {
+        if ran.ended.ok() {
+            info!("{service}: {}: {line}", kind.name());
+        } else {
+            warn!("{service}: {}: {line}", kind.name());
+        }
+    }
+}
+
+/// The environment a hook gets for `event` of service `cfg`, as documented
+/// in the README (`REDIRECTOR_*`). For a promotion, `TO` is the backend
+/// being promoted and `CAUSE` why traffic is to move.
+pub fn env(kind: Kind, event: &Event, cfg: &Service, unix_ms: u64) -> Vec<(String, String)> {
+    let (to, cause) = match &event.cause {
+        Cause::Promoting { slot, on } => (*slot, on.kind()),
+        other => (event.to, other.kind()),
+    };
+    let backend = |slot: Slot| match slot {
+        Slot::Primary => &cfg.primary,
+        Slot::Secondary => &cfg.secondary,
+    };
+    let mut env = vec![
+        ("REDIRECTOR_HOOK", kind.name().to_owned()),
+        ("REDIRECTOR_SERVICE", cfg.name.clone()),
+        ("REDIRECTOR_VIP", cfg.vip.to_string()),
+        ("REDIRECTOR_PORT", cfg.port.to_string()),
+        ("REDIRECTOR_PROTOCOL", cfg.protocol.to_string()),
+        ("REDIRECTOR_FROM", event.from.to_string()),
+        ("REDIRECTOR_FROM_ADDR", backend(event.from).addr.to_string()),
+        (
+            "REDIRECTOR_FROM_PORT",
+            backend(event.from).port.unwrap_or(cfg.port).to_string(),
+        ),
+        ("REDIRECTOR_TO", to.to_string()),
+        ("REDIRECTOR_TO_ADDR", backend(to).addr.to_string()),
+        (
+            "REDIRECTOR_TO_PORT",
+            backend(to).port.unwrap_or(cfg.port).to_string(),
+        ),
+        ("REDIRECTOR_CAUSE", cause.to_owned()),
+        ("REDIRECTOR_EVENT", event.to_string()),
+        ("REDIRECTOR_TIME_UNIX_MS", unix_ms.to_string()),
+    ];
+    if let Some(d) = event.detection {
+        env.push(("REDIRECTOR_DETECTION_MS", format!("{:.3}", d.as_secs_f64() * 1e3)));
+    }
+    if let Some(who) = &event.who {
+        env.push(("REDIRECTOR_WHO", who.to_string()));
+    }
+    if let Some(why) = &event.why {
+        env.push(("REDIRECTOR_WHY", why.clone()));
+    }
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        env.push(("REDIRECTOR_GATEWAY", host.trim().to_owned()));
+    }
+    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
