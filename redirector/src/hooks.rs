@@ -6,7 +6,9 @@
 //! metrics). At most [`PROMOTES_IN_FLIGHT`] promotions and
 //! [`NOTIFIES_IN_FLIGHT`] notifications run at once; beyond
 //! [`NOTIFIES_WAITING`] waiting notifications, new ones are skipped and
-//! counted (a promotion is never skipped: traffic waits for it).
+//! counted (a promotion is never skipped: traffic waits for it). One
+//! service's notifications run one at a time, in the order of its events.
+use std::collections::HashMap;
 use std::{
     sync::{
         Arc,
@@ -16,7 +18,7 @@ use std::{
 };
 
 use log::{info, warn};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Mutex, Semaphore, mpsc};
 
 use crate::{
     config::{Hook, Service},
@@ -75,6 +77,9 @@ pub struct Runner {
     promotes: Arc<Semaphore>,
     notifies: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
+    /// Per service: its notifications' turn (tokio's mutex is first come,
+    /// first served, and tasks start in the order they are spawned).
+    turns: HashMap<String, Arc<Mutex<()>>>,
 }
 
 impl Runner {
@@ -86,13 +91,21 @@ impl Runner {
             promotes: Arc::new(Semaphore::new(PROMOTES_IN_FLIGHT)),
             notifies: Arc::new(Semaphore::new(NOTIFIES_IN_FLIGHT)),
             waiting: Arc::new(AtomicUsize::new(0)),
+            turns: Default::default(),
         };
         (runner, rx)
     }
 
     /// Starts `hook` for service `id`; false when a notification was
     /// skipped (too many waiting). Must be called inside a tokio runtime.
-    pub fn start(&self, id: u32, service: &str, kind: Kind, hook: &Hook, env: Vec<(String, String)>) -> bool {
+    pub fn start(
+        &mut self,
+        id: u32,
+        service: &str,
+        kind: Kind,
+        hook: &Hook,
+        env: Vec<(String, String)>,
+    ) -> bool {
         let slots = match kind {
             Kind::Promote { .. } => Arc::clone(&self.promotes),
             Kind::Notify => {
@@ -104,10 +117,18 @@ impl Runner {
             }
         };
         let waiting = Arc::clone(&self.waiting);
+        let turn = match kind {
+            Kind::Promote { .. } => None,
+            Kind::Notify => Some(Arc::clone(self.turns.entry(service.to_owned()).or_default())),
+        };
         let done = self.done.clone();
         let hook = hook.clone();
         let service = service.to_owned();
         tokio::spawn(async move {
+            let _turn = match &turn {
+                Some(t) => Some(t.lock().await),
+                None => None,
+            };
             // The semaphore is never closed.
             let _slot = slots.acquire_owned().await;
             if kind == Kind::Notify {
@@ -142,11 +163,13 @@ fn log_output(service: &str, kind: Kind, ran: &process::Ran) {
 
 /// The environment a hook gets for `event` of service `cfg`, as documented
 /// in the README (`REDIRECTOR_*`). For a promotion, `TO` is the backend
-/// being promoted and `CAUSE` why traffic is to move.
+/// being promoted; the promote hook's `CAUSE` is why traffic is to move.
 pub fn env(kind: Kind, event: &Event, cfg: &Service, unix_ms: u64) -> Vec<(String, String)> {
-    let (to, cause) = match &event.cause {
-        Cause::Promoting { slot, on } => (*slot, on.kind()),
-        other => (event.to, other.kind()),
+    let (to, cause) = match (&event.cause, kind) {
+        // The promote hook is told why traffic is to move.
+        (Cause::Promoting { slot, on }, Kind::Promote { .. }) => (*slot, on.kind()),
+        (Cause::Promoting { slot, .. }, Kind::Notify) => (*slot, "promoting"),
+        (other, _) => (event.to, other.kind()),
     };
     let backend = |slot: Slot| match slot {
         Slot::Primary => &cfg.primary,

@@ -1310,7 +1310,7 @@ fn detection(cause: &Cause, step: &Step) -> Option<Duration> {
         | Cause::OverrideBroken { slot, .. }
         | Cause::HealthChange { slot, up: false, .. } => step.detection[slot.index()],
         // One input takes at most one backend down.
-        Cause::AllDown { .. } => step.detection.into_iter().flatten().next(),
+        Cause::AllDown { .. } | Cause::Promoting { .. } => step.detection.into_iter().flatten().next(),
         _ => None,
     }
 }
