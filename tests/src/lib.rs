@@ -11,6 +11,7 @@ pub mod keepalived;
 pub mod lab;
 pub mod netns;
 pub mod packets;
+pub mod postgres;
 
 use aya::programs::{TestRun, TestRunOptions};
 use redirector::datapath::{Datapath, Sizes};
