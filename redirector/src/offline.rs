@@ -88,6 +88,7 @@ pub fn status(ctl: &Control) -> Result<Status> {
                 local_error: None,
                 drained: st.drained & (1 << slot.index()) != 0,
                 fenced: state.intents.get(&name).is_some_and(|i| i.fenced[slot.index()]),
+                group_down: None,
                 probe_interval_ms: None,
                 packets: s.fwd_packets,
                 bytes: s.fwd_bytes,
@@ -306,6 +307,9 @@ pub fn render(st: &Status) -> String {
             }
             if b.drained {
                 line.push_str(", DRAINED");
+            }
+            if let Some(other) = &b.group_down {
+                let _ = write!(line, ", DOWN FOR {other} OF ITS GROUP");
             }
             if b.fenced {
                 line.push_str(", FENCED (takes no traffic until `redirector unfence`)");

@@ -40,6 +40,10 @@ pub struct Failover {
     /// Traffic leaving the primary for the secondary fences the primary
     /// until `redirector unfence`.
     pub fence: bool,
+    /// Services of one group fail over together: a backend down for one
+    /// member counts as down for every member (e.g. DNS on 53/udp and
+    /// 53/tcp, a website on 80 and 443). Members share their backends' addresses.
+    pub group: Option<String>,
 }
 
 /// A command run on a transition: no shell, its own process group, killed
@@ -82,6 +86,7 @@ impl Default for Failover {
             on_promote_failure: PromoteFailure::Stay,
             notify: None,
             fence: false,
+            group: None,
         }
     }
 }
@@ -101,6 +106,7 @@ raw_table! {
         notify: RawValue,
         notify_timeout: RawValue,
         fence: RawValue,
+        group: RawValue,
     }
 }
 
@@ -222,6 +228,15 @@ pub(super) fn convert_failover(
         Some(v) => sec.boolean("fence", v)?,
         None => false,
     };
+    let group = match &r.group {
+        Some(v) => {
+            let name = sec.string("group", v)?;
+            super::values::validate_service_name(name)
+                .map_err(|m| sec.invalid("group", &v.span(), m.replace("service name", "group name")))?;
+            Some(name.to_owned())
+        }
+        None => None,
+    };
     Ok(Failover {
         failback,
         failback_delay,
@@ -233,5 +248,6 @@ pub(super) fn convert_failover(
         on_promote_failure,
         notify,
         fence,
+        group,
     })
 }

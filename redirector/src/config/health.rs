@@ -28,6 +28,16 @@ pub enum ProbeKind {
         /// Required reply payload; `None` accepts any reply.
         expect: Option<Vec<u8>>,
     },
+    /// A DNS query over UDP to the backend's service port; up on an answer
+    /// to it whose RCODE is accepted.
+    Dns {
+        /// The name asked ("." for the root).
+        name: String,
+        /// The query type.
+        qtype: u16,
+        /// Accepted RCODEs, a bit per value (bit 0: NOERROR).
+        rcodes: u16,
+    },
     /// ICMP / ICMPv6 echo to the backend's address.
     Icmp,
     /// A command; exit status 0 = up. Killed at the timeout.
@@ -44,11 +54,19 @@ impl ProbeKind {
             Self::Tcp => "tcp",
             Self::Http { .. } => "http",
             Self::Udp { .. } => "udp",
+            Self::Dns { .. } => "dns",
             Self::Icmp => "icmp",
             Self::Exec { .. } => "exec",
         }
     }
 }
+
+/// Default `query` of a dns check: the root, which every resolver answers.
+pub const DEFAULT_DNS_NAME: &str = ".";
+/// Default `qtype` of a dns check.
+pub const DEFAULT_DNS_QTYPE: u16 = 2;
+/// Default `rcode` of a dns check: NOERROR.
+pub const DEFAULT_DNS_RCODES: u16 = 1;
 
 /// A health check: what to probe and how often; rise/fall hysteresis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +148,9 @@ impl ProbeKind {
     /// Default `interval` and `timeout` of this kind.
     pub fn default_timing(&self) -> (Duration, Duration) {
         match self {
-            Self::Tcp | Self::Udp { .. } | Self::Icmp => (DEFAULT_INTERVAL, DEFAULT_TIMEOUT),
+            Self::Tcp | Self::Udp { .. } | Self::Dns { .. } | Self::Icmp => {
+                (DEFAULT_INTERVAL, DEFAULT_TIMEOUT)
+            }
             Self::Http { .. } => (DEFAULT_HTTP_INTERVAL, DEFAULT_HTTP_TIMEOUT),
             Self::Exec { .. } => (DEFAULT_EXEC_INTERVAL, DEFAULT_EXEC_TIMEOUT),
         }
@@ -142,7 +162,7 @@ impl ProbeKind {
     /// error), other kinds at their `interval` (a TCP RST is not rate-limited).
     pub fn default_down_interval(&self, interval: Duration) -> Duration {
         match self {
-            Self::Udp { .. } => interval.max(DEFAULT_UDP_DOWN_INTERVAL),
+            Self::Udp { .. } | Self::Dns { .. } => interval.max(DEFAULT_UDP_DOWN_INTERVAL),
             _ => interval,
         }
     }
@@ -197,6 +217,9 @@ raw_table! {
         expect: RawValue,
         send: RawValue,
         command: RawValue,
+        query: RawValue,
+        qtype: RawValue,
+        rcode: RawValue,
     }
 }
 
@@ -206,6 +229,7 @@ enum KindName {
     Tcp,
     Http,
     Udp,
+    Dns,
     Icmp,
     Exec,
 }
@@ -215,6 +239,7 @@ impl KindName {
         ("tcp", Self::Tcp),
         ("http", Self::Http),
         ("udp", Self::Udp),
+        ("dns", Self::Dns),
         ("icmp", Self::Icmp),
         ("exec", Self::Exec),
     ];
@@ -224,6 +249,7 @@ impl KindName {
             Self::Tcp => "tcp",
             Self::Http => "http",
             Self::Udp => "udp",
+            Self::Dns => "dns",
             Self::Icmp => "icmp",
             Self::Exec => "exec",
         }
@@ -267,11 +293,14 @@ pub(super) fn convert_check(
     };
 
     // Keys that belong to some kinds only.
-    let kind_keys: [KindKey<'_>; 4] = [
+    let kind_keys: [KindKey<'_>; 7] = [
         ("path", &r.path, &[KindName::Http]),
         ("expect", &r.expect, &[KindName::Http, KindName::Udp]),
         ("send", &r.send, &[KindName::Udp]),
         ("command", &r.command, &[KindName::Exec]),
+        ("query", &r.query, &[KindName::Dns]),
+        ("qtype", &r.qtype, &[KindName::Dns]),
+        ("rcode", &r.rcode, &[KindName::Dns]),
     ];
     for (key, field, kinds) in kind_keys {
         if let Some(value) = field
@@ -319,6 +348,7 @@ pub(super) fn convert_check(
         KindName::Exec => ProbeKind::Exec {
             command: command(sec, "command", sec.required("command", &r.command)?)?,
         },
+        KindName::Dns => dns_check(sec, r)?,
     };
 
     let ((interval, timeout), (rise, fall)) = match defaults {
@@ -491,4 +521,77 @@ pub(super) fn command(
         )),
         Some(_) => Ok(command),
     }
+}
+
+/// A dns check's `query`, `qtype` and `rcode`.
+fn dns_check(sec: &Section<'_>, r: &RawHealth) -> Result<ProbeKind, ConfigError> {
+    use crate::health::dns::{QTYPES, RCODES, encode_name};
+    let name = match &r.query {
+        Some(v) => {
+            let name = sec.string("query", v)?;
+            encode_name(name).map_err(|e| sec.invalid("query", &v.span(), format!("{name:?}: {e}")))?;
+            name.to_owned()
+        }
+        None => DEFAULT_DNS_NAME.to_owned(),
+    };
+    let qtype = match &r.qtype {
+        Some(v) => {
+            let text = sec.string("qtype", v)?;
+            QTYPES
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(text))
+                .map(|(_, t)| *t)
+                .or_else(|| text.strip_prefix("TYPE").and_then(|n| n.parse().ok()))
+                .ok_or_else(|| {
+                    let names: Vec<&str> = QTYPES.iter().map(|(n, _)| *n).collect();
+                    sec.invalid(
+                        "qtype",
+                        &v.span(),
+                        format!(
+                            "unknown type {text:?}, expected one of {} or TYPEnn",
+                            names.join(", ")
+                        ),
+                    )
+                })?
+        }
+        None => DEFAULT_DNS_QTYPE,
+    };
+    let rcodes = match &r.rcode {
+        Some(v) => {
+            let items = sec.array(
+                "rcode",
+                v,
+                "an array of RCODE names such as [\"noerror\", \"nxdomain\"]",
+            )?;
+            let mut set = 0u16;
+            for item in items {
+                let code = match item.get_ref() {
+                    toml::Value::String(s) => RCODES
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(s))
+                        .map(|(_, c)| *c),
+                    _ => None,
+                };
+                let Some(code) = code else {
+                    let names: Vec<&str> = RCODES.iter().map(|(n, _)| *n).collect();
+                    return Err(sec.invalid(
+                        "rcode",
+                        &item.span(),
+                        format!(
+                            "expected one of {}, found {}",
+                            names.join(", "),
+                            describe(item.get_ref())
+                        ),
+                    ));
+                };
+                set |= 1 << code;
+            }
+            if set == 0 {
+                return Err(sec.invalid("rcode", &v.span(), "must accept at least one RCODE"));
+            }
+            set
+        }
+        None => DEFAULT_DNS_RCODES,
+    };
+    Ok(ProbeKind::Dns { name, qtype, rcodes })
 }

@@ -296,6 +296,18 @@ pub enum ConfigError {
         /// Line of the first service with this name.
         first_line: usize,
     },
+    /// Two services of one group have different backend addresses.
+    #[error(
+        "{at}: service \"{service}\": {detail}: services of a group fail over together, so they must share their backends' addresses"
+    )]
+    GroupMismatch {
+        /// Where the second member is.
+        at: Location,
+        /// The second member.
+        service: String,
+        /// Which group, member and address differ.
+        detail: String,
+    },
     /// Two services share (vip, port, protocol).
     #[error(
         "{at}: service \"{service}\": {} {port}/{protocol} is already used by service \"{other}\" at line {other_line}",
@@ -417,10 +429,30 @@ impl Config {
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut tuples: HashMap<(IpAddr, u16, Protocol), (String, usize)> = HashMap::new();
         let mut nat_backends: HashMap<(IpAddr, u16, Protocol), (String, usize)> = HashMap::new();
+        // Group → its first member: name, line, backend addresses.
+        let mut groups: HashMap<String, (String, usize, [IpAddr; 2])> = HashMap::new();
         for (index, raw_service) in raw.service.0.iter().enumerate() {
             let service = convert_service(&src, index, raw_service)?;
             let span = raw_service.span();
             let line = src.line_of(span.start);
+            if let Some(group) = &service.failover.group {
+                let ours = [service.primary.addr, service.secondary.addr];
+                let (other, other_line, theirs) = groups
+                    .entry(group.clone())
+                    .or_insert_with(|| (service.name.clone(), line, ours));
+                if let Some(i) = (0..2).find(|&i| ours[i] != theirs[i]) {
+                    return Err(ConfigError::GroupMismatch {
+                        at: src.at(&span),
+                        service: service.name,
+                        detail: format!(
+                            "group \"{group}\" also holds service \"{other}\" (line {other_line}), whose {} is {}, not {}",
+                            ["primary", "secondary"][i],
+                            theirs[i],
+                            ours[i]
+                        ),
+                    });
+                }
+            }
             if let Some(&first_line) = names.get(&service.name) {
                 return Err(ConfigError::DuplicateName {
                     at: src.at(&span),

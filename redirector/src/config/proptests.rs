@@ -59,6 +59,20 @@ fn probe_kind() -> impl Strategy<Value = ProbeKind> {
             proptest::option::of(".{0,12}".prop_map(String::into_bytes)),
         )
             .prop_map(|(send, expect)| ProbeKind::Udp { send, expect }),
+        (
+            or_default(DEFAULT_DNS_NAME.to_owned(), "([a-z0-9_-]{1,10}\\.){1,3}"),
+            or_default(
+                DEFAULT_DNS_QTYPE,
+                proptest::sample::select(
+                    crate::health::dns::QTYPES
+                        .iter()
+                        .map(|(_, t)| *t)
+                        .collect::<Vec<_>>()
+                ),
+            ),
+            or_default(DEFAULT_DNS_RCODES, 1u16..64),
+        )
+            .prop_map(|(name, qtype, rcodes)| ProbeKind::Dns { name, qtype, rcodes }),
         ("/[a-z0-9/._-]{1,20}", vec("[^\\x00]{0,8}", 0..3)).prop_map(|(program, args)| {
             ProbeKind::Exec {
                 command: std::iter::once(program).chain(args).collect(),
@@ -164,6 +178,7 @@ fn failover() -> impl Strategy<Value = Failover> {
                     promote,
                     notify,
                     fence,
+                    group: None,
                 }
             },
         )
@@ -517,6 +532,23 @@ fn check_lines(check: &HealthCheck, protocol: Option<Protocol>, style: &mut Styl
             let args: Vec<String> = command.iter().map(|a| q(a)).collect();
             l.key("command", array(&args, style));
         }
+        ProbeKind::Dns { name, qtype, rcodes } => {
+            use crate::health::dns::{QTYPES, RCODES};
+            l.key_or_default(style, "query", name.as_str(), DEFAULT_DNS_NAME, q(name));
+            let qname = QTYPES
+                .iter()
+                .find(|(_, t)| t == qtype)
+                .map(|(n, _)| *n)
+                .unwrap_or("A");
+            l.key_or_default(style, "qtype", qtype, &DEFAULT_DNS_QTYPE, q(qname));
+            let names: Vec<String> = RCODES
+                .iter()
+                .filter(|(_, c)| rcodes & (1 << c) != 0)
+                .map(|(n, _)| q(n))
+                .collect();
+            let text = array(&names, style);
+            l.key_or_default(style, "rcode", rcodes, &DEFAULT_DNS_RCODES, text);
+        }
     }
     let ((interval, timeout), (rise, fall)) = match protocol {
         Some(_) => (check.kind.default_timing(), (DEFAULT_RISE, DEFAULT_FALL)),
@@ -595,6 +627,9 @@ fn failover_lines(f: &Failover, style: &mut Style) -> Lines {
         );
     }
     l.key_or_default(style, "fence", &f.fence, &false, f.fence.to_string());
+    if let Some(group) = &f.group {
+        l.key("group", q(group));
+    }
     l
 }
 

@@ -1012,7 +1012,7 @@ fn unknown_key_in_health() {
         msg,
         "test.toml:12: service \"web\" health: unknown key \"retries\", expected one of \"kind\", \
          \"interval\", \"down_interval\", \"timeout\", \"silence\", \"rise\", \"fall\", \"path\", \"expect\", \
-         \"send\", \"command\""
+         \"send\", \"command\", \"query\", \"qtype\", \"rcode\""
     );
 }
 
@@ -1217,7 +1217,7 @@ fn bad_kind() {
     assert_eq!(
         msg,
         "test.toml:11: service \"web\" health: key \"kind\": unknown value \"ping\", expected \"tcp\", \
-         \"http\", \"udp\", \"icmp\" or \"exec\""
+         \"http\", \"udp\", \"dns\", \"icmp\" or \"exec\""
     );
 }
 
@@ -2027,4 +2027,61 @@ fn hook_errors() {
     assert_contains(&msg, &["key \"fence\"", "expected true or false"]);
     let msg = failover_err("notify = [\"/bin/true\"]\nnotify_timeout = \"1h\"\n");
     assert_contains(&msg, &["key \"notify_timeout\""]);
+}
+
+#[test]
+fn dns_checks() {
+    let cfg = parse(&with_table(
+        "health",
+        "kind = \"dns\"\nquery = \"www.lab.\"\nqtype = \"aaaa\"\nrcode = [\"noerror\", \"nxdomain\"]\n",
+    ));
+    assert_eq!(
+        cfg.services[0].health.kind,
+        ProbeKind::Dns {
+            name: "www.lab.".into(),
+            qtype: 28,
+            rcodes: 1 | 1 << 3,
+        }
+    );
+    let cfg = parse(&with_table("health", "kind = \"dns\"\n"));
+    assert_eq!(
+        cfg.services[0].health.kind,
+        ProbeKind::Dns {
+            name: ".".into(),
+            qtype: 2,
+            rcodes: 1,
+        }
+    );
+    let msg = health_err("kind = \"dns\"\nquery = \"a..b\"\n");
+    assert_contains(&msg, &["key \"query\"", "1 to 63 bytes"]);
+    let msg = health_err("kind = \"dns\"\nqtype = \"ANY2\"\n");
+    assert_contains(&msg, &["key \"qtype\"", "unknown type \"ANY2\""]);
+    let msg = health_err("kind = \"dns\"\nrcode = [\"ok\"]\n");
+    assert_contains(&msg, &["key \"rcode\"", "expected one of noerror"]);
+    let msg = health_err("kind = \"dns\"\nrcode = []\n");
+    assert_contains(&msg, &["must accept at least one RCODE"]);
+    let msg = health_err("kind = \"udp\"\nquery = \"www.lab\"\n");
+    assert_contains(&msg, &["key \"query\"", "only allowed with kind = \"dns\""]);
+}
+
+#[test]
+fn groups_share_backend_addresses() {
+    let text = format!(
+        "{GATEWAY}[[service]]\nname = \"dns-udp\"\nvip = \"198.18.100.1\"\nport = 53\nprotocol = \"udp\"\n\
+         primary = \"198.18.2.2\"\nsecondary = \"198.18.3.2\"\n[service.failover]\ngroup = \"dns\"\n\
+         [[service]]\nname = \"dns-tcp\"\nvip = \"198.18.100.1\"\nport = 53\nprotocol = \"tcp\"\n\
+         primary = \"198.18.2.2\"\nsecondary = \"198.18.3.3\"\n[service.failover]\ngroup = \"dns\"\n"
+    );
+    let msg = err(&text);
+    assert_contains(
+        &msg,
+        &[
+            "service \"dns-tcp\": group \"dns\" also holds service \"dns-udp\" (line 3)",
+            "secondary is 198.18.3.2, not 198.18.3.3",
+        ],
+    );
+    let cfg = parse(&text.replace("198.18.3.3", "198.18.3.2"));
+    assert_eq!(cfg.services[1].failover.group.as_deref(), Some("dns"));
+    let msg = failover_err("group = \"a b\"\n");
+    assert_contains(&msg, &["key \"group\"", "group name"]);
 }

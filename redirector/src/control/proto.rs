@@ -216,6 +216,9 @@ pub struct BackendStatus {
     /// Fenced: takes no traffic until an operator unfences it.
     #[serde(default)]
     pub fenced: bool,
+    /// Counted down because this other service of the group sees it down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_down: Option<String>,
     /// Effective probe interval in ms.
     pub probe_interval_ms: Option<f64>,
     /// Packets forwarded to it.

@@ -16,7 +16,11 @@ use crate::{
 impl Daemon {
     /// Writes decisions and records events. A failed write is logged; the
     /// machine's next write for that service carries the whole state again.
-    pub(super) fn apply(&mut self, effects: Vec<(u32, Effect)>) {
+    pub(super) fn apply(&mut self, mut effects: Vec<(u32, Effect)>) {
+        // A member of a group that saw a backend change tells the others.
+        if effects.iter().any(|(id, _)| self.services.grouped(*id)) {
+            effects.extend(self.services.sync_groups(Nanos(crate::datapath::monotonic_ns())));
+        }
         // A written decision may change what can be served; a first verdict
         // that changes nothing waits for the reconcile tick.
         let wrote = effects.iter().any(|(_, e)| matches!(e, Effect::Write(_)));

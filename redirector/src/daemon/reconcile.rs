@@ -28,6 +28,15 @@ impl Daemon {
         self.reconcile_ticks = self.reconcile_ticks.wrapping_add(1);
         // First verdicts that changed no decision, and services gone.
         self.announce();
+        // Groups changed by a reload (a member added, removed, restarted).
+        if tick == 0 {
+            let effects = self
+                .services
+                .sync_groups(crate::policy::Nanos(crate::datapath::monotonic_ns()));
+            if !effects.is_empty() {
+                self.apply(effects);
+            }
+        }
         if tick == 0 {
             match self.switches.reconcile(&mut self.dp) {
                 Ok(repaired) if !repaired.is_empty() => {

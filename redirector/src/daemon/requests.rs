@@ -213,6 +213,7 @@ impl Daemon {
                         local_error: svc.local_error[slot.index()].as_ref().map(ToString::to_string),
                         drained: view.desired.drained[slot.index()],
                         fenced: view.intent.fenced[slot.index()],
+                        group_down: svc.machine.group_down(slot).map(str::to_owned),
                         probe_interval_ms: self
                             .services
                             .probe_interval(id, slot)

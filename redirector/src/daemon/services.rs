@@ -497,6 +497,49 @@ impl Services {
         }
     }
 
+    /// Whether service `id` belongs to a group.
+    pub fn grouped(&self, id: u32) -> bool {
+        self.by_id
+            .get(&id)
+            .is_some_and(|s| s.cfg.failover.group.is_some())
+    }
+
+    /// Makes each member of a group see a backend down when another member's
+    /// own verdicts take it down, and up again when none does
+    /// ([`Input::Group`]); returns what the members did about it.
+    pub fn sync_groups(&mut self, now: Nanos) -> Tagged {
+        let mut members: BTreeMap<&str, Vec<(u32, &str)>> = BTreeMap::new();
+        for (id, s) in &self.by_id {
+            if let Some(g) = &s.cfg.failover.group {
+                members.entry(g).or_default().push((*id, &s.cfg.name));
+            }
+        }
+        let mut inputs = Vec::new();
+        for list in members.values() {
+            for slot in Slot::ALL {
+                let down: Vec<(u32, &str)> = list
+                    .iter()
+                    .copied()
+                    .filter(|(id, _)| self.by_id[id].machine.own_down(slot))
+                    .collect();
+                for &(id, _) in list {
+                    let want = down
+                        .iter()
+                        .find(|(other, _)| *other != id)
+                        .map(|(_, n)| (*n).to_owned());
+                    if self.by_id[&id].machine.group_down(slot) != want.as_deref() {
+                        inputs.push((id, Input::Group { slot, by: want }));
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (id, input) in inputs {
+            out.extend(self.step(id, now, input).unwrap_or_default());
+        }
+        out
+    }
+
     /// Service `id`.
     pub fn get(&self, id: u32) -> Option<&Svc> {
         self.by_id.get(&id)

@@ -8,6 +8,7 @@
 //! `enable_all`): sockets are non-blocking, exec probes use `tokio::process`,
 //! no thread ever blocks. ICMP probes need CAP_NET_RAW.
 
+pub mod dns;
 mod exec;
 mod http;
 mod icmp;

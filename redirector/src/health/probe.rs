@@ -3,7 +3,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use tokio::time::Instant;
 
-use super::{exec, http, icmp, tcp, udp};
+use super::{dns, exec, http, icmp, tcp, udp};
 use crate::config::ProbeKind;
 pub use crate::policy::Reason;
 
@@ -45,6 +45,10 @@ pub async fn probe(kind: &ProbeKind, target: SocketAddr, timeout: Duration) -> O
         ProbeKind::Tcp => tcp::probe(target, timeout).await,
         ProbeKind::Http { path, expect } => http::probe(target, path, expect, timeout).await,
         ProbeKind::Udp { send, expect } => udp::probe(target, send, expect.as_deref(), timeout).await,
+        ProbeKind::Dns { name, qtype, rcodes } => match dns::encode_name(name) {
+            Ok(wire) => dns::probe(target, &wire, *qtype, *rcodes, timeout).await,
+            Err(e) => Outcome::finish(Err(Reason::Error(format!("query {name:?}: {e}"))), Instant::now()),
+        },
         ProbeKind::Icmp => icmp::probe(target.ip(), timeout).await,
         ProbeKind::Exec { command } => exec::probe(command, target, timeout).await,
     }

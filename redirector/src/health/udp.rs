@@ -19,15 +19,24 @@ pub(super) async fn probe(
     timeout: Duration,
 ) -> Outcome {
     let start = Instant::now();
-    let result = exchange(target, send, expect, start + timeout).await;
+    // One byte more than expected, so a longer reply is seen as different.
+    let room = expect.map_or(1, |e| e.len() + 1);
+    let result = exchange(target, send, room, start + timeout, |reply| match expect {
+        Some(expect) if reply != expect => Err(Reason::BadReply),
+        _ => Ok(()),
+    })
+    .await;
     Outcome::finish(result, start)
 }
 
-async fn exchange(
+/// Sends `send` from a fresh connected socket and judges the first reply
+/// (at most `room` bytes of it) with `judge`.
+pub(super) async fn exchange(
     target: SocketAddr,
     send: &[u8],
-    expect: Option<&[u8]>,
+    room: usize,
     deadline: Instant,
+    judge: impl FnOnce(&[u8]) -> Result<(), Reason>,
 ) -> Result<(), Reason> {
     let sock = socket(target, Type::DGRAM, Protocol::UDP)?;
     set_recverr(&sock, target.is_ipv6())?;
@@ -36,14 +45,10 @@ async fn exchange(
     sock.connect(&target.into()).map_err(|e| reason_of(&e))?;
     sock.send(send).map_err(|e| reason_of(&e))?;
     let fd = register(sock)?;
-    // One byte more than expected, so a longer reply is seen as different.
-    let mut buf = vec![0u8; expect.map_or(1, |e| e.len() + 1)];
+    let mut buf = vec![0u8; room];
     let (n, at) = until(&fd, Interest::READABLE, deadline, |s| recv_stamped(s, &mut buf))
         .await?
         .map_err(|e| reason_of(&e))?;
     answered(at, deadline)?;
-    match expect {
-        Some(expect) if buf.get(..n) != Some(expect) => Err(Reason::BadReply),
-        _ => Ok(()),
-    }
+    judge(buf.get(..n).unwrap_or_default())
 }

@@ -45,6 +45,8 @@ pub enum Reason {
     LinkDown,
     /// Set by an operator action.
     Operator,
+    /// Down for another service of its group (named), which fails over with it.
+    Group(String),
 }
 
 impl fmt::Display for Reason {
@@ -63,6 +65,7 @@ impl fmt::Display for Reason {
             Reason::Late(d) => write!(f, "prober late by {:.1} ms", d.as_secs_f64() * 1e3),
             Reason::LinkDown => f.write_str("link down"),
             Reason::Operator => f.write_str("operator"),
+            Reason::Group(other) => write!(f, "down for {other} of its group"),
         }
     }
 }

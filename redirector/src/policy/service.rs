@@ -70,6 +70,14 @@ pub enum Input {
         /// Their comment.
         why: Option<String>,
     },
+    /// Another service of the group sees `slot` down (`by`: its name) or no
+    /// longer (`None`): it counts as down here too.
+    Group {
+        /// The backend.
+        slot: Slot,
+        /// The member that sees it down, if any.
+        by: Option<String>,
+    },
     /// Operator: lift a backend's fence.
     Unfence {
         /// The backend.
@@ -623,6 +631,8 @@ pub struct Machine {
     promotions: u64,
     /// Traffic waits for a promotion to move.
     holding: bool,
+    /// Per slot: down for this member of the group.
+    group: [Option<String>; 2],
     /// The last switch state written (or found at adoption).
     written: Desired,
     /// The newest `now` seen: time never runs backwards inside the machine.
@@ -646,6 +656,7 @@ impl Machine {
             promotion: None,
             promotions: 0,
             holding: false,
+            group: [None, None],
             written: Desired {
                 active: Slot::Primary,
                 up: [true; 2],
@@ -680,6 +691,7 @@ impl Machine {
             promotion: None,
             promotions: 0,
             holding: false,
+            group: [None, None],
             written: seed.desired,
             now,
         }
@@ -910,6 +922,7 @@ impl Machine {
                     step.op = Some(Op { cause, who, why });
                 }
             }
+            Input::Group { slot, by } => self.group[slot.index()] = by,
             Input::Unfence { slot, who, why } => {
                 if std::mem::take(&mut self.fenced[slot.index()]) {
                     step.op = Some(Op {
@@ -1219,7 +1232,10 @@ impl Machine {
     }
 
     fn reason(&self, slot: Slot) -> Option<Reason> {
-        self.backends[slot.index()].reason().cloned()
+        match &self.group[slot.index()] {
+            Some(by) if self.backends[slot.index()].usable() => Some(Reason::Group(by.clone())),
+            _ => self.backends[slot.index()].reason().cloned(),
+        }
     }
 
     /// Automatic control: move only to a strictly better backend, or fail back.
@@ -1243,7 +1259,20 @@ impl Machine {
     }
 
     fn usable(&self, slot: Slot) -> bool {
-        self.backends[slot.index()].usable() && !self.fenced[slot.index()]
+        self.backends[slot.index()].usable()
+            && !self.fenced[slot.index()]
+            && self.group[slot.index()].is_none()
+    }
+
+    /// Whether this service's own verdicts count `slot` down (what the other
+    /// members of its group follow; their view of it is not passed on).
+    pub fn own_down(&self, slot: Slot) -> bool {
+        !self.backends[slot.index()].usable()
+    }
+
+    /// The member of the group `slot` is down for, per [`Input::Group`].
+    pub fn group_down(&self, slot: Slot) -> Option<&str> {
+        self.group[slot.index()].as_deref()
     }
 
     /// When an automatic failback is due (the gate aside), while one is pending.
@@ -1288,10 +1317,10 @@ impl Machine {
             return Ok(());
         }
         let backend = &self.backends[to.index()];
-        if !backend.usable() {
+        if !backend.usable() || self.group[to.index()].is_some() {
             return Err(Refused::BackendDown {
                 slot: to,
-                reason: backend.reason().cloned(),
+                reason: self.reason(to),
                 down_for: self.now.saturating_sub(backend.since()),
                 held_for: backend.held_until().map(|until| until.saturating_sub(self.now)),
             });

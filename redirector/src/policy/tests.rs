@@ -1381,3 +1381,33 @@ fn a_fence_survives_a_restart_and_an_address_swap() {
     assert_eq!(swapped.desired().active, P);
     assert_eq!(swapped.desired().up, [true, false]);
 }
+
+#[test]
+fn a_backend_down_for_another_member_of_the_group_counts_down_here() {
+    let mut m = both_up(Policy {
+        failback_delay: Duration::ZERO,
+        ..policy()
+    });
+    let fx = m
+        .step(
+            ms(10),
+            Input::Group {
+                slot: P,
+                by: Some("dns-udp".into()),
+            },
+        )
+        .unwrap();
+    assert_eq!(writes(&fx), vec![desired(S, [false, true])]);
+    assert_eq!(
+        causes(&fx),
+        vec![Cause::Failover {
+            slot: P,
+            reason: Some(Reason::Group("dns-udp".into()))
+        }]
+    );
+    // Its own verdicts still pass: what the group follows is not passed on.
+    assert!(!m.own_down(P));
+    assert!(m.step(ms(11), flip(P, None, false)).is_err());
+    let fx = m.step(ms(20), Input::Group { slot: P, by: None }).unwrap();
+    assert_eq!(writes(&fx), vec![desired(P, [true, true])]);
+}
