@@ -19,7 +19,7 @@ pub mod policy;
 pub mod process;
 pub mod state;
 
-/// The compiled redirector XDP object (built by `build.rs` with aya-build).
+/// The compiled redirector XDP object (built by `build.rs`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector"));
 
 /// Lab and benchmark helper programs (`pass`, `trivial`, `restore`), same build.
