@@ -633,6 +633,9 @@ pub struct Machine {
     holding: bool,
     /// Per slot: down for this member of the group.
     group: [Option<String>; 2],
+    /// Per slot: when the group last saw it up again (failback waits for
+    /// its delay from then too, so the group returns together).
+    group_up: [Option<Nanos>; 2],
     /// The last switch state written (or found at adoption).
     written: Desired,
     /// The newest `now` seen: time never runs backwards inside the machine.
@@ -657,6 +660,7 @@ impl Machine {
             promotions: 0,
             holding: false,
             group: [None, None],
+            group_up: [None; 2],
             written: Desired {
                 active: Slot::Primary,
                 up: [true; 2],
@@ -692,6 +696,7 @@ impl Machine {
             promotions: 0,
             holding: false,
             group: [None, None],
+            group_up: [None; 2],
             written: seed.desired,
             now,
         }
@@ -922,7 +927,12 @@ impl Machine {
                     step.op = Some(Op { cause, who, why });
                 }
             }
-            Input::Group { slot, by } => self.group[slot.index()] = by,
+            Input::Group { slot, by } => {
+                if by.is_none() && self.group[slot.index()].is_some() {
+                    self.group_up[slot.index()] = Some(self.now);
+                }
+                self.group[slot.index()] = by;
+            }
             Input::Unfence { slot, who, why } => {
                 if std::mem::take(&mut self.fenced[slot.index()]) {
                     step.op = Some(Op {
@@ -1281,11 +1291,13 @@ impl Machine {
             && self.pin.is_none()
             && self.active == Slot::Secondary
             && !self.drained[Slot::Primary.index()]
-            && !self.fenced[Slot::Primary.index()];
+            // Fenced or down for its group: its own health is not enough.
+            && self.usable(Slot::Primary);
         if !pending {
             return None;
         }
         let since = self.backends[Slot::Primary.index()].up_since()?;
+        let since = since.max(self.group_up[Slot::Primary.index()].unwrap_or_default());
         Some(since + self.policy.failback_delay)
     }
 

@@ -1384,10 +1384,7 @@ fn a_fence_survives_a_restart_and_an_address_swap() {
 
 #[test]
 fn a_backend_down_for_another_member_of_the_group_counts_down_here() {
-    let mut m = both_up(Policy {
-        failback_delay: Duration::ZERO,
-        ..policy()
-    });
+    let mut m = both_up(policy());
     let fx = m
         .step(
             ms(10),
@@ -1405,9 +1402,16 @@ fn a_backend_down_for_another_member_of_the_group_counts_down_here() {
             reason: Some(Reason::Group("dns-udp".into()))
         }]
     );
-    // Its own verdicts still pass: what the group follows is not passed on.
+    // Its own verdicts still pass: what the group follows is not passed on,
+    // and no failback happens while the group counts it down.
     assert!(!m.own_down(P));
-    assert!(m.step(ms(11), flip(P, None, false)).is_err());
-    let fx = m.step(ms(20), Input::Group { slot: P, by: None }).unwrap();
-    assert_eq!(writes(&fx), vec![desired(P, [true, true])]);
+    assert!(writes(&probes(&mut m, 11, P, true, 3)).is_empty());
+    assert!(writes(&tick(&mut m, 5000)).is_empty());
+    assert!(m.step(ms(5001), flip(P, None, false)).is_err());
+    // Up again for the group: failback counts its delay from then, like
+    // the member whose own probes saw it come back.
+    let fx = m.step(ms(6000), Input::Group { slot: P, by: None }).unwrap();
+    assert_eq!(writes(&fx), vec![desired(S, [true, true])]);
+    assert!(writes(&tick(&mut m, 6000 + 999)).is_empty());
+    assert_eq!(writes(&tick(&mut m, 6000 + 1000)), vec![desired(P, [true, true])]);
 }
