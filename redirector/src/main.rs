@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use redirector::{
     config::{Config, Control},
     control::{
@@ -148,6 +148,11 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Print the completion script for a shell (the Debian package installs bash's and zsh's).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -278,6 +283,14 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Detach => detach(&ctl),
         Command::Withdraw { reason } => done(&ctl.socket, Request::Announce { on: false, reason }),
         Command::Announce { reason } => done(&ctl.socket, Request::Announce { on: true, reason }),
+        Command::Completions { shell } => {
+            // Generated into memory first: clap_complete panics on a failed
+            // write (`| head`), this returns the error instead.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "redirector", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("writing the completion script")
+        }
     }
 }
 

@@ -194,6 +194,54 @@ pub fn ensure_lab_tools() -> Result<()> {
     Ok(())
 }
 
+/// The real servers and clients of the recipes (tests, `bench recipes`,
+/// `demo --case`): PostgreSQL (`pg_ctlcluster` comes with the server),
+/// nginx and wrk, dnsmasq (the binary only, no service) and dig, curl.
+const RECIPE_TOOLS: &[(&str, &str)] = &[
+    ("pg_ctlcluster", "postgresql"),
+    ("nginx", "nginx-light"),
+    ("wrk", "wrk"),
+    ("dnsmasq", "dnsmasq-base"),
+    ("dig", "bind9-dnsutils"),
+    ("curl", "curl"),
+];
+
+/// Installs the recipes' servers if missing, without letting their packages
+/// start services on the host (a policy-rc.d that refuses, for the install
+/// only): the recipes run their own processes in namespaces.
+pub fn ensure_recipe_tools() -> Result<()> {
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = is_root() && !policy.exists();
+    if ours {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask bootstrap: no service starts while it installs\nexit 101\n",
+        )?;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let result = ensure_tools(RECIPE_TOOLS);
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
+}
+
+/// What `cargo xtask package` runs: dpkg-shlibdeps (dpkg-dev, which brings
+/// binutils' strip); dpkg-deb and md5sum are Essential.
+const PACKAGE_TOOLS: &[(&str, &str)] = &[("dpkg-shlibdeps", "dpkg-dev"), ("strip", "binutils")];
+
+/// Installs the package builder's tools if missing.
+pub fn ensure_package_tools() -> Result<()> {
+    ensure_tools(PACKAGE_TOOLS)
+}
+
+/// And what the package's test runs: debootstrap makes the Debian 12 it
+/// installs on (whose own systemd-analyze verifies the unit).
+pub fn ensure_package_test_tools() -> Result<()> {
+    ensure_tools(&[("debootstrap", "debootstrap")])
+}
+
 /// Installs the packages of the `(binary, package)` pairs whose binary is missing.
 fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = tools

@@ -1,6 +1,7 @@
-//! `cargo xtask`: bootstrap, build, run, test, bench and fuzz redirector.
+//! `cargo xtask`: bootstrap, build, package, run, test, bench and fuzz redirector.
 mod bootstrap;
 mod cmd;
+mod package;
 
 use std::path::{Path, PathBuf};
 
@@ -26,13 +27,20 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package: target/debian/redirector_<version>_<arch>.deb.
+    Package,
     /// Run every check and test: fmt, clippy, unit, in-kernel and end-to-end tests.
     Test {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
     /// Run the built-in lab: namespaces, redirector, real traffic, counters.
-    Demo,
+    Demo {
+        /// A recipe's story with the real servers instead: database (PostgreSQL promoted, fenced,
+        /// roles swapped), web (nginx drained and killed under wrk), dns (dnsmasq, UDP and TCP grouped).
+        #[arg(long, value_parser = ["database", "web", "dns"])]
+        case: Option<String>,
+    },
     /// The built-in lab topology as a command: up (idempotent), down (also after a crash), status.
     Lab {
         /// `cluster`: the multi-gateway lab, running until Ctrl-C.
@@ -92,6 +100,13 @@ enum Fuzz {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// The recipes with the real servers (PostgreSQL crash and partition, nginx kill and drain, dnsmasq
+    /// kill): write outage, errors, queries lost.
+    Recipes {
+        /// Runs of each fault.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
     /// Several gateways (3 behind ECMP, plain and resilient; a VRRP pair; one alone): a gateway killed,
     /// drained, and a backend killed, with UDP and long-lived TCP traffic.
     Gateways {
@@ -138,6 +153,10 @@ enum Bench {
         repeat: u32,
     },
 }
+
+/// The test that installs `cargo xtask package`'s .deb (tests/tests/package.rs):
+/// `cargo xtask test FILTER` builds the package only when FILTER selects it.
+const PACKAGE_TEST: &str = "the_debian_package_installs_on_bookworm_and_its_unit_runs";
 
 fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -231,9 +250,17 @@ fn main() -> Result<()> {
             }
             cmd::run(&root.join("target/release/redirector"), &args)
         }
+        Command::Package => {
+            bootstrap::ensure()?;
+            bootstrap::ensure_package_tools()?;
+            package::build(&root).map(drop)
+        }
         Command::Test { filter } => {
             bootstrap::ensure()?;
             bootstrap::ensure_lab_tools()?;
+            bootstrap::ensure_recipe_tools()?;
+            bootstrap::ensure_package_tools()?;
+            bootstrap::ensure_package_test_tools()?;
             if !bootstrap::is_root() && std::env::var("CI").is_ok_and(|v| v == "true") {
                 bail!("CI=true but not root: the in-kernel and namespace tests need root");
             }
@@ -242,6 +269,10 @@ fn main() -> Result<()> {
             // The CLI tests run target/debug/redirector itself; `cargo test` alone
             // does not build another package's binary.
             cmd::cargo(&root, &["build", "-p", "redirector", "--bin", "redirector"])?;
+            // The package's test installs the .deb (it needs root; a release build).
+            if bootstrap::is_root() && filter.as_deref().is_none_or(|f| PACKAGE_TEST.contains(f)) {
+                package::build(&root)?;
+            }
             let mut args = vec!["test", "--workspace", "--exclude", "redirector-ebpf"];
             if let Some(f) = filter.as_deref() {
                 args.push(f);
@@ -261,11 +292,17 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Demo => {
+        Command::Demo { case } => {
             lab_prerequisites("the demo")?;
+            if case.is_some() {
+                bootstrap::ensure_recipe_tools()?;
+            }
             // The lab's server processes and the CLI the demo runs are binaries of their own.
             build_lab_binaries(&root)?;
-            run_tool(&root, "demo", &[])
+            match case {
+                Some(c) => run_tool(&root, "demo", &["--case", &c]),
+                None => run_tool(&root, "demo", &[]),
+            }
         }
         Command::Lab {
             action,
@@ -322,6 +359,12 @@ fn main() -> Result<()> {
                         "bench-failover",
                         &["--runs", &r, "--busy-secs", &b, "--flood-secs", &f],
                     )
+                }
+                Bench::Recipes { runs } => {
+                    lab_prerequisites("the recipes benchmark")?;
+                    bootstrap::ensure_recipe_tools()?;
+                    build_lab_binaries(&root)?;
+                    run_tool(&root, "bench-recipes", &["--runs", &runs.to_string()])
                 }
                 Bench::Gateways { runs, tcp } => {
                     lab_prerequisites("the gateways benchmark")?;
