@@ -249,3 +249,26 @@ impl Drop for Setup {
         let _ = std::fs::remove_file(&self.config);
     }
 }
+
+/// Polls `ok` every 20 ms; panics naming `what` after `limit`.
+pub fn wait_for(what: &str, limit: std::time::Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The active backend of `service` per `redirector status` ("primary", "secondary").
+pub fn active(sock: &Path, service: &str) -> String {
+    let st = cli_ok(sock, &["status"]);
+    st.lines()
+        .find(|l| l.starts_with(&format!("{service} ")))
+        .and_then(|l| l.split("active ").nth(1))
+        .and_then(|rest| rest.split([',', ' ']).next())
+        .unwrap_or("")
+        .to_owned()
+}

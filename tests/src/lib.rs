@@ -4,14 +4,17 @@
 #![expect(clippy::unwrap_used, reason = "test helpers: a failed setup is a failed test")]
 
 pub mod bird;
+pub mod cases;
 pub mod client;
 pub mod cluster;
 pub mod daemon;
+pub mod dns;
 pub mod keepalived;
 pub mod lab;
 pub mod netns;
 pub mod packets;
 pub mod postgres;
+pub mod web;
 
 use aya::programs::{TestRun, TestRunOptions};
 use redirector::datapath::{Datapath, Sizes};

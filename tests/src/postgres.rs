@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::NetNs;
+use crate::{
+    daemon::{Setup, cli_ok, wait_for},
+    netns::NetNs,
+};
 
 /// The server's binaries (`/usr/lib/postgresql/<newest>/bin`), if installed.
 pub fn bin_dir() -> Option<PathBuf> {
@@ -341,3 +344,91 @@ pub fn outage(attempts: &[Attempt], fault: Duration) -> Option<(Duration, usize)
 
 /// The table the [`Writer`] fills.
 pub const TICKS: &str = "CREATE TABLE ticks (seq bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())";
+
+/// The recipe's VIP.
+pub const VIP: &str = "198.18.100.1:5432";
+
+/// A file of docs/examples/postgresql.
+pub fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/examples/postgresql")
+        .join(name)
+}
+
+/// The example configuration on the lab's interfaces, with `primary` and
+/// `secondary` as given, the example's promote hook and no notify hook.
+pub fn config(primary: &str, secondary: &str) -> String {
+    let text = std::fs::read_to_string(example("redirector.toml")).unwrap();
+    let promote = example("promote");
+    text.replace(
+        "interfaces = [\"eth0\", \"eth1\"]\nbackend_interfaces = [\"eth1\"]",
+        "interfaces = [\"g-c\", \"g-p\", \"g-s\"]\nbackend_interfaces = [\"g-p\", \"g-s\"]\nxdp_mode = \"driver\"",
+    )
+    .replace("\"/usr/local/lib/redirector/promote\"", &format!("{promote:?}"))
+    .replace("notify = [\"/usr/local/lib/redirector/notify\"]\n", "")
+    .replace("primary = \"198.18.2.2\"", &format!("primary = \"{primary}\""))
+    .replace("secondary = \"198.18.3.2\"", &format!("secondary = \"{secondary}\""))
+}
+
+/// The lab with the database on both backends, the daemon running.
+pub struct Db {
+    /// The lab and its daemon's files.
+    pub s: Setup,
+    /// The database's primary.
+    pub primary: Pg,
+    /// Its streaming replica.
+    pub replica: Pg,
+    /// The daemon.
+    pub daemon: crate::daemon::Daemon,
+}
+
+/// The lab with a primary (the `ticks` table created), the daemon, then the
+/// replica; returns once both backends are up.
+pub fn db(tag: &str) -> Db {
+    let s = Setup::with_config(tag, &config("198.18.2.2", "198.18.3.2"));
+    let primary = Pg::primary(&s.lab.primary, &format!("{tag}p"), "198.18.2.2");
+    primary.sql(TICKS);
+    // The gateway forwards the replication connection too (the backends
+    // reach each other through it): started first, it sees the connection
+    // from its first packet (docs/operations.md, PostgreSQL recipe).
+    let daemon = s.daemon();
+    let replica = Pg::replica(&s.lab.secondary, &format!("{tag}s"), "198.18.3.2", "198.18.2.2");
+    assert!(replica.in_recovery());
+    let sock = s.left.socket.clone();
+    wait_for("both backends up", Duration::from_secs(10), || {
+        let st = cli_ok(&sock, &["status"]);
+        st.lines()
+            .skip_while(|l| !l.starts_with("pg "))
+            .skip(1)
+            .take(2)
+            .all(|l| l.contains(" up "))
+    });
+    Db {
+        s,
+        primary,
+        replica,
+        daemon,
+    }
+}
+
+/// Committed sequence numbers.
+pub fn committed(attempts: &[Attempt]) -> Vec<i64> {
+    attempts.iter().filter(|a| a.ok).map(|a| a.seq).collect()
+}
+
+/// Rows of `ticks` matching `filter` on `pg`, asked from namespace `from_ns`.
+pub fn count(pg: &Pg, from_ns: &str, filter: &str) -> i64 {
+    pg.sql_from(from_ns, &format!("SELECT count(*) FROM ticks WHERE {filter}"))
+        .parse()
+        .unwrap()
+}
+
+/// The promote hook's duration, from the transition log.
+pub fn promoted_in(sock: &std::path::Path) -> String {
+    let events = cli_ok(sock, &["events"]);
+    events
+        .lines()
+        .find_map(|l| l.split("secondary promoted in ").nth(1))
+        .unwrap_or("?")
+        .to_owned()
+}

@@ -7,115 +7,14 @@
 //! once the partition heals no transaction reaches it through the VIP.
 #![expect(clippy::unwrap_used, reason = "tests")]
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, thread, time::Duration};
 
 use redirector_tests::{
-    daemon::{Setup, cli_ok},
+    daemon::{active, cli_ok, wait_for},
     netns::in_ns,
-    postgres::{self, Attempt, Pg, TICKS, Writer},
+    postgres::{self, Attempt, Db, Pg, VIP, Writer, committed, config, count, db, promoted_in},
     require_root,
 };
-
-const VIP: &str = "198.18.100.1:5432";
-
-fn example(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../docs/examples/postgresql")
-        .join(name)
-}
-
-/// The example configuration on the lab's interfaces, with `primary` and
-/// `secondary` as given, the example's promote hook and no notify hook.
-fn config(primary: &str, secondary: &str) -> String {
-    let text = std::fs::read_to_string(example("redirector.toml")).unwrap();
-    let promote = example("promote");
-    text.replace(
-        "interfaces = [\"eth0\", \"eth1\"]\nbackend_interfaces = [\"eth1\"]",
-        "interfaces = [\"g-c\", \"g-p\", \"g-s\"]\nbackend_interfaces = [\"g-p\", \"g-s\"]\nxdp_mode = \"driver\"",
-    )
-    .replace("\"/usr/local/lib/redirector/promote\"", &format!("{promote:?}"))
-    .replace("notify = [\"/usr/local/lib/redirector/notify\"]\n", "")
-    .replace("primary = \"198.18.2.2\"", &format!("primary = \"{primary}\""))
-    .replace("secondary = \"198.18.3.2\"", &format!("secondary = \"{secondary}\""))
-}
-
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn active(sock: &std::path::Path) -> String {
-    let st = cli_ok(sock, &["status"]);
-    st.lines()
-        .find(|l| l.starts_with("pg "))
-        .and_then(|l| l.split("active ").nth(1))
-        .unwrap_or("")
-        .to_owned()
-}
-
-/// The lab with the database on both backends, the daemon running.
-struct Db {
-    s: Setup,
-    primary: Pg,
-    replica: Pg,
-    _daemon: redirector_tests::daemon::Daemon,
-}
-
-fn db(tag: &str) -> Db {
-    let s = Setup::with_config(tag, &config("198.18.2.2", "198.18.3.2"));
-    let primary = Pg::primary(&s.lab.primary, &format!("{tag}p"), "198.18.2.2");
-    primary.sql(TICKS);
-    // The gateway forwards the replication connection too (the backends
-    // reach each other through it): started first, it sees the connection
-    // from its first packet (docs/operations.md, PostgreSQL recipe).
-    let daemon = s.daemon();
-    let replica = Pg::replica(&s.lab.secondary, &format!("{tag}s"), "198.18.3.2", "198.18.2.2");
-    assert!(replica.in_recovery());
-    let sock = s.left.socket.clone();
-    wait_for("both backends up", Duration::from_secs(10), || {
-        let st = cli_ok(&sock, &["status"]);
-        st.lines()
-            .skip_while(|l| !l.starts_with("pg "))
-            .skip(1)
-            .take(2)
-            .all(|l| l.contains(" up "))
-    });
-    Db {
-        s,
-        primary,
-        replica,
-        _daemon: daemon,
-    }
-}
-
-/// Committed sequence numbers.
-fn committed(attempts: &[Attempt]) -> Vec<i64> {
-    attempts.iter().filter(|a| a.ok).map(|a| a.seq).collect()
-}
-
-fn count(pg: &Pg, from_ns: &str, filter: &str) -> i64 {
-    pg.sql_from(from_ns, &format!("SELECT count(*) FROM ticks WHERE {filter}"))
-        .parse()
-        .unwrap()
-}
-
-/// The promote hook's duration, from the transition log.
-fn promoted_in(sock: &std::path::Path) -> String {
-    let events = cli_ok(sock, &["events"]);
-    events
-        .lines()
-        .find_map(|l| l.split("secondary promoted in ").nth(1))
-        .unwrap_or("?")
-        .to_owned()
-}
 
 #[test]
 fn a_crashed_primary_fails_over_to_its_promoted_replica_and_the_roles_swap() {
@@ -131,7 +30,7 @@ fn a_crashed_primary_fails_over_to_its_promoted_replica_and_the_roles_swap() {
     let fault = w.start.elapsed();
     d.primary.crash();
     wait_for("pg on the secondary", Duration::from_secs(40), || {
-        active(&sock) == "secondary"
+        active(&sock, "pg") == "secondary"
     });
     thread::sleep(Duration::from_millis(500));
     let attempts = w.finish();
@@ -194,7 +93,7 @@ fn a_crashed_primary_fails_over_to_its_promoted_replica_and_the_roles_swap() {
         s,
         primary,
         replica,
-        _daemon,
+        daemon: _daemon,
     } = d;
     drop(primary);
     let standby = Pg::replica(&s.lab.primary, "pgc2", "198.18.2.2", "198.18.3.2");
@@ -230,7 +129,7 @@ fn a_crashed_primary_fails_over_to_its_promoted_replica_and_the_roles_swap() {
         failed.is_empty(),
         "writes failed across the role swap: {failed:?}"
     );
-    assert_eq!(active(&sock), "primary");
+    assert_eq!(active(&sock, "pg"), "primary");
     assert_eq!(
         count(&replica, &s.lab.gw.name, "seq >= 2000000"),
         attempts.len() as i64
@@ -255,7 +154,7 @@ fn a_partitioned_primary_never_takes_writes_through_the_vip_again() {
     let p = d.s.lab.primary.name.clone();
     in_ns(&p, &["ip", "link", "set", "p0", "down"]);
     wait_for("pg on the secondary", Duration::from_secs(40), || {
-        active(&sock) == "secondary"
+        active(&sock, "pg") == "secondary"
     });
     // The partition heals.
     in_ns(&p, &["ip", "link", "set", "p0", "up"]);

@@ -2,7 +2,8 @@
 //! answer with their name; a client sending one request per millisecond to
 //! the VIP; the primary's server killed → failover; the primary back →
 //! failback per policy; a manual flip through the real CLI; `status`; a
-//! summary. Cleans up after itself, also on Ctrl-C.
+//! summary. Cleans up after itself, also on Ctrl-C. With `--case
+//! database|web|dns`, a recipe's story instead ([`redirector_tests::cases`]).
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, UdpSocket},
@@ -140,6 +141,21 @@ fn main() -> Result<()> {
     // SAFETY: installs a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let bin = redirector_binary()?;
+    // `--case database|web|dns`: a recipe's story with the real servers.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(case) = args
+        .iter()
+        .position(|a| a == "--case")
+        .and_then(|i| args.get(i + 1))
+    {
+        match case.as_str() {
+            "database" => redirector_tests::cases::database(),
+            "web" => redirector_tests::cases::website(),
+            "dns" => redirector_tests::cases::resolver(),
+            other => bail!("unknown case {other:?}: database, web or dns"),
+        }
+        return Ok(());
+    }
     let t0 = Instant::now();
     println!("== 1. the lab: client ─ gateway (redirector, native XDP) ─ primary / secondary");
     let mut run = Running::start_with("demo", LAB_CONFIG, true);
