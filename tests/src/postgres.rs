@@ -147,6 +147,9 @@ impl Pg {
                 "-R",
                 "-X",
                 "stream",
+                // Not a spread checkpoint: with pgbench's pages dirty it
+                // would take minutes.
+                "--checkpoint=fast",
                 "--no-sync",
             ],
         ));
@@ -431,4 +434,21 @@ pub fn promoted_in(sock: &std::path::Path) -> String {
         .find_map(|l| l.split("secondary promoted in ").nth(1))
         .unwrap_or("?")
         .to_owned()
+}
+
+/// Commits the writer saw acknowledged before `before` that `pg` does not
+/// hold (asynchronous replication's loss when `pg` is the promoted replica).
+pub fn acked_but_missing(attempts: &[Attempt], pg: &Pg, from_ns: &str, before: i64) -> usize {
+    let held: std::collections::HashSet<i64> = pg
+        .sql_from(
+            from_ns,
+            &format!("SELECT string_agg(seq::text, ',') FROM ticks WHERE seq < {before}"),
+        )
+        .split(',')
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    attempts
+        .iter()
+        .filter(|a| a.ok && a.seq < before && !held.contains(&a.seq))
+        .count()
 }

@@ -35,7 +35,6 @@ fn a_crashed_primary_fails_over_to_its_promoted_replica_and_the_roles_swap() {
     thread::sleep(Duration::from_millis(500));
     let attempts = w.finish();
     let (outage, failed) = postgres::outage(&attempts, fault).unwrap();
-    let ok = committed(&attempts);
     assert!(!d.replica.in_recovery(), "the replica was not promoted");
     // Every commit after the failover is on the promoted replica.
     let after: Vec<i64> = attempts
@@ -55,13 +54,49 @@ fn a_crashed_primary_fails_over_to_its_promoted_replica_and_the_roles_swap() {
     );
     // Commits acknowledged by the old primary that never reached the
     // replica (asynchronous replication; synchronous_commit avoids them).
-    let lost = ok.iter().filter(|s| **s < first_after).count() as i64
-        - count(&d.replica, &gw, &format!("seq < {first_after}"));
+    let lost = postgres::acked_but_missing(&attempts, &d.replica, &gw, first_after);
     eprintln!(
         "crash: write outage {outage:.1?} ({failed} failed attempts), promote hook {}, {lost} acknowledged commits lost by asynchronous replication",
         promoted_in(&sock)
     );
     assert!(outage < Duration::from_secs(5), "write outage {outage:?}");
+    // pgbench through the VIP on the promoted replica: it takes writes.
+    let client = d.s.lab.client.name.clone();
+    let pgbench = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client,
+                "pgbench",
+                "-h",
+                "198.18.100.1",
+                "-U",
+                "postgres",
+            ])
+            .args(args)
+            .arg("postgres")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pgbench {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    pgbench(&["-i", "-q", "-s", "1"]);
+    let report = pgbench(&["-n", "-c", "4", "-j", "2", "-T", "2"]);
+    let tps = report
+        .lines()
+        .find(|l| l.starts_with("tps"))
+        .unwrap_or("tps ?")
+        .to_owned();
+    assert!(
+        report.contains("number of failed transactions: 0"),
+        "pgbench through the VIP after the failover:\n{report}"
+    );
+    eprintln!("pgbench through the VIP on the promoted replica: {tps}");
 
     // The old primary restarts as a writable primary: fenced, it gets
     // nothing through the VIP.
@@ -209,4 +244,47 @@ fn a_partitioned_primary_never_takes_writes_through_the_vip_again() {
         "partition: write outage {outage:.1?} ({failed} failed attempts), promote hook {}",
         promoted_in(&sock)
     );
+}
+
+#[test]
+fn the_promote_hook_is_idempotent_when_every_gateway_runs_it() {
+    if !require_root("postgres promote hook") || !postgres::available("postgres promote hook") {
+        return;
+    }
+    // No daemon: three gateways' hooks at once against one standby, then once more.
+    let lab = redirector_tests::lab::Lab::new("pgi", &redirector_tests::lab::DsrVips { v4: &[], v6: &[] });
+    let primary = Pg::primary(&lab.primary, "pgip", "198.18.2.2");
+    let replica = Pg::replica(&lab.secondary, "pgis", "198.18.3.2", "198.18.2.2");
+    assert!(replica.in_recovery());
+    let hook = postgres::example("promote");
+    let run = move |gw: &str| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", gw])
+            .arg(&hook)
+            .env("REDIRECTOR_TO_ADDR", "198.18.3.2")
+            .env("REDIRECTOR_TO_PORT", "5432")
+            .output()
+            .unwrap()
+    };
+    let gw = lab.gw.name.clone();
+    let outputs: Vec<_> = (0..3)
+        .map(|_| {
+            let gw = gw.clone();
+            let run = run.clone();
+            std::thread::spawn(move || run(&gw))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    for out in outputs.iter().chain([&run(&gw)]) {
+        assert!(
+            out.status.success(),
+            "a gateway's promote hook failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(!replica.in_recovery());
+    drop(primary);
 }

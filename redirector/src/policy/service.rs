@@ -354,10 +354,7 @@ impl fmt::Display for Cause {
                     "{slot} held down: it went down {flaps} times within the flap window"
                 )
             }
-            Cause::Fenced { slot } => write!(
-                f,
-                "{slot} fenced: it takes no traffic until `redirector unfence SERVICE {slot}`"
-            ),
+            Cause::Fenced { slot } => write!(f, "{slot} fenced: it takes no traffic until unfenced"),
             Cause::Unfenced { slot } => write!(f, "{slot} unfenced"),
             Cause::Promoting { slot, on } => write!(f, "promoting the {slot} before traffic moves ({on})"),
             Cause::Promoted {
@@ -404,6 +401,7 @@ impl fmt::Display for Event {
             } => write!(f, " for {}", human(until.saturating_sub(self.at)))?,
             Cause::FlapHold { until, .. } => write!(f, " for {}", human(until.saturating_sub(self.at)))?,
             Cause::PromoteFailed { retry, .. } => write!(f, " in {}", human(retry.saturating_sub(self.at)))?,
+            Cause::Fenced { slot } => write!(f, " (`redirector unfence {} {slot}`)", self.service)?,
             _ => {}
         }
         if self.from == self.to {

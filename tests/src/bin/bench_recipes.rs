@@ -83,14 +83,12 @@ fn database(rows: &mut Rows, run: usize, partition: bool) {
         .or_default()
         .push(promote);
     if !partition {
-        let ok = postgres::committed(&attempts);
         let after = attempts
             .iter()
             .find(|a| a.ok && a.at > fault + outage)
             .unwrap()
             .seq;
-        let acked = ok.iter().filter(|s| **s < after).count() as i64;
-        let lost = acked - postgres::count(&d.replica, &gw, &format!("seq < {after}"));
+        let lost = postgres::acked_but_missing(&attempts, &d.replica, &gw, after);
         rows.entry((base + 3, label("acknowledged commits lost (async replication)")))
             .or_default()
             .push(lost as f64);
