@@ -238,7 +238,8 @@ pub fn resolver() {
     let sent = t.join().unwrap();
     let lost = sent.iter().filter(|(_, a)| a.is_none()).count();
     println!("   {lost} of {} queries unanswered", sent.len());
-    events(&sock, "dns");
+    events(&sock, "dns-udp");
+    events(&sock, "dns-tcp");
 
     println!("\n== 3. dnsmasq back; then a firewall drops only 53/udp on the primary");
     drop(primary);
