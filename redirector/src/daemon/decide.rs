@@ -17,8 +17,10 @@ impl Daemon {
     /// Writes decisions and records events. A failed write is logged; the
     /// machine's next write for that service carries the whole state again.
     pub(super) fn apply(&mut self, mut effects: Vec<(u32, Effect)>) {
-        // A member of a group that saw a backend change tells the others.
-        if effects.iter().any(|(id, _)| self.services.grouped(*id)) {
+        // A member of a group that saw a backend change tells the others
+        // (after every decision while groups exist: a timer or a batch may
+        // have changed a member's health without an effect of its own).
+        if !effects.is_empty() && self.services.has_groups() {
             effects.extend(self.services.sync_groups(Nanos(crate::datapath::monotonic_ns())));
         }
         // A written decision may change what can be served; a first verdict

@@ -497,11 +497,9 @@ impl Services {
         }
     }
 
-    /// Whether service `id` belongs to a group.
-    pub fn grouped(&self, id: u32) -> bool {
-        self.by_id
-            .get(&id)
-            .is_some_and(|s| s.cfg.failover.group.is_some())
+    /// Whether any service belongs to a group.
+    pub fn has_groups(&self) -> bool {
+        self.by_id.values().any(|s| s.cfg.failover.group.is_some())
     }
 
     /// Makes each member of a group see a backend down when another member's
