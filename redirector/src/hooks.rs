@@ -211,3 +211,51 @@ pub fn env(kind: Kind, event: &Event, cfg: &Service, unix_ms: u64) -> Vec<(Strin
     }
     env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn hook(script: &str) -> Hook {
+        Hook {
+            command: ["/bin/sh", "-c", script].map(String::from).to_vec(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn notifications_are_bounded_and_one_service_runs_in_order() {
+        let (mut runner, mut ends) = Runner::new();
+        let dir = std::env::temp_dir().join(format!("redirector-hooks-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("order");
+        // One service: each appends its number after a short sleep; in order
+        // only if they run one at a time, in the order started.
+        for i in 0..5 {
+            let h = hook(&format!("sleep 0.0{}; echo {i} >> {}", 5 - i, log.display()));
+            assert!(runner.start(1, "svc", Kind::Notify, &h, Vec::new()));
+        }
+        for _ in 0..5 {
+            let end = ends.recv().await.unwrap();
+            assert!(end.ended.ok(), "{:?}", end.ended);
+        }
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "0\n1\n2\n3\n4\n");
+        // Many services at once: at most NOTIFIES_IN_FLIGHT run, NOTIFIES_WAITING
+        // wait, the rest are skipped.
+        let slow = hook("sleep 0.2");
+        let total = NOTIFIES_IN_FLIGHT + NOTIFIES_WAITING + 20;
+        let started = (0..total)
+            .filter(|i| runner.start(2, &format!("s{i}"), Kind::Notify, &slow, Vec::new()))
+            .count();
+        assert!(
+            started <= NOTIFIES_WAITING + NOTIFIES_IN_FLIGHT,
+            "{started} started"
+        );
+        assert!(started >= NOTIFIES_WAITING, "{started} started");
+        // A promotion is never skipped.
+        let p = hook("exit 0");
+        assert!(runner.start(3, "db", Kind::Promote { seq: 1 }, &p, Vec::new()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
