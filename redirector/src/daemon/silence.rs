@@ -28,6 +28,10 @@ pub(super) struct Quiet {
     since: Option<Nanos>,
     /// This silence was reported.
     told: bool,
+    /// `since` is the look that saw requests with an answer: kept only if
+    /// the next look sees requests again (continuous traffic), else those
+    /// requests count as the answered ones.
+    tentative: bool,
 }
 
 impl Quiet {
@@ -35,9 +39,20 @@ impl Quiet {
     /// `limit` and is not reported yet (it is then, by the caller).
     fn silent(&mut self, (asked, answered): (bool, bool), now: Nanos, limit: Duration) -> bool {
         if answered {
-            // Requests asked in the same look may be the unanswered ones: the
-            // next look tells (a silence is then counted from it).
-            *self = Quiet::default();
+            // Requests asked in the same look may be the unanswered ones
+            // (sent after the answer): under continuous traffic a silence
+            // counts from this look, one look sooner. Only a hint: at worst
+            // a confirming probe, never a verdict.
+            *self = Quiet {
+                since: asked.then_some(now),
+                told: false,
+                tentative: true,
+            };
+            return false;
+        }
+        if std::mem::take(&mut self.tentative) && !asked {
+            // No request since: those seen with the answer were answered.
+            self.since = None;
             return false;
         }
         if self.told || (!asked && self.since.is_none()) {
@@ -124,10 +139,23 @@ mod tests {
         assert!(q.silent(IDLE, at(104), 3 * MS));
         // Once per silence (a one-way flow costs one probe).
         assert!(!q.silent(ASKED, at(200), 3 * MS));
-        // An answer ends it; the next silence is reported again.
+        // An answer ends it; the next silence is reported again, counted
+        // from the look that saw requests with the answer.
         assert!(!q.silent(BOTH, at(201), 3 * MS));
         assert!(!q.silent(ASKED, at(202), 3 * MS));
-        assert!(q.silent(ASKED, at(205), 3 * MS));
+        assert!(q.silent(ASKED, at(204), 3 * MS));
+        // Requests with an answer, then none: nothing is silent (one TCP
+        // connection at a time: its SYN and SYN-ACK in one look).
+        assert!(!q.silent(BOTH, at(250), 3 * MS));
+        for ms in 251..260 {
+            assert!(!q.silent(IDLE, at(ms), 3 * MS));
+        }
+        // An answer without requests starts nothing.
+        assert!(!q.silent(BOTH, at(300), 3 * MS));
+        assert!(!q.silent((false, true), at(301), 3 * MS));
+        assert!(!q.silent(ASKED, at(302), 3 * MS));
+        assert!(!q.silent(ASKED, at(304), 3 * MS));
+        assert!(q.silent(ASKED, at(305), 3 * MS));
     }
 
     #[test]
