@@ -206,10 +206,21 @@ pub fn env(kind: Kind, event: &Event, cfg: &Service, unix_ms: u64) -> Vec<(Strin
     if let Some(why) = &event.why {
         env.push(("REDIRECTOR_WHY", why.clone()));
     }
-    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        env.push(("REDIRECTOR_GATEWAY", host.trim().to_owned()));
+    if let Some(host) = hostname() {
+        env.push(("REDIRECTOR_GATEWAY", host.to_owned()));
     }
     env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// This host's name, read once (not a file read per hook on the event loop).
+fn hostname() -> Option<&'static str> {
+    static HOST: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+    })
+    .as_deref()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    daemon::{Setup, active, cli_ok, wait_for},
+    daemon::{Setup, active, cli_ok, wait_both_up, wait_for},
     dns::{self, Dnsmasq},
     netns::in_ns,
     postgres::{self, Pg, VIP, Writer, db},
@@ -145,14 +145,7 @@ pub fn website() {
     let _secondary = Nginx::start(&s.lab.secondary, "198.18.3.2", "secondary");
     let sock = s.left.socket.clone();
     let _d = s.daemon();
-    wait_for("both up", Duration::from_secs(5), || {
-        let st = cli_ok(&sock, &["status"]);
-        st.lines()
-            .skip_while(|l| !l.starts_with("web "))
-            .skip(1)
-            .take(2)
-            .all(|l| l.contains(" up "))
-    });
+    wait_both_up(&sock, "web", Duration::from_secs(5));
     status(&sock, "web");
 
     println!("\n== 2. wrk (20 keep-alive connections) for 3 s; after 1 s: redirector drain web primary");
@@ -212,14 +205,7 @@ pub fn resolver() {
     let _secondary = Dnsmasq::start(&s.lab.secondary, "198.18.3.2", dns::SECONDARY_ANSWER);
     let sock = s.left.socket.clone();
     let _d = s.daemon();
-    wait_for("dns-udp healthy", Duration::from_secs(5), || {
-        let st = cli_ok(&sock, &["status"]);
-        st.lines()
-            .skip_while(|l| !l.starts_with("dns-udp "))
-            .skip(1)
-            .take(2)
-            .all(|l| l.contains(" up "))
-    });
+    wait_both_up(&sock, "dns-udp", Duration::from_secs(5));
     println!(
         "   dig +tcp @198.18.100.1 www.lab → {}",
         dns::tcp_answer(&s.lab.client)

@@ -272,3 +272,15 @@ pub fn active(sock: &Path, service: &str) -> String {
         .unwrap_or("")
         .to_owned()
 }
+
+/// Waits until `redirector status` shows both backends of `service` up.
+pub fn wait_both_up(sock: &Path, service: &str, limit: std::time::Duration) {
+    wait_for(&format!("both backends of {service} up"), limit, || {
+        let st = cli_ok(sock, &["status"]);
+        st.lines()
+            .skip_while(|l| !l.starts_with(&format!("{service} ")))
+            .skip(1)
+            .take(2)
+            .all(|l| l.contains(" up "))
+    });
+}

@@ -17,7 +17,7 @@ use std::{
 };
 
 use crate::{
-    daemon::{Setup, cli_ok, wait_for},
+    daemon::{Setup, cli_ok, wait_both_up},
     netns::NetNs,
 };
 
@@ -398,14 +398,7 @@ pub fn db(tag: &str) -> Db {
     let replica = Pg::replica(&s.lab.secondary, &format!("{tag}s"), "198.18.3.2", "198.18.2.2");
     assert!(replica.in_recovery());
     let sock = s.left.socket.clone();
-    wait_for("both backends up", Duration::from_secs(10), || {
-        let st = cli_ok(&sock, &["status"]);
-        st.lines()
-            .skip_while(|l| !l.starts_with("pg "))
-            .skip(1)
-            .take(2)
-            .all(|l| l.contains(" up "))
-    });
+    wait_both_up(&sock, "pg", Duration::from_secs(10));
     Db {
         s,
         primary,

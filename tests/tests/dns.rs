@@ -16,7 +16,7 @@ use std::{
 };
 
 use redirector_tests::{
-    daemon::{Setup, active, cli_ok, wait_for},
+    daemon::{Setup, active, cli_ok, wait_both_up, wait_for},
     dns::{Dnsmasq, PRIMARY_ANSWER, SECONDARY_ANSWER, config, dnsmasq_available, queries, tcp_answer},
     netns::in_ns,
     require_root,
@@ -35,14 +35,7 @@ fn a_killed_resolver_and_a_resolver_whose_udp_side_fails() {
     let _secondary = Dnsmasq::start(&s.lab.secondary, "198.18.3.2", SECONDARY_ANSWER);
     let sock = s.left.socket.clone();
     let _d = s.daemon();
-    wait_for("dns-udp healthy", Duration::from_secs(5), || {
-        let st = cli_ok(&sock, &["status"]);
-        st.lines()
-            .skip_while(|l| !l.starts_with("dns-udp "))
-            .skip(1)
-            .take(2)
-            .all(|l| l.contains(" up "))
-    });
+    wait_both_up(&sock, "dns-udp", Duration::from_secs(5));
 
     // The primary resolver dies.
     let stop = Arc::new(AtomicBool::new(false));

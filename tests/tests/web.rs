@@ -11,7 +11,7 @@ use std::{
 };
 
 use redirector_tests::{
-    daemon::{Setup, active, cli_ok, wait_for},
+    daemon::{Setup, active, cli_ok, wait_both_up, wait_for},
     require_root,
     web::{Nginx, config, curl, tools_available, wrk},
 };
@@ -29,14 +29,7 @@ fn a_drain_loses_nothing_and_a_killed_primary_fails_over_and_back() {
     let _secondary = Nginx::start(&s.lab.secondary, "198.18.3.2", "secondary");
     let sock = s.left.socket.clone();
     let _d = s.daemon();
-    wait_for("both up", Duration::from_secs(5), || {
-        let st = cli_ok(&sock, &["status"]);
-        st.lines()
-            .skip_while(|l| !l.starts_with("web "))
-            .skip(1)
-            .take(2)
-            .all(|l| l.contains(" up "))
-    });
+    wait_both_up(&sock, "web", Duration::from_secs(5));
     assert_eq!(curl(&s.lab.client.name, "http://198.18.100.1/"), "primary\n");
 
     // A drain: new connections to the secondary, none lost.

@@ -18,7 +18,7 @@ use std::{
 };
 
 use redirector_tests::{
-    daemon::{Setup, active, cli_ok, wait_for},
+    daemon::{Setup, active, cli_ok, wait_both_up, wait_for},
     dns::{self, Dnsmasq},
     netns::in_ns,
     postgres::{self, VIP, Writer, db},
@@ -103,14 +103,7 @@ fn website(rows: &mut Rows) {
     let _secondary = Nginx::start(&s.lab.secondary, "198.18.3.2", "secondary");
     let sock = s.left.socket.clone();
     let _d = s.daemon();
-    wait_for("both up", Duration::from_secs(5), || {
-        let st = cli_ok(&sock, &["status"]);
-        st.lines()
-            .skip_while(|l| !l.starts_with("web "))
-            .skip(1)
-            .take(2)
-            .all(|l| l.contains(" up "))
-    });
+    wait_both_up(&sock, "web", Duration::from_secs(5));
     let load = web::wrk(&s.lab.client, 3);
     thread::sleep(Duration::from_secs(1));
     cli_ok(&sock, &["drain", "web", "primary"]);
@@ -145,14 +138,7 @@ fn resolver(rows: &mut Rows) {
     let _secondary = Dnsmasq::start(&s.lab.secondary, "198.18.3.2", dns::SECONDARY_ANSWER);
     let sock = s.left.socket.clone();
     let _d = s.daemon();
-    wait_for("dns-udp healthy", Duration::from_secs(5), || {
-        let st = cli_ok(&sock, &["status"]);
-        st.lines()
-            .skip_while(|l| !l.starts_with("dns-udp "))
-            .skip(1)
-            .take(2)
-            .all(|l| l.contains(" up "))
-    });
+    wait_both_up(&sock, "dns-udp", Duration::from_secs(5));
     let stop = Arc::new(AtomicBool::new(false));
     let t = dns::queries(&s.lab.client, stop.clone());
     thread::sleep(Duration::from_millis(300));
